@@ -1,0 +1,49 @@
+"""IMTS training API: fine-tune LLMs with LLaMA Factory over HTTP."""
+
+import logging
+import logging.handlers
+import os
+
+__version__ = "0.1.0"
+
+log = logging.getLogger("imts")
+
+
+def _configure_logging(settings):
+    logs_dir = settings.path("logs_dir")
+    os.makedirs(logs_dir, exist_ok=True)
+    root = logging.getLogger("imts_flask")
+    root.setLevel(settings.log_level)
+    path = os.path.join(logs_dir, "imts.log")
+    if not any(getattr(h, "baseFilename", None) == path for h in root.handlers):
+        # WatchedFileHandler reopens the file after logrotate moves it; every worker appends.
+        handler = logging.handlers.WatchedFileHandler(path, encoding="utf-8")
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s [pid %(process)d] %(name)s: %(message)s")
+        )
+        root.addHandler(handler)
+
+
+def create_app(overrides=None):
+    """Build the Flask app: settings -> service (store, catalog, launcher) -> blueprint -> errors."""
+    # Flask is imported here, not at module level, so the job monitor process stays light.
+    from flask import Flask
+
+    from .api import bp
+    from .http_errors import register_error_handlers
+    from .service import TrainingService
+    from .settings import load_settings
+
+    settings = load_settings(overrides)
+    _configure_logging(settings)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length
+    app.json.ensure_ascii = False
+    app.json.sort_keys = False
+    service = TrainingService(settings)
+    service.store.clean_temp_files()
+    app.extensions["imts"] = service
+    app.extensions["imts_settings"] = settings
+    app.register_blueprint(bp)
+    register_error_handlers(app)
+    return app

@@ -1,0 +1,182 @@
+"""What a request may name: models (registry, models/ dir, local HF cache), datasets, templates."""
+
+import functools
+import importlib.util
+import json
+import os
+import re
+
+import yaml
+
+from .errors import ValidationFailed
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}")
+_LOCAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
+_DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
+_TEMPLATE_CALL = re.compile(r"register_template\(\s*name\s*=\s*\"([^\"]+)\"")
+
+# What each stage needs from a dataset_info.json entry.
+_PREFERENCE_STAGES = ("rm", "dpo")
+
+
+def _hf_hub_cache():
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+    return os.path.join(home, "hub")
+
+
+@functools.lru_cache(maxsize=1)
+def installed_templates():
+    """Return LLaMA Factory's template names, read from its source without importing it (None if absent)."""
+    spec = importlib.util.find_spec("llamafactory")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = os.path.join(list(spec.submodule_search_locations)[0], "data", "template.py")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            names = _TEMPLATE_CALL.findall(handle.read())
+    except OSError:
+        return None
+    return sorted(set(names)) or None
+
+
+class Catalog:
+    """Resolve model, dataset and template names to what a job needs, or explain what is available."""
+
+    def __init__(self, settings):
+        self.settings = settings
+
+    # -- models ----------------------------------------------------------------------------
+
+    def registry(self):
+        """Return the model registry from config/models.yaml: alias -> {path, template, ...}."""
+        path = self.settings.models_registry_path
+        if not os.path.exists(path):
+            return {}
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle) or {}
+        return dict(data.get("models") or {})
+
+    def _abs(self, path):
+        return path if os.path.isabs(path) else os.path.join(self.settings.home, path)
+
+    def available_models(self):
+        names = [alias for alias, entry in self.registry().items() if os.path.isdir(self._abs(entry["path"]))]
+        models_dir = self.settings.path("models_dir")
+        if os.path.isdir(models_dir):
+            for name in sorted(os.listdir(models_dir)):
+                if os.path.exists(os.path.join(models_dir, name, "config.json")) and name not in names:
+                    names.append(name)
+        return names
+
+    def resolve_model(self, name):
+        """Return (model_name_or_path for LLaMA Factory, default template or None)."""
+        entry = self.registry().get(name)
+        if entry:
+            path = self._abs(entry["path"])
+            if not os.path.exists(os.path.join(path, "config.json")):
+                raise ValidationFailed(
+                    f"model '{name}' is registered in config/models.yaml at {entry['path']}, "
+                    "but that directory holds no model yet (run `make setup` to build the demo model)",
+                    field="model_name",
+                )
+            return path, entry.get("template")
+        if _LOCAL_NAME.fullmatch(name):
+            path = os.path.join(self.settings.path("models_dir"), name)
+            if os.path.exists(os.path.join(path, "config.json")):
+                return path, None
+        if _HUB_ID.fullmatch(name) and ".." not in name:
+            cached = os.path.join(_hf_hub_cache(), "models--" + name.replace("/", "--"), "snapshots")
+            if os.path.isdir(cached) and os.listdir(cached):
+                return name, None
+            reason = (
+                f"model '{name}' is not available: the service runs offline and it is not in the local "
+                f"Hugging Face cache ({_hf_hub_cache()}), not under models/ and not in config/models.yaml"
+            )
+        else:
+            reason = f"model '{name}' is not a registered alias, a directory under models/ or a hub id"
+        raise ValidationFailed(
+            f"{reason}; available: {', '.join(self.available_models()) or 'none'}",
+            field="model_name",
+            extra={"available": self.available_models()},
+        )
+
+    # -- templates -------------------------------------------------------------------------
+
+    def check_template(self, template):
+        known = installed_templates()
+        if known is not None and template not in known:
+            raise ValidationFailed(
+                f"template '{template}' is not a LLaMA Factory template; available: {', '.join(known)}",
+                field="custom_config.template",
+                extra={"available": known},
+            )
+
+    # -- datasets --------------------------------------------------------------------------
+
+    def _dataset_entries(self):
+        """Return {name: (data_dir, entry)} over every data directory, earlier ones winning."""
+        found = {}
+        for data_dir in self.settings.data_paths:
+            info_path = os.path.join(data_dir, "dataset_info.json")
+            try:
+                with open(info_path, encoding="utf-8") as handle:
+                    info = json.load(handle)
+            except (OSError, ValueError):
+                continue
+            for name, entry in info.items():
+                if isinstance(entry, dict) and name not in found:
+                    found[name] = (data_dir, entry)
+        return found
+
+    @staticmethod
+    def _unfit(data_dir, entry, stage):
+        """Return why a dataset entry cannot serve `stage`, or None."""
+        if "file_name" not in entry:
+            return "it is not a local file (hub and script datasets are not available offline)"
+        root = os.path.realpath(data_dir)
+        path = os.path.realpath(os.path.join(data_dir, str(entry["file_name"])))
+        if os.path.commonpath([root, path]) != root:
+            return "its file lies outside its data directory"
+        if not os.path.exists(path):
+            return f"its file {entry['file_name']} is missing from {data_dir}"
+        ranking = bool(entry.get("ranking"))
+        kto = "kto_tag" in (entry.get("columns") or {})
+        if stage in _PREFERENCE_STAGES and not ranking:
+            return (
+                f"stage '{stage}' needs a preference dataset (\"ranking\": true with chosen/rejected answers)"
+            )
+        if stage == "kto" and not kto:
+            return "stage 'kto' needs a dataset with a kto_tag column"
+        if stage in ("sft", "pt") and ranking:
+            return f"it is a preference dataset, fit for rm/dpo, not for stage '{stage}'"
+        return None
+
+    def available_datasets(self, stage):
+        return sorted(n for n, (d, e) in self._dataset_entries().items() if self._unfit(d, e, stage) is None)
+
+    def resolve_datasets(self, names, stage):
+        """Return dataset_info.json entries for `names`, with file_name made absolute."""
+        entries = self._dataset_entries()
+        resolved, errors = {}, []
+        for name in names:
+            if not _DATASET_NAME.fullmatch(name) or name not in entries:
+                errors.append({"field": "dataset", "reason": f"unknown dataset '{name}'"})
+                continue
+            data_dir, entry = entries[name]
+            reason = self._unfit(data_dir, entry, stage)
+            if reason is None:
+                path = os.path.realpath(os.path.join(data_dir, entry["file_name"]))
+                resolved[name] = {**entry, "file_name": path}
+            else:
+                errors.append({"field": "dataset", "reason": f"dataset '{name}' cannot be used: {reason}"})
+        if errors:
+            available = self.available_datasets(stage)
+            raise ValidationFailed(
+                f"{errors[0]['reason']}; datasets available for stage '{stage}': "
+                f"{', '.join(available) or 'none'}",
+                errors=errors,
+                extra={"available": available},
+            )
+        return resolved

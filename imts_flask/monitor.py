@@ -1,0 +1,277 @@
+"""The per-job monitor: runs llamafactory-cli, waits for it, and records the outcome.
+
+Started detached by the launcher (`python -m imts_flask.monitor train|export <job_id>`) in its own
+session, so that web workers can come and go. It is the trainer's parent, so it alone can read
+its exit status. SIGTERM asks it to stop the trainer (SIGTERM to the trainer's group, a grace
+period, SIGKILL of survivors) and record the job as stopped.
+"""
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+from .launcher import MONITOR_SETTINGS_ENV, trainer_env
+from .procs import start_ticks, terminate_tree
+from .settings import Settings
+from .state import JobStatus, now_utc
+from .store import JobStore
+from .trainer import build_export_config, read_progress, training_finished
+
+log = logging.getLogger("imts.monitor")
+
+# Files in output_dir that record the training run rather than make up the adapter.
+_TRAINING_RECORDS = {
+    "trainer_log.jsonl",
+    "training_args.bin",
+    "training_loss.png",
+    "trainer_state.json",
+    "all_results.json",
+    "train_results.json",
+}
+_ERROR_LINE = re.compile(r"^\w*(Error|Exception|error)\b.*|^.*Traceback")
+
+
+class _StopFlag:
+    def __init__(self):
+        self.set = False
+
+    def __call__(self, signum, frame):
+        log.info("received signal %s: stopping the trainer", signum)
+        self.set = True
+
+
+def _tail_lines(path, count):
+    from .fsio import read_tail
+
+    lines = [line for line in read_tail(path, 64 * 1024).splitlines() if line.strip()]
+    # Progress bars redraw with carriage returns; keep what the terminal would show last.
+    return [line.rsplit("\r", 1)[-1] for line in lines[-count:]]
+
+
+def _failure_reason(lines, fallback):
+    for line in reversed(lines):
+        if _ERROR_LINE.match(line.strip()):
+            return line.strip()[:500]
+    return fallback
+
+
+def _describe_exit(rc):
+    if rc < 0:
+        name = signal.Signals(-rc).name
+        return f"llamafactory-cli was killed by signal {-rc} ({name})", name
+    return f"llamafactory-cli exited with code {rc}", None
+
+
+class Monitor:
+    def __init__(self, settings, job_id):
+        self.settings = settings
+        self.job_id = job_id
+        self.store = JobStore(settings.path("jobs_dir"), settings.lock_timeout_s)
+        self.me = {"pid": os.getpid(), "start_ticks": start_ticks(os.getpid())}
+        self.stop = _StopFlag()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self.stop)
+
+    def _heartbeat(self):
+        path = self.store.path(self.job_id, JobStore.HEARTBEAT)
+        with open(path, "w") as handle:
+            handle.write(f"{time.time():.0f}\n")
+
+    def _run(self, argv, log_name):
+        """Start a llamafactory-cli command in its own process group, output appended to a log."""
+        log_path = self.store.path(self.job_id, log_name)
+        with open(log_path, "ab") as out:
+            out.write(f"=== {now_utc()} imts monitor (pid {os.getpid()}): {' '.join(argv)}\n".encode())
+            out.flush()
+            return subprocess.Popen(
+                argv,
+                cwd=self.store.path(self.job_id),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+                env=trainer_env(self.settings),
+            )
+
+    def _wait(self, proc, ticks):
+        """Wait for the child, heartbeating; on a stop request terminate its tree. Return its code."""
+        stopping = False
+        last_beat = 0.0
+        while proc.poll() is None:
+            if self.stop.set and not stopping:
+                stopping = True
+                terminate_tree(proc.pid, ticks, self.settings.stop_grace_s, popen=proc)
+                continue
+            now = time.monotonic()
+            if now - last_beat >= self.settings.heartbeat_s:
+                self._heartbeat()
+                last_beat = now
+            time.sleep(0.2)
+        return proc.returncode
+
+    # -- training --------------------------------------------------------------------------
+
+    def train(self):
+        state = self.store.read(self.job_id)
+        if state["status"] != JobStatus.PENDING.value:
+            log.info("job is %s, not pending: nothing to start", state["status"])
+            return
+        config_path = self.store.path(self.job_id, JobStore.TRAIN_CONFIG)
+        proc = self._run([self.settings.llamafactory_cli, "train", config_path], JobStore.TRAIN_LOG)
+        ticks = start_ticks(proc.pid)
+
+        def mark_running(current):
+            if current["status"] != JobStatus.PENDING.value:
+                return False
+            current.update(
+                status=JobStatus.RUNNING.value,
+                pid=proc.pid,
+                started_at=now_utc(),
+                trainer={"pid": proc.pid, "start_ticks": ticks, "pgid": proc.pid},
+                monitor=self.me,
+            )
+
+        state = self.store.update(self.job_id, mark_running)
+        if state.get("pid") != proc.pid:
+            log.info("job became %s while starting: stopping the trainer", state["status"])
+            terminate_tree(proc.pid, ticks, 0, popen=proc)
+            return
+        log.info("trainer started: pid %s", proc.pid)
+        rc = self._wait(proc, ticks)
+        log.info("trainer exited: %s", rc)
+        self.store.update(self.job_id, lambda s: self._record_outcome(s, rc))
+
+    def _record_outcome(self, state, rc):
+        output_dir = state["paths"]["output_dir"]
+        progress = read_progress(output_dir)
+        reached_end = progress.get("current_step") is not None and progress.get(
+            "current_step"
+        ) == progress.get("total_steps")
+        finished = rc == 0 and training_finished(output_dir) and (reached_end or not progress)
+        state.update(pid=None, exit_code=rc if rc >= 0 else None, signal=None, final=progress)
+        if finished:
+            state["status"] = JobStatus.COMPLETED.value
+            state["final"]["progress"] = 1.0
+        elif self.stop.set or state.get("stop_requested_at"):
+            state["status"] = JobStatus.STOPPED.value
+        else:
+            lines = _tail_lines(state["paths"]["log"], self.settings.log_tail_lines)
+            if rc == 0:
+                reason = (
+                    f"llamafactory-cli exited with code 0 before the last step "
+                    f"({progress.get('current_step')} of {progress.get('total_steps')})"
+                )
+            else:
+                reason, state["signal"] = _describe_exit(rc)
+                reason = f"{reason}: {_failure_reason(lines, 'see log_tail')}"
+            state.update(status=JobStatus.FAILED.value, error=reason, log_tail=lines)
+
+    # -- export ----------------------------------------------------------------------------
+
+    def export(self):
+        state = self.store.read(self.job_id)
+        export = state.get("export") or {}
+        if export.get("status") != "running":
+            return
+        target = export["export_dir"]
+        partial = f"{target}.partial-{secrets.token_hex(4)}"
+        try:
+            rc = self._export_into(state, export, partial)
+            if rc == 0 and not os.path.isdir(partial):
+                rc, reason = 1, "the exporter wrote nothing"
+            else:
+                reason = None
+            if rc == 0:
+                self._replace_dir(partial, target)
+        except OSError as exc:
+            rc, reason = 1, f"{type(exc).__name__}: {exc}"
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+
+        def record(current):
+            current_export = current.get("export") or {}
+            if current_export.get("export_dir") != target:
+                return False
+            current_export["finished_at"] = now_utc()
+            if rc == 0:
+                current_export.update(status="completed", model_path=target, error=None)
+            else:
+                lines = _tail_lines(
+                    self.store.path(self.job_id, JobStore.EXPORT_LOG), self.settings.log_tail_lines
+                )
+                detail = reason or (_describe_exit(rc)[0] + ": " + _failure_reason(lines, "see export.log"))
+                current_export.update(status="failed", error=detail, log_tail=lines)
+            current["export"] = current_export
+
+        self.store.update(self.job_id, record)
+
+    def _export_into(self, state, export, partial):
+        with open(state["paths"]["config"], encoding="utf-8") as handle:
+            import yaml
+
+            train_config = yaml.safe_load(handle)
+        lora = train_config.get("finetuning_type") == "lora"
+        if lora and not export["merge_lora"]:
+            # The adapter alone: its weights, config and tokenizer files, without checkpoints and logs.
+            os.makedirs(partial)
+            for name in os.listdir(train_config["output_dir"]):
+                source = os.path.join(train_config["output_dir"], name)
+                if os.path.isfile(source) and name not in _TRAINING_RECORDS:
+                    shutil.copy2(source, os.path.join(partial, name))
+            return 0
+        config = build_export_config(train_config, partial)
+        path = self.store.write_file(self.job_id, JobStore.EXPORT_CONFIG, config)
+        proc = self._run([self.settings.llamafactory_cli, "export", path], JobStore.EXPORT_LOG)
+        return self._wait(proc, start_ticks(proc.pid))
+
+    @staticmethod
+    def _replace_dir(partial, target):
+        """Move a finished export into place; an earlier export of the same job is replaced."""
+        old = None
+        if os.path.exists(target):
+            old = f"{target}.old-{secrets.token_hex(4)}"
+            os.rename(target, old)
+        os.rename(partial, target)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2 or argv[0] not in ("train", "export"):
+        print("usage: python -m imts_flask.monitor train|export JOB_ID", file=sys.stderr)
+        return 2
+    action, job_id = argv
+    raw = json.loads(os.environ.get(MONITOR_SETTINGS_ENV, "{}"))
+    known = {f.name for f in dataclasses.fields(Settings)}
+    settings = Settings(**{k: v for k, v in raw.items() if k in known})
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s monitor[{job_id}] %(message)s")
+    monitor = Monitor(settings, job_id)
+    try:
+        getattr(monitor, action)()
+    except Exception:
+        log.exception("monitor failed")
+        if action == "train":
+            monitor.store.update(
+                job_id,
+                lambda s: s.update(
+                    status=JobStatus.FAILED.value,
+                    pid=None,
+                    error="the job's monitor failed unexpectedly; see monitor.log",
+                ),
+            )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

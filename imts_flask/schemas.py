@@ -1,0 +1,248 @@
+"""Marshmallow wire formats: requests in (snake_case or the guide's camelCase), responses out."""
+
+import re
+
+from marshmallow import (
+    EXCLUDE,
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    missing,
+    post_load,
+    pre_load,
+    validate,
+    validates,
+)
+
+from .state import JobStatus
+from .trainer import FINETUNING_TYPES, PPO_REASON, STAGES
+
+_CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
+MAX_DATASETS = 8
+
+
+def _snake(name):
+    return _CAMEL.sub("_", name).lower()
+
+
+class RequestSchema(Schema):
+    """Accept snake_case and camelCase field names (Jackson's default), and null as "not given"."""
+
+    class Meta:
+        unknown = RAISE
+
+    @pre_load
+    def _normalise(self, data, **kwargs):
+        if not isinstance(data, dict):
+            raise ValidationError("the request body must be a JSON object", field_name="body")
+        out = {}
+        for key, value in data.items():
+            name = _snake(key) if isinstance(key, str) else key
+            if name in out and out[name] != value:
+                raise ValidationError(
+                    f"given twice with different values (as '{key}' and another spelling)", name
+                )
+            if value is not None or name not in out:
+                out[name] = value
+        return out
+
+    @post_load
+    def _defaults(self, data, **kwargs):
+        for name, field in self.fields.items():
+            default = field.load_default
+            if data.get(name) is None and default is not missing:
+                data[name] = default() if callable(default) else default
+        return data
+
+
+_REQUIRED = {"required": "is required", "null": "is required and may not be null"}
+
+
+class DatasetField(fields.Field):
+    """A dataset name, several names separated by commas, or a list of names."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str):
+            names = [n.strip() for n in value.split(",")]
+        elif isinstance(value, list) and all(isinstance(n, str) for n in value):
+            names = [n.strip() for n in value]
+        else:
+            raise ValidationError("must be a dataset name, names separated by commas, or a list of names")
+        if not names or any(not n for n in names):
+            raise ValidationError("must name at least one dataset, with no empty names")
+        if len(names) > MAX_DATASETS:
+            raise ValidationError(f"may name at most {MAX_DATASETS} datasets")
+        if len(set(names)) != len(names):
+            raise ValidationError("names a dataset twice")
+        return names
+
+
+class TrainingJobRequestSchema(RequestSchema):
+    """POST /jobs: what to train (the guide's TrainingJobRequest)."""
+
+    model_name = fields.String(required=True, validate=validate.Length(1, 256), error_messages=_REQUIRED)
+    dataset = DatasetField(required=True, error_messages=_REQUIRED)
+    stage = fields.String(load_default="sft", allow_none=True)
+    finetuning_type = fields.String(
+        load_default="lora",
+        allow_none=True,
+        validate=validate.OneOf(FINETUNING_TYPES, error="must be one of {choices}"),
+    )
+    batch_size = fields.Integer(
+        strict=True, load_default=2, allow_none=True, validate=validate.Range(1, 1024)
+    )
+    learning_rate = fields.Float(
+        load_default=5e-5, allow_none=True, validate=validate.Range(0, 1, min_inclusive=False)
+    )
+    epochs = fields.Float(
+        load_default=3.0, allow_none=True, validate=validate.Range(0, 10_000, min_inclusive=False)
+    )
+    lora_rank = fields.Integer(strict=True, load_default=8, allow_none=True, validate=validate.Range(1, 1024))
+    lora_alpha = fields.Integer(
+        strict=True, load_default=16, allow_none=True, validate=validate.Range(1, 4096)
+    )
+    custom_config = fields.Dict(keys=fields.String(), load_default=dict, allow_none=True)
+
+    @validates("stage")
+    def _stage(self, value, **kwargs):
+        if value == "ppo":
+            raise ValidationError(PPO_REASON)
+        if value is not None and value not in STAGES:
+            raise ValidationError(f"must be one of {', '.join(STAGES)}")
+
+
+class ExportRequestSchema(RequestSchema):
+    """POST /jobs/{id}/export: where to put the model and whether to merge the LoRA adapter."""
+
+    job_id = fields.String(allow_none=True, validate=validate.Length(1, 64))
+    export_dir = fields.String(required=True, validate=validate.Length(1, 1024), error_messages=_REQUIRED)
+    merge_lora = fields.Boolean(load_default=True, allow_none=True)
+
+
+class ListQuerySchema(Schema):
+    """GET /jobs query: optional status filter and paging."""
+
+    class Meta:
+        unknown = RAISE
+
+    status = fields.String(
+        validate=validate.OneOf([s.value for s in JobStatus], error="must be one of {choices}")
+    )
+    limit = fields.Integer(load_default=100, validate=validate.Range(1, 1000))
+    offset = fields.Integer(load_default=0, validate=validate.Range(0))
+
+
+# -- responses ---------------------------------------------------------------------------------
+
+
+class ResponseSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+        ordered = True
+
+
+class JobCreatedSchema(ResponseSchema):
+    job_id = fields.String()
+    status = fields.String()
+    message = fields.String()
+    created_at = fields.String()
+
+
+class ExportStateSchema(ResponseSchema):
+    status = fields.String()
+    export_dir = fields.String()
+    merge_lora = fields.Boolean()
+    model_path = fields.String(allow_none=True)
+    requested_at = fields.String()
+    finished_at = fields.String(allow_none=True)
+    error = fields.String(allow_none=True)
+    log_tail = fields.List(fields.String())
+
+
+class JobStatusSchema(ResponseSchema):
+    job_id = fields.String()
+    status = fields.String()
+    pid = fields.Integer(allow_none=True)
+    config_path = fields.String(allow_none=True)
+    progress = fields.Float()
+    current_loss = fields.Float(allow_none=True)
+    current_step = fields.Integer(allow_none=True)
+    total_steps = fields.Integer(allow_none=True)
+    epoch = fields.Float(allow_none=True)
+    learning_rate = fields.Float(allow_none=True)
+    eta_seconds = fields.Integer(allow_none=True)
+    created_at = fields.String(allow_none=True)
+    started_at = fields.String(allow_none=True)
+    finished_at = fields.String(allow_none=True)
+    model_name = fields.String(allow_none=True)
+    dataset = fields.String(allow_none=True)
+    stage = fields.String(allow_none=True)
+    finetuning_type = fields.String(allow_none=True)
+    stop_requested = fields.Boolean()
+    exit_code = fields.Integer(allow_none=True)
+    signal = fields.String(allow_none=True)
+    reason = fields.String(allow_none=True)
+    error = fields.String(allow_none=True)
+    log_tail = fields.List(fields.String())
+    output_dir = fields.String(allow_none=True)
+    log_path = fields.String(allow_none=True)
+    export = fields.Nested(ExportStateSchema, allow_none=True)
+
+
+class JobListSchema(ResponseSchema):
+    total = fields.Integer()
+    limit = fields.Integer()
+    offset = fields.Integer()
+    jobs = fields.List(fields.Nested(JobStatusSchema))
+
+
+class MessageSchema(ResponseSchema):
+    message = fields.String()
+    job_id = fields.String()
+    status = fields.String()
+
+
+class ExportResponseSchema(ResponseSchema):
+    message = fields.String()
+    model_path = fields.String(allow_none=True)
+    job_id = fields.String()
+    export_status = fields.String()
+    merge_lora = fields.Boolean()
+
+
+class HealthSchema(ResponseSchema):
+    status = fields.String()
+    service = fields.String()
+    adapter_initialized = fields.Boolean()
+    checks = fields.Dict(keys=fields.String(), values=fields.Dict())
+
+
+class FieldErrorSchema(ResponseSchema):
+    field = fields.String()
+    reason = fields.String()
+
+
+class ErrorSchema(ResponseSchema):
+    status = fields.Integer()
+    error = fields.String()
+    message = fields.String()
+    errors = fields.List(fields.Nested(FieldErrorSchema))
+    path = fields.String()
+
+
+def flatten_errors(messages, prefix=""):
+    """Turn marshmallow's nested error dict into [{field, reason}, ...]."""
+    out = []
+    if isinstance(messages, dict):
+        for key, value in messages.items():
+            name = "body" if key == "_schema" else (f"{prefix}.{key}" if prefix else str(key))
+            out.extend(flatten_errors(value, name))
+    elif isinstance(messages, list) and all(isinstance(m, str) for m in messages):
+        out.extend({"field": prefix or "body", "reason": m} for m in messages)
+    elif isinstance(messages, list):
+        for item in messages:
+            out.extend(flatten_errors(item, prefix))
+    else:
+        out.append({"field": prefix or "body", "reason": str(messages)})
+    return out

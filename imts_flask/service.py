@@ -1,0 +1,264 @@
+"""What each endpoint does, below HTTP: create, read, list, stop, export, health."""
+
+import logging
+import os
+import shutil
+
+from .catalog import Catalog
+from .errors import Conflict, InsufficientStorage, ValidationFailed
+from .launcher import Launcher
+from .state import JobStatus, now_utc
+from .store import JobStore
+from .trainer import build_train_config, read_progress, validate_custom_config
+
+log = logging.getLogger(__name__)
+
+ABOUT = (
+    "Written by the IMTS training API. status is one of pending, running, completed, failed, stopped; "
+    "completed, failed and stopped never change. pid is the trainer's process id while running. "
+    "paths.config is the file llamafactory-cli reads, paths.log its output, paths.output_dir its results. "
+    "Times are UTC."
+)
+
+
+class TrainingService:
+    def __init__(self, settings):
+        self.settings = settings
+        self.store = JobStore(settings.path("jobs_dir"), settings.lock_timeout_s)
+        self.catalog = Catalog(settings)
+        self.launcher = Launcher(settings, self.store)
+
+    # -- create ----------------------------------------------------------------------------
+
+    def create_job(self, request, original):
+        """Validate what a job needs against what exists, write the job, start it; return its state."""
+        validate_custom_config(request["custom_config"])
+        model_path, default_template = self.catalog.resolve_model(request["model_name"])
+        template = request["custom_config"].get("template") or default_template or "default"
+        self.catalog.check_template(template)
+        datasets = self.catalog.resolve_datasets(request["dataset"], request["stage"])
+        self._check_disk()
+
+        def make_files(job_id, job_dir):
+            paths = {
+                "config": os.path.join(job_dir, JobStore.TRAIN_CONFIG),
+                "output_dir": os.path.join(job_dir, JobStore.OUTPUT),
+                "log": os.path.join(job_dir, JobStore.TRAIN_LOG),
+                "request": os.path.join(job_dir, JobStore.REQUEST),
+                "dataset_info": os.path.join(job_dir, JobStore.DATASET_INFO),
+            }
+            config = build_train_config(
+                request,
+                model_path=model_path,
+                template=template,
+                dataset_dir=os.path.dirname(paths["dataset_info"]),
+                output_dir=paths["output_dir"],
+                jit_checkpoint=self.settings.enable_jit_checkpoint,
+            )
+            created = now_utc()
+            state = {
+                "job_id": job_id,
+                "status": JobStatus.PENDING.value,
+                "created_at": created,
+                "started_at": None,
+                "finished_at": None,
+                "updated_at": created,
+                "pid": None,
+                "model_name": request["model_name"],
+                "dataset": ",".join(request["dataset"]),
+                "stage": request["stage"],
+                "finetuning_type": request["finetuning_type"],
+                "exit_code": None,
+                "signal": None,
+                "error": None,
+                "stop_requested_at": None,
+                "paths": paths,
+                "trainer": None,
+                "monitor": None,
+                "final": None,
+                "export": None,
+                "history": [{"status": JobStatus.PENDING.value, "at": created}],
+                "about": ABOUT,
+            }
+            return {
+                JobStore.REQUEST: original,
+                JobStore.DATASET_INFO: datasets,
+                JobStore.TRAIN_CONFIG: config,
+                JobStore.STATE: state,
+            }
+
+        job_id = self.store.create(make_files)
+        log.info(
+            "job %s: created (%s on %s, stage %s)",
+            job_id,
+            request["model_name"],
+            ",".join(request["dataset"]),
+            request["stage"],
+        )
+        self.launcher.start(job_id)
+        return self.store.read(job_id)
+
+    def _check_disk(self):
+        free_mb = shutil.disk_usage(self.store.root).free // (1024 * 1024)
+        if free_mb < self.settings.min_free_disk_mb:
+            raise InsufficientStorage(
+                f"only {free_mb} MB free under {self.store.root} "
+                f"(at least {self.settings.min_free_disk_mb} MB needed)"
+            )
+
+    # -- read ------------------------------------------------------------------------------
+
+    def job(self, job_id):
+        """Return the current view of one job."""
+        return self.view(self.launcher.reconcile(self.store.read(job_id)))
+
+    def view(self, state, detail=True):
+        """Turn a stored state into what GET /jobs/{id} answers, with live progress when running."""
+        status = state.get("status")
+        paths = state.get("paths") or {}
+        if state.get("final") is not None:
+            progress = dict(state["final"])
+        elif paths.get("output_dir") and status != JobStatus.PENDING.value:
+            progress = read_progress(paths["output_dir"])
+        else:
+            progress = {}
+        fraction = 1.0 if status == JobStatus.COMPLETED.value else (progress.get("progress") or 0.0)
+        running = status == JobStatus.RUNNING.value
+        view = {
+            "job_id": state.get("job_id"),
+            "status": status,
+            "pid": state.get("pid") if running else None,
+            "config_path": paths.get("config"),
+            "progress": round(fraction, 6),
+            "current_loss": progress.get("current_loss"),
+            "current_step": progress.get("current_step"),
+            "total_steps": progress.get("total_steps"),
+            "epoch": progress.get("epoch"),
+            "learning_rate": progress.get("learning_rate"),
+            "eta_seconds": progress.get("eta_seconds") if running else None,
+            "created_at": state.get("created_at"),
+            "started_at": state.get("started_at"),
+            "finished_at": state.get("finished_at"),
+            "model_name": state.get("model_name"),
+            "dataset": state.get("dataset"),
+            "stage": state.get("stage"),
+            "finetuning_type": state.get("finetuning_type"),
+            "stop_requested": bool(state.get("stop_requested_at")),
+            "exit_code": state.get("exit_code"),
+            "signal": state.get("signal"),
+            "reason": state.get("reason"),
+            "error": state.get("error"),
+            "output_dir": paths.get("output_dir"),
+            "log_path": paths.get("log"),
+            "export": state.get("export"),
+        }
+        if detail and status == JobStatus.FAILED.value:
+            view["log_tail"] = state.get("log_tail") or []
+        return view
+
+    def list_jobs(self, status=None, limit=100, offset=0):
+        """Return (total matching, one page of job views), newest first."""
+        states = [self.launcher.reconcile(s) for s in self.store.all_states()]
+        if status:
+            states = [s for s in states if s.get("status") == status]
+        states.sort(key=lambda s: (s.get("created_at") or "", s["job_id"]), reverse=True)
+        page = states[offset : offset + limit]
+        return len(states), [self.view(s, detail=False) for s in page]
+
+    # -- stop ------------------------------------------------------------------------------
+
+    def stop_job(self, job_id):
+        """Stop a job and wait a bounded time for it; return (state, finished stopping)."""
+        state = self.launcher.request_stop(job_id)
+        if not JobStatus(state["status"]).is_terminal():
+            state = self.launcher.wait_terminal(job_id, self.settings.stop_wait_s)
+        done = JobStatus(state["status"]).is_terminal()
+        if done:
+            log.info("job %s: stop answered with status %s", job_id, state["status"])
+        return self.view(state), done
+
+    # -- export ----------------------------------------------------------------------------
+
+    def resolve_export_dir(self, raw):
+        """Resolve a caller's export_dir inside the exports root, or refuse it."""
+        root = os.path.realpath(self.settings.path("exports_dir"))
+        if "\x00" in raw or any(len(part) > 255 for part in raw.split("/")):
+            raise ValidationFailed("export_dir is not a valid path", field="export_dir")
+        candidates = (
+            [raw] if os.path.isabs(raw) else [os.path.join(self.settings.home, raw), os.path.join(root, raw)]
+        )
+        for candidate in candidates:
+            path = os.path.realpath(candidate)
+            if path != root and os.path.commonpath([root, path]) == root:
+                return path
+        raise ValidationFailed(
+            f"export_dir must lie inside the exports root {root} (for example ./models/exports/my_model)",
+            field="export_dir",
+        )
+
+    def export_model(self, job_id, export_dir, merge_lora):
+        """Start (or join) an export of a completed job; return (export state, finished)."""
+        state = self.store.read(job_id)
+        if state["status"] != JobStatus.COMPLETED.value:
+            raise Conflict(
+                f"job {job_id} is {state['status']}; only completed jobs can be exported",
+                extra={"job_status": state["status"]},
+            )
+        target = self.resolve_export_dir(export_dir)
+        started = []
+
+        def mark(current):
+            previous = current.get("export") or {}
+            same = previous.get("export_dir") == target and previous.get("merge_lora") == merge_lora
+            if previous.get("status") == "running":
+                if same:
+                    return False
+                raise Conflict(f"an export of job {job_id} to {previous['export_dir']} is still running")
+            if same and previous.get("status") == "completed" and os.path.isdir(target):
+                return False
+            if os.path.exists(target) and previous.get("export_dir") != target:
+                raise Conflict(
+                    f"export_dir {target} already exists; choose another directory or remove it",
+                    field="export_dir",
+                )
+            current["export"] = {
+                "status": "running",
+                "export_dir": target,
+                "merge_lora": merge_lora,
+                "model_path": None,
+                "requested_at": now_utc(),
+                "finished_at": None,
+                "error": None,
+            }
+            started.append(True)
+
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        self.store.update(job_id, mark)
+        if started:
+            log.info("job %s: export to %s (merge_lora=%s) started", job_id, target, merge_lora)
+            self.launcher.start_export(job_id)
+        state = self.launcher.wait_terminal(
+            job_id,
+            self.settings.export_wait_s,
+            done=lambda s: (s.get("export") or {}).get("status") != "running",
+        )
+        export = state["export"]
+        return export, export["status"] != "running"
+
+    # -- health ----------------------------------------------------------------------------
+
+    def health(self):
+        """Return (healthy, checks): trainer runnable, jobs directory writable, disk not nearly full."""
+        cli = self.settings.llamafactory_cli
+        jobs = self.store.root
+        free_mb = shutil.disk_usage(jobs).free // (1024 * 1024)
+        checks = {
+            "llamafactory_cli": {"ok": os.path.isfile(cli) and os.access(cli, os.X_OK), "path": cli},
+            "jobs_dir_writable": {"ok": os.access(jobs, os.W_OK | os.X_OK), "path": jobs},
+            "disk_free": {
+                "ok": free_mb >= self.settings.min_free_disk_mb,
+                "free_mb": free_mb,
+                "min_free_mb": self.settings.min_free_disk_mb,
+            },
+        }
+        return all(c["ok"] for c in checks.values()), checks

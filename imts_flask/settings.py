@@ -1,0 +1,122 @@
+"""Every path and knob of the service: defaults, then config/imts.yaml, then IMTS_* variables."""
+
+import dataclasses
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+
+import yaml
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _default_cli():
+    """Find llamafactory-cli beside this interpreter first (the venv), else on PATH."""
+    beside = os.path.join(os.path.dirname(sys.executable), "llamafactory-cli")
+    if os.path.exists(beside):
+        return beside
+    return shutil.which("llamafactory-cli") or beside
+
+
+@dataclass
+class Settings:
+    """Resolved configuration. Relative paths are taken from `home`."""
+
+    home: str = PROJECT_ROOT
+    jobs_dir: str = "jobs"
+    config_dir: str = "config"
+    logs_dir: str = "logs"
+    models_dir: str = "models"
+    exports_dir: str = "models/exports"
+    cache_dir: str = "cache"
+    # Dataset directories, searched in order; each holds a dataset_info.json.
+    data_dirs: list = field(default_factory=lambda: ["data"])
+    host: str = "127.0.0.1"
+    port: int = 8000
+    llamafactory_cli: str = field(default_factory=_default_cli)
+    python: str = sys.executable
+    # Seconds between SIGTERM to the trainer and SIGKILL of whatever survives.
+    stop_grace_s: float = 15.0
+    # How long POST /stop and POST /export wait before answering "still working".
+    stop_wait_s: float = 20.0
+    export_wait_s: float = 20.0
+    lock_timeout_s: float = 10.0
+    heartbeat_s: float = 2.0
+    min_free_disk_mb: int = 1024
+    log_tail_lines: int = 20
+    max_content_length: int = 1024 * 1024
+    enable_jit_checkpoint: bool = True
+    log_level: str = "INFO"
+
+    def path(self, name):
+        """Return the absolute path of a directory setting (e.g. "jobs_dir")."""
+        value = getattr(self, name)
+        return value if os.path.isabs(value) else os.path.join(self.home, value)
+
+    @property
+    def data_paths(self):
+        return [d if os.path.isabs(d) else os.path.join(self.home, d) for d in self.data_dirs]
+
+    @property
+    def models_registry_path(self):
+        return os.path.join(self.path("config_dir"), "models.yaml")
+
+
+_ENV_PREFIX = "IMTS_"
+
+
+def _coerce(name, value, current):
+    if name == "data_dirs":
+        if isinstance(value, str):
+            return [p for p in value.split(os.pathsep) if p]
+        return [str(p) for p in value]
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+        return str(value).strip().lower() in ("1", "true", "yes", "on")
+    if isinstance(current, int):
+        return int(value)
+    if isinstance(current, float):
+        return float(value)
+    return str(value)
+
+
+def load_settings(overrides=None, environ=None):
+    """Build Settings from defaults, `<home>/config/imts.yaml`, IMTS_* variables and `overrides`."""
+    environ = os.environ if environ is None else environ
+    overrides = dict(overrides or {})
+    settings = Settings()
+    names = {f.name for f in dataclasses.fields(Settings)}
+
+    home = overrides.get("home") or environ.get("IMTS_HOME") or settings.home
+    settings.home = os.path.abspath(home)
+
+    layers = []
+    config_file = environ.get("IMTS_CONFIG") or os.path.join(settings.path("config_dir"), "imts.yaml")
+    if os.path.exists(config_file):
+        with open(config_file, encoding="utf-8") as handle:
+            from_file = yaml.safe_load(handle) or {}
+        if not isinstance(from_file, dict):
+            raise ValueError(f"{config_file}: expected a mapping of settings")
+        unknown = set(from_file) - names
+        if unknown:
+            raise ValueError(f"{config_file}: unknown settings {sorted(unknown)}")
+        layers.append(from_file)
+    # IMTS_DATA_DIR is the documented name; IMTS_DATA_DIRS is accepted too.
+    from_env = {}
+    for name in names:
+        key = _ENV_PREFIX + name.upper()
+        if key in environ:
+            from_env[name] = environ[key]
+    if "IMTS_DATA_DIR" in environ:
+        from_env["data_dirs"] = environ["IMTS_DATA_DIR"]
+    layers.append(from_env)
+    layers.append(overrides)
+
+    for layer in layers:
+        for name, value in layer.items():
+            if name == "home":
+                continue
+            setattr(settings, name, _coerce(name, value, getattr(settings, name)))
+    return settings

@@ -1,0 +1,46 @@
+"""Job status values, the allowed transitions between them, and time stamps."""
+
+import enum
+from datetime import UTC, datetime
+
+# The guide's format: "2025-01-06T10:30:00" (UTC, no offset, second precision).
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
+
+
+class JobStatus(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+    def is_terminal(self):
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.STOPPED})
+
+ALLOWED_TRANSITIONS = {
+    JobStatus.PENDING: {JobStatus.RUNNING, JobStatus.FAILED, JobStatus.STOPPED},
+    JobStatus.RUNNING: {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.STOPPED},
+    JobStatus.COMPLETED: set(),
+    JobStatus.FAILED: set(),
+    JobStatus.STOPPED: set(),
+}
+
+
+def can_transition(old, new):
+    """Tell whether a job may move from status `old` to status `new`."""
+    return JobStatus(new) in ALLOWED_TRANSITIONS[JobStatus(old)]
+
+
+def now_utc():
+    """Return the current UTC time as the guide formats it."""
+    return datetime.now(UTC).strftime(TIME_FORMAT)
+
+
+def parse_time(text):
+    """Parse a time written by now_utc() back into an aware datetime (None stays None)."""
+    if not text:
+        return None
+    return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC)

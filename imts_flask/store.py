@@ -1,0 +1,246 @@
+"""JobStore: the on-disk layout of jobs/<job_id>/, its locks, reads, updates and listing."""
+
+import contextlib
+import errno
+import logging
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import time
+
+import filelock
+
+from .errors import ApiError, InsufficientStorage, NotFound, Unavailable, ValidationFailed
+from .fsio import TMP_PREFIX, atomic_write_bytes, atomic_write_json, atomic_write_yaml, read_json
+from .state import JobStatus, now_utc
+
+log = logging.getLogger(__name__)
+
+JOB_ID_PATTERN = re.compile(r"train_[0-9a-z]{8}")
+
+
+def new_job_id():
+    """Return a fresh server-generated job id such as train_a1b2c3d4."""
+    return "train_" + secrets.token_hex(4)
+
+
+def storage_error(exc, what):
+    """Translate an OSError from a write into the API error a client should see."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InsufficientStorage(f"no space left on the device while {what}; nothing was changed")
+    return Unavailable(f"the job store is not writable while {what} ({exc.strerror}); nothing was changed")
+
+
+class JobStore:
+    """Own the layout of the jobs directory: one directory per job, a sidecar lock per job."""
+
+    STATE = "state.json"
+    REQUEST = "request.json"
+    TRAIN_CONFIG = "training_config.yaml"
+    EXPORT_CONFIG = "export_config.yaml"
+    DATASET_INFO = "dataset/dataset_info.json"
+    TRAIN_LOG = "training.log"
+    EXPORT_LOG = "export.log"
+    MONITOR_LOG = "monitor.log"
+    HEARTBEAT = "monitor.heartbeat"
+    OUTPUT = "output"
+    LOCKS = ".locks"
+    STAGING = ".staging"
+
+    def __init__(self, root, lock_timeout=10.0):
+        self.root = os.path.abspath(root)
+        self.lock_timeout = lock_timeout
+        os.makedirs(os.path.join(self.root, self.LOCKS), exist_ok=True)
+        os.makedirs(os.path.join(self.root, self.STAGING), exist_ok=True)
+
+    # -- paths -----------------------------------------------------------------------------
+
+    def _job_dir(self, job_id):
+        if not isinstance(job_id, str) or not JOB_ID_PATTERN.fullmatch(job_id):
+            raise ValidationFailed(
+                "job_id must look like train_ followed by 8 lowercase letters or digits",
+                field="job_id",
+            )
+        return os.path.join(self.root, job_id)
+
+    def path(self, job_id, name=""):
+        """Return the absolute path of file `name` (a class constant) inside a job's directory."""
+        return os.path.join(self._job_dir(job_id), name) if name else self._job_dir(job_id)
+
+    def exists(self, job_id):
+        return os.path.isdir(self._job_dir(job_id))
+
+    # -- locking ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self, name):
+        """Hold the sidecar lock `jobs/.locks/<name>.lock`; a timeout becomes a 503."""
+        lock = filelock.FileLock(
+            os.path.join(self.root, self.LOCKS, name + ".lock"), timeout=self.lock_timeout
+        )
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            raise Unavailable(f"timed out waiting for the lock of {name}; try again") from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+    # -- create ----------------------------------------------------------------------------
+
+    def create(self, make_files):
+        """Create a job atomically and return its id.
+
+        `make_files(job_id, job_dir)` returns {relative name: object}; names ending in .json are
+        written as JSON, .yaml as YAML. The files are written into a staging directory which is
+        renamed into place, so a job directory either holds all of them or does not exist.
+        """
+        for _ in range(16):
+            job_id = new_job_id()
+            final = self._job_dir(job_id)
+            if os.path.exists(final):
+                continue
+            files = make_files(job_id, final)
+            staging = None
+            try:
+                staging = tempfile.mkdtemp(prefix=job_id + "-", dir=os.path.join(self.root, self.STAGING))
+                for name, obj in files.items():
+                    target = os.path.join(staging, name)
+                    os.makedirs(os.path.dirname(target), exist_ok=True)
+                    if name.endswith(".json"):
+                        atomic_write_json(target, obj)
+                    elif name.endswith(".yaml"):
+                        atomic_write_yaml(target, obj)
+                    else:
+                        atomic_write_bytes(target, obj)
+                os.rename(staging, final)
+                staging = None
+            except OSError as exc:
+                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    continue
+                raise storage_error(exc, "creating the job") from exc
+            finally:
+                if staging:
+                    shutil.rmtree(staging, ignore_errors=True)
+            return job_id
+        raise ApiError("could not allocate a unique job id")
+
+    # -- read and update -------------------------------------------------------------------
+
+    def read(self, job_id):
+        """Return a job's state; a job whose state.json cannot be read is reported as broken."""
+        job_dir = self._job_dir(job_id)
+        path = os.path.join(job_dir, self.STATE)
+        try:
+            return read_json(path)
+        except FileNotFoundError:
+            if not os.path.isdir(job_dir):
+                raise NotFound(f"job {job_id} does not exist", field="job_id") from None
+            return self._broken(job_id, "state.json is missing")
+        except ValueError as exc:
+            return self._broken(job_id, f"state.json is unreadable: {exc}")
+
+    def _broken(self, job_id, reason):
+        log.warning("job %s: %s", job_id, reason)
+        return {
+            "job_id": job_id,
+            "status": JobStatus.FAILED.value,
+            "error": f"job record is damaged: {reason}",
+            "broken": True,
+        }
+
+    def update(self, job_id, change):
+        """Apply `change(state)` under the job's lock and write the result atomically.
+
+        `change` mutates the state in place and may return False to skip the write. A terminal
+        status never changes: an attempt to change it is ignored. Returns the state as stored.
+        """
+        path = self.path(job_id, self.STATE)
+        with self.lock(job_id):
+            try:
+                state = read_json(path)
+            except FileNotFoundError:
+                raise NotFound(f"job {job_id} does not exist", field="job_id") from None
+            except ValueError as exc:
+                raise ApiError(
+                    f"job {job_id} has a damaged state.json ({exc}); it cannot be changed"
+                ) from None
+            before = state.get("status")
+            if change(state) is False:
+                return state
+            after = state.get("status")
+            if before != after:
+                if JobStatus(before).is_terminal():
+                    log.info("job %s: ignored change of terminal status %s to %s", job_id, before, after)
+                    state["status"] = before
+                else:
+                    state.setdefault("history", []).append({"status": after, "at": now_utc()})
+                    if JobStatus(after).is_terminal() and not state.get("finished_at"):
+                        state["finished_at"] = now_utc()
+            state["updated_at"] = now_utc()
+            try:
+                atomic_write_json(path, state)
+            except OSError as exc:
+                raise storage_error(exc, f"updating job {job_id}") from exc
+            return state
+
+    def write_file(self, job_id, name, obj):
+        """Write a YAML/JSON file of a job atomically (an export config, say)."""
+        path = self.path(job_id, name)
+        try:
+            if name.endswith(".json"):
+                atomic_write_json(path, obj)
+            else:
+                atomic_write_yaml(path, obj)
+        except OSError as exc:
+            raise storage_error(exc, f"writing {name} of job {job_id}") from exc
+        return path
+
+    # -- listing ---------------------------------------------------------------------------
+
+    def job_ids(self):
+        """Return the ids of every job directory (no particular order)."""
+        ids = []
+        with os.scandir(self.root) as entries:
+            for entry in entries:
+                if JOB_ID_PATTERN.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False):
+                    ids.append(entry.name)
+        return ids
+
+    def all_states(self):
+        """Read every job's state (broken ones included)."""
+        states = []
+        for job_id in self.job_ids():
+            try:
+                states.append(self.read(job_id))
+            except NotFound:
+                continue  # removed while we listed
+        return states
+
+    def clean_temp_files(self, min_age_s=300):
+        """Remove temp files and staging directories left by a crash in the middle of a write.
+
+        Only leftovers older than `min_age_s` go: a younger one may belong to a write in flight.
+        """
+        cutoff = time.time() - min_age_s
+        removed = 0
+        staging = os.path.join(self.root, self.STAGING)
+        candidates = [(os.path.join(staging, name), True) for name in os.listdir(staging)]
+        for job_id in self.job_ids():
+            job_dir = os.path.join(self.root, job_id)
+            candidates += [
+                (os.path.join(job_dir, n), False) for n in os.listdir(job_dir) if n.startswith(TMP_PREFIX)
+            ]
+        for path, is_dir in candidates:
+            with contextlib.suppress(FileNotFoundError):
+                if os.lstat(path).st_mtime > cutoff:
+                    continue
+                if is_dir:
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    os.unlink(path)
+                removed += 1
+        return removed
