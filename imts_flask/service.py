@@ -180,21 +180,29 @@ class TrainingService:
     # -- export ----------------------------------------------------------------------------
 
     def resolve_export_dir(self, raw):
-        """Resolve a caller's export_dir inside the exports root, or refuse it."""
+        """Resolve a caller's relative export_dir inside the exports root, or refuse it.
+
+        "./models/exports/my_model" (relative to IMTS_HOME, as in the guide) and "my_model" (relative
+        to the exports root) name the same place. Absolute paths, ".." and symlinks out are refused.
+        """
         root = os.path.realpath(self.settings.path("exports_dir"))
-        if "\x00" in raw or any(len(part) > 255 for part in raw.split("/")):
+        parts = raw.replace("\\", "/").split("/")
+        if "\x00" in raw or any(len(part) > 255 for part in parts):
             raise ValidationFailed("export_dir is not a valid path", field="export_dir")
-        candidates = (
-            [raw] if os.path.isabs(raw) else [os.path.join(self.settings.home, raw), os.path.join(root, raw)]
-        )
-        for candidate in candidates:
-            path = os.path.realpath(candidate)
-            if path != root and os.path.commonpath([root, path]) == root:
-                return path
-        raise ValidationFailed(
-            f"export_dir must lie inside the exports root {root} (for example ./models/exports/my_model)",
-            field="export_dir",
-        )
+        if os.path.isabs(raw) or ".." in parts:
+            raise ValidationFailed(
+                "export_dir must be a relative path without '..', such as ./models/exports/my_model",
+                field="export_dir",
+            )
+        exports = os.path.normpath(self.settings.path("exports_dir"))
+        under_home = os.path.normpath(os.path.join(self.settings.home, raw))
+        in_exports = os.path.commonpath([exports, under_home]) == exports
+        path = os.path.realpath(under_home if in_exports else os.path.join(exports, raw))
+        if path == root or os.path.commonpath([root, path]) != root:
+            raise ValidationFailed(
+                f"export_dir must name a directory inside the exports root {root}", field="export_dir"
+            )
+        return path
 
     def export_model(self, job_id, export_dir, merge_lora):
         """Start (or join) an export of a completed job; return (export state, finished)."""

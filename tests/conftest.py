@@ -1,0 +1,81 @@
+"""Fixtures: a throw-away service home per test, apps built with create_app, a fake trainer."""
+
+import os
+import stat
+import sys
+import time
+
+import pytest
+import yaml
+
+PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, PROJECT)
+
+TINY_MODEL = os.path.join(PROJECT, "models", "tiny-llama")
+DEMO_DATA = os.path.join(PROJECT, "data")
+SHARED_DATA = os.path.abspath(os.path.join(PROJECT, "..", "shared", "llamafactory-data"))
+FAKE_TRAINER = os.path.join(PROJECT, "tests", "fake_trainer.py")
+
+
+def make_home(root, data_dirs=None):
+    """Lay out a service home: config/models.yaml naming the demo model, and a tiny data dir."""
+    os.makedirs(os.path.join(root, "config"), exist_ok=True)
+    registry = {"models": {"tiny-llama": {"path": TINY_MODEL, "template": "default"}}}
+    with open(os.path.join(root, "config", "models.yaml"), "w") as handle:
+        yaml.safe_dump(registry, handle)
+    return str(root)
+
+
+def fake_cli(directory, *options):
+    """Write an executable that runs the fake trainer with `options`; return its path."""
+    path = os.path.join(directory, "fake-llamafactory-cli")
+    with open(path, "w") as handle:
+        handle.write(f'#!/bin/sh\nexec {sys.executable} {FAKE_TRAINER} {" ".join(options)} "$@"\n')
+    os.chmod(path, os.stat(path).st_mode | stat.S_IXUSR)
+    return path
+
+
+@pytest.fixture
+def home(tmp_path):
+    return make_home(tmp_path / "home")
+
+
+@pytest.fixture
+def make_app(home, tmp_path):
+    """Build an app on the throw-away home with a fake trainer behaving as `options` say."""
+
+    def build(*options, **overrides):
+        from imts_flask import create_app
+
+        settings = {
+            "home": home,
+            "data_dirs": [DEMO_DATA],
+            "llamafactory_cli": fake_cli(str(tmp_path), *options),
+            "stop_grace_s": 3.0,
+            "stop_wait_s": 15.0,
+            "export_wait_s": 15.0,
+            "min_free_disk_mb": 1,
+        }
+        settings.update(overrides)
+        app = create_app(settings)
+        app.config["TESTING"] = True
+        return app
+
+    return build
+
+
+@pytest.fixture
+def client(make_app):
+    return make_app().test_client()
+
+
+def wait_for(predicate, timeout=60, interval=0.1):
+    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)

@@ -1,0 +1,77 @@
+"""A FAKE llamafactory-cli for fault-injection tests: writes trainer_log.jsonl lines and exits as told.
+
+Usage (as the service calls it): fake_trainer.py [options] train CONFIG.yaml
+Options: --steps N --interval S --exit CODE --fail-message TEXT --ignore-term --grandchild
+It is not LLaMA Factory; end-to-end tests use the real llamafactory-cli.
+"""
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import yaml
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--interval", type=float, default=0.05)
+    parser.add_argument("--exit", type=int, default=0)
+    parser.add_argument("--fail-message", default="")
+    parser.add_argument("--ignore-term", action="store_true")
+    parser.add_argument("--grandchild", action="store_true")
+    parser.add_argument("command")
+    parser.add_argument("config")
+    args = parser.parse_args()
+    with open(args.config) as handle:
+        config = yaml.safe_load(handle)
+    if args.ignore_term:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if args.grandchild:
+        # A descendant in its own session, like a torchrun rank: killpg of our group misses it.
+        code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
+        child = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+        with open(os.path.join(os.path.dirname(args.config), "grandchild.pid"), "w") as handle:
+            handle.write(str(child.pid))
+    print(f"fake trainer: {args.command} {args.config}", flush=True)
+    if args.command == "export":
+        os.makedirs(config["export_dir"], exist_ok=True)
+        with open(os.path.join(config["export_dir"], "config.json"), "w") as handle:
+            json.dump({"fake": True}, handle)
+        return args.exit
+    output_dir = config["output_dir"]
+    os.makedirs(output_dir, exist_ok=True)
+    log_path = os.path.join(output_dir, "trainer_log.jsonl")
+    for step in range(1, args.steps + 1):
+        time.sleep(args.interval)
+        entry = {
+            "current_steps": step,
+            "total_steps": args.steps,
+            "loss": round(2.0 / step, 4),
+            "lr": 1e-4,
+            "epoch": step / args.steps,
+            "percentage": 100 * step / args.steps,
+            "elapsed_time": "0:00:01",
+            "remaining_time": "0:00:03",
+        }
+        with open(log_path, "a") as handle:
+            handle.write(json.dumps(entry) + "\n")
+    if args.exit != 0:
+        print("Traceback (most recent call last):", flush=True)
+        print(args.fail_message or "RuntimeError: fake failure", flush=True)
+        return args.exit
+    with open(log_path, "a") as handle:
+        handle.write(
+            json.dumps({"current_steps": args.steps, "total_steps": args.steps, "epoch": 1.0}) + "\n"
+        )
+    with open(os.path.join(output_dir, "all_results.json"), "w") as handle:
+        json.dump({"train_loss": 0.5}, handle)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

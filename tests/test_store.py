@@ -1,0 +1,148 @@
+"""JobStore: atomic creation, tolerant reads, terminal states, locks, storage errors. No Flask."""
+
+import errno
+import json
+import os
+import threading
+
+import pytest
+
+from imts_flask import fsio
+from imts_flask.errors import InsufficientStorage, NotFound, Unavailable, ValidationFailed
+from imts_flask.store import JOB_ID_PATTERN, JobStore
+
+
+@pytest.fixture
+def store(tmp_path):
+    return JobStore(str(tmp_path / "jobs"), lock_timeout=2)
+
+
+def _create(store, status="pending"):
+    return store.create(
+        lambda job_id, job_dir: {
+            JobStore.STATE: {"job_id": job_id, "status": status, "history": []},
+            JobStore.TRAIN_CONFIG: {"output_dir": os.path.join(job_dir, "output")},
+            JobStore.DATASET_INFO: {"demo": {"file_name": "/x.json"}},
+        }
+    )
+
+
+def test_create_writes_every_file_into_a_new_job_directory(store):
+    job_id = _create(store)
+    assert JOB_ID_PATTERN.fullmatch(job_id)
+    job_dir = store.path(job_id)
+    assert sorted(os.listdir(job_dir)) == ["dataset", "state.json", "training_config.yaml"]
+    assert store.read(job_id)["status"] == "pending"
+    assert os.listdir(os.path.join(store.root, JobStore.STAGING)) == []
+
+
+def test_ids_are_unique(store):
+    ids = {_create(store) for _ in range(50)}
+    assert len(ids) == 50
+    assert sorted(store.job_ids()) == sorted(ids)
+
+
+def test_a_failed_create_leaves_no_job_behind(store, monkeypatch):
+    def full_disk(path, obj):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("imts_flask.store.atomic_write_yaml", full_disk)
+    with pytest.raises(InsufficientStorage):
+        _create(store)
+    assert store.job_ids() == []
+    assert os.listdir(os.path.join(store.root, JobStore.STAGING)) == []
+
+
+@pytest.mark.parametrize("content", [b"", b'{"job_id": "train_', b"\x00\xff garbage", b"[1, 2]"])
+def test_damaged_state_is_reported_not_raised(store, content):
+    job_id = _create(store)
+    with open(store.path(job_id, JobStore.STATE), "wb") as handle:
+        handle.write(content)
+    state = store.read(job_id)
+    assert state["status"] == "failed" and state["broken"] is True
+    assert "state.json" in state["error"]
+    other = _create(store)
+    assert {s["job_id"] for s in store.all_states()} == {job_id, other}
+
+
+def test_job_directory_without_state_is_reported(store):
+    os.makedirs(os.path.join(store.root, "train_0000abcd"))
+    assert "missing" in store.read("train_0000abcd")["error"]
+
+
+def test_unknown_and_malformed_ids(store):
+    with pytest.raises(NotFound):
+        store.read("train_00000000")
+    for bad in ["../etc", "train_../..", "train_ABCDEFGH", "x" * 300, "train_1234567\n"]:
+        with pytest.raises(ValidationFailed):
+            store.read(bad)
+
+
+def test_terminal_status_never_changes(store):
+    job_id = _create(store)
+    store.update(job_id, lambda s: s.update(status="running"))
+    store.update(job_id, lambda s: s.update(status="stopped"))
+    finished = store.read(job_id)["finished_at"]
+    state = store.update(job_id, lambda s: s.update(status="completed"))
+    assert state["status"] == "stopped"
+    assert store.read(job_id)["status"] == "stopped"
+    assert store.read(job_id)["finished_at"] == finished
+    assert [h["status"] for h in state["history"]] == ["running", "stopped"]
+
+
+def test_concurrent_updates_lose_nothing(store):
+    job_id = _create(store)
+    store.update(job_id, lambda s: s.update(counter=0))
+
+    def bump():
+        for _ in range(20):
+            store.update(job_id, lambda s: s.update(counter=s["counter"] + 1))
+
+    threads = [threading.Thread(target=bump) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert store.read(job_id)["counter"] == 100
+
+
+def test_a_held_lock_times_out_as_503(store):
+    job_id = _create(store)
+    slow = JobStore(store.root, lock_timeout=0.2)
+    with store.lock(job_id):
+        with pytest.raises(Unavailable):
+            slow.update(job_id, lambda s: s.update(x=1))
+
+
+def test_enospc_during_update_keeps_the_old_state(store, monkeypatch):
+    job_id = _create(store)
+    before = open(store.path(job_id, JobStore.STATE), "rb").read()
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fsio.os, "replace", failing_replace)
+    with pytest.raises(InsufficientStorage):
+        store.update(job_id, lambda s: s.update(status="running"))
+    monkeypatch.setattr(fsio.os, "replace", real_replace)
+    assert open(store.path(job_id, JobStore.STATE), "rb").read() == before
+    assert [n for n in os.listdir(store.path(job_id)) if n.startswith(fsio.TMP_PREFIX)] == []
+
+
+def test_old_temp_files_are_cleaned_young_ones_kept(store):
+    job_id = _create(store)
+    old = store.path(job_id, fsio.TMP_PREFIX + "old")
+    young = store.path(job_id, fsio.TMP_PREFIX + "young")
+    for path in (old, young):
+        open(path, "w").close()
+    os.utime(old, (0, 0))
+    assert store.clean_temp_files(min_age_s=60) == 1
+    assert not os.path.exists(old) and os.path.exists(young)
+
+
+def test_state_json_is_readable_by_hand(store):
+    job_id = _create(store)
+    text = open(store.path(job_id, JobStore.STATE), encoding="utf-8").read()
+    assert text.startswith('{\n  "job_id"')
+    assert json.loads(text)["job_id"] == job_id
