@@ -1,0 +1,38 @@
+# The README's commands. `make run` and `make test` set everything up first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+PYTEST_ARGS ?=
+
+.PHONY: setup demo run test lint unit e2e clean
+
+setup: $(VENV)/.installed demo
+
+$(VENV)/.installed: requirements.txt requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt -c requirements.lock
+	touch $@
+
+# Builds models/tiny-llama once and (re)writes the demo datasets in data/; needs no network.
+demo: $(VENV)/.installed
+	$(BIN)/python tools/make_demo.py
+
+run: setup
+	IMTS_PORT=$(PORT) $(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: setup lint
+	$(BIN)/python -m pytest -v --durations=10 $(PYTEST_ARGS)
+
+unit: setup
+	$(BIN)/python -m pytest -v -m "not e2e" $(PYTEST_ARGS)
+
+e2e: setup
+	$(BIN)/python -m pytest -v -m e2e $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) models/tiny-llama data

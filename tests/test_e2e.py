@@ -1,0 +1,392 @@
+"""End to end: HTTP to gunicorn (3 workers) running the real llamafactory-cli on tiny-llama.
+
+Every status read may land on any worker; jobs run in detached monitors, so the service can be
+killed and restarted under them.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import requests
+
+from conftest import DEMO_DATA, PROJECT, SHARED_DATA, TINY_MODEL, make_home, wait_for
+
+pytestmark = pytest.mark.e2e
+
+VENV_BIN = os.path.dirname(sys.executable)
+GUNICORN = os.path.join(VENV_BIN, "gunicorn")
+FAST = {"template": "default", "cutoff_len": 128, "logging_steps": 1}
+
+if not os.path.exists(os.path.join(TINY_MODEL, "model.safetensors")):
+    pytest.skip("the demo model is not built: run `make setup`", allow_module_level=True)
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Service:
+    """A service home and the gunicorn serving it, restartable."""
+
+    def __init__(self, home, argv_extra=()):
+        self.home = home
+        self.port = _free_port()
+        self.base = f"http://127.0.0.1:{self.port}/api/v1/training"
+        data_dirs = [DEMO_DATA] + ([SHARED_DATA] if os.path.isdir(SHARED_DATA) else [])
+        self.env = {
+            **os.environ,
+            "IMTS_HOME": home,
+            "IMTS_DATA_DIR": os.pathsep.join(data_dirs),
+            "IMTS_STOP_GRACE_S": "15",
+            "IMTS_STOP_WAIT_S": "25",
+            "IMTS_EXPORT_WAIT_S": "20",
+        }
+        self.argv_extra = list(argv_extra)
+        self.proc = None
+
+    def start(self, argv=None):
+        argv = argv or [
+            GUNICORN,
+            "-b",
+            f"127.0.0.1:{self.port}",
+            "-w",
+            "3",
+            "--timeout",
+            "60",
+            *self.argv_extra,
+            "wsgi:app",
+        ]
+        log = open(os.path.join(self.home, "gunicorn.log"), "ab")
+        self.proc = subprocess.Popen(
+            argv, cwd=PROJECT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        wait_for(self._healthy, timeout=60, interval=0.2)
+        return self
+
+    def _healthy(self):
+        try:
+            return requests.get(f"{self.base}/health", timeout=2).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    def kill_hard(self):
+        """kill -9 the gunicorn master and every worker, as a crash would."""
+        for proc in [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(recursive=True)]:
+            if proc.name().startswith("gunicorn") or "gunicorn" in " ".join(proc.cmdline()):
+                proc.kill()
+        self.proc.wait()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=60)
+
+    # -- API helpers -----------------------------------------------------------------------
+
+    def create(self, body):
+        response = requests.post(f"{self.base}/jobs", json=body, timeout=30)
+        assert response.status_code == 201, response.text
+        return response.json()["job_id"]
+
+    def status(self, job_id):
+        response = requests.get(f"{self.base}/jobs/{job_id}", timeout=30)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def wait_done(self, job_id, timeout=300):
+        return wait_for(
+            lambda: (s := self.status(job_id))["status"] in ("completed", "failed", "stopped") and s,
+            timeout=timeout,
+            interval=0.5,
+        )
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    home = make_home(tmp_path_factory.mktemp("e2e") / "home")
+    svc = Service(home).start()
+    yield svc
+    for job in requests.get(f"{svc.base}/jobs?status=running", timeout=30).json()["jobs"]:
+        requests.post(f"{svc.base}/jobs/{job['job_id']}/stop", timeout=60)
+    svc.stop()
+
+
+def _tree_pids(pid):
+    try:
+        root = psutil.Process(pid)
+        return [root.pid] + [c.pid for c in root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _alive(pid):
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.fixture(scope="module")
+def completed_job(service):
+    """A real sft job followed from creation: every status seen, and its final status."""
+    job_id = service.create(
+        {
+            "model_name": "tiny-llama",
+            "dataset": "demo_sft",
+            "epochs": 3.0,
+            "learning_rate": 1e-3,
+            "custom_config": FAST,
+        }
+    )
+    seen = []
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        status = service.status(job_id)
+        seen.append(status)
+        if status["status"] in ("completed", "failed", "stopped"):
+            break
+        time.sleep(0.1)
+    return job_id, seen
+
+
+def test_a_job_goes_pending_running_progress_completed(service, completed_job):
+    job_id, seen = completed_job
+    final = seen[-1]
+    assert final["status"] == "completed", final.get("error")
+    assert seen[0]["status"] in ("pending", "running")
+    running = [s for s in seen if s["status"] == "running"]
+    assert running and all(s["pid"] for s in running)
+    assert any(0 < s["progress"] < 1 and s["current_loss"] is not None for s in running)
+    assert final["progress"] == 1.0 and isinstance(final["current_loss"], float)
+    assert final["current_step"] == final["total_steps"] == 180
+    assert final["pid"] is None and final["exit_code"] == 0
+    statuses = [s["status"] for s in seen]
+    assert statuses == sorted(statuses, key=["pending", "running", "completed"].index)  # never goes back
+    listing = requests.get(f"{service.base}/jobs", timeout=30).json()
+    assert job_id in [j["job_id"] for j in listing["jobs"]]
+
+
+def test_job_directory_is_what_the_operator_expects(service, completed_job):
+    job_id, seen = completed_job
+    job_dir = os.path.dirname(seen[-1]["config_path"])
+    for name in (
+        "state.json",
+        "request.json",
+        "training_config.yaml",
+        "training.log",
+        "monitor.log",
+        "dataset/dataset_info.json",
+        "output/trainer_log.jsonl",
+        "output/adapter_model.safetensors",
+    ):
+        assert os.path.exists(os.path.join(job_dir, name)), name
+    state = json.load(open(os.path.join(job_dir, "state.json")))
+    assert state["status"] == "completed" and state["about"]
+    assert [h["status"] for h in state["history"]] == ["pending", "running", "completed"]
+    assert os.path.exists(os.path.join(service.home, "logs", "imts.log"))
+
+
+def test_export_with_merge_gives_a_model_transformers_can_generate_with(service, completed_job):
+    job_id, _ = completed_job
+    response = requests.post(
+        f"{service.base}/jobs/{job_id}/export",
+        timeout=60,
+        json={"job_id": job_id, "export_dir": "./models/exports/my_model", "merge_lora": True},
+    )
+    assert response.status_code in (200, 202), response.text
+    if response.status_code == 202:
+        wait_for(lambda: service.status(job_id)["export"]["status"] != "running", timeout=120, interval=0.5)
+    export = service.status(job_id)["export"]
+    assert export["status"] == "completed", export
+    model_path = export["model_path"]
+    assert model_path == os.path.join(service.home, "models", "exports", "my_model")
+    check = (
+        "import sys, torch; from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        "tok = AutoTokenizer.from_pretrained(sys.argv[1])\n"
+        "model = AutoModelForCausalLM.from_pretrained(sys.argv[1])\n"
+        "ids = tok('Add two and three.', return_tensors='pt')\n"
+        "out = model.generate(**ids, max_new_tokens=1, do_sample=False)\n"
+        "assert out.shape[1] == ids['input_ids'].shape[1] + 1; print('generated', out[0, -1].item())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", check, model_path],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "generated" in result.stdout
+
+
+def test_adapter_export_without_merge(service, completed_job):
+    job_id, _ = completed_job
+    response = requests.post(
+        f"{service.base}/jobs/{job_id}/export",
+        timeout=60,
+        json={"export_dir": "adapter_only", "merge_lora": False},
+    )
+    assert response.status_code == 200, response.text
+    path = response.json()["model_path"]
+    assert os.path.exists(os.path.join(path, "adapter_model.safetensors"))
+    assert os.path.exists(os.path.join(path, "adapter_config.json"))
+
+
+def test_preference_pretraining_and_kto_stages_complete(service):
+    jobs = {
+        stage: service.create(
+            {
+                "model_name": "tiny-llama",
+                "dataset": dataset,
+                "stage": stage,
+                "epochs": 1.0,
+                "batch_size": 4,
+                "custom_config": FAST,
+            }
+        )
+        for stage, dataset in [
+            ("dpo", "demo_pref"),
+            ("rm", "demo_pref"),
+            ("pt", "demo_pt"),
+            ("kto", "demo_kto"),
+        ]
+    }
+    for stage, job_id in jobs.items():
+        final = service.wait_done(job_id, timeout=600)
+        assert final["status"] == "completed", (stage, final.get("error"), final.get("log_tail"))
+        assert final["progress"] == 1.0 and final["stage"] == stage
+
+
+def test_stopping_a_long_job_leaves_no_process_and_saves_a_checkpoint(service):
+    job_id = service.create(
+        {"model_name": "tiny-llama", "dataset": "demo_sft", "epochs": 500.0, "custom_config": FAST}
+    )
+    running = wait_for(
+        lambda: (s := service.status(job_id))["status"] == "running" and s["current_step"] and s,
+        timeout=120,
+        interval=0.3,
+    )
+    pids = _tree_pids(running["pid"])
+    assert running["pid"] in pids
+    response = requests.post(f"{service.base}/jobs/{job_id}/stop", timeout=60)  # no body, no content type
+    assert response.status_code == 200, response.text
+    assert response.json()["message"] == f"任务 {job_id} 已停止"
+    final = service.status(job_id)
+    assert final["status"] == "stopped" and final["pid"] is None
+    assert final["current_step"] < final["total_steps"]
+    assert not [pid for pid in pids if _alive(pid)]
+    checkpoints = [n for n in os.listdir(final["output_dir"]) if n.startswith("checkpoint-")]
+    assert checkpoints, "the JIT checkpoint on SIGTERM should have saved one"
+    assert requests.post(f"{service.base}/jobs/{job_id}/stop", timeout=60).status_code == 200
+    assert (
+        requests.post(
+            f"{service.base}/jobs/{job_id}/export", json={"export_dir": "x"}, timeout=60
+        ).status_code
+        == 409
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model_name": "meta-llama/Llama-3-8b", "dataset": "demo_sft"},
+        {"model_name": "tiny-llama", "dataset": "no_such_dataset"},
+        {"model_name": "tiny-llama", "dataset": "demo_sft", "stage": "dpo"},
+        {"model_name": "tiny-llama", "dataset": "demo_sft", "stage": "ppo"},
+        {
+            "model_name": "tiny-llama",
+            "dataset": "demo_sft",
+            "custom_config": {"template": "no_such_template"},
+        },
+        {"model_name": "tiny-llama", "dataset": "demo_sft", "custom_config": {"trust_remote_code": True}},
+        {"model_name": "tiny-llama", "dataset": "demo_sft", "lora_rank": 0},
+    ],
+)
+def test_bad_inputs_are_400_and_create_nothing(service, body):
+    jobs_dir = os.path.join(service.home, "jobs")
+    before = sorted(os.listdir(jobs_dir))
+    response = requests.post(f"{service.base}/jobs", json=body, timeout=30)
+    assert response.status_code == 400
+    error = response.json()
+    assert (
+        error["status"] == 400
+        and error["errors"]
+        and all(e["field"] and e["reason"] for e in error["errors"])
+    )
+    assert sorted(os.listdir(jobs_dir)) == before
+
+
+@pytest.mark.skipif(not os.path.isdir(SHARED_DATA), reason="LLaMA Factory's demo data (../shared) is absent")
+def test_the_guides_example_request_completes(service):
+    body = {
+        "model_name": "tiny-llama",  # the guide says meta-llama/Llama-3-8b
+        "dataset": "alpaca_en_demo",
+        "stage": "sft",
+        "finetuning_type": "lora",
+        "batch_size": 2,
+        "learning_rate": 5e-5,
+        "epochs": 3.0,
+        "lora_rank": 8,
+        "lora_alpha": 16,
+        "custom_config": {"template": "llama3", "cutoff_len": 2048},
+    }
+    job_id = service.create(body)
+    final = service.wait_done(job_id, timeout=900)
+    assert final["status"] == "completed", (final.get("error"), final.get("log_tail"))
+    assert final["total_steps"] == 1500 and final["progress"] == 1.0
+
+
+def test_jobs_survive_a_crash_and_restart_of_the_whole_service(tmp_path):
+    svc = Service(make_home(tmp_path / "home")).start()
+    try:
+        job_id = svc.create(
+            {"model_name": "tiny-llama", "dataset": "demo_sft", "epochs": 8.0, "custom_config": FAST}
+        )
+        before = wait_for(
+            lambda: (s := svc.status(job_id))["status"] == "running" and s["current_step"] and s,
+            timeout=120,
+            interval=0.3,
+        )
+        svc.kill_hard()
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"{svc.base}/health", timeout=2)
+        svc.start()
+        after = svc.status(job_id)
+        assert after["status"] in ("running", "completed") and after["current_step"] >= before["current_step"]
+        final = svc.wait_done(job_id, timeout=300)
+        assert final["status"] == "completed" and final["progress"] == 1.0
+        listing = requests.get(f"{svc.base}/jobs", timeout=30).json()
+        assert [j["job_id"] for j in listing["jobs"]] == [job_id]
+    finally:
+        svc.stop()
+
+
+def test_entry_points_serve_the_api(tmp_path):
+    home = make_home(tmp_path / "home")
+    for argv in (
+        [sys.executable, "main.py", "--mode", "api", "--port", "{port}"],
+        [sys.executable, "app.py", "--mode", "api", "--port", "{port}"],
+        [GUNICORN, "-c", "gunicorn.conf.py", "wsgi:app"],
+    ):
+        svc = Service(home)
+        svc.env["IMTS_PORT"] = str(svc.port)
+        try:
+            svc.start([a.replace("{port}", str(svc.port)) for a in argv])
+            body = requests.get(f"{svc.base}/health", timeout=5).json()
+            assert body == {
+                **body,
+                "status": "healthy",
+                "service": "training-api",
+                "adapter_initialized": True,
+            }
+        finally:
+            svc.stop()
