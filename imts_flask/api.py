@@ -89,9 +89,7 @@ def export_model(job_id):
         raise ValidationFailed(
             f"job_id in the body ({body['job_id']}) differs from the path ({job_id})", field="job_id"
         )
-    service = _service()
-    service.store.path(job_id)  # validates the id before anything else
-    export, done = service.export_model(job_id, body["export_dir"], body["merge_lora"])
+    export, done = _service().export_model(job_id, body["export_dir"], body["merge_lora"])
     payload = {
         "job_id": job_id,
         "model_path": export["export_dir"],

@@ -126,7 +126,12 @@ class Monitor:
             log.info("job is %s, not pending: nothing to start", state["status"])
             return
         config_path = self.store.path(self.job_id, JobStore.TRAIN_CONFIG)
-        proc = self._run([self.settings.llamafactory_cli, "train", config_path], JobStore.TRAIN_LOG)
+        try:
+            proc = self._run([self.settings.llamafactory_cli, "train", config_path], JobStore.TRAIN_LOG)
+        except OSError as exc:
+            error = f"could not start {self.settings.llamafactory_cli}: {exc.strerror or exc}"
+            self.store.update(self.job_id, lambda s: s.update(status=JobStatus.FAILED.value, error=error))
+            return
         ticks = start_ticks(proc.pid)
 
         def mark_running(current):

@@ -301,3 +301,10 @@ def test_a_job_whose_monitor_died_is_lost_and_its_trainer_killed(make_app):
         ),
         timeout=10,
     )
+
+
+def test_a_missing_trainer_fails_the_job_with_the_reason(make_app, tmp_path):
+    client = make_app(llamafactory_cli=str(tmp_path / "no-such-cli")).test_client()
+    job_id = _create(client)
+    final = _finished(client, job_id)
+    assert final["status"] == "failed" and "no-such-cli" in final["error"]
