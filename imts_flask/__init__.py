@@ -44,6 +44,7 @@ def create_app(overrides=None):
     service.store.clean_temp_files()
     app.extensions["imts"] = service
     app.extensions["imts_settings"] = settings
+    app.before_request(service.ensure_housekeeper)
     app.register_blueprint(bp)
     register_error_handlers(app)
     return app

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from .launcher import MONITOR_SETTINGS_ENV, trainer_env
+from .launcher import MONITOR_SETTINGS_ENV, Launcher, trainer_env
 from .procs import start_ticks, terminate_tree
 from .settings import Settings
 from .state import JobStatus, now_utc
@@ -77,6 +77,7 @@ class Monitor:
         self.store = JobStore(settings.path("jobs_dir"), settings.lock_timeout_s)
         self.me = {"pid": os.getpid(), "start_ticks": start_ticks(os.getpid())}
         self.stop = _StopFlag()
+        self.gpu_ids = None
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self.stop)
 
@@ -99,7 +100,7 @@ class Monitor:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 close_fds=True,
-                env=trainer_env(self.settings),
+                env=trainer_env(self.settings, self.gpu_ids),
             )
 
     def _wait(self, proc, ticks):
@@ -120,11 +121,27 @@ class Monitor:
 
     # -- training --------------------------------------------------------------------------
 
-    def train(self):
-        state = self.store.read(self.job_id)
-        if state["status"] != JobStatus.PENDING.value:
-            log.info("job is %s, not pending: nothing to start", state["status"])
+    def train(self, launch_id):
+        def claim(current):
+            # Only the monitor of the current launch may start the job, and only once.
+            if (
+                current["status"] != JobStatus.PENDING.value
+                or (current.get("launch") or {}).get("id") != launch_id
+            ):
+                return False
+            current["monitor"] = self.me
+
+        state = self.store.update(self.job_id, claim)
+        if state.get("monitor") != self.me:
+            log.info(
+                "job is %s with launch %s, not ours (%s): nothing to start",
+                state["status"],
+                (state.get("launch") or {}).get("id"),
+                launch_id,
+            )
             return
+        self._heartbeat()
+        self.gpu_ids = state["launch"].get("gpus")
         config_path = self.store.path(self.job_id, JobStore.TRAIN_CONFIG)
         try:
             proc = self._run([self.settings.llamafactory_cli, "train", config_path], JobStore.TRAIN_LOG)
@@ -135,7 +152,7 @@ class Monitor:
         ticks = start_ticks(proc.pid)
 
         def mark_running(current):
-            if current["status"] != JobStatus.PENDING.value:
+            if current["status"] != JobStatus.PENDING.value or current.get("monitor") != self.me:
                 return False
             current.update(
                 status=JobStatus.RUNNING.value,
@@ -154,6 +171,7 @@ class Monitor:
         rc = self._wait(proc, ticks)
         log.info("trainer exited: %s", rc)
         self.store.update(self.job_id, lambda s: self._record_outcome(s, rc))
+        Launcher(self.settings, self.store).schedule()  # a slot is free: start the next queued job
 
     def _record_outcome(self, state, rc):
         output_dir = state["paths"]["output_dir"]
@@ -183,9 +201,15 @@ class Monitor:
     # -- export ----------------------------------------------------------------------------
 
     def export(self):
-        state = self.store.read(self.job_id)
+        def claim(current):
+            export = current.get("export") or {}
+            if export.get("status") != "running" or export.get("monitor"):
+                return False
+            export["monitor"] = self.me
+
+        state = self.store.update(self.job_id, claim)
         export = state.get("export") or {}
-        if export.get("status") != "running":
+        if export.get("monitor") != self.me:
             return
         target = export["export_dir"]
         partial = f"{target}.partial-{secrets.token_hex(4)}"
@@ -252,26 +276,27 @@ class Monitor:
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2 or argv[0] not in ("train", "export"):
-        print("usage: python -m imts_flask.monitor train|export JOB_ID", file=sys.stderr)
+    if not ((argv[:1] == ["train"] and len(argv) == 3) or (argv[:1] == ["export"] and len(argv) == 2)):
+        print("usage: python -m imts_flask.monitor train JOB_ID LAUNCH_ID | export JOB_ID", file=sys.stderr)
         return 2
-    action, job_id = argv
+    action, job_id, *extra = argv
     raw = json.loads(os.environ.get(MONITOR_SETTINGS_ENV, "{}"))
     known = {f.name for f in dataclasses.fields(Settings)}
     settings = Settings(**{k: v for k, v in raw.items() if k in known})
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s monitor[{job_id}] %(message)s")
     monitor = Monitor(settings, job_id)
     try:
-        getattr(monitor, action)()
+        getattr(monitor, action)(*extra)
     except Exception:
         log.exception("monitor failed")
         if action == "train":
+            error = "the job's monitor failed unexpectedly; see monitor.log"
             monitor.store.update(
                 job_id,
-                lambda s: s.update(
-                    status=JobStatus.FAILED.value,
-                    pid=None,
-                    error="the job's monitor failed unexpectedly; see monitor.log",
+                lambda s: (
+                    s.update(status=JobStatus.FAILED.value, pid=None, error=error)
+                    if s.get("monitor") == monitor.me
+                    else False
                 ),
             )
         return 1

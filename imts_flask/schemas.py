@@ -103,6 +103,8 @@ class TrainingJobRequestSchema(RequestSchema):
         strict=True, load_default=16, allow_none=True, validate=validate.Range(1, 4096)
     )
     custom_config = fields.Dict(keys=fields.String(), load_default=dict, allow_none=True)
+    # Not in the guide: GPUs for this job (default 1 where the service has GPUs, else 0).
+    gpus = fields.Integer(strict=True, allow_none=True, validate=validate.Range(0, 64))
 
     @validates("stage")
     def _stage(self, value, **kwargs):
@@ -179,6 +181,9 @@ class JobStatusSchema(ResponseSchema):
     dataset = fields.String(allow_none=True)
     stage = fields.String(allow_none=True)
     finetuning_type = fields.String(allow_none=True)
+    gpus = fields.Integer(allow_none=True)
+    gpu_ids = fields.List(fields.String(), allow_none=True)
+    queue_position = fields.Integer(allow_none=True)
     stop_requested = fields.Boolean()
     exit_code = fields.Integer(allow_none=True)
     signal = fields.String(allow_none=True)

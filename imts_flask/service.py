@@ -3,6 +3,8 @@
 import logging
 import os
 import shutil
+import threading
+import time
 
 from .catalog import Catalog
 from .errors import Conflict, InsufficientStorage, ValidationFailed
@@ -27,12 +29,14 @@ class TrainingService:
         self.store = JobStore(settings.path("jobs_dir"), settings.lock_timeout_s)
         self.catalog = Catalog(settings)
         self.launcher = Launcher(settings, self.store)
+        self._housekeeper_pid = None
 
     # -- create ----------------------------------------------------------------------------
 
     def create_job(self, request, original):
         """Validate what a job needs against what exists, write the job, start it; return its state."""
         validate_custom_config(request["custom_config"])
+        gpus = self._gpus_for(request.get("gpus"))
         model_path, default_template = self.catalog.resolve_model(request["model_name"])
         template = request["custom_config"].get("template") or default_template or "default"
         self.catalog.check_template(template)
@@ -68,6 +72,8 @@ class TrainingService:
                 "dataset": ",".join(request["dataset"]),
                 "stage": request["stage"],
                 "finetuning_type": request["finetuning_type"],
+                "gpus": gpus,
+                "launch": None,
                 "exit_code": None,
                 "signal": None,
                 "error": None,
@@ -95,8 +101,41 @@ class TrainingService:
             ",".join(request["dataset"]),
             request["stage"],
         )
-        self.launcher.start(job_id)
+        self.launcher.schedule()
         return self.store.read(job_id)
+
+    def _gpus_for(self, asked):
+        """Return how many GPUs a job gets: as asked (default 1 where GPUs exist), if that can ever fit."""
+        available = self.settings.gpu_ids
+        if asked is None:
+            return 1 if available else 0
+        if asked > len(available):
+            where = (
+                f"this service hands out {len(available)} ({','.join(available)})"
+                if available
+                else ("this service has no GPUs")
+            )
+            raise ValidationFailed(f"asks for {asked} GPUs but {where}", field="gpus")
+        return asked
+
+    def housekeep(self):
+        """Settle jobs whose monitor is gone and start queued jobs that now fit."""
+        self.launcher.schedule()
+
+    def ensure_housekeeper(self):
+        """Start this process's housekeeping thread once (lazily: nothing starts at import or fork)."""
+        if self.settings.housekeeping_s <= 0 or self._housekeeper_pid == os.getpid():
+            return
+        self._housekeeper_pid = os.getpid()
+        threading.Thread(target=self._housekeeping_loop, name="imts-housekeeper", daemon=True).start()
+
+    def _housekeeping_loop(self):
+        while True:
+            time.sleep(self.settings.housekeeping_s)
+            try:
+                self.housekeep()
+            except Exception:  # keep the loop alive; the next round may succeed
+                log.exception("housekeeping failed")
 
     def _check_disk(self):
         free_mb = shutil.disk_usage(self.store.root).free // (1024 * 1024)
@@ -110,7 +149,10 @@ class TrainingService:
 
     def job(self, job_id):
         """Return the current view of one job."""
-        return self.view(self.launcher.reconcile(self.store.read(job_id)))
+        view = self.view(self.launcher.reconcile(self.store.read(job_id)))
+        if view["status"] == JobStatus.PENDING.value and not view["gpu_ids"]:
+            view["queue_position"] = self.launcher.queue_position(job_id)
+        return view
 
     def view(self, state, detail=True):
         """Turn a stored state into what GET /jobs/{id} answers, with live progress when running."""
@@ -143,6 +185,9 @@ class TrainingService:
             "dataset": state.get("dataset"),
             "stage": state.get("stage"),
             "finetuning_type": state.get("finetuning_type"),
+            "gpus": state.get("gpus"),
+            "gpu_ids": (state.get("launch") or {}).get("gpus"),
+            "queue_position": None,
             "stop_requested": bool(state.get("stop_requested_at")),
             "exit_code": state.get("exit_code"),
             "signal": state.get("signal"),
@@ -170,8 +215,9 @@ class TrainingService:
     def stop_job(self, job_id):
         """Stop a job and wait a bounded time for it; return (state, finished stopping)."""
         state = self.launcher.request_stop(job_id)
+        self.launcher.schedule()  # a stopped queued job may unblock the queue
         if not JobStatus(state["status"]).is_terminal():
-            state = self.launcher.wait_terminal(job_id, self.settings.stop_wait_s)
+            state = self.launcher.wait_for(job_id, self.settings.stop_wait_s)
         done = JobStatus(state["status"]).is_terminal()
         if done:
             log.info("job %s: stop answered with status %s", job_id, state["status"])
@@ -217,6 +263,10 @@ class TrainingService:
 
         def mark(current):
             previous = current.get("export") or {}
+            if self.launcher.export_lost(previous):
+                previous.update(
+                    status="failed", error="lost: the export's monitor process died", finished_at=now_utc()
+                )
             same = previous.get("export_dir") == target and previous.get("merge_lora") == merge_lora
             if previous.get("status") == "running":
                 if same:
@@ -245,7 +295,7 @@ class TrainingService:
         if started:
             log.info("job %s: export to %s (merge_lora=%s) started", job_id, target, merge_lora)
             self.launcher.start_export(job_id)
-        state = self.launcher.wait_terminal(
+        state = self.launcher.wait_for(
             job_id,
             self.settings.export_wait_s,
             done=lambda s: (s.get("export") or {}).get("status") != "running",

@@ -48,6 +48,16 @@ class Settings:
     max_content_length: int = 1024 * 1024
     enable_jit_checkpoint: bool = True
     log_level: str = "INFO"
+    # Capacity: at most this many jobs run at once (0: one per GPU, or 1 without GPUs).
+    max_concurrent_jobs: int = 0
+    # GPU ids this service may hand out, e.g. "0,1,2,3" ("": those the machine shows, none on a CPU box).
+    gpus: str = ""
+    # A running job whose monitor has not touched its heartbeat for this long is lost.
+    heartbeat_timeout_s: float = 60.0
+    # Every worker re-checks liveness and starts queued jobs this often (0: only on requests).
+    housekeeping_s: float = 5.0
+    # A job handed a slot whose monitor has not shown up after this long is queued again.
+    launch_timeout_s: float = 30.0
 
     def path(self, name):
         """Return the absolute path of a directory setting (e.g. "jobs_dir")."""
@@ -59,8 +69,33 @@ class Settings:
         return [d if os.path.isabs(d) else os.path.join(self.home, d) for d in self.data_dirs]
 
     @property
+    def gpu_ids(self):
+        """The GPU ids to hand out: the `gpus` setting, else CUDA_VISIBLE_DEVICES, else all found."""
+        if self.gpus.strip():
+            return [g.strip() for g in self.gpus.split(",") if g.strip()]
+        return detect_gpus()
+
+    @property
+    def capacity(self):
+        """How many jobs may run at once."""
+        return self.max_concurrent_jobs or max(1, len(self.gpu_ids))
+
+    @property
     def models_registry_path(self):
         return os.path.join(self.path("config_dir"), "models.yaml")
+
+
+def detect_gpus(environ=None):
+    """Find the GPUs without importing torch: CUDA_VISIBLE_DEVICES, else the NVIDIA driver's list."""
+    environ = os.environ if environ is None else environ
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [g.strip() for g in visible.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        count = len(os.listdir("/proc/driver/nvidia/gpus"))
+    except OSError:
+        return []
+    return [str(i) for i in range(count)]
 
 
 _ENV_PREFIX = "IMTS_"

@@ -12,7 +12,7 @@ import time
 
 import filelock
 
-from .errors import ApiError, InsufficientStorage, NotFound, Unavailable, ValidationFailed
+from .errors import ApiError, Conflict, InsufficientStorage, NotFound, Unavailable, ValidationFailed
 from .fsio import TMP_PREFIX, atomic_write_bytes, atomic_write_json, atomic_write_yaml, read_json
 from .state import JobStatus, now_utc
 
@@ -48,12 +48,15 @@ class JobStore:
     OUTPUT = "output"
     LOCKS = ".locks"
     STAGING = ".staging"
+    # One empty marker per job that is not finished: housekeeping reads these jobs only.
+    ACTIVE = ".active"
 
     def __init__(self, root, lock_timeout=10.0):
         self.root = os.path.abspath(root)
         self.lock_timeout = lock_timeout
         os.makedirs(os.path.join(self.root, self.LOCKS), exist_ok=True)
         os.makedirs(os.path.join(self.root, self.STAGING), exist_ok=True)
+        os.makedirs(os.path.join(self.root, self.ACTIVE), exist_ok=True)
 
     # -- paths -----------------------------------------------------------------------------
 
@@ -106,6 +109,9 @@ class JobStore:
             files = make_files(job_id, final)
             staging = None
             try:
+                # The marker goes first: a crash before the rename leaves a marker without a job,
+                # which housekeeping drops, never a job that housekeeping cannot see.
+                open(self._active_marker(job_id), "w").close()
                 staging = tempfile.mkdtemp(prefix=job_id + "-", dir=os.path.join(self.root, self.STAGING))
                 for name, obj in files.items():
                     target = os.path.join(staging, name)
@@ -119,6 +125,7 @@ class JobStore:
                 os.rename(staging, final)
                 staging = None
             except OSError as exc:
+                self._drop_active(job_id)
                 if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
                     continue
                 raise storage_error(exc, "creating the job") from exc
@@ -134,14 +141,17 @@ class JobStore:
         """Return a job's state; a job whose state.json cannot be read is reported as broken."""
         job_dir = self._job_dir(job_id)
         path = os.path.join(job_dir, self.STATE)
-        try:
-            return read_json(path)
-        except FileNotFoundError:
-            if not os.path.isdir(job_dir):
-                raise NotFound(f"job {job_id} does not exist", field="job_id") from None
-            return self._broken(job_id, "state.json is missing")
-        except ValueError as exc:
-            return self._broken(job_id, f"state.json is unreadable: {exc}")
+        for attempt in range(2):
+            try:
+                return read_json(path)
+            except FileNotFoundError:
+                if not os.path.isdir(job_dir):
+                    raise NotFound(f"job {job_id} does not exist", field="job_id") from None
+                if attempt == 0:
+                    continue  # the directory was renamed into place while we looked: read again
+                return self._broken(job_id, "state.json is missing")
+            except ValueError as exc:
+                return self._broken(job_id, f"state.json is unreadable: {exc}")
 
     def _broken(self, job_id, reason):
         log.warning("job %s: %s", job_id, reason)
@@ -163,9 +173,11 @@ class JobStore:
             try:
                 state = read_json(path)
             except FileNotFoundError:
-                raise NotFound(f"job {job_id} does not exist", field="job_id") from None
+                if not os.path.isdir(self._job_dir(job_id)):
+                    raise NotFound(f"job {job_id} does not exist", field="job_id") from None
+                raise Conflict(f"job {job_id} has no state.json; it cannot be changed") from None
             except ValueError as exc:
-                raise ApiError(
+                raise Conflict(
                     f"job {job_id} has a damaged state.json ({exc}); it cannot be changed"
                 ) from None
             before = state.get("status")
@@ -185,6 +197,8 @@ class JobStore:
                 atomic_write_json(path, state)
             except OSError as exc:
                 raise storage_error(exc, f"updating job {job_id}") from exc
+            if JobStatus(state["status"]).is_terminal():
+                self._drop_active(job_id)
             return state
 
     def write_file(self, job_id, name, obj):
@@ -209,6 +223,35 @@ class JobStore:
                 if JOB_ID_PATTERN.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False):
                     ids.append(entry.name)
         return ids
+
+    def _active_marker(self, job_id):
+        return os.path.join(self.root, self.ACTIVE, job_id)
+
+    def _drop_active(self, job_id):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._active_marker(job_id))
+
+    def active_states(self, min_age_s=60):
+        """Read the jobs marked as not finished; drop markers of finished or vanished jobs."""
+        states = []
+        for job_id in os.listdir(os.path.join(self.root, self.ACTIVE)):
+            if not JOB_ID_PATTERN.fullmatch(job_id):
+                continue
+            marker = self._active_marker(job_id)
+            try:
+                state = self.read(job_id)
+            except NotFound:
+                state = None  # a create in flight, or one that crashed before its rename
+            if state is not None and not state.get("broken") and not JobStatus(state["status"]).is_terminal():
+                states.append(state)
+            elif state is not None and not state.get("broken"):
+                self._drop_active(job_id)
+            else:
+                # Missing or damaged: drop the marker only once it is old, never in a race with a create.
+                with contextlib.suppress(FileNotFoundError):
+                    if time.time() - os.lstat(marker).st_mtime > min_age_s:
+                        self._drop_active(job_id)
+        return states
 
     def all_states(self):
         """Read every job's state (broken ones included)."""

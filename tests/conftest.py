@@ -55,6 +55,7 @@ def make_app(home, tmp_path):
             "stop_wait_s": 15.0,
             "export_wait_s": 15.0,
             "min_free_disk_mb": 1,
+            "housekeeping_s": 0,  # tests that need the background thread turn it on
         }
         settings.update(overrides)
         app = create_app(settings)
@@ -79,3 +80,19 @@ def wait_for(predicate, timeout=60, interval=0.1):
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(interval)
+
+
+def max_overlap(home):
+    """Read the FAKE trainer's spans under `home` and return the most trainers that ran at once."""
+    path = os.path.join(home, "fake_spans.log")
+    if not os.path.exists(path):
+        return 0
+    events = []
+    for line in open(path):
+        _job, kind, at = line.split()
+        events.append((float(at), 1 if kind == "start" else -1))
+    running = peak = 0
+    for _at, delta in sorted(events, key=lambda e: (e[0], e[1])):
+        running += delta
+        peak = max(peak, running)
+    return peak

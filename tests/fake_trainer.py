@@ -38,6 +38,26 @@ def main():
         with open(os.path.join(os.path.dirname(args.config), "grandchild.pid"), "w") as handle:
             handle.write(str(child.pid))
     print(f"fake trainer: {args.command} {args.config}", flush=True)
+    job_dir = os.path.dirname(os.path.abspath(args.config))
+    # Evidence for the tests: the GPU environment it got, and when it ran (appended, one line each).
+    with open(os.path.join(job_dir, "fake_env.json"), "w") as handle:
+        json.dump(
+            {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "FORCE_TORCHRUN", "NPROC_PER_NODE")},
+            handle,
+        )
+    spans = os.path.join(os.path.dirname(os.path.dirname(job_dir)), "fake_spans.log")
+
+    def record_end(signum=None, frame=None):
+        with open(spans, "a") as handle:
+            handle.write(f"{os.path.basename(job_dir)} end {time.time()}\n")
+        if signum is not None:  # then die of the signal, as the real trainer does
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    if not args.ignore_term:
+        signal.signal(signal.SIGTERM, record_end)
+    with open(spans, "a") as handle:
+        handle.write(f"{os.path.basename(job_dir)} start {time.time()}\n")
     if args.command == "export":
         os.makedirs(config["export_dir"], exist_ok=True)
         with open(os.path.join(config["export_dir"], "config.json"), "w") as handle:
@@ -60,6 +80,7 @@ def main():
         }
         with open(log_path, "a") as handle:
             handle.write(json.dumps(entry) + "\n")
+    record_end()
     if args.exit != 0:
         print("Traceback (most recent call last):", flush=True)
         print(args.fail_message or "RuntimeError: fake failure", flush=True)

@@ -4,6 +4,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -112,18 +114,6 @@ def test_stop_of_a_finished_job_is_a_conflict(make_app):
     body = _assert_error(client.post(f"{BASE}/jobs/{job_id}/stop"), 409)
     assert body["job_status"] == "completed"
     assert _status(client, job_id)["status"] == "completed"
-
-
-def test_stop_kills_a_trainer_that_ignores_sigterm_and_its_grandchild(make_app):
-    client = make_app("--steps", "1000", "--interval", "0.05", "--ignore-term", "--grandchild").test_client()
-    job_id = _create(client)
-    running = wait_for(lambda: (s := _status(client, job_id))["status"] == "running" and s)
-    grandchild_file = os.path.join(os.path.dirname(running["config_path"]), "grandchild.pid")
-    grandchild = int(wait_for(lambda: os.path.exists(grandchild_file) and open(grandchild_file).read()))
-    assert client.post(f"{BASE}/jobs/{job_id}/stop").status_code == 200
-    assert _status(client, job_id)["status"] == "stopped"
-    for pid in (running["pid"], grandchild):
-        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split(") ")[1][0] == "Z"
 
 
 def test_list_is_newest_first_with_filter_and_paging(make_app):
@@ -308,3 +298,27 @@ def test_a_missing_trainer_fails_the_job_with_the_reason(make_app, tmp_path):
     job_id = _create(client)
     final = _finished(client, job_id)
     assert final["status"] == "failed" and "no-such-cli" in final["error"]
+
+
+def test_an_export_whose_monitor_died_does_not_block_the_next(make_app):
+    client = make_app("--steps", "1").test_client()
+    service = client.application.extensions["imts"]
+    job_id = _create(client)
+    _finished(client, job_id)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    service.store.update(
+        job_id,
+        lambda s: s.update(
+            export={
+                "status": "running",
+                "export_dir": "/nowhere",
+                "merge_lora": True,
+                "requested_at": "2026-01-01T00:00:00",
+                "monitor": {"pid": dead.pid, "start_ticks": 1},
+            }
+        ),
+    )
+    response = client.post(f"{BASE}/jobs/{job_id}/export", json={"export_dir": "again"})
+    assert response.status_code == 200, response.get_json()
+    assert _status(client, job_id)["export"]["status"] == "completed"

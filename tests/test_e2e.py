@@ -6,108 +6,22 @@ killed and restarted under them.
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 
-import psutil
 import pytest
 import requests
 
-from conftest import DEMO_DATA, PROJECT, SHARED_DATA, TINY_MODEL, make_home, wait_for
+from conftest import SHARED_DATA, TINY_MODEL, make_home, wait_for
+from harness import GUNICORN, Service, alive, tree_pids
 
 pytestmark = pytest.mark.e2e
 
-VENV_BIN = os.path.dirname(sys.executable)
-GUNICORN = os.path.join(VENV_BIN, "gunicorn")
 FAST = {"template": "default", "cutoff_len": 128, "logging_steps": 1}
 
 if not os.path.exists(os.path.join(TINY_MODEL, "model.safetensors")):
     pytest.skip("the demo model is not built: run `make setup`", allow_module_level=True)
-
-
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Service:
-    """A service home and the gunicorn serving it, restartable."""
-
-    def __init__(self, home, argv_extra=()):
-        self.home = home
-        self.port = _free_port()
-        self.base = f"http://127.0.0.1:{self.port}/api/v1/training"
-        data_dirs = [DEMO_DATA] + ([SHARED_DATA] if os.path.isdir(SHARED_DATA) else [])
-        self.env = {
-            **os.environ,
-            "IMTS_HOME": home,
-            "IMTS_DATA_DIR": os.pathsep.join(data_dirs),
-            "IMTS_STOP_GRACE_S": "15",
-            "IMTS_STOP_WAIT_S": "25",
-            "IMTS_EXPORT_WAIT_S": "20",
-        }
-        self.argv_extra = list(argv_extra)
-        self.proc = None
-
-    def start(self, argv=None):
-        argv = argv or [
-            GUNICORN,
-            "-b",
-            f"127.0.0.1:{self.port}",
-            "-w",
-            "3",
-            "--timeout",
-            "60",
-            *self.argv_extra,
-            "wsgi:app",
-        ]
-        log = open(os.path.join(self.home, "gunicorn.log"), "ab")
-        self.proc = subprocess.Popen(
-            argv, cwd=PROJECT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        wait_for(self._healthy, timeout=60, interval=0.2)
-        return self
-
-    def _healthy(self):
-        try:
-            return requests.get(f"{self.base}/health", timeout=2).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    def kill_hard(self):
-        """kill -9 the gunicorn master and every worker, as a crash would."""
-        for proc in [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(recursive=True)]:
-            if proc.name().startswith("gunicorn") or "gunicorn" in " ".join(proc.cmdline()):
-                proc.kill()
-        self.proc.wait()
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=60)
-
-    # -- API helpers -----------------------------------------------------------------------
-
-    def create(self, body):
-        response = requests.post(f"{self.base}/jobs", json=body, timeout=30)
-        assert response.status_code == 201, response.text
-        return response.json()["job_id"]
-
-    def status(self, job_id):
-        response = requests.get(f"{self.base}/jobs/{job_id}", timeout=30)
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    def wait_done(self, job_id, timeout=300):
-        return wait_for(
-            lambda: (s := self.status(job_id))["status"] in ("completed", "failed", "stopped") and s,
-            timeout=timeout,
-            interval=0.5,
-        )
 
 
 @pytest.fixture(scope="module")
@@ -118,21 +32,6 @@ def service(tmp_path_factory):
     for job in requests.get(f"{svc.base}/jobs?status=running", timeout=30).json()["jobs"]:
         requests.post(f"{svc.base}/jobs/{job['job_id']}/stop", timeout=60)
     svc.stop()
-
-
-def _tree_pids(pid):
-    try:
-        root = psutil.Process(pid)
-        return [root.pid] + [c.pid for c in root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-
-
-def _alive(pid):
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -275,7 +174,7 @@ def test_stopping_a_long_job_leaves_no_process_and_saves_a_checkpoint(service):
         timeout=120,
         interval=0.3,
     )
-    pids = _tree_pids(running["pid"])
+    pids = tree_pids(running["pid"])
     assert running["pid"] in pids
     response = requests.post(f"{service.base}/jobs/{job_id}/stop", timeout=60)  # no body, no content type
     assert response.status_code == 200, response.text
@@ -283,7 +182,7 @@ def test_stopping_a_long_job_leaves_no_process_and_saves_a_checkpoint(service):
     final = service.status(job_id)
     assert final["status"] == "stopped" and final["pid"] is None
     assert final["current_step"] < final["total_steps"]
-    assert not [pid for pid in pids if _alive(pid)]
+    assert not [pid for pid in pids if alive(pid)]
     checkpoints = [n for n in os.listdir(final["output_dir"]) if n.startswith("checkpoint-")]
     assert checkpoints, "the JIT checkpoint on SIGTERM should have saved one"
     assert requests.post(f"{service.base}/jobs/{job_id}/stop", timeout=60).status_code == 200
@@ -343,31 +242,6 @@ def test_the_guides_example_request_completes(service):
     final = service.wait_done(job_id, timeout=900)
     assert final["status"] == "completed", (final.get("error"), final.get("log_tail"))
     assert final["total_steps"] == 1500 and final["progress"] == 1.0
-
-
-def test_jobs_survive_a_crash_and_restart_of_the_whole_service(tmp_path):
-    svc = Service(make_home(tmp_path / "home")).start()
-    try:
-        job_id = svc.create(
-            {"model_name": "tiny-llama", "dataset": "demo_sft", "epochs": 8.0, "custom_config": FAST}
-        )
-        before = wait_for(
-            lambda: (s := svc.status(job_id))["status"] == "running" and s["current_step"] and s,
-            timeout=120,
-            interval=0.3,
-        )
-        svc.kill_hard()
-        with pytest.raises(requests.ConnectionError):
-            requests.get(f"{svc.base}/health", timeout=2)
-        svc.start()
-        after = svc.status(job_id)
-        assert after["status"] in ("running", "completed") and after["current_step"] >= before["current_step"]
-        final = svc.wait_done(job_id, timeout=300)
-        assert final["status"] == "completed" and final["progress"] == 1.0
-        listing = requests.get(f"{svc.base}/jobs", timeout=30).json()
-        assert [j["job_id"] for j in listing["jobs"]] == [job_id]
-    finally:
-        svc.stop()
 
 
 def test_entry_points_serve_the_api(tmp_path):
