@@ -5,6 +5,15 @@ without touching jobs. Every value can be overridden by an IMTS_* variable.
 """
 
 import os
+import shutil
+
+# Prometheus multiprocess mode: every worker writes its samples here; a scrape adds them up.
+# It must be set before prometheus_client is first imported (workers fork from this process);
+# the directory is emptied when the master starts.
+_home = os.environ.get("IMTS_HOME", os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", os.path.join(_home, "cache", "prometheus"))
+
+from prometheus_client import multiprocess  # noqa: E402  (after the variable above)
 
 bind = f"{os.environ.get('IMTS_HOST', '127.0.0.1')}:{os.environ.get('IMTS_PORT', '8000')}"
 workers = int(os.environ.get("IMTS_WORKERS", "3"))
@@ -22,3 +31,13 @@ preload_app = False
 accesslog = os.environ.get("IMTS_ACCESS_LOG", "-")
 errorlog = "-"
 loglevel = os.environ.get("IMTS_LOG_LEVEL", "info").lower()
+
+
+def on_starting(server):
+    path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path, exist_ok=True)
+
+
+def child_exit(server, worker):
+    multiprocess.mark_process_dead(worker.pid)

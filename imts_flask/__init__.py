@@ -29,7 +29,7 @@ def create_app(overrides=None):
     # Flask is imported here, not at module level, so the job monitor process stays light.
     from flask import Flask
 
-    from .api import bp
+    from .api import bp, metrics_bp
     from .http_errors import register_error_handlers
     from .service import TrainingService
     from .settings import load_settings
@@ -46,5 +46,6 @@ def create_app(overrides=None):
     app.extensions["imts_settings"] = settings
     app.before_request(service.ensure_housekeeper)
     app.register_blueprint(bp)
+    app.register_blueprint(metrics_bp)
     register_error_handlers(app)
     return app

@@ -1,10 +1,15 @@
 """The blueprint: thin views over TrainingService, under /api/v1/training."""
 
-from flask import Blueprint, current_app, request
+import time
+
+from flask import Blueprint, Response, current_app, g, request, send_file
 from marshmallow import ValidationError
 
 from .errors import ApiError, ValidationFailed
+from .openapi import doc
 from .schemas import (
+    CheckpointListSchema,
+    EventListSchema,
     ExportRequestSchema,
     ExportResponseSchema,
     HealthSchema,
@@ -12,14 +17,21 @@ from .schemas import (
     JobListSchema,
     JobStatusSchema,
     ListQuerySchema,
+    LogQuerySchema,
+    LogSliceSchema,
     MessageSchema,
+    MetricsQuerySchema,
+    MetricsSeriesSchema,
     TrainingJobRequestSchema,
     flatten_errors,
 )
 
 bp = Blueprint("training", __name__, url_prefix="/api/v1/training")
+# /metrics lives at the root, where Prometheus looks by default.
+metrics_bp = Blueprint("metrics", __name__)
 
 CREATED_MESSAGE = "训练任务已创建，正在启动..."  # the guide's wording
+MAX_IDEMPOTENCY_KEY = 255
 
 
 def _service():
@@ -45,16 +57,50 @@ def _json_body():
     return data
 
 
+def _idempotency_key():
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not key.isprintable():
+        raise ValidationFailed(
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters",
+            field="Idempotency-Key",
+        )
+    return key
+
+
+@bp.after_request
+def _conditional(response):
+    """Give JSON GET answers an ETag; If-None-Match with the same tag gets 304 and no body."""
+    if request.method == "GET" and response.status_code == 200 and response.is_json:
+        response.add_etag()
+        response.headers["Cache-Control"] = "no-cache"
+        return response.make_conditional(request)
+    return response
+
+
 @bp.post("/jobs")
+@doc(
+    "Create a training job",
+    body=TrainingJobRequestSchema,
+    responses={201: JobCreatedSchema, 200: JobCreatedSchema},
+    headers=["Idempotency-Key"],
+    errors=(400, 409, 413, 503, 507),
+)
 def create_job():
     body = _json_body()
+    key = _idempotency_key()
     job_request = _load(TrainingJobRequestSchema(), body)
-    state = _service().create_job(job_request, body)
-    payload = {**state, "message": CREATED_MESSAGE}
-    return JobCreatedSchema().dump(payload), 201, {"Location": f"{bp.url_prefix}/jobs/{state['job_id']}"}
+    state, replayed = _service().create_job(job_request, body, idempotency_key=key)
+    payload = JobCreatedSchema().dump({**state, "message": CREATED_MESSAGE})
+    headers = {"Location": f"{bp.url_prefix}/jobs/{state['job_id']}"}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return payload, 200 if replayed else 201, headers
 
 
 @bp.get("/jobs")
+@doc("List jobs, newest first", query=ListQuerySchema, responses={200: JobListSchema}, errors=(400,))
 def list_jobs():
     query = _load(ListQuerySchema(), request.args.to_dict())
     total, jobs = _service().list_jobs(**query)
@@ -64,11 +110,15 @@ def list_jobs():
 
 
 @bp.get("/jobs/<job_id>")
+@doc("Status, progress and loss of a job", responses={200: JobStatusSchema}, errors=(400, 404))
 def get_job(job_id):
     return JobStatusSchema().dump(_service().job(job_id))
 
 
 @bp.post("/jobs/<job_id>/stop")
+@doc(
+    "Stop a job (no body needed)", responses={200: MessageSchema, 202: MessageSchema}, errors=(400, 404, 409)
+)
 def stop_job(job_id):
     view, done = _service().stop_job(job_id)
     if done:
@@ -83,6 +133,12 @@ def stop_job(job_id):
 
 
 @bp.post("/jobs/<job_id>/export")
+@doc(
+    "Export the trained model",
+    body=ExportRequestSchema,
+    responses={200: ExportResponseSchema, 202: ExportResponseSchema},
+    errors=(400, 404, 409, 500),
+)
 def export_model(job_id):
     body = _load(ExportRequestSchema(), _json_body())
     if body.get("job_id") not in (None, job_id):
@@ -106,7 +162,62 @@ def export_model(job_id):
     return ExportResponseSchema().dump({**payload, "message": "模型导出成功"})
 
 
+@bp.get("/jobs/<job_id>/logs")
+@doc(
+    "Read training.log: bytes from an offset (tail by polling next_offset), or the last N lines",
+    query=LogQuerySchema,
+    responses={200: LogSliceSchema},
+    errors=(400, 404),
+)
+def job_logs(job_id):
+    query = _load(LogQuerySchema(), request.args.to_dict())
+    return LogSliceSchema().dump(_service().job_log(job_id, **query))
+
+
+@bp.get("/jobs/<job_id>/metrics")
+@doc(
+    "The loss, learning-rate and epoch series",
+    query=MetricsQuerySchema,
+    responses={200: MetricsSeriesSchema},
+    errors=(400, 404),
+)
+def job_metrics(job_id):
+    query = _load(MetricsQuerySchema(), request.args.to_dict())
+    return MetricsSeriesSchema().dump(_service().job_metrics(job_id, **query))
+
+
+@bp.get("/jobs/<job_id>/events")
+@doc("The job's state transitions with their times", responses={200: EventListSchema}, errors=(400, 404))
+def job_events(job_id):
+    return EventListSchema().dump(_service().job_events(job_id))
+
+
+@bp.get("/jobs/<job_id>/checkpoints")
+@doc("Checkpoints saved so far", responses={200: CheckpointListSchema}, errors=(400, 404))
+def job_checkpoints(job_id):
+    return CheckpointListSchema().dump(_service().job_checkpoints(job_id))
+
+
+@bp.get("/jobs/<job_id>/artifacts/training_loss.png")
+@doc(
+    "The loss plot LLaMA Factory draws at the end of training",
+    responses={200: "image/png"},
+    errors=(400, 404),
+)
+def loss_plot(job_id):
+    return send_file(
+        _service().artifact_path(job_id, "training_loss.png"),
+        mimetype="image/png",
+        etag=True,
+        conditional=True,
+    )
+
+
 @bp.get("/health")
+@doc(
+    "Health for load balancers: 503 when the trainer, the jobs directory or the disk is not usable",
+    responses={200: HealthSchema, 503: HealthSchema},
+)
 def health():
     healthy, checks = _service().health()
     body = {
@@ -116,3 +227,34 @@ def health():
         "checks": checks,
     }
     return HealthSchema().dump(body), 200 if healthy else 503
+
+
+@bp.get("/openapi.json")
+@doc("This OpenAPI 3 document", responses={200: "application/json"})
+def openapi():
+    from .openapi import build_spec
+
+    return build_spec(current_app, bp)
+
+
+@metrics_bp.before_app_request
+def _start_timer():
+    g.imts_started = time.perf_counter()
+
+
+@metrics_bp.after_app_request
+def _count_request(response):
+    from . import metrics
+
+    endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    started = g.get("imts_started", time.perf_counter())
+    metrics.observe_request(request.method, endpoint, response.status_code, time.perf_counter() - started)
+    return response
+
+
+@metrics_bp.get("/metrics")
+def prometheus_metrics():
+    """Prometheus text format: requests by endpoint and status, jobs by state, queue, slots, disk."""
+    from . import metrics
+
+    return Response(metrics.render(_service()), mimetype=metrics.CONTENT_TYPE)

@@ -135,6 +135,27 @@ class ListQuerySchema(Schema):
     offset = fields.Integer(load_default=0, validate=validate.Range(0))
 
 
+class LogQuerySchema(Schema):
+    """GET /jobs/{id}/logs query: a byte range, or the last lines."""
+
+    class Meta:
+        unknown = RAISE
+
+    offset = fields.Integer(load_default=0, validate=validate.Range(0))
+    limit = fields.Integer(load_default=64 * 1024, validate=validate.Range(1, 1024 * 1024))
+    tail = fields.Integer(validate=validate.Range(1, 10_000))
+
+
+class MetricsQuerySchema(Schema):
+    """GET /jobs/{id}/metrics query: points after a step, at most `limit` of them."""
+
+    class Meta:
+        unknown = RAISE
+
+    since_step = fields.Integer(load_default=0, validate=validate.Range(0))
+    limit = fields.Integer(load_default=1000, validate=validate.Range(1, 10_000))
+
+
 # -- responses ---------------------------------------------------------------------------------
 
 
@@ -200,6 +221,54 @@ class JobListSchema(ResponseSchema):
     limit = fields.Integer()
     offset = fields.Integer()
     jobs = fields.List(fields.Nested(JobStatusSchema))
+
+
+class LogSliceSchema(ResponseSchema):
+    job_id = fields.String()
+    size = fields.Integer(metadata={"description": "bytes in training.log now"})
+    offset = fields.Integer()
+    next_offset = fields.Integer(metadata={"description": "pass as offset to read on"})
+    eof = fields.Boolean()
+    data = fields.String()
+    lines = fields.List(fields.String(), metadata={"description": "with ?tail=N: the last N lines"})
+
+
+class MetricPointSchema(ResponseSchema):
+    step = fields.Integer()
+    loss = fields.Float(allow_none=True)
+    learning_rate = fields.Float(allow_none=True)
+    epoch = fields.Float(allow_none=True)
+    eval_loss = fields.Float(allow_none=True)
+    elapsed_seconds = fields.Integer(allow_none=True)
+
+
+class MetricsSeriesSchema(ResponseSchema):
+    job_id = fields.String()
+    since_step = fields.Integer()
+    next_since_step = fields.Integer()
+    points = fields.List(fields.Nested(MetricPointSchema))
+
+
+class EventSchema(ResponseSchema):
+    status = fields.String()
+    at = fields.String()
+
+
+class EventListSchema(ResponseSchema):
+    job_id = fields.String()
+    events = fields.List(fields.Nested(EventSchema))
+
+
+class CheckpointSchema(ResponseSchema):
+    name = fields.String()
+    step = fields.Integer()
+    path = fields.String()
+    modified_at = fields.String()
+
+
+class CheckpointListSchema(ResponseSchema):
+    job_id = fields.String()
+    checkpoints = fields.List(fields.Nested(CheckpointSchema))
 
 
 class MessageSchema(ResponseSchema):

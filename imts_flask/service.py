@@ -1,5 +1,7 @@
 """What each endpoint does, below HTTP: create, read, list, stop, export, health."""
 
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -7,11 +9,18 @@ import threading
 import time
 
 from .catalog import Catalog
-from .errors import Conflict, InsufficientStorage, ValidationFailed
+from .errors import Conflict, InsufficientStorage, NotFound, ValidationFailed
+from .fsio import read_tail
 from .launcher import Launcher
-from .state import JobStatus, now_utc
+from .state import TIME_FORMAT, JobStatus, now_utc
 from .store import JobStore
-from .trainer import build_train_config, read_progress, validate_custom_config
+from .trainer import (
+    build_train_config,
+    list_checkpoints,
+    read_progress,
+    read_series,
+    validate_custom_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +42,11 @@ class TrainingService:
 
     # -- create ----------------------------------------------------------------------------
 
-    def create_job(self, request, original):
-        """Validate what a job needs against what exists, write the job, start it; return its state."""
+    def create_job(self, request, original, idempotency_key=None):
+        """Validate what a job needs against what exists, write the job, start it.
+
+        Returns (state, replayed): replayed is True when `idempotency_key` already created this job.
+        """
         validate_custom_config(request["custom_config"])
         gpus = self._gpus_for(request.get("gpus"))
         model_path, default_template = self.catalog.resolve_model(request["model_name"])
@@ -93,16 +105,17 @@ class TrainingService:
                 JobStore.STATE: state,
             }
 
-        job_id = self.store.create(make_files)
-        log.info(
-            "job %s: created (%s on %s, stage %s)",
-            job_id,
-            request["model_name"],
-            ",".join(request["dataset"]),
-            request["stage"],
-        )
-        self.launcher.schedule()
-        return self.store.read(job_id)
+        if idempotency_key is None:
+            job_id, replayed = self.store.create(make_files), False
+        else:
+            fingerprint = hashlib.sha256(json.dumps(original, sort_keys=True).encode("utf-8")).hexdigest()
+            job_id, replayed = self.store.create_once(idempotency_key, fingerprint, make_files)
+        if not replayed:
+            log.info(
+                "job %s: created (%s on %s)", job_id, request["model_name"], ",".join(request["dataset"])
+            )
+            self.launcher.schedule()
+        return self.store.read(job_id), replayed
 
     def _gpus_for(self, asked):
         """Return how many GPUs a job gets: as asked (default 1 where GPUs exist), if that can ever fit."""
@@ -200,6 +213,64 @@ class TrainingService:
         if detail and status == JobStatus.FAILED.value:
             view["log_tail"] = state.get("log_tail") or []
         return view
+
+    # -- logs, series, events, checkpoints -------------------------------------------------
+
+    def job_log(self, job_id, offset=0, limit=64 * 1024, tail=None):
+        """Return a slice of training.log from a byte offset, or its last `tail` lines."""
+        path = self.store.path(job_id, JobStore.TRAIN_LOG)
+        self.store.read(job_id)  # 404 for an unknown job
+        size = os.path.getsize(path) if os.path.exists(path) else 0
+        if tail is not None:
+            lines = read_tail(path, 1024 * 1024).splitlines()[-tail:]
+            return {"job_id": job_id, "size": size, "lines": lines}
+        offset = min(offset, size)
+        data = b""
+        if offset < size:
+            with open(path, "rb") as handle:
+                handle.seek(offset)
+                data = handle.read(limit)
+        text, used = _decode_whole_chars(data)
+        next_offset = offset + used
+        return {
+            "job_id": job_id,
+            "offset": offset,
+            "next_offset": next_offset,
+            "size": size,
+            "eof": next_offset >= size,
+            "data": text,
+        }
+
+    def job_metrics(self, job_id, since_step=0, limit=1000):
+        """Return the loss / learning-rate / epoch series of a job after `since_step`."""
+        state = self.store.read(job_id)
+        points = read_series((state.get("paths") or {}).get("output_dir", ""), since_step, limit)
+        return {
+            "job_id": job_id,
+            "since_step": since_step,
+            "points": points,
+            "next_since_step": points[-1]["step"] if points else since_step,
+        }
+
+    def job_events(self, job_id):
+        """Return a job's state transitions with their times."""
+        state = self.store.read(job_id)
+        return {"job_id": job_id, "events": list(state.get("history") or [])}
+
+    def job_checkpoints(self, job_id):
+        state = self.store.read(job_id)
+        checkpoints = list_checkpoints((state.get("paths") or {}).get("output_dir", ""))
+        for checkpoint in checkpoints:
+            checkpoint["modified_at"] = time.strftime(TIME_FORMAT, time.gmtime(checkpoint["modified_at"]))
+        return {"job_id": job_id, "checkpoints": checkpoints}
+
+    def artifact_path(self, job_id, name):
+        """Return the path of a file LLaMA Factory wrote for the job (only known names)."""
+        state = self.store.read(job_id)
+        path = os.path.join((state.get("paths") or {}).get("output_dir", ""), name)
+        if not os.path.isfile(path):
+            raise NotFound(f"job {job_id} has no {name} (yet)", field="name")
+        return path
 
     def list_jobs(self, status=None, limit=100, offset=0):
         """Return (total matching, one page of job views), newest first."""
@@ -320,3 +391,13 @@ class TrainingService:
             },
         }
         return all(c["ok"] for c in checks.values()), checks
+
+
+def _decode_whole_chars(data):
+    """Decode UTF-8 without splitting a character at the end; return (text, bytes used)."""
+    for cut in range(4):
+        try:
+            return data[: len(data) - cut].decode("utf-8"), len(data) - cut
+        except UnicodeDecodeError:
+            continue
+    return data.decode("utf-8", errors="replace"), len(data)

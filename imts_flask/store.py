@@ -2,6 +2,7 @@
 
 import contextlib
 import errno
+import hashlib
 import logging
 import os
 import re
@@ -50,6 +51,8 @@ class JobStore:
     STAGING = ".staging"
     # One empty marker per job that is not finished: housekeeping reads these jobs only.
     ACTIVE = ".active"
+    # Idempotency-Key records: sha256(key).json -> the job that key created.
+    IDEMPOTENCY = ".idempotency"
 
     def __init__(self, root, lock_timeout=10.0):
         self.root = os.path.abspath(root)
@@ -57,6 +60,7 @@ class JobStore:
         os.makedirs(os.path.join(self.root, self.LOCKS), exist_ok=True)
         os.makedirs(os.path.join(self.root, self.STAGING), exist_ok=True)
         os.makedirs(os.path.join(self.root, self.ACTIVE), exist_ok=True)
+        os.makedirs(os.path.join(self.root, self.IDEMPOTENCY), exist_ok=True)
 
     # -- paths -----------------------------------------------------------------------------
 
@@ -134,6 +138,36 @@ class JobStore:
                     shutil.rmtree(staging, ignore_errors=True)
             return job_id
         raise ApiError("could not allocate a unique job id")
+
+    def create_once(self, key, fingerprint, make_files):
+        """Create a job once per idempotency key; return (job_id, True if it already existed).
+
+        A retry with the same key and the same request `fingerprint` gets the original job; the
+        same key with another request is a 409. Concurrent retries wait on the key's lock.
+        """
+        digest = hashlib.sha256(key.encode("utf-8")).hexdigest()
+        path = os.path.join(self.root, self.IDEMPOTENCY, digest + ".json")
+        with self.lock("idempotency-" + digest[:40]):
+            try:
+                record = read_json(path)
+            except (FileNotFoundError, ValueError):
+                record = None
+            if record and self.exists(record["job_id"]):
+                if record["fingerprint"] != fingerprint:
+                    raise Conflict(
+                        f"this Idempotency-Key was used for job {record['job_id']} with a different request",
+                        field="Idempotency-Key",
+                        extra={"job_id": record["job_id"]},
+                    )
+                return record["job_id"], True
+            job_id = self.create(make_files)
+            try:
+                atomic_write_json(
+                    path, {"job_id": job_id, "fingerprint": fingerprint, "created_at": now_utc()}
+                )
+            except OSError as exc:
+                raise storage_error(exc, "recording the Idempotency-Key") from exc
+            return job_id, False
 
     # -- read and update -------------------------------------------------------------------
 

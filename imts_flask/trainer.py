@@ -350,3 +350,53 @@ def _seconds(hms):
 def training_finished(output_dir):
     """Tell whether LLaMA Factory wrote its final results (a graceful stop also exits 0)."""
     return os.path.exists(os.path.join(output_dir, "all_results.json"))
+
+
+def read_series(output_dir, since_step=0, limit=1000):
+    """Return trainer_log.jsonl entries after `since_step`, one per step (the last wins after a resume)."""
+    by_step = {}
+    try:
+        with open(os.path.join(output_dir, TRAINER_LOG), encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                step = entry.get("current_steps") if isinstance(entry, dict) else None
+                if isinstance(step, int) and step > since_step and "loss" in entry:
+                    by_step[step] = entry
+    except FileNotFoundError:
+        return []
+    points = [
+        {
+            "step": step,
+            "loss": e.get("loss"),
+            "learning_rate": e.get("lr"),
+            "epoch": e.get("epoch"),
+            "eval_loss": e.get("eval_loss"),
+            "elapsed_seconds": _seconds(e.get("elapsed_time")),
+        }
+        for step, e in sorted(by_step.items())
+    ]
+    return points[:limit]
+
+
+def list_checkpoints(output_dir):
+    """Return the checkpoint-N directories LLaMA Factory saved, oldest first."""
+    found = []
+    try:
+        entries = list(os.scandir(output_dir))
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        match = re.fullmatch(r"checkpoint-(\d+)", entry.name)
+        if match and entry.is_dir(follow_symlinks=False):
+            found.append(
+                {
+                    "name": entry.name,
+                    "step": int(match.group(1)),
+                    "path": entry.path,
+                    "modified_at": entry.stat().st_mtime,
+                }
+            )
+    return sorted(found, key=lambda c: c["step"])

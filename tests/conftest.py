@@ -16,6 +16,20 @@ DEMO_DATA = os.path.join(PROJECT, "data")
 SHARED_DATA = os.path.abspath(os.path.join(PROJECT, "..", "shared", "llamafactory-data"))
 FAKE_TRAINER = os.path.join(PROJECT, "tests", "fake_trainer.py")
 
+# The integration guide's example request body (section 2.1), verbatim.
+GUIDE_EXAMPLE = {
+    "model_name": "meta-llama/Llama-3-8b",
+    "dataset": "alpaca_en_demo",
+    "stage": "sft",
+    "finetuning_type": "lora",
+    "batch_size": 2,
+    "learning_rate": 5e-5,
+    "epochs": 3.0,
+    "lora_rank": 8,
+    "lora_alpha": 16,
+    "custom_config": {"template": "llama3", "cutoff_len": 2048},
+}
+
 
 def make_home(root, data_dirs=None):
     """Lay out a service home: config/models.yaml naming the demo model, and a tiny data dir."""

@@ -5,18 +5,7 @@ from marshmallow import ValidationError
 
 from imts_flask.schemas import ExportRequestSchema, ListQuerySchema, TrainingJobRequestSchema, flatten_errors
 
-GUIDE_BODY = {
-    "model_name": "meta-llama/Llama-3-8b",
-    "dataset": "alpaca_en_demo",
-    "stage": "sft",
-    "finetuning_type": "lora",
-    "batch_size": 2,
-    "learning_rate": 5e-5,
-    "epochs": 3.0,
-    "lora_rank": 8,
-    "lora_alpha": 16,
-    "custom_config": {"template": "llama3", "cutoff_len": 2048},
-}
+from conftest import GUIDE_EXAMPLE
 
 
 def _errors(schema, data):
@@ -26,7 +15,7 @@ def _errors(schema, data):
 
 
 def test_the_guide_body_loads_as_written():
-    loaded = TrainingJobRequestSchema().load(GUIDE_BODY)
+    loaded = TrainingJobRequestSchema().load(GUIDE_EXAMPLE)
     assert loaded["dataset"] == ["alpaca_en_demo"]
     assert loaded["custom_config"] == {"template": "llama3", "cutoff_len": 2048}
     assert loaded["epochs"] == 3.0 and loaded["batch_size"] == 2

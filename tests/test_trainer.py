@@ -5,6 +5,7 @@ import json
 import pytest
 
 from imts_flask.errors import ValidationFailed
+from imts_flask.schemas import TrainingJobRequestSchema
 from imts_flask.trainer import (
     build_export_config,
     build_train_config,
@@ -12,17 +13,13 @@ from imts_flask.trainer import (
     validate_custom_config,
 )
 
+from conftest import GUIDE_EXAMPLE
+
+# The guide's example as the schema loads it, with two datasets.
 REQUEST = {
+    **TrainingJobRequestSchema().load(GUIDE_EXAMPLE),
     "model_name": "tiny-llama",
     "dataset": ["a", "b"],
-    "stage": "sft",
-    "finetuning_type": "lora",
-    "batch_size": 2,
-    "learning_rate": 5e-5,
-    "epochs": 3.0,
-    "lora_rank": 8,
-    "lora_alpha": 16,
-    "custom_config": {"template": "llama3", "cutoff_len": 2048},
 }
 
 

@@ -1,0 +1,102 @@
+"""Prometheus metrics: request counts and latencies from every worker, job figures read at scrape time.
+
+Under gunicorn, gunicorn.conf.py sets PROMETHEUS_MULTIPROC_DIR before any worker imports this module,
+so each worker writes its samples there and a scrape by any worker adds them all up.
+"""
+
+import os
+import shutil
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import REGISTRY as DEFAULT_REGISTRY
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from .launcher import _gpus_of, _queued
+from .state import JobStatus, parse_time
+
+REQUESTS = Counter("imts_http_requests_total", "HTTP requests answered", ["method", "endpoint", "status"])
+LATENCY = Histogram(
+    "imts_http_request_duration_seconds",
+    "Time to answer an HTTP request",
+    ["method", "endpoint"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+DURATION_BUCKETS = (60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400, float("inf"))
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+def observe_request(method, endpoint, status, seconds):
+    REQUESTS.labels(method, endpoint, str(status)).inc()
+    LATENCY.labels(method, endpoint).observe(seconds)
+
+
+class JobsCollector:
+    """Job figures computed from the store at each scrape, so every worker reports the same."""
+
+    def __init__(self, service):
+        self.service = service
+
+    def collect(self):
+        settings = self.service.settings
+        states = [s for s in self.service.store.all_states() if not s.get("broken")]
+        by_state = GaugeMetricFamily("imts_jobs", "Jobs by state", labels=["state"])
+        for status in JobStatus:
+            by_state.add_metric([status.value], sum(s.get("status") == status.value for s in states))
+        yield by_state
+        active = [s for s in states if not JobStatus(s["status"]).is_terminal()]
+        holding = [s for s in active if not _queued(s)]
+        yield GaugeMetricFamily(
+            "imts_queue_length", "Pending jobs waiting for capacity", value=sum(map(_queued, active))
+        )
+        yield GaugeMetricFamily("imts_job_slots_total", "Jobs that may run at once", value=settings.capacity)
+        yield GaugeMetricFamily("imts_job_slots_in_use", "Jobs running or starting", value=len(holding))
+        yield GaugeMetricFamily("imts_gpus_total", "GPUs this service hands out", value=len(settings.gpu_ids))
+        yield GaugeMetricFamily(
+            "imts_gpus_in_use", "GPUs handed to jobs", value=sum(len(_gpus_of(s)) for s in holding)
+        )
+        yield GaugeMetricFamily(
+            "imts_disk_free_bytes",
+            "Free bytes where jobs are written",
+            value=shutil.disk_usage(self.service.store.root).free,
+        )
+        yield self._durations(states)
+
+    @staticmethod
+    def _durations(states):
+        family = HistogramMetricFamily(
+            "imts_job_duration_seconds", "Run time of finished jobs", labels=["state"]
+        )
+        for status in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.STOPPED):
+            seconds = []
+            for state in states:
+                start, end = parse_time(state.get("started_at")), parse_time(state.get("finished_at"))
+                if state.get("status") == status.value and start and end:
+                    seconds.append((end - start).total_seconds())
+            buckets = [
+                (str(b) if b != float("inf") else "+Inf", sum(x <= b for x in seconds))
+                for b in DURATION_BUCKETS
+            ]
+            family.add_metric([status.value], buckets, sum(seconds))
+        return family
+
+
+def render(service):
+    """Return the text exposition of every metric: all workers' requests plus the job figures."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+    else:
+        registry = CollectorRegistry()
+        registry.register(_DefaultOnly())
+    registry.register(JobsCollector(service))
+    return generate_latest(registry)
+
+
+class _DefaultOnly:
+    """The process's own request metrics when not under gunicorn (python app.py, tests)."""
+
+    def collect(self):
+        for metric in DEFAULT_REGISTRY.collect():
+            if metric.name.startswith("imts_"):
+                yield metric

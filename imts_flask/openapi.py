@@ -1,0 +1,115 @@
+"""The OpenAPI 3 document, generated from the marshmallow schemas and each view's @doc metadata."""
+
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+
+from .schemas import ErrorSchema
+
+_ERRORS = {
+    400: "Bad input: the errors name each field and the reason",
+    404: "No such job",
+    409: "Conflicts with the job's state (or an Idempotency-Key reused with another body)",
+    413: "Request body too large",
+    500: "Unexpected error (with an incident id), or the export failed",
+    503: "A lock or the store is unavailable; retry",
+    507: "Disk full; nothing was written",
+}
+_DESCRIPTIONS = {200: "OK", 201: "Created", 202: "Accepted, still working: poll the job", 503: "Unhealthy"}
+_HEADERS = {
+    "Idempotency-Key": "A retry with the same key and body returns the original job (200), never a second"
+}
+
+
+def doc(summary, *, body=None, query=None, responses, errors=(), headers=()):
+    """Attach OpenAPI metadata to a view: request body/query schemas, responses by status."""
+
+    def attach(view):
+        view.openapi = {
+            "summary": summary,
+            "body": body,
+            "query": query,
+            "responses": responses,
+            "errors": errors,
+            "headers": headers,
+        }
+        return view
+
+    return attach
+
+
+def _content(kind):
+    if isinstance(kind, str):
+        schema = {"type": "string", "format": "binary"} if kind.startswith("image/") else {"type": "object"}
+        return {kind: {"schema": schema}}
+    return {"application/json": {"schema": kind}}
+
+
+def _operation(rule, meta):
+    params = [
+        {"in": "path", "name": arg, "required": True, "schema": {"type": "string"}} for arg in rule.arguments
+    ]
+    if meta["query"] is not None:
+        params.append({"in": "query", "schema": meta["query"]})
+    params += [
+        {
+            "in": "header",
+            "name": h,
+            "required": False,
+            "schema": {"type": "string"},
+            "description": _HEADERS.get(h, ""),
+        }
+        for h in meta["headers"]
+    ]
+    responses = {
+        str(code): {"description": _DESCRIPTIONS.get(code, "OK"), "content": _content(kind)}
+        for code, kind in meta["responses"].items()
+    }
+    for code in meta["errors"]:
+        responses[str(code)] = {"description": _ERRORS[code], "content": _content(ErrorSchema)}
+    if "GET" in rule.methods and 200 in meta["responses"]:
+        responses["304"] = {"description": "Not modified: If-None-Match matched the ETag"}
+    operation = {
+        "summary": meta["summary"],
+        "operationId": rule.endpoint.split(".")[-1],
+        "parameters": params,
+        "responses": responses,
+    }
+    if meta["body"] is not None:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": meta["body"]}},
+        }
+    return operation
+
+
+def documented_rules(app, blueprint):
+    """Return (openapi path, method, rule, metadata or None) for every route of the blueprint."""
+    found = []
+    for rule in app.url_map.iter_rules():
+        if not rule.endpoint.startswith(blueprint.name + "."):
+            continue
+        meta = getattr(app.view_functions[rule.endpoint], "openapi", None)
+        path = rule.rule.replace("<", "{").replace(">", "}")
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            found.append((path, method, rule, meta))
+    return found
+
+
+def build_spec(app, blueprint):
+    """Return the OpenAPI document of the blueprint's routes (built once per app)."""
+    if "imts_openapi" not in app.extensions:
+        from . import __version__
+
+        spec = APISpec(
+            title="IMTS training API",
+            version=__version__,
+            openapi_version="3.0.3",
+            info={"description": "Fine-tune LLMs with LLaMA Factory over HTTP (see README.md)."},
+            plugins=[MarshmallowPlugin()],
+        )
+        spec.components.schema("Error", schema=ErrorSchema)
+        for path, method, rule, meta in documented_rules(app, blueprint):
+            if meta is not None:
+                spec.path(path=path, operations={method.lower(): _operation(rule, meta)})
+        app.extensions["imts_openapi"] = spec.to_dict()
+    return app.extensions["imts_openapi"]

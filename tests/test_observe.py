@@ -1,0 +1,194 @@
+"""What clients read besides status: OpenAPI, logs, metrics, events, checkpoints, the loss plot,
+conditional GETs and idempotent creates. Real monitors drive the FAKE trainer."""
+
+import json
+import os
+import threading
+
+import pytest
+import requests
+from openapi_spec_validator import validate
+from prometheus_client.parser import text_string_to_metric_families
+
+from imts_flask.api import bp
+from imts_flask.openapi import documented_rules
+from imts_flask.service import _decode_whole_chars
+
+from conftest import fake_cli, make_home, wait_for
+from harness import Service
+
+BASE = "/api/v1/training"
+BODY = {"model_name": "tiny-llama", "dataset": "demo_sft"}
+
+
+@pytest.fixture
+def finished(make_app):
+    """A client and a job that ran 12 fake steps to completion."""
+    client = make_app("--steps", "12", "--interval", "0.01").test_client()
+    job_id = client.post(f"{BASE}/jobs", json=BODY).get_json()["job_id"]
+    wait_for(lambda: client.get(f"{BASE}/jobs/{job_id}").get_json()["status"] == "completed")
+    return client, job_id
+
+
+def _output_dir(client, job_id):
+    return client.get(f"{BASE}/jobs/{job_id}").get_json()["output_dir"]
+
+
+def test_openapi_document_is_valid_and_covers_every_route(client):
+    spec = client.get(f"{BASE}/openapi.json").get_json()
+    validate(spec)
+    rules = documented_rules(client.application, bp)
+    assert rules and all(meta is not None for _, _, _, meta in rules), "a route has no @doc"
+    for path, method, _, _ in rules:
+        operation = spec["paths"][path][method.lower()]
+        assert operation["responses"], (path, method)
+    create = spec["paths"][f"{BASE}/jobs"]["post"]
+    assert create["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "TrainingJobRequest"
+    )
+    assert "400" in create["responses"] and spec["components"]["schemas"]["Error"]
+    status = spec["components"]["schemas"]["JobStatus"]["properties"]
+    assert {"job_id", "status", "pid", "config_path", "progress", "current_loss"} <= set(status)
+
+
+def test_log_can_be_tailed_by_offset_and_read_by_lines(finished):
+    client, job_id = finished
+    whole = open(client.get(f"{BASE}/jobs/{job_id}").get_json()["log_path"], "rb").read()
+    chunks, offset = [], 0
+    while True:
+        page = client.get(f"{BASE}/jobs/{job_id}/logs?offset={offset}&limit=7").get_json()
+        chunks.append(page["data"])
+        assert page["next_offset"] >= offset
+        offset = page["next_offset"]
+        if page["eof"]:
+            break
+    assert "".join(chunks).encode() == whole and offset == len(whole)
+    tail = client.get(f"{BASE}/jobs/{job_id}/logs?tail=2").get_json()
+    assert tail["lines"] == whole.decode().splitlines()[-2:]
+    past_end = client.get(f"{BASE}/jobs/{job_id}/logs?offset=999999999").get_json()
+    assert past_end["data"] == "" and past_end["next_offset"] == len(whole) and past_end["eof"]
+    for bad in ("limit=0", "limit=99999999", "offset=-1", "tail=0", "color=1"):
+        assert client.get(f"{BASE}/jobs/{job_id}/logs?{bad}").status_code == 400
+
+
+def test_log_slices_never_split_a_character():
+    text = "损失下降".encode()
+    assert _decode_whole_chars(text[:4]) == ("损", 3)
+    assert _decode_whole_chars(text) == ("损失下降", 12)
+
+
+def test_metrics_series_drops_duplicates_after_a_resume(finished):
+    client, job_id = finished
+    with open(os.path.join(_output_dir(client, job_id), "trainer_log.jsonl"), "a") as handle:
+        # A resume from step 10 logs steps 11 and 12 again: the later entries win.
+        for step in (11, 12):
+            handle.write(
+                json.dumps({"current_steps": step, "total_steps": 12, "loss": 0.01 * step, "lr": 1e-5}) + "\n"
+            )
+    series = client.get(f"{BASE}/jobs/{job_id}/metrics").get_json()
+    steps = [p["step"] for p in series["points"]]
+    assert steps == list(range(1, 13))
+    assert series["points"][-1]["loss"] == pytest.approx(0.12) and series["next_since_step"] == 12
+    later = client.get(f"{BASE}/jobs/{job_id}/metrics?since_step=10").get_json()
+    assert [p["step"] for p in later["points"]] == [11, 12]
+    assert client.get(f"{BASE}/jobs/{job_id}/metrics?limit=3").get_json()["next_since_step"] == 3
+
+
+def test_events_list_each_transition(finished):
+    client, job_id = finished
+    events = client.get(f"{BASE}/jobs/{job_id}/events").get_json()["events"]
+    assert [e["status"] for e in events] == ["pending", "running", "completed"]
+    assert all(e["at"] for e in events)
+
+
+def test_checkpoints_and_loss_plot(finished):
+    client, job_id = finished
+    assert client.get(f"{BASE}/jobs/{job_id}/checkpoints").get_json()["checkpoints"] == []
+    assert client.get(f"{BASE}/jobs/{job_id}/artifacts/training_loss.png").status_code == 404
+    output = _output_dir(client, job_id)
+    for step in (10, 5):
+        os.makedirs(os.path.join(output, f"checkpoint-{step}"))
+    open(os.path.join(output, "training_loss.png"), "wb").write(b"\x89PNG\r\n\x1a\nfake")
+    checkpoints = client.get(f"{BASE}/jobs/{job_id}/checkpoints").get_json()["checkpoints"]
+    assert [(c["name"], c["step"]) for c in checkpoints] == [("checkpoint-5", 5), ("checkpoint-10", 10)]
+    plot = client.get(f"{BASE}/jobs/{job_id}/artifacts/training_loss.png")
+    assert plot.status_code == 200 and plot.mimetype == "image/png" and plot.data.startswith(b"\x89PNG")
+
+
+def test_unchanged_status_answers_304(finished):
+    client, job_id = finished
+    first = client.get(f"{BASE}/jobs/{job_id}")
+    etag = first.headers["ETag"]
+    again = client.get(f"{BASE}/jobs/{job_id}", headers={"If-None-Match": etag})
+    assert again.status_code == 304 and again.data == b""
+    client.application.extensions["imts"].store.update(job_id, lambda s: s.update(error="note"))
+    changed = client.get(f"{BASE}/jobs/{job_id}", headers={"If-None-Match": etag})
+    assert changed.status_code == 200 and changed.headers["ETag"] != etag
+    listing = client.get(f"{BASE}/jobs")
+    assert client.get(f"{BASE}/jobs", headers={"If-None-Match": listing.headers["ETag"]}).status_code == 304
+
+
+def test_idempotency_key_makes_retries_safe(make_app):
+    client = make_app("--steps", "1").test_client()
+    headers = {"Idempotency-Key": "order-42"}
+    first = client.post(f"{BASE}/jobs", json=BODY, headers=headers)
+    retry = client.post(f"{BASE}/jobs", json=BODY, headers=headers)
+    assert first.status_code == 201 and retry.status_code == 200
+    assert retry.get_json()["job_id"] == first.get_json()["job_id"]
+    assert retry.headers["Idempotent-Replayed"] == "true"
+    other = client.post(f"{BASE}/jobs", json={**BODY, "epochs": 1.0}, headers=headers)
+    assert other.status_code == 409 and other.get_json()["errors"][0]["field"] == "Idempotency-Key"
+    assert client.post(f"{BASE}/jobs", json=BODY).get_json()["job_id"] != first.get_json()["job_id"]
+    assert client.post(f"{BASE}/jobs", json=BODY, headers={"Idempotency-Key": ""}).status_code == 400
+    assert len(client.application.extensions["imts"].store.job_ids()) == 2
+
+
+def test_concurrent_retries_with_one_key_create_one_job(make_app):
+    app = make_app("--steps", "1")
+    results = []
+
+    def post():
+        response = app.test_client().post(f"{BASE}/jobs", json=BODY, headers={"Idempotency-Key": "same"})
+        results.append((response.status_code, response.get_json()["job_id"]))
+
+    threads = [threading.Thread(target=post) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({job_id for _, job_id in results}) == 1
+    assert sorted(code for code, _ in results) == [200] * 7 + [201]
+    assert len(app.extensions["imts"].store.job_ids()) == 1
+
+
+def test_prometheus_metrics_add_up_across_gunicorn_workers(tmp_path):
+    home = make_home(tmp_path / "home")
+    svc = Service(home, workers=4, llamafactory_cli=fake_cli(home, "--steps", "2")).start()
+    try:
+        job_id = svc.create(BODY)
+        svc.wait_done(job_id)
+        for _ in range(60):
+            assert (
+                requests.get(f"{svc.base}/jobs?limit=1", timeout=30).status_code == 200
+            )  # new connection each
+        requests.get(f"{svc.base}/jobs/train_00000000", timeout=30)
+        text = requests.get(f"http://127.0.0.1:{svc.port}/metrics", timeout=30).text
+    finally:
+        svc.stop()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append(sample)
+
+    def total(name, **labels):
+        return sum(s.value for s in samples.get(name, []) if labels.items() <= s.labels.items())
+
+    assert total("imts_http_requests_total", endpoint=f"{BASE}/jobs", method="GET", status="200") == 60
+    assert total("imts_http_requests_total", endpoint=f"{BASE}/jobs/<job_id>", status="404") == 1
+    assert total("imts_http_request_duration_seconds_count", endpoint=f"{BASE}/jobs", method="GET") == 60
+    pids = {f.split("_")[-1] for f in os.listdir(os.path.join(home, "cache", "prometheus"))}
+    assert len(pids) >= 2, "requests should have been answered by several workers"
+    assert total("imts_jobs", state="completed") == 1 and total("imts_jobs", state="running") == 0
+    assert total("imts_queue_length") == 0 and total("imts_job_slots_total") == 1
+    assert total("imts_disk_free_bytes") > 0
+    assert total("imts_job_duration_seconds_count", state="completed") == 1
