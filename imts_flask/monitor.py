@@ -24,6 +24,7 @@ from .settings import Settings
 from .state import JobStatus, now_utc
 from .store import JobStore
 from .trainer import build_export_config, read_progress, training_finished
+from .webhooks import Notifier
 
 log = logging.getLogger("imts.monitor")
 
@@ -74,7 +75,7 @@ class Monitor:
     def __init__(self, settings, job_id):
         self.settings = settings
         self.job_id = job_id
-        self.store = JobStore(settings.path("jobs_dir"), settings.lock_timeout_s)
+        self.store = JobStore(settings.path("jobs_dir"), settings.lock_timeout_s, Notifier(settings).notify)
         self.me = {"pid": os.getpid(), "start_ticks": start_ticks(os.getpid())}
         self.stop = _StopFlag()
         self.gpu_ids = None

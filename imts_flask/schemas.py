@@ -105,6 +105,10 @@ class TrainingJobRequestSchema(RequestSchema):
     custom_config = fields.Dict(keys=fields.String(), load_default=dict, allow_none=True)
     # Not in the guide: GPUs for this job (default 1 where the service has GPUs, else 0).
     gpus = fields.Integer(strict=True, allow_none=True, validate=validate.Range(0, 64))
+    # Not in the guide: where to POST each state change of this job.
+    webhook_url = fields.Url(
+        allow_none=True, schemes={"http", "https"}, require_tld=False, validate=validate.Length(max=2048)
+    )
 
     @validates("stage")
     def _stage(self, value, **kwargs):

@@ -21,6 +21,7 @@ from .trainer import (
     read_series,
     validate_custom_config,
 )
+from .webhooks import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,8 @@ ABOUT = (
 class TrainingService:
     def __init__(self, settings):
         self.settings = settings
-        self.store = JobStore(settings.path("jobs_dir"), settings.lock_timeout_s)
+        self.notifier = Notifier(settings)
+        self.store = JobStore(settings.path("jobs_dir"), settings.lock_timeout_s, self.notifier.notify)
         self.catalog = Catalog(settings)
         self.launcher = Launcher(settings, self.store)
         self._housekeeper_pid = None
@@ -86,6 +88,7 @@ class TrainingService:
                 "finetuning_type": request["finetuning_type"],
                 "gpus": gpus,
                 "launch": None,
+                "webhook_url": request.get("webhook_url"),
                 "exit_code": None,
                 "signal": None,
                 "error": None,
@@ -111,9 +114,8 @@ class TrainingService:
             fingerprint = hashlib.sha256(json.dumps(original, sort_keys=True).encode("utf-8")).hexdigest()
             job_id, replayed = self.store.create_once(idempotency_key, fingerprint, make_files)
         if not replayed:
-            log.info(
-                "job %s: created (%s on %s)", job_id, request["model_name"], ",".join(request["dataset"])
-            )
+            log.info("job %s: created (%s)", job_id, request["model_name"])
+            self.notifier.notify(self.store.path(job_id), None, self.store.read(job_id))
             self.launcher.schedule()
         return self.store.read(job_id), replayed
 

@@ -58,6 +58,11 @@ class Settings:
     housekeeping_s: float = 5.0
     # A job handed a slot whose monitor has not shown up after this long is queued again.
     launch_timeout_s: float = 30.0
+    # Webhooks: a URL for every job that names none; attempts, first backoff (doubling), timeout.
+    webhook_url: str = ""
+    webhook_attempts: int = 6
+    webhook_backoff_s: float = 1.0
+    webhook_timeout_s: float = 10.0
 
     def path(self, name):
         """Return the absolute path of a directory setting (e.g. "jobs_dir")."""

@@ -54,9 +54,11 @@ class JobStore:
     # Idempotency-Key records: sha256(key).json -> the job that key created.
     IDEMPOTENCY = ".idempotency"
 
-    def __init__(self, root, lock_timeout=10.0):
+    def __init__(self, root, lock_timeout=10.0, on_status_change=None):
         self.root = os.path.abspath(root)
         self.lock_timeout = lock_timeout
+        # Called as on_status_change(job_dir, old_status, state) after a status change is written.
+        self.on_status_change = on_status_change
         os.makedirs(os.path.join(self.root, self.LOCKS), exist_ok=True)
         os.makedirs(os.path.join(self.root, self.STAGING), exist_ok=True)
         os.makedirs(os.path.join(self.root, self.ACTIVE), exist_ok=True)
@@ -233,7 +235,9 @@ class JobStore:
                 raise storage_error(exc, f"updating job {job_id}") from exc
             if JobStatus(state["status"]).is_terminal():
                 self._drop_active(job_id)
-            return state
+        if before != state["status"] and self.on_status_change is not None:
+            self.on_status_change(self.path(job_id), before, state)  # outside the lock: it may spawn
+        return state
 
     def write_file(self, job_id, name, obj):
         """Write a YAML/JSON file of a job atomically (an export config, say)."""

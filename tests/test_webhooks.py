@@ -1,0 +1,103 @@
+"""Webhooks: every state change is POSTed to the job's URL, retried on failure, never blocking the API."""
+
+import http.server
+import json
+import os
+import threading
+
+import pytest
+
+from conftest import wait_for
+
+BASE = "/api/v1/training"
+BODY = {"model_name": "tiny-llama", "dataset": "demo_sft"}
+
+
+class Receiver:
+    """A local HTTP endpoint recording what it is sent; answers the codes in `script` first."""
+
+    def __init__(self, script=()):
+        self.events, self.script = [], list(script)
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                code = receiver.script.pop(0) if receiver.script else 200
+                if code == 200:
+                    receiver.events.append(json.loads(body))
+                self.send_response(code)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+@pytest.fixture
+def receiver():
+    made = []
+
+    def make(script=()):
+        made.append(Receiver(script))
+        return made[-1]
+
+    yield make
+    for r in made:
+        r.close()
+
+
+def test_each_state_change_is_posted_in_order(make_app, receiver):
+    hook = receiver()
+    client = make_app("--steps", "3", webhook_backoff_s=0.1).test_client()
+    job_id = client.post(f"{BASE}/jobs", json={**BODY, "webhook_url": hook.url}).get_json()["job_id"]
+    wait_for(lambda: len(hook.events) == 3, timeout=30)
+    events = sorted(hook.events, key=lambda e: e["sequence"])
+    assert [e["status"] for e in events] == ["pending", "running", "completed"]
+    assert [e["previous_status"] for e in events] == [None, "pending", "running"]
+    assert {e["job_id"] for e in events} == {job_id} and events[0]["event"] == "job.status_changed"
+
+
+def test_failed_deliveries_are_retried_with_backoff(make_app, receiver):
+    hook = receiver(script=[503, 503])  # the first two POSTs fail
+    client = make_app("--steps", "1000", "--interval", "0.05", webhook_backoff_s=0.1).test_client()
+    job_id = client.post(f"{BASE}/jobs", json={**BODY, "webhook_url": hook.url}).get_json()["job_id"]
+    wait_for(lambda: {"pending", "running"} <= {e["status"] for e in hook.events}, timeout=30)
+    client.post(f"{BASE}/jobs/{job_id}/stop")
+    log_path = os.path.join(
+        os.path.dirname(client.get(f"{BASE}/jobs/{job_id}").get_json()["config_path"]), "webhooks.log"
+    )
+    outcomes = wait_for(
+        lambda: (
+            os.path.exists(log_path)
+            and len(open(log_path).readlines()) == 3
+            and [json.loads(line) for line in open(log_path)]
+        ),
+        timeout=30,
+    )
+    assert all(o["delivered"] for o in outcomes)
+    assert sorted(o["attempts"] for o in outcomes) in ([1, 1, 3], [1, 2, 2])
+
+
+def test_a_dead_receiver_does_not_slow_the_api(make_app):
+    client = make_app("--steps", "1", webhook_timeout_s=30, webhook_backoff_s=5).test_client()
+    # Nothing listens on this port: each delivery fails, and keeps retrying in the background.
+    response = client.post(f"{BASE}/jobs", json={**BODY, "webhook_url": "http://127.0.0.1:9/hook"})
+    assert response.status_code == 201
+    assert client.get(f"{BASE}/jobs/{response.get_json()['job_id']}").status_code == 200
+
+
+def test_the_service_wide_webhook_and_bad_urls(make_app, receiver):
+    hook = receiver()
+    client = make_app("--steps", "1", webhook_url=hook.url).test_client()
+    client.post(f"{BASE}/jobs", json=BODY)
+    wait_for(lambda: len(hook.events) == 3, timeout=30)
+    for bad in ("ftp://x/y", "not a url", "http://" + "a" * 3000):
+        response = client.post(f"{BASE}/jobs", json={**BODY, "webhook_url": bad})
+        assert response.status_code == 400 and response.get_json()["errors"][0]["field"] == "webhook_url"
