@@ -1,0 +1,262 @@
+"""Command-line client for the IMTS training API: `python -m imts_flask.cli --help`.
+
+Talks HTTP only (the server may be another machine); IMTS_URL or --url says where.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import yaml
+
+API = "/api/v1/training"
+TERMINAL = ("completed", "failed", "stopped")
+
+
+class ApiError(Exception):
+    def __init__(self, status, body):
+        self.status, self.body = status, body
+        message = body.get("message") if isinstance(body, dict) else str(body)
+        super().__init__(f"HTTP {status}: {message}")
+
+
+class Client:
+    def __init__(self, url, timeout=60):
+        self.base = url.rstrip("/") + API
+        self.timeout = timeout
+
+    def call(self, method, path, body=None, headers=None):
+        """Return (status, JSON body, response headers); 4xx/5xx raise ApiError."""
+        data = None if body is None else json.dumps(body).encode("utf-8")
+        request = urllib.request.Request(
+            self.base + path, data=data, method=method, headers=dict(headers or {})
+        )
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                raw = response.read()
+                return response.status, json.loads(raw) if raw else None, response.headers
+        except urllib.error.HTTPError as exc:
+            if exc.code == 304:
+                return 304, None, exc.headers
+            raw = exc.read()
+            try:
+                payload = json.loads(raw)
+            except ValueError:
+                payload = raw.decode("utf-8", "replace")
+            raise ApiError(exc.code, payload) from None
+
+
+def _request_body(args):
+    body = {}
+    if args.file:
+        with open(args.file, encoding="utf-8") as handle:
+            loaded = yaml.safe_load(handle)  # YAML is a superset of JSON
+        if not isinstance(loaded, dict):
+            raise SystemExit(f"{args.file}: expected a mapping of request fields")
+        body.update(loaded)
+    flags = {
+        "model_name": args.model,
+        "dataset": args.dataset,
+        "stage": args.stage,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
+        "lora_rank": args.lora_rank,
+        "lora_alpha": args.lora_alpha,
+        "finetuning_type": args.finetuning_type,
+        "gpus": args.gpus,
+        "webhook_url": args.webhook_url,
+    }
+    body.update({k: v for k, v in flags.items() if v is not None})
+    for item in args.set or []:
+        key, _, value = item.partition("=")
+        body.setdefault("custom_config", {})[key] = yaml.safe_load(value)
+    return body
+
+
+def cmd_submit(client, args):
+    headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
+    _, job, _ = client.call("POST", "/jobs", _request_body(args), headers)
+    print(json.dumps(job, ensure_ascii=False) if args.json else job["job_id"])
+    return (
+        cmd_watch(client, argparse.Namespace(job_id=job["job_id"], interval=args.interval))
+        if args.watch
+        else 0
+    )
+
+
+def cmd_list(client, args):
+    query = f"?limit={args.limit}" + (f"&status={args.status}" if args.status else "")
+    _, listing, _ = client.call("GET", "/jobs" + query)
+    if args.json:
+        print(json.dumps(listing, ensure_ascii=False, indent=2))
+        return 0
+    print(f"{'JOB':16} {'STATUS':10} {'PROGRESS':>8} {'LOSS':>10}  {'CREATED':20} MODEL / DATASET")
+    for job in listing["jobs"]:
+        loss = f"{job['current_loss']:.4f}" if job.get("current_loss") is not None else "-"
+        print(
+            f"{job['job_id']:16} {job['status']:10} {job['progress']:>8.0%} {loss:>10}  "
+            f"{job.get('created_at') or '-':20} {job.get('model_name')} / {job.get('dataset')}"
+        )
+    print(f"{listing['total']} job(s)")
+    return 0
+
+
+def cmd_status(client, args):
+    _, job, _ = client.call("GET", f"/jobs/{args.job_id}")
+    print(json.dumps(job, ensure_ascii=False, indent=2))
+    return 0
+
+
+def cmd_watch(client, args):
+    """Follow a job with a progress bar until it ends; exit 0 only if it completed."""
+    from tqdm import tqdm
+
+    etag, job = None, None
+    bar = tqdm(total=1, unit="step", dynamic_ncols=True, desc=args.job_id)
+    try:
+        while True:
+            status, fresh, headers = client.call(
+                "GET", f"/jobs/{args.job_id}", headers={"If-None-Match": etag} if etag else None
+            )
+            if status == 200:
+                job, etag = fresh, headers.get("ETag")
+                total = job.get("total_steps") or 1
+                bar.total = total
+                bar.n = job.get("current_step") or (total if job["status"] == "completed" else 0)
+                postfix = {"status": job["status"]}
+                if job.get("current_loss") is not None:
+                    postfix["loss"] = f"{job['current_loss']:.4f}"
+                if job.get("eta_seconds") is not None:
+                    postfix["eta"] = f"{job['eta_seconds']}s"
+                if job.get("queue_position"):
+                    postfix["queue"] = job["queue_position"]
+                bar.set_postfix(postfix)
+                bar.refresh()
+            if job["status"] in TERMINAL:
+                break
+            time.sleep(args.interval)
+    finally:
+        bar.close()
+    print(f"{args.job_id}: {job['status']}" + (f" ({job['error']})" if job.get("error") else ""))
+    return 0 if job["status"] == "completed" else 1
+
+
+def cmd_logs(client, args):
+    if args.tail and not args.follow:
+        _, page, _ = client.call("GET", f"/jobs/{args.job_id}/logs?tail={args.tail}")
+        print("\n".join(page["lines"]))
+        return 0
+    offset, finished = 0, False
+    while True:
+        _, page, _ = client.call("GET", f"/jobs/{args.job_id}/logs?offset={offset}")
+        sys.stdout.write(page["data"])
+        sys.stdout.flush()
+        offset = page["next_offset"]
+        if page["eof"]:
+            if not args.follow or finished:
+                return 0
+            # Once the job has ended, one more read picks up whatever it wrote last.
+            finished = client.call("GET", f"/jobs/{args.job_id}")[1]["status"] in TERMINAL
+            if not finished:
+                time.sleep(args.interval)
+
+
+def cmd_stop(client, args):
+    status, body, _ = client.call("POST", f"/jobs/{args.job_id}/stop")
+    print(body["message"])
+    return 0 if status == 200 else 3
+
+
+def cmd_export(client, args):
+    body = {"export_dir": args.dir, "merge_lora": not args.no_merge}
+    status, result, _ = client.call("POST", f"/jobs/{args.job_id}/export", body)
+    while status == 202:
+        time.sleep(args.interval)
+        _, job, _ = client.call("GET", f"/jobs/{args.job_id}")
+        status = 202 if job["export"]["status"] == "running" else 200
+        result = {"model_path": job["export"]["model_path"], "export_status": job["export"]["status"]}
+    print(result["model_path"])
+    return 0 if result.get("export_status") == "completed" else 1
+
+
+def parser():
+    main = argparse.ArgumentParser(prog="python -m imts_flask.cli", description="IMTS training API client")
+    main.add_argument(
+        "--url",
+        default=os.environ.get("IMTS_URL", "http://127.0.0.1:8000"),
+        help="service base URL (env IMTS_URL)",
+    )
+    sub = main.add_subparsers(dest="command", required=True)
+
+    submit = sub.add_parser("submit", help="create a training job from flags and/or a YAML/JSON file")
+    submit.add_argument("-f", "--file", help="request body as YAML or JSON; flags override it")
+    submit.add_argument("--model", help="model_name")
+    submit.add_argument("--dataset")
+    submit.add_argument("--stage", choices=["sft", "pt", "rm", "dpo", "kto"])
+    submit.add_argument("--finetuning-type", choices=["lora", "full", "freeze"])
+    submit.add_argument("--epochs", type=float)
+    submit.add_argument("--batch-size", type=int)
+    submit.add_argument("--learning-rate", type=float)
+    submit.add_argument("--lora-rank", type=int)
+    submit.add_argument("--lora-alpha", type=int)
+    submit.add_argument("--gpus", type=int)
+    submit.add_argument("--webhook-url")
+    submit.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="a custom_config entry (repeatable)"
+    )
+    submit.add_argument("--idempotency-key", help="makes a retried submit return the same job")
+    submit.add_argument("--watch", action="store_true", help="then follow it with a progress bar")
+    submit.add_argument("--json", action="store_true")
+    submit.add_argument("--interval", type=float, default=2.0)
+
+    listing = sub.add_parser("list", help="list jobs, newest first")
+    listing.add_argument("--status", choices=["pending", "running", "completed", "failed", "stopped"])
+    listing.add_argument("--limit", type=int, default=20)
+    listing.add_argument("--json", action="store_true")
+
+    for name, text in (("status", "a job's full status as JSON"), ("stop", "stop a job")):
+        sub.add_parser(name, help=text).add_argument("job_id")
+
+    watch = sub.add_parser("watch", help="progress bar (step, loss, ETA) until the job ends")
+    watch.add_argument("job_id")
+    watch.add_argument("--interval", type=float, default=2.0)
+
+    logs = sub.add_parser("logs", help="print training.log")
+    logs.add_argument("job_id")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
+    logs.add_argument("--tail", type=int, help="only the last N lines")
+    logs.add_argument("--interval", type=float, default=2.0)
+
+    export = sub.add_parser("export", help="export the trained model; prints its path")
+    export.add_argument("job_id")
+    export.add_argument("--dir", required=True, help="export_dir, e.g. ./models/exports/my_model")
+    export.add_argument("--no-merge", action="store_true", help="copy the LoRA adapter instead of merging")
+    export.add_argument("--interval", type=float, default=2.0)
+    return main
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    client = Client(args.url)
+    command = globals()["cmd_" + args.command]
+    try:
+        return command(client, args)
+    except ApiError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        for error in (exc.body.get("errors") or []) if isinstance(exc.body, dict) else []:
+            print(f"  {error['field']}: {error['reason']}", file=sys.stderr)
+        return 2
+    except urllib.error.URLError as exc:
+        print(f"error: cannot reach {args.url}: {exc.reason}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""The command-line client against gunicorn with the FAKE trainer: submit, watch, logs, stop, export."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import PROJECT, fake_cli, make_home
+from harness import Service
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    home = make_home(tmp_path_factory.mktemp("cli") / "home")
+    svc = Service(
+        home, llamafactory_cli=fake_cli(home, "--steps", "30", "--interval", "0.05"), max_concurrent_jobs=2
+    ).start()
+    yield svc
+    svc.stop()
+
+
+def cli(service, *args, check=True):
+    result = subprocess.run(
+        [sys.executable, "-m", "imts_flask.cli", "--url", f"http://127.0.0.1:{service.port}", *args],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_submit_and_watch_to_completion(service):
+    result = cli(
+        service,
+        "submit",
+        "--model",
+        "tiny-llama",
+        "--dataset",
+        "demo_sft",
+        "--epochs",
+        "1",
+        "--set",
+        "cutoff_len=64",
+        "--watch",
+        "--interval",
+        "0.2",
+    )
+    job_id = result.stdout.splitlines()[0]
+    assert result.stdout.strip().endswith(f"{job_id}: completed")
+    assert "30/30" in result.stderr and "loss=" in result.stderr  # tqdm draws the bar on stderr
+    config = open(service.status(job_id)["config_path"]).read()
+    assert "cutoff_len: 64" in config and "num_train_epochs: 1.0" in config
+
+
+def test_submit_from_a_yaml_file_then_logs_list_status(service, tmp_path):
+    request = tmp_path / "job.yaml"
+    request.write_text("model_name: tiny-llama\ndataset: demo_sft\ncustom_config:\n  cutoff_len: 32\n")
+    job_id = cli(service, "submit", "-f", str(request), "--idempotency-key", "cli-1").stdout.strip()
+    assert cli(service, "submit", "-f", str(request), "--idempotency-key", "cli-1").stdout.strip() == job_id
+    assert cli(service, "watch", job_id, "--interval", "0.2").returncode == 0
+    logs = cli(service, "logs", job_id, "--follow", "--interval", "0.2").stdout
+    assert "fake trainer: train" in logs
+    assert cli(service, "logs", job_id, "--tail", "1").stdout.strip() == logs.strip().splitlines()[-1]
+    assert job_id in cli(service, "list").stdout
+    assert json.loads(cli(service, "status", job_id).stdout)["status"] == "completed"
+    path = cli(service, "export", job_id, "--dir", "cli_export").stdout.strip()
+    assert os.path.isdir(path) and path.endswith("cli_export")
+
+
+def test_stop_and_errors(service):
+    job_id = cli(
+        service, "submit", "--model", "tiny-llama", "--dataset", "demo_sft", "--epochs", "50"
+    ).stdout.strip()
+    assert cli(service, "stop", job_id).stdout.strip() == f"任务 {job_id} 已停止"
+    watched = cli(service, "watch", job_id, check=False)
+    assert watched.returncode == 1 and watched.stdout.strip().endswith("stopped")
+    missing = cli(service, "status", "train_00000000", check=False)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    bad = cli(service, "submit", "--model", "tiny-llama", "--dataset", "nope", check=False)
+    assert bad.returncode == 2 and "dataset: unknown dataset 'nope'" in bad.stderr
