@@ -12,7 +12,7 @@ import time
 
 from .errors import Conflict
 from .procs import is_same_process, start_ticks, terminate_tree
-from .state import JobStatus, now_utc, parse_time
+from .state import JobStatus, creation_order, now_utc, parse_time
 from .store import JobStore
 
 log = logging.getLogger(__name__)
@@ -81,10 +81,6 @@ def monitor_alive(state):
 def _queued(state):
     """A pending job that has not been handed a slot yet."""
     return state.get("status") == JobStatus.PENDING.value and not state.get("launch")
-
-
-def queue_order(state):
-    return (state.get("created_at") or "", state["job_id"])
 
 
 class Launcher:
@@ -199,7 +195,7 @@ class Launcher:
                 g for g in self.settings.gpu_ids if g not in {g for s in holding for g in _gpus_of(s)}
             ]
             slots = self.settings.capacity - len(holding)
-            for state in sorted(filter(_queued, states), key=queue_order):
+            for state in sorted(filter(_queued, states), key=creation_order):
                 need = state.get("gpus") or 0
                 if slots <= 0 or need > len(free_gpus):
                     break  # first come, first served: the head of the queue waits for its GPUs
@@ -215,7 +211,7 @@ class Launcher:
 
     def queue_position(self, job_id):
         """Return a queued job's 1-based place in the queue, or None if it is not queued."""
-        queued = sorted(filter(_queued, self.store.active_states()), key=queue_order)
+        queued = sorted(filter(_queued, self.store.active_states()), key=creation_order)
         return next((i + 1 for i, s in enumerate(queued) if s["job_id"] == job_id), None)
 
     # -- starting --------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from .catalog import Catalog
 from .errors import Conflict, InsufficientStorage, NotFound, ValidationFailed
 from .fsio import read_tail
 from .launcher import Launcher
-from .state import TIME_FORMAT, JobStatus, now_utc
+from .state import TIME_FORMAT, JobStatus, creation_order, now_utc
 from .store import JobStore
 from .trainer import (
     build_train_config,
@@ -78,6 +78,7 @@ class TrainingService:
                 "job_id": job_id,
                 "status": JobStatus.PENDING.value,
                 "created_at": created,
+                "created_ns": time.time_ns(),  # orders jobs created within the same second
                 "started_at": None,
                 "finished_at": None,
                 "updated_at": created,
@@ -279,7 +280,7 @@ class TrainingService:
         states = [self.launcher.reconcile(s) for s in self.store.all_states()]
         if status:
             states = [s for s in states if s.get("status") == status]
-        states.sort(key=lambda s: (s.get("created_at") or "", s["job_id"]), reverse=True)
+        states.sort(key=creation_order, reverse=True)
         page = states[offset : offset + limit]
         return len(states), [self.view(s, detail=False) for s in page]
 

@@ -39,6 +39,15 @@ def now_utc():
     return datetime.now(UTC).strftime(TIME_FORMAT)
 
 
+def creation_order(state):
+    """Sort key for jobs by creation: created_ns (nanoseconds), else created_at, then the id."""
+    created = state.get("created_ns")
+    if created is None:
+        at = parse_time(state.get("created_at"))
+        created = int(at.timestamp() * 1e9) if at else 0
+    return (created, state.get("job_id") or "")
+
+
 def parse_time(text):
     """Parse a time written by now_utc() back into an aware datetime (None stays None)."""
     if not text:

@@ -15,7 +15,7 @@ VENV_BIN = os.path.dirname(sys.executable)
 GUNICORN = os.path.join(VENV_BIN, "gunicorn")
 
 
-def _free_port():
+def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -26,8 +26,9 @@ class Service:
 
     def __init__(self, home, argv_extra=(), workers=3, **settings):
         self.home = home
-        self.port = _free_port()
-        self.base = f"http://127.0.0.1:{self.port}/api/v1/training"
+        self.port = free_port()
+        self.root = f"http://127.0.0.1:{self.port}"
+        self.base = f"{self.root}/api/v1/training"
         data_dirs = [DEMO_DATA] + ([SHARED_DATA] if os.path.isdir(SHARED_DATA) else [])
         self.env = {
             **os.environ,

@@ -9,6 +9,7 @@ import pytest
 
 from imts_flask import fsio
 from imts_flask.errors import InsufficientStorage, NotFound, Unavailable, ValidationFailed
+from imts_flask.state import creation_order
 from imts_flask.store import JOB_ID_PATTERN, JobStore
 
 
@@ -146,3 +147,16 @@ def test_state_json_is_readable_by_hand(store):
     text = open(store.path(job_id, JobStore.STATE), encoding="utf-8").read()
     assert text.startswith('{\n  "job_id"')
     assert json.loads(text)["job_id"] == job_id
+
+
+def test_creation_order_is_finer_than_created_at():
+    same_second = [
+        {"job_id": "train_ffffffff", "created_at": "2026-01-01T00:00:00", "created_ns": 1},
+        {"job_id": "train_00000000", "created_at": "2026-01-01T00:00:00", "created_ns": 2},
+    ]
+    assert [s["job_id"] for s in sorted(same_second, key=creation_order)] == [
+        "train_ffffffff",
+        "train_00000000",
+    ]
+    legacy = {"job_id": "train_11111111", "created_at": "2026-01-01T00:00:01"}  # written before created_ns
+    assert creation_order(legacy) > creation_order(same_second[1])

@@ -1,0 +1,195 @@
+// The integration guide's client flow with Spring's RestTemplate and Jackson, as a Spring Boot
+// service would run it. Request DTOs are the guide's (camelCase fields); response DTOs read the
+// service's snake_case JSON through @JsonNaming. Usage: java SpringClientFlow BASE_URL
+// Exits non-zero with a message on the first thing that is not as the guide says.
+
+import com.fasterxml.jackson.databind.DeserializationFeature;
+import com.fasterxml.jackson.databind.ObjectMapper;
+import com.fasterxml.jackson.databind.PropertyNamingStrategies;
+import com.fasterxml.jackson.databind.annotation.JsonNaming;
+import java.util.Arrays;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+import org.springframework.http.HttpStatus;
+import org.springframework.http.ResponseEntity;
+import org.springframework.http.converter.json.MappingJackson2HttpMessageConverter;
+import org.springframework.web.client.HttpClientErrorException;
+import org.springframework.web.client.RestTemplate;
+
+public class SpringClientFlow {
+
+    // -- the guide's DTOs (section 3.4), as plain fields instead of Lombok's @Data -------------
+
+    public static class TrainingJobRequest {
+        public String modelName;
+        public String dataset;
+        public String stage = "sft";
+        public String finetuningType = "lora";
+        public Integer batchSize = 2;
+        public Double learningRate = 5e-5;
+        public Double epochs = 3.0;
+        public Integer loraRank = 8;
+        public Integer loraAlpha = 16;
+        public Map<String, Object> customConfig;
+    }
+
+    @JsonNaming(PropertyNamingStrategies.SnakeCaseStrategy.class)
+    public static class TrainingJobResponse {
+        public String jobId;
+        public String status;
+        public String message;
+        public String createdAt;
+    }
+
+    @JsonNaming(PropertyNamingStrategies.SnakeCaseStrategy.class)
+    public static class JobStatusResponse {
+        public String jobId;
+        public String status;
+        public Integer pid;
+        public String configPath;
+        public Double progress;
+        public Double currentLoss;
+    }
+
+    public static class ModelExportRequest {
+        public String jobId;
+        public String exportDir;
+        public Boolean mergeLora;
+    }
+
+    @JsonNaming(PropertyNamingStrategies.SnakeCaseStrategy.class)
+    public static class ModelExportResponse {
+        public String message;
+        public String modelPath;
+    }
+
+    @JsonNaming(PropertyNamingStrategies.SnakeCaseStrategy.class)
+    public static class JobList {
+        public Integer total;
+        public List<JobStatusResponse> jobs;
+    }
+
+    @JsonNaming(PropertyNamingStrategies.SnakeCaseStrategy.class)
+    public static class HealthResponse {
+        public String status;
+        public String service;
+        public Boolean adapterInitialized;
+    }
+
+    // -- the flow ------------------------------------------------------------------------------
+
+    static void check(boolean ok, String what) {
+        if (!ok) {
+            System.err.println("FAILED: " + what);
+            System.exit(1);
+        }
+        System.out.println("ok: " + what);
+    }
+
+    static RestTemplate restTemplate() {
+        // As Spring Boot configures Jackson: unknown response fields are ignored.
+        ObjectMapper mapper = new ObjectMapper().configure(DeserializationFeature.FAIL_ON_UNKNOWN_PROPERTIES, false);
+        RestTemplate rest = new RestTemplate();
+        rest.setMessageConverters(Arrays.asList(
+                new org.springframework.http.converter.StringHttpMessageConverter(),
+                new MappingJackson2HttpMessageConverter(mapper)));
+        return rest;
+    }
+
+    static Map<String, Object> fast() {
+        Map<String, Object> custom = new HashMap<>();
+        custom.put("cutoff_len", 128);
+        custom.put("logging_steps", 1);
+        return custom;
+    }
+
+    static JobStatusResponse waitFor(RestTemplate rest, String api, String jobId) throws InterruptedException {
+        for (int i = 0; i < 600; i++) {
+            JobStatusResponse status = rest.getForObject(api + "/jobs/{id}", JobStatusResponse.class, jobId);
+            if (Arrays.asList("completed", "failed", "stopped").contains(status.status)) {
+                return status;
+            }
+            Thread.sleep(500);
+        }
+        throw new IllegalStateException("job " + jobId + " did not finish");
+    }
+
+    public static void main(String[] args) throws Exception {
+        String api = args[0] + "/api/v1/training";
+        RestTemplate rest = restTemplate();
+
+        HealthResponse health = rest.getForObject(api + "/health", HealthResponse.class);
+        check("healthy".equals(health.status) && Boolean.TRUE.equals(health.adapterInitialized), "health");
+
+        Map<String, Object> snake = new HashMap<>();
+        snake.put("model_name", "tiny-llama");
+        snake.put("dataset", "demo_sft");
+        snake.put("epochs", 1.0);
+        snake.put("custom_config", fast());
+        ResponseEntity<TrainingJobResponse> created = rest.postForEntity(api + "/jobs", snake, TrainingJobResponse.class);
+        check(created.getStatusCode() == HttpStatus.CREATED && created.getBody().jobId.startsWith("train_"),
+              "create with a snake_case body");
+
+        TrainingJobRequest request = new TrainingJobRequest();  // the guide's DTO, sent as camelCase
+        request.modelName = "tiny-llama";
+        request.dataset = "demo_sft";
+        request.epochs = 1.0;
+        request.customConfig = fast();
+        TrainingJobResponse job = rest.postForObject(api + "/jobs", request, TrainingJobResponse.class);
+        check("pending".equals(job.status) && job.createdAt.matches("\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d"),
+              "create with the guide's camelCase DTO");
+
+        JobStatusResponse done = waitFor(rest, api, job.jobId);
+        check("completed".equals(done.status) && done.progress == 1.0 && done.currentLoss != null
+              && done.pid == null && done.configPath.endsWith("training_config.yaml"), "poll to completion");
+        check("completed".equals(waitFor(rest, api, created.getBody().jobId).status), "the snake_case job completes");
+
+        JobList list = rest.getForObject(api + "/jobs", JobList.class);
+        check(list.total >= 2 && list.jobs.get(0).jobId != null, "list");
+
+        ModelExportRequest export = new ModelExportRequest();
+        export.jobId = job.jobId;
+        export.exportDir = "./models/exports/java_model";
+        export.mergeLora = true;
+        ResponseEntity<ModelExportResponse> exported =
+            rest.postForEntity(api + "/jobs/{id}/export", export, ModelExportResponse.class, job.jobId);
+        check(exported.getStatusCode().is2xxSuccessful() && exported.getBody().modelPath.endsWith("java_model"),
+              "export with merge_lora");
+
+        request.epochs = 500.0;
+        TrainingJobResponse longJob = rest.postForObject(api + "/jobs", request, TrainingJobResponse.class);
+        for (int i = 0; i < 240; i++) {
+            JobStatusResponse s = rest.getForObject(api + "/jobs/{id}", JobStatusResponse.class, longJob.jobId);
+            if ("running".equals(s.status) && s.pid != null) break;
+            Thread.sleep(500);
+        }
+        ResponseEntity<String> stopped = rest.postForEntity(api + "/jobs/{id}/stop", null, String.class, longJob.jobId);
+        check(stopped.getStatusCode() == HttpStatus.OK, "stop with an empty body");
+        check("stopped".equals(rest.getForObject(api + "/jobs/{id}", JobStatusResponse.class, longJob.jobId).status),
+              "the stopped job reads as stopped");
+
+        try {
+            rest.getForObject(api + "/jobs/{id}", JobStatusResponse.class, "train_00000000");
+            check(false, "404 for an unknown job");
+        } catch (HttpClientErrorException e) {
+            Map<?, ?> body = new ObjectMapper().readValue(e.getResponseBodyAsString(), Map.class);
+            check(e.getStatusCode() == HttpStatus.NOT_FOUND && "not_found".equals(body.get("error")),
+                  "404 with the JSON error shape");
+        }
+        try {
+            TrainingJobRequest bad = new TrainingJobRequest();
+            bad.modelName = "tiny-llama";
+            bad.dataset = "demo_sft";
+            bad.batchSize = 0;
+            rest.postForObject(api + "/jobs", bad, TrainingJobResponse.class);
+            check(false, "400 for a bad batch size");
+        } catch (HttpClientErrorException e) {
+            Map<?, ?> body = new ObjectMapper().readValue(e.getResponseBodyAsString(), Map.class);
+            List<?> errors = (List<?>) body.get("errors");
+            check(e.getStatusCode() == HttpStatus.BAD_REQUEST
+                  && "batch_size".equals(((Map<?, ?>) errors.get(0)).get("field")), "400 names the field");
+        }
+        System.out.println("JAVA FLOW OK");
+    }
+}

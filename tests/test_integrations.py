@@ -1,0 +1,150 @@
+"""The guide's Spring client (RestTemplate + Jackson, compiled here) and Nginx in front of gunicorn,
+both against the real llamafactory-cli. They need Debian's libspring-web-java,
+libjackson2-databind-java and nginx (.ci/run installs them); without them the tests skip, unless
+IMTS_REQUIRE_INTEGRATIONS=1 (set by CI) makes that a failure."""
+
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+import requests
+
+from conftest import PROJECT, make_home, wait_for
+from harness import Service, free_port
+
+pytestmark = pytest.mark.e2e
+
+JARS = [
+    "spring3-core",
+    "spring3-beans",
+    "spring3-web",
+    "commons-logging",
+    "jackson-databind",
+    "jackson-core",
+    "jackson-annotations",
+]
+FAST = {"template": "default", "cutoff_len": 128, "logging_steps": 1}
+
+
+def _require(available, what):
+    if not available:
+        if os.environ.get("IMTS_REQUIRE_INTEGRATIONS") == "1":
+            pytest.fail(f"{what} is missing (install it: see .ci/run)")
+        pytest.skip(f"{what} is not installed")
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    svc = Service(make_home(tmp_path_factory.mktemp("integrations") / "home")).start()
+    yield svc
+    svc.stop()
+
+
+def test_the_guides_java_client_flow_with_resttemplate(service, tmp_path):
+    jars = [f"/usr/share/java/{name}.jar" for name in JARS]
+    _require(shutil.which("javac") and all(os.path.exists(j) for j in jars), "javac with Spring and Jackson")
+    classpath = ":".join(jars)
+    source = os.path.join(PROJECT, "tests", "java", "SpringClientFlow.java")
+    subprocess.run(["javac", "-d", str(tmp_path), "-cp", classpath, source], check=True, timeout=300)
+    result = subprocess.run(
+        [
+            "java",
+            "-cp",
+            f"{tmp_path}:{classpath}",
+            "SpringClientFlow",
+            service.root,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    print(result.stdout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "JAVA FLOW OK" in result.stdout
+    assert os.path.isdir(os.path.join(service.home, "models", "exports", "java_model"))
+
+
+@pytest.fixture
+def nginx(service, tmp_path):
+    _require(shutil.which("nginx"), "nginx")
+    port = free_port()
+    location = open(os.path.join(PROJECT, "deploy", "nginx.conf")).read()
+    location = location.replace("127.0.0.1:8000", f"127.0.0.1:{service.port}")
+    temp = {name: tmp_path / name for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi")}
+    for path in temp.values():
+        path.mkdir()
+    (tmp_path / "nginx.conf").write_text(f"""
+user root;
+daemon off;
+worker_processes 1;
+pid {tmp_path}/nginx.pid;
+error_log {tmp_path}/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log {tmp_path}/access.log;
+    client_body_temp_path {temp["body"]};
+    proxy_temp_path {temp["proxy"]};
+    fastcgi_temp_path {temp["fastcgi"]};
+    uwsgi_temp_path {temp["uwsgi"]};
+    scgi_temp_path {temp["scgi"]};
+    server {{
+        listen 127.0.0.1:{port};
+        {location}
+    }}
+}}
+""")
+    proc = subprocess.Popen(["nginx", "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path)])
+    base = f"http://127.0.0.1:{port}"
+
+    def up():
+        try:
+            return requests.get(f"{base}/api/v1/training/health", timeout=5).status_code == 200
+        except requests.RequestException:
+            return False
+
+    wait_for(up, timeout=30, interval=0.2)
+    yield base
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_the_flow_through_nginx(nginx):
+    api = f"{nginx}/api/v1/training"
+    response = requests.post(
+        f"{api}/jobs",
+        json={"model_name": "tiny-llama", "dataset": "demo_sft", "epochs": 2.0, "custom_config": FAST},
+        timeout=30,
+    )
+    assert response.status_code == 201
+    job_id = response.json()["job_id"]
+    offset, log = 0, ""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        page = requests.get(f"{api}/jobs/{job_id}/logs", params={"offset": offset}, timeout=30).json()
+        log += page["data"]
+        offset = page["next_offset"]
+        status = requests.get(f"{api}/jobs/{job_id}", timeout=30).json()
+        if status["status"] in ("completed", "failed", "stopped") and page["eof"]:
+            break
+        time.sleep(0.5)
+    assert status["status"] == "completed" and "imts monitor" in log and offset > 0
+    first = requests.get(f"{api}/jobs/{job_id}", timeout=30)
+    assert (
+        requests.get(
+            f"{api}/jobs/{job_id}", headers={"If-None-Match": first.headers["ETag"]}, timeout=30
+        ).status_code
+        == 304
+    )
+    series = requests.get(f"{api}/jobs/{job_id}/metrics", timeout=30).json()["points"]
+    assert series and series[-1]["step"] == status["total_steps"]
+    plot = requests.get(f"{api}/jobs/{job_id}/artifacts/training_loss.png", timeout=30)
+    assert plot.status_code == 200 and plot.content.startswith(b"\x89PNG")
+    too_big = requests.post(
+        f"{api}/jobs", data=b"x" * (1536 * 1024), headers={"Content-Type": "application/json"}, timeout=30
+    )
+    assert too_big.status_code == 413 and too_big.json()["error"] == "request_entity_too_large"
+    missing = requests.post(f"{api}/jobs/train_00000000/stop", timeout=30)
+    assert missing.status_code == 404 and missing.json()["status"] == 404
+    assert "imts_http_requests_total" in requests.get(f"{nginx}/metrics", timeout=30).text
