@@ -66,7 +66,10 @@ def _failure_reason(lines, fallback):
 
 def _describe_exit(rc):
     if rc < 0:
-        name = signal.Signals(-rc).name
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:
+            name = f"signal {-rc}"
         return f"llamafactory-cli was killed by signal {-rc} ({name})", name
     return f"llamafactory-cli exited with code {rc}", None
 
@@ -149,6 +152,7 @@ class Monitor:
         except OSError as exc:
             error = f"could not start {self.settings.llamafactory_cli}: {exc.strerror or exc}"
             self.store.update(self.job_id, lambda s: s.update(status=JobStatus.FAILED.value, error=error))
+            Launcher(self.settings, self.store).schedule()  # its slot is free again
             return
         ticks = start_ticks(proc.pid)
 
