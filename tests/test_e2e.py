@@ -4,14 +4,18 @@ Every status read may land on any worker; jobs run in detached monitors, so the 
 killed and restarted under them.
 """
 
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+from openapi_spec_validator import validate
 
 from conftest import GUIDE_EXAMPLE, SHARED_DATA, TINY_MODEL, make_home, wait_for
 from harness import GUNICORN, Service, alive, tree_pids
@@ -185,6 +189,10 @@ def test_stopping_a_long_job_leaves_no_process_and_saves_a_checkpoint(service):
     assert not [pid for pid in pids if alive(pid)]
     checkpoints = [n for n in os.listdir(final["output_dir"]) if n.startswith("checkpoint-")]
     assert checkpoints, "the JIT checkpoint on SIGTERM should have saved one"
+    listed = requests.get(f"{service.base}/jobs/{job_id}/checkpoints", timeout=30).json()["checkpoints"]
+    assert sorted(c["name"] for c in listed) == sorted(checkpoints)
+    events = requests.get(f"{service.base}/jobs/{job_id}/events", timeout=30).json()["events"]
+    assert [e["status"] for e in events] == ["pending", "running", "stopped"]
     assert requests.post(f"{service.base}/jobs/{job_id}/stop", timeout=60).status_code == 200
     assert (
         requests.post(
@@ -253,3 +261,63 @@ def test_entry_points_serve_the_api(tmp_path):
             }
         finally:
             svc.stop()
+
+
+def test_openapi_document_is_served_and_valid(service):
+    spec = requests.get(f"{service.base}/openapi.json", timeout=30).json()
+    validate(spec)
+    assert "/api/v1/training/jobs/{job_id}/logs" in spec["paths"]
+
+
+def test_concurrent_retries_with_one_idempotency_key_start_one_training(service):
+    body = {"model_name": "tiny-llama", "dataset": "demo_sft", "epochs": 1.0, "custom_config": FAST}
+
+    def post(_):
+        response = requests.post(
+            f"{service.base}/jobs", json=body, headers={"Idempotency-Key": "e2e-retry"}, timeout=60
+        )
+        return response.status_code, response.json()["job_id"]
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(post, range(6)))
+    assert len({job_id for _, job_id in results}) == 1
+    assert sorted(code for code, _ in results) == [200] * 5 + [201]
+    final = service.wait_done(results[0][1])
+    assert final["status"] == "completed"
+
+
+def test_a_webhook_hears_each_state_of_a_real_job(service):
+    received = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/imts-events"
+        job_id = service.create(
+            {
+                "model_name": "tiny-llama",
+                "dataset": "demo_sft",
+                "epochs": 1.0,
+                "custom_config": FAST,
+                "webhook_url": url,
+            }
+        )
+        service.wait_done(job_id)
+        wait_for(lambda: len(received) == 3, timeout=60)
+    finally:
+        server.shutdown()
+    assert [e["status"] for e in sorted(received, key=lambda e: e["sequence"])] == [
+        "pending",
+        "running",
+        "completed",
+    ]
+    assert {e["job_id"] for e in received} == {job_id}
