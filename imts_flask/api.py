@@ -234,7 +234,7 @@ def health():
 def openapi():
     from .openapi import build_spec
 
-    return build_spec(current_app, bp)
+    return build_spec(current_app, [bp, metrics_bp])
 
 
 @metrics_bp.before_app_request
@@ -253,6 +253,10 @@ def _count_request(response):
 
 
 @metrics_bp.get("/metrics")
+@doc(
+    "Prometheus metrics of every worker: requests, jobs by state, queue, slots, GPUs, disk, durations",
+    responses={200: "text/plain"},
+)
 def prometheus_metrics():
     """Prometheus text format: requests by endpoint and status, jobs by state, queue, slots, disk."""
     from . import metrics

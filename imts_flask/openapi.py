@@ -39,7 +39,12 @@ def doc(summary, *, body=None, query=None, responses, errors=(), headers=()):
 
 def _content(kind):
     if isinstance(kind, str):
-        schema = {"type": "string", "format": "binary"} if kind.startswith("image/") else {"type": "object"}
+        if kind.startswith("image/"):
+            schema = {"type": "string", "format": "binary"}
+        elif kind.startswith("text/"):
+            schema = {"type": "string"}
+        else:
+            schema = {"type": "object"}
         return {kind: {"schema": schema}}
     return {"application/json": {"schema": kind}}
 
@@ -82,11 +87,12 @@ def _operation(rule, meta):
     return operation
 
 
-def documented_rules(app, blueprint):
-    """Return (openapi path, method, rule, metadata or None) for every route of the blueprint."""
+def documented_rules(app, blueprints):
+    """Return (openapi path, method, rule, metadata or None) for every route of the blueprints."""
     found = []
+    names = tuple(blueprint.name + "." for blueprint in blueprints)
     for rule in app.url_map.iter_rules():
-        if not rule.endpoint.startswith(blueprint.name + "."):
+        if not rule.endpoint.startswith(names):
             continue
         meta = getattr(app.view_functions[rule.endpoint], "openapi", None)
         path = rule.rule.replace("<", "{").replace(">", "}")
@@ -95,8 +101,8 @@ def documented_rules(app, blueprint):
     return found
 
 
-def build_spec(app, blueprint):
-    """Return the OpenAPI document of the blueprint's routes (built once per app)."""
+def build_spec(app, blueprints):
+    """Return the OpenAPI document of the blueprints' routes (built once per app)."""
     if "imts_openapi" not in app.extensions:
         from . import __version__
 
@@ -108,7 +114,7 @@ def build_spec(app, blueprint):
             plugins=[MarshmallowPlugin()],
         )
         spec.components.schema("Error", schema=ErrorSchema)
-        for path, method, rule, meta in documented_rules(app, blueprint):
+        for path, method, rule, meta in documented_rules(app, blueprints):
             if meta is not None:
                 spec.path(path=path, operations={method.lower(): _operation(rule, meta)})
         app.extensions["imts_openapi"] = spec.to_dict()

@@ -10,7 +10,7 @@ import requests
 from openapi_spec_validator import validate
 from prometheus_client.parser import text_string_to_metric_families
 
-from imts_flask.api import bp
+from imts_flask.api import bp, metrics_bp
 from imts_flask.openapi import documented_rules
 from imts_flask.service import _decode_whole_chars
 
@@ -37,7 +37,7 @@ def _output_dir(client, job_id):
 def test_openapi_document_is_valid_and_covers_every_route(client):
     spec = client.get(f"{BASE}/openapi.json").get_json()
     validate(spec)
-    rules = documented_rules(client.application, bp)
+    rules = documented_rules(client.application, [bp, metrics_bp])
     assert rules and all(meta is not None for _, _, _, meta in rules), "a route has no @doc"
     for path, method, _, _ in rules:
         operation = spec["paths"][path][method.lower()]
@@ -49,6 +49,7 @@ def test_openapi_document_is_valid_and_covers_every_route(client):
     assert "400" in create["responses"] and spec["components"]["schemas"]["Error"]
     status = spec["components"]["schemas"]["JobStatus"]["properties"]
     assert {"job_id", "status", "pid", "config_path", "progress", "current_loss"} <= set(status)
+    assert "text/plain" in spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
 
 
 def test_log_can_be_tailed_by_offset_and_read_by_lines(finished):
