@@ -30,6 +30,7 @@ def create_app(overrides=None):
     from flask import Flask
 
     from .api import bp, metrics_bp
+    from .auth import TokenCheck
     from .http_errors import register_error_handlers
     from .service import TrainingService
     from .settings import load_settings
@@ -44,6 +45,7 @@ def create_app(overrides=None):
     service.store.clean_temp_files()
     app.extensions["imts"] = service
     app.extensions["imts_settings"] = settings
+    app.extensions["imts_auth"] = TokenCheck(settings)
     app.before_request(service.ensure_housekeeper)
     app.register_blueprint(bp)
     app.register_blueprint(metrics_bp)

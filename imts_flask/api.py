@@ -32,6 +32,7 @@ metrics_bp = Blueprint("metrics", __name__)
 
 CREATED_MESSAGE = "训练任务已创建，正在启动..."  # the guide's wording
 MAX_IDEMPOTENCY_KEY = 255
+MAX_DEPTH = 8  # a request body is an object of fields whose values nest at most a few levels
 
 
 def _service():
@@ -49,12 +50,35 @@ def _load(schema, data):
 
 
 def _json_body():
-    data = request.get_json(force=True, silent=True)
+    try:
+        data = request.get_json(force=True, silent=True)
+    except RecursionError:
+        data = _TOO_DEEP
     if data is None:
         if not request.get_data():
             raise ValidationFailed("the request body is empty; send a JSON object", field="body")
         raise ValidationFailed("the request body is not valid JSON", field="body")
+    if data is _TOO_DEEP or _depth(data) > MAX_DEPTH:
+        raise ValidationFailed(f"the request body is nested more than {MAX_DEPTH} levels deep", field="body")
     return data
+
+
+_TOO_DEEP = object()
+
+
+def _depth(value):
+    """Nesting depth of a parsed JSON value, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if level > MAX_DEPTH:
+            break
+        if isinstance(item, dict):
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, level + 1) for v in item)
+    return deepest
 
 
 def _idempotency_key():
@@ -240,6 +264,14 @@ def openapi():
 @metrics_bp.before_app_request
 def _start_timer():
     g.imts_started = time.perf_counter()
+
+
+@metrics_bp.before_app_request
+def _authenticate():
+    """With tokens configured, every endpoint but health needs one (unknown paths too: 401, not 404)."""
+    tokens = current_app.extensions["imts_auth"]
+    if tokens.enabled and request.endpoint != "training.health":
+        tokens.check(request.headers.get("Authorization"))
 
 
 @metrics_bp.after_app_request

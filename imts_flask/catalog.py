@@ -9,6 +9,7 @@ import re
 import yaml
 
 from .errors import ValidationFailed
+from .trainer import parse_extra_keys
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}")
 _LOCAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
@@ -101,6 +102,32 @@ class Catalog:
             field="model_name",
             extra={"available": self.available_models()},
         )
+
+    # -- custom_config extensions ----------------------------------------------------------
+
+    def extra_custom_keys(self):
+        """Read the operator's additions in config/custom_config.yaml; raise ValueError if bad."""
+        path = os.path.join(self.settings.path("config_dir"), "custom_config.yaml")
+        if not os.path.exists(path):
+            return {}
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle) or {}
+        try:
+            return parse_extra_keys(data.get("allow"))
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+
+    @property
+    def deepspeed_dir(self):
+        return os.path.join(self.settings.path("config_dir"), "deepspeed")
+
+    def deepspeed_templates(self):
+        """Names of the DeepSpeed configs that ship with the service (config/deepspeed/<name>.json)."""
+        try:
+            names = os.listdir(self.deepspeed_dir)
+        except FileNotFoundError:
+            return []
+        return sorted(n[: -len(".json")] for n in names if n.endswith(".json") and _LOCAL_NAME.fullmatch(n))
 
     # -- templates -------------------------------------------------------------------------
 

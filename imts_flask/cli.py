@@ -25,8 +25,9 @@ class ApiError(Exception):
 
 
 class Client:
-    def __init__(self, url, timeout=60):
+    def __init__(self, url, token=None, timeout=60):
         self.base = url.rstrip("/") + API
+        self.token = token
         self.timeout = timeout
 
     def call(self, method, path, body=None, headers=None):
@@ -37,6 +38,8 @@ class Client:
         )
         if data is not None:
             request.add_header("Content-Type", "application/json")
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 raw = response.read()
@@ -193,6 +196,7 @@ def parser():
         default=os.environ.get("IMTS_URL", "http://127.0.0.1:8000"),
         help="service base URL (env IMTS_URL)",
     )
+    main.add_argument("--token", default=os.environ.get("IMTS_TOKEN"), help="bearer token (env IMTS_TOKEN)")
     sub = main.add_subparsers(dest="command", required=True)
 
     submit = sub.add_parser("submit", help="create a training job from flags and/or a YAML/JSON file")
@@ -244,7 +248,7 @@ def parser():
 
 def main(argv=None):
     args = parser().parse_args(argv)
-    client = Client(args.url)
+    client = Client(args.url, args.token)
     command = globals()["cmd_" + args.command]
     try:
         return command(client, args)

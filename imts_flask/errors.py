@@ -7,7 +7,7 @@ class ApiError(Exception):
     status = 500
     code = "internal_error"
 
-    def __init__(self, message, *, field=None, errors=None, status=None, code=None, extra=None):
+    def __init__(self, message, *, field=None, errors=None, status=None, code=None, extra=None, headers=None):
         super().__init__(message)
         self.message = message
         if status is not None:
@@ -18,6 +18,7 @@ class ApiError(Exception):
         if field is not None:
             self.errors.insert(0, {"field": field, "reason": message})
         self.extra = dict(extra or {})
+        self.headers = dict(headers or {})
 
 
 class ValidationFailed(ApiError):

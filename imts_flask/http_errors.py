@@ -24,7 +24,8 @@ def register_error_handlers(app):
     def _api_error(exc):
         if exc.status >= 500:
             log.error("%s %s -> %s %s: %s", request.method, request.path, exc.status, exc.code, exc.message)
-        return error_body(exc.status, exc.code, exc.message, exc.errors, **exc.extra)
+        body, status = error_body(exc.status, exc.code, exc.message, exc.errors, **exc.extra)
+        return body, status, exc.headers
 
     @app.errorhandler(HTTPException)
     def _http_error(exc):

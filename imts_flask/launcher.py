@@ -47,10 +47,11 @@ def _free_port():
         return sock.getsockname()[1]
 
 
-def trainer_env(settings, gpu_ids=None):
+def trainer_env(settings, gpu_ids=None, torchrun=False):
     """Build the trainer's environment from an allowlist, the offline switches and its GPUs.
 
     `gpu_ids` None means "no GPU handed out": on a service with GPUs the trainer then sees none.
+    `torchrun` forces LLaMA Factory's torchrun launch (DeepSpeed needs it even on one GPU).
     """
     env = {key: os.environ[key] for key in _PASS_ENV if key in os.environ}
     bin_dir = os.path.dirname(os.path.abspath(settings.llamafactory_cli))
@@ -67,9 +68,11 @@ def trainer_env(settings, gpu_ids=None):
     )
     if settings.gpu_ids:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids or [])
-        if gpu_ids and len(gpu_ids) > 1:
-            # LLaMA Factory's torchrun launch, one process per GPU, on a port of its own.
-            env.update(FORCE_TORCHRUN="1", NPROC_PER_NODE=str(len(gpu_ids)), MASTER_PORT=str(_free_port()))
+    if torchrun or (gpu_ids and len(gpu_ids) > 1):
+        # LLaMA Factory's torchrun launch, one process per GPU, on a port of its own.
+        env.update(
+            FORCE_TORCHRUN="1", NPROC_PER_NODE=str(max(1, len(gpu_ids or []))), MASTER_PORT=str(_free_port())
+        )
     return env
 
 

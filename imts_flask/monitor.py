@@ -18,6 +18,8 @@ import subprocess
 import sys
 import time
 
+import yaml
+
 from .launcher import MONITOR_SETTINGS_ENV, Launcher, trainer_env
 from .procs import start_ticks, terminate_tree
 from .settings import Settings
@@ -82,6 +84,7 @@ class Monitor:
         self.me = {"pid": os.getpid(), "start_ticks": start_ticks(os.getpid())}
         self.stop = _StopFlag()
         self.gpu_ids = None
+        self.torchrun = False
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self.stop)
 
@@ -104,7 +107,7 @@ class Monitor:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 close_fds=True,
-                env=trainer_env(self.settings, self.gpu_ids),
+                env=trainer_env(self.settings, self.gpu_ids, self.torchrun),
             )
 
     def _wait(self, proc, ticks):
@@ -147,6 +150,8 @@ class Monitor:
         self._heartbeat()
         self.gpu_ids = state["launch"].get("gpus")
         config_path = self.store.path(self.job_id, JobStore.TRAIN_CONFIG)
+        with open(config_path, encoding="utf-8") as handle:
+            self.torchrun = "deepspeed" in (yaml.safe_load(handle) or {})
         try:
             proc = self._run([self.settings.llamafactory_cli, "train", config_path], JobStore.TRAIN_LOG)
         except OSError as exc:
@@ -250,8 +255,6 @@ class Monitor:
 
     def _export_into(self, state, export, partial):
         with open(state["paths"]["config"], encoding="utf-8") as handle:
-            import yaml
-
             train_config = yaml.safe_load(handle)
         lora = train_config.get("finetuning_type") == "lora"
         if lora and not export["merge_lora"]:

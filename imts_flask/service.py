@@ -40,6 +40,8 @@ class TrainingService:
         self.store = JobStore(settings.path("jobs_dir"), settings.lock_timeout_s, self.notifier.notify)
         self.catalog = Catalog(settings)
         self.launcher = Launcher(settings, self.store)
+        # Read once: a bad config/custom_config.yaml stops the service at start, not a request later.
+        self.extra_custom_keys = self.catalog.extra_custom_keys()
         self._housekeeper_pid = None
 
     # -- create ----------------------------------------------------------------------------
@@ -49,7 +51,12 @@ class TrainingService:
 
         Returns (state, replayed): replayed is True when `idempotency_key` already created this job.
         """
-        validate_custom_config(request["custom_config"])
+        validate_custom_config(
+            request["custom_config"],
+            extra_keys=self.extra_custom_keys,
+            deepspeed_templates=self.catalog.deepspeed_templates(),
+            trust_remote_code=self.settings.allow_trust_remote_code,
+        )
         gpus = self._gpus_for(request.get("gpus"))
         model_path, default_template = self.catalog.resolve_model(request["model_name"])
         template = request["custom_config"].get("template") or default_template or "default"
@@ -72,6 +79,7 @@ class TrainingService:
                 dataset_dir=os.path.dirname(paths["dataset_info"]),
                 output_dir=paths["output_dir"],
                 jit_checkpoint=self.settings.enable_jit_checkpoint,
+                deepspeed_dir=self.catalog.deepspeed_dir,
             )
             created = now_utc()
             state = {
@@ -364,9 +372,9 @@ class TrainingService:
             }
             started.append(True)
 
-        os.makedirs(os.path.dirname(target), exist_ok=True)
         self.store.update(job_id, mark)
         if started:
+            os.makedirs(os.path.dirname(target), exist_ok=True)  # only once the export is on
             log.info("job %s: export to %s (merge_lora=%s) started", job_id, target, merge_lora)
             self.launcher.start_export(job_id)
         state = self.launcher.wait_for(

@@ -63,6 +63,11 @@ class Settings:
     webhook_attempts: int = 6
     webhook_backoff_s: float = 1.0
     webhook_timeout_s: float = 10.0
+    # Bearer-token auth, off when both are empty: tokens, or their SHA-256 hex digests, comma-separated.
+    auth_tokens: str = ""
+    auth_token_sha256: str = ""
+    # Let requests set custom_config.trust_remote_code (runs code shipped with a model: trust the models).
+    allow_trust_remote_code: bool = False
 
     def path(self, name):
         """Return the absolute path of a directory setting (e.g. "jobs_dir")."""

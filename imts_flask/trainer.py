@@ -210,35 +210,76 @@ def _check_value(spec, value):
     raise AssertionError(kind)
 
 
-def validate_custom_config(custom):
-    """Refuse every custom_config key that is not allowed or whose value is out of bounds."""
+_SPEC_TYPES = {
+    "bool": lambda e: _BOOL,
+    "int": lambda e: _int(e["min"], e["max"]),
+    "number": lambda e: _num(e["min"], e["max"]),
+    "choice": lambda e: _choice(*e["values"]),
+    "names": lambda e: _NAMES,
+    "text": lambda e: _TEXT,
+}
+
+
+def parse_extra_keys(allow):
+    """Turn an operator's `allow:` mapping (config/custom_config.yaml) into key specs, or raise ValueError."""
+    specs = {}
+    for key, entry in (allow or {}).items():
+        if key in REFUSED_KEYS or key.startswith(_REFUSED_PREFIXES):
+            raise ValueError(
+                f"custom_config key {key!r} cannot be allowed: the service owns it or it is unsafe"
+            )
+        if not isinstance(entry, dict) or entry.get("type") not in _SPEC_TYPES:
+            raise ValueError(f"custom_config key {key!r}: type must be one of {', '.join(_SPEC_TYPES)}")
+        try:
+            specs[key] = _SPEC_TYPES[entry["type"]](entry)
+        except KeyError as exc:
+            raise ValueError(f"custom_config key {key!r}: {entry['type']} needs {exc.args[0]!r}") from None
+    return specs
+
+
+def validate_custom_config(custom, extra_keys=None, deepspeed_templates=(), trust_remote_code=False):
+    """Refuse every custom_config key that is not allowed or whose value is out of bounds.
+
+    `extra_keys` are the operator's additions; `deepspeed` may name one of `deepspeed_templates`;
+    `trust_remote_code` is accepted only when the operator allows it.
+    """
+    allowed = {**CUSTOM_KEYS, **(extra_keys or {})}
+    if deepspeed_templates:
+        allowed["deepspeed"] = _choice(*deepspeed_templates)
+    if trust_remote_code:
+        allowed["trust_remote_code"] = _BOOL
     errors = []
     for key, value in custom.items():
         where = f"custom_config.{key}" if isinstance(key, str) and len(key) < 100 else "custom_config"
-        if key in REFUSED_KEYS:
+        if key in allowed:
+            reason = _check_value(allowed[key], value)
+            if reason:
+                errors.append({"field": where, "reason": reason})
+        elif key in REFUSED_KEYS:
             errors.append({"field": where, "reason": f"not allowed: {REFUSED_KEYS[key]}"})
-        elif key.startswith(_REFUSED_PREFIXES) and key not in CUSTOM_KEYS:
+        elif key.startswith(_REFUSED_PREFIXES):
             errors.append(
                 {"field": where, "reason": "not allowed: owned by the service or sends data off the machine"}
             )
-        elif key not in CUSTOM_KEYS:
+        else:
             errors.append(
                 {"field": where, "reason": "unknown key: not in the service's list of LLaMA Factory keys"}
             )
-        else:
-            reason = _check_value(CUSTOM_KEYS[key], value)
-            if reason:
-                errors.append({"field": where, "reason": reason})
     if errors:
         raise ValidationFailed("custom_config has keys that are not accepted", errors=errors)
 
 
-def build_train_config(request, *, model_path, template, dataset_dir, output_dir, jit_checkpoint=True):
+def build_train_config(
+    request, *, model_path, template, dataset_dir, output_dir, jit_checkpoint=True, deepspeed_dir=None
+):
     """Return the exact dict that llamafactory-cli train reads for a validated request."""
     custom = dict(request.get("custom_config") or {})
+    if "deepspeed" in custom:
+        # A template name (validated against the shipped files) becomes that file's path.
+        custom["deepspeed"] = os.path.join(deepspeed_dir, custom["deepspeed"] + ".json")
     config = {
         "model_name_or_path": model_path,
-        "trust_remote_code": False,
+        "trust_remote_code": False,  # custom_config may turn it on only where the operator allows it
         "stage": request["stage"],
         "do_train": True,
         "finetuning_type": request["finetuning_type"],

@@ -45,6 +45,8 @@ def main():
             {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "FORCE_TORCHRUN", "NPROC_PER_NODE")},
             handle,
         )
+    with open(os.path.join(job_dir, "fake_invocation.json"), "w") as handle:
+        json.dump({"argv": [args.command, args.config], "env_names": sorted(os.environ)}, handle)
     spans = os.path.join(os.path.dirname(os.path.dirname(job_dir)), "fake_spans.log")
 
     def record_end(signum=None, frame=None):
