@@ -7,6 +7,7 @@ from .schemas import ErrorSchema
 
 _ERRORS = {
     400: "Bad input: the errors name each field and the reason",
+    401: "A valid bearer token is required (when the service is configured with tokens)",
     404: "No such job",
     409: "Conflicts with the job's state (or an Idempotency-Key reused with another body)",
     413: "Request body too large",
@@ -15,6 +16,7 @@ _ERRORS = {
     507: "Disk full; nothing was written",
 }
 _DESCRIPTIONS = {200: "OK", 201: "Created", 202: "Accepted, still working: poll the job", 503: "Unhealthy"}
+_PATH_PARAMS = {"job_id": {"type": "string", "pattern": "^train_[0-9a-z]{8}$", "example": "train_a1b2c3d4"}}
 _HEADERS = {
     "Idempotency-Key": "A retry with the same key and body returns the original job (200), never a second"
 }
@@ -50,27 +52,31 @@ def _content(kind):
 
 
 def _operation(rule, meta):
+    protected = rule.endpoint != "training.health"
     params = [
-        {"in": "path", "name": arg, "required": True, "schema": {"type": "string"}} for arg in rule.arguments
+        {"in": "path", "name": arg, "required": True, "schema": dict(_PATH_PARAMS[arg])}
+        for arg in rule.arguments
     ]
     if meta["query"] is not None:
         params.append({"in": "query", "schema": meta["query"]})
-    params += [
-        {
-            "in": "header",
-            "name": h,
-            "required": False,
-            "schema": {"type": "string"},
-            "description": _HEADERS.get(h, ""),
-        }
-        for h in meta["headers"]
-    ]
+    for header in meta["headers"]:
+        params.append(
+            {
+                "in": "header",
+                "name": header,
+                "required": False,
+                "schema": {"type": "string"},
+                "description": _HEADERS.get(header, ""),
+            }
+        )
     responses = {
         str(code): {"description": _DESCRIPTIONS.get(code, "OK"), "content": _content(kind)}
         for code, kind in meta["responses"].items()
     }
     for code in meta["errors"]:
         responses[str(code)] = {"description": _ERRORS[code], "content": _content(ErrorSchema)}
+    if protected:
+        responses["401"] = {"description": _ERRORS[401], "content": _content(ErrorSchema)}
     if "GET" in rule.methods and 200 in meta["responses"]:
         responses["304"] = {"description": "Not modified: If-None-Match matched the ETag"}
     operation = {
@@ -79,6 +85,8 @@ def _operation(rule, meta):
         "parameters": params,
         "responses": responses,
     }
+    if protected:
+        operation["security"] = [{"bearerAuth": []}]
     if meta["body"] is not None:
         operation["requestBody"] = {
             "required": True,
@@ -114,6 +122,7 @@ def build_spec(app, blueprints):
             plugins=[MarshmallowPlugin()],
         )
         spec.components.schema("Error", schema=ErrorSchema)
+        spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
         for path, method, rule, meta in documented_rules(app, blueprints):
             if meta is not None:
                 spec.path(path=path, operations={method.lower(): _operation(rule, meta)})

@@ -81,8 +81,20 @@ class DatasetField(fields.Field):
 class TrainingJobRequestSchema(RequestSchema):
     """POST /jobs: what to train (the guide's TrainingJobRequest)."""
 
-    model_name = fields.String(required=True, validate=validate.Length(1, 256), error_messages=_REQUIRED)
-    dataset = DatasetField(required=True, error_messages=_REQUIRED)
+    model_name = fields.String(
+        required=True,
+        validate=validate.Length(1, 256),
+        error_messages=_REQUIRED,
+        metadata={"example": "tiny-llama"},
+    )
+    dataset = DatasetField(
+        required=True,
+        error_messages=_REQUIRED,
+        metadata={
+            "description": "a name, names separated by commas, or a list of names",
+            "example": "demo_sft",
+        },
+    )
     stage = fields.String(load_default="sft", allow_none=True)
     finetuning_type = fields.String(
         load_default="lora",
@@ -102,7 +114,9 @@ class TrainingJobRequestSchema(RequestSchema):
     lora_alpha = fields.Integer(
         strict=True, load_default=16, allow_none=True, validate=validate.Range(1, 4096)
     )
-    custom_config = fields.Dict(keys=fields.String(), load_default=dict, allow_none=True)
+    custom_config = fields.Dict(
+        keys=fields.String(), load_default=dict, allow_none=True, metadata={"example": {"cutoff_len": 64}}
+    )
     # Not in the guide: GPUs for this job (default 1 where the service has GPUs, else 0).
     gpus = fields.Integer(strict=True, allow_none=True, validate=validate.Range(0, 64))
     # Not in the guide: where to POST each state change of this job.
@@ -122,7 +136,12 @@ class ExportRequestSchema(RequestSchema):
     """POST /jobs/{id}/export: where to put the model and whether to merge the LoRA adapter."""
 
     job_id = fields.String(allow_none=True, validate=validate.Length(1, 64))
-    export_dir = fields.String(required=True, validate=validate.Length(1, 1024), error_messages=_REQUIRED)
+    export_dir = fields.String(
+        required=True,
+        validate=validate.Length(1, 1024),
+        error_messages=_REQUIRED,
+        metadata={"example": "my_model"},
+    )
     merge_lora = fields.Boolean(load_default=True, allow_none=True)
 
 
