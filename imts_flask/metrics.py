@@ -39,12 +39,12 @@ class JobsCollector:
 
     def collect(self):
         settings = self.service.settings
-        states = [s for s in self.service.store.all_states() if not s.get("broken")]
+        states = [s for s in self.service.store.summaries() if not s.get("broken")]
         by_state = GaugeMetricFamily("imts_jobs", "Jobs by state", labels=["state"])
         for status in JobStatus:
             by_state.add_metric([status.value], sum(s.get("status") == status.value for s in states))
         yield by_state
-        active = [s for s in states if not JobStatus(s["status"]).is_terminal()]
+        active = self.service.store.active_states()
         holding = [s for s in active if not _queued(s)]
         yield GaugeMetricFamily(
             "imts_queue_length", "Pending jobs waiting for capacity", value=sum(map(_queued, active))

@@ -285,12 +285,22 @@ class TrainingService:
 
     def list_jobs(self, status=None, limit=100, offset=0):
         """Return (total matching, one page of job views), newest first."""
-        states = [self.launcher.reconcile(s) for s in self.store.all_states()]
+        summaries = self.store.summaries()
+        if any(s.get("status") in (JobStatus.PENDING.value, JobStatus.RUNNING.value) for s in summaries):
+            # Settle unfinished jobs whose monitor is gone before counting by status.
+            for state in self.store.active_states():
+                self.launcher.reconcile(state)
+            summaries = self.store.summaries()
         if status:
-            states = [s for s in states if s.get("status") == status]
-        states.sort(key=creation_order, reverse=True)
-        page = states[offset : offset + limit]
-        return len(states), [self.view(s, detail=False) for s in page]
+            summaries = [s for s in summaries if s.get("status") == status]
+        summaries.sort(key=creation_order, reverse=True)
+        page = []
+        for summary in summaries[offset : offset + limit]:
+            try:
+                page.append(self.view(self.store.read(summary["job_id"]), detail=False))
+            except NotFound:
+                continue  # removed since we listed
+        return len(summaries), page
 
     # -- stop ------------------------------------------------------------------------------
 

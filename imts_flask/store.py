@@ -59,6 +59,8 @@ class JobStore:
         self.lock_timeout = lock_timeout
         # Called as on_status_change(job_dir, old_status, state) after a status change is written.
         self.on_status_change = on_status_change
+        # Summaries of finished jobs, kept by this process: a terminal status never changes.
+        self._finished = {}
         os.makedirs(os.path.join(self.root, self.LOCKS), exist_ok=True)
         os.makedirs(os.path.join(self.root, self.STAGING), exist_ok=True)
         os.makedirs(os.path.join(self.root, self.ACTIVE), exist_ok=True)
@@ -290,6 +292,28 @@ class JobStore:
                     if time.time() - os.lstat(marker).st_mtime > min_age_s:
                         self._drop_active(job_id)
         return states
+
+    SUMMARY_FIELDS = ("job_id", "status", "created_at", "created_ns", "started_at", "finished_at", "broken")
+
+    def summaries(self):
+        """Return a small summary of every job (fields SUMMARY_FIELDS), for listing and metrics.
+
+        A finished job is read once per process; only unfinished jobs are read each time, so the
+        cost of a listing hardly grows with the number of finished jobs.
+        """
+        found = []
+        for job_id in self.job_ids():
+            summary = self._finished.get(job_id)
+            if summary is None:
+                try:
+                    state = self.read(job_id)
+                except NotFound:
+                    continue  # removed while we listed
+                summary = {key: state.get(key) for key in self.SUMMARY_FIELDS}
+                if not state.get("broken") and JobStatus(state["status"]).is_terminal():
+                    self._finished[job_id] = summary
+            found.append(summary)
+        return found
 
     def all_states(self):
         """Read every job's state (broken ones included)."""
