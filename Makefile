@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: setup demo run test lint unit e2e clean
+.PHONY: setup demo run test lint unit e2e bench bench-smoke clean
 
 setup: $(VENV)/.installed demo
 
@@ -33,6 +33,13 @@ unit: setup
 
 e2e: setup
 	$(BIN)/python -m pytest -v -m e2e $(PYTEST_ARGS)
+
+# Needs wrk (apt-get install wrk). Writes bench-results/bench-<time>.md and .json.
+bench: setup
+	$(BIN)/python tools/bench.py
+
+bench-smoke: setup
+	$(BIN)/python tools/bench.py --smoke
 
 clean:
 	rm -rf $(VENV) models/tiny-llama data

@@ -1,0 +1,441 @@
+"""Benchmark: what the service costs next to the training it wraps, and how it scales.
+
+`make bench` (or `.venv/bin/python tools/bench.py [--smoke]`) starts gunicorn as deployed (4 workers),
+measures each figure side by side in one run, prints a table and writes it to
+bench-results/bench-<time>.md (and .json). Load comes from wrk (Debian's package), not from a loop
+that times itself. --smoke uses small sizes and short runs and enforces nothing (CI runs it).
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import psutil
+import yaml
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from imts_flask.launcher import trainer_env  # noqa: E402
+from imts_flask.settings import load_settings  # noqa: E402
+
+PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VENV_BIN = os.path.dirname(sys.executable)
+TINY = os.path.join(PROJECT, "models", "tiny-llama")
+REQUEST = {
+    "model_name": "tiny-llama",
+    "dataset": "demo_sft",
+    "epochs": 1.0,
+    "custom_config": {"cutoff_len": 128},
+}
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _http(method, url, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return response.status, json.loads(response.read() or b"null")
+
+
+def _ticks(pid):
+    with open(f"/proc/{pid}/stat") as handle:
+        return int(handle.read().rsplit(")", 1)[1].split()[19])
+
+
+class Server:
+    """gunicorn as deployed (gunicorn.conf.py), 4 workers, on a throw-away home."""
+
+    def __init__(self, home, **settings):
+        self.home = home
+        self.port = _free_port()
+        self.base = f"http://127.0.0.1:{self.port}/api/v1/training"
+        os.makedirs(os.path.join(home, "config"), exist_ok=True)
+        with open(os.path.join(home, "config", "models.yaml"), "w") as handle:
+            yaml.safe_dump({"models": {"tiny-llama": {"path": TINY, "template": "default"}}}, handle)
+        env = {
+            **os.environ,
+            "IMTS_HOME": home,
+            "IMTS_DATA_DIR": os.path.join(PROJECT, "data"),
+            "IMTS_WORKERS": "4",
+            "IMTS_PORT": str(self.port),
+            "IMTS_ACCESS_LOG": os.path.join(home, "access.log"),
+        }
+        env.update({"IMTS_" + k.upper(): str(v) for k, v in settings.items()})
+        log = open(os.path.join(home, "gunicorn.log"), "ab")
+        self.proc = subprocess.Popen(
+            [os.path.join(VENV_BIN, "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
+            cwd=PROJECT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        for _ in range(300):
+            try:
+                if _http("GET", f"{self.base}/health")[0] == 200:
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("gunicorn did not come up")
+
+    def workers(self):
+        return [p for p in psutil.Process(self.proc.pid).children() if "gunicorn" in " ".join(p.cmdline())]
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=60)
+
+    def wait(self, job_id, done=("completed", "failed", "stopped"), interval=0.05):
+        while True:
+            status = _http("GET", f"{self.base}/jobs/{job_id}")[1]
+            if status["status"] in done:
+                return status
+            time.sleep(interval)
+
+
+def wrk(url, seconds, connections=32, threads=2):
+    """Run wrk against `url`; return requests/s and p50/p99 latency in ms."""
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+    def pct(p):
+        value, unit = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)\b", out).groups()
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rps": rps,
+        "p50_ms": pct(50),
+        "p99_ms": pct(99),
+        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+    }
+
+
+def fake_running_job(home, job_id, log_lines, holder):
+    """Write a job that reads as running (its monitor is `holder`, a live process) with a long log."""
+    job_dir = os.path.join(home, "jobs", job_id)
+    output = os.path.join(job_dir, "output")
+    os.makedirs(output)
+    with open(os.path.join(output, "trainer_log.jsonl"), "w") as handle:
+        for step in range(1, log_lines + 1):
+            handle.write(
+                json.dumps(
+                    {
+                        "current_steps": step,
+                        "total_steps": log_lines * 2,
+                        "loss": 1.0 / step,
+                        "lr": 1e-4,
+                        "epoch": step / log_lines,
+                        "remaining_time": "0:10:00",
+                    }
+                )
+                + "\n"
+            )
+    ticks = _ticks(holder.pid)
+    state = {
+        "job_id": job_id,
+        "status": "running",
+        "created_at": "2026-01-01T00:00:00",
+        "created_ns": 1,
+        "pid": holder.pid,
+        "monitor": {"pid": holder.pid, "start_ticks": ticks},
+        "trainer": {"pid": holder.pid, "start_ticks": ticks},
+        "launch": {"id": "bench", "gpus": []},
+        "paths": {
+            "output_dir": output,
+            "config": os.path.join(job_dir, "training_config.yaml"),
+            "log": os.path.join(job_dir, "training.log"),
+        },
+        "history": [],
+    }
+    with open(os.path.join(job_dir, "state.json"), "w") as handle:
+        json.dump(state, handle)
+    open(os.path.join(job_dir, "monitor.heartbeat"), "w").close()
+
+
+def finished_jobs(home, start, count):
+    """Write `count` completed jobs straight to disk."""
+    for i in range(start, start + count):
+        job_id = f"train_{i:08x}"
+        job_dir = os.path.join(home, "jobs", job_id)
+        os.makedirs(job_dir)
+        state = {
+            "job_id": job_id,
+            "status": "completed",
+            "created_at": "2026-01-01T00:00:00",
+            "created_ns": 10 + i,
+            "started_at": "2026-01-01T00:00:01",
+            "finished_at": "2026-01-01T00:01:00",
+            "paths": {"output_dir": os.path.join(job_dir, "output")},
+            "final": {"progress": 1.0, "current_loss": 0.5, "current_step": 10, "total_steps": 10},
+            "history": [{"status": "completed", "at": "2026-01-01T00:01:00"}],
+        }
+        with open(os.path.join(job_dir, "state.json"), "w") as handle:
+            json.dump(state, handle)
+
+
+def median_spread(values):
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def bench_overhead(root, pairs):
+    """Same config, bare llamafactory-cli vs POST -> completed through the API, alternating."""
+    server = Server(os.path.join(root, "overhead"), max_concurrent_jobs=1)
+    try:
+        bare, api, to_running = [], [], []
+        config_template = None
+        for i in range(pairs):
+            start = time.perf_counter()
+            job_id = _http("POST", f"{server.base}/jobs", REQUEST)[1]["job_id"]
+            server.wait(job_id, done=("running",), interval=0.02)
+            to_running.append(time.perf_counter() - start)
+            final = server.wait(job_id, interval=0.05)
+            api.append(time.perf_counter() - start)
+            assert final["status"] == "completed", final
+            if config_template is None:
+                with open(final["config_path"]) as handle:
+                    config_template = yaml.safe_load(handle)
+            work = os.path.join(root, f"bare{i}")
+            os.makedirs(work)
+            config = {**config_template, "output_dir": os.path.join(work, "output")}
+            with open(os.path.join(work, "cfg.yaml"), "w") as handle:
+                yaml.safe_dump(config, handle)
+            # The very environment the service gives its trainer, so only the wrapper differs.
+            env = trainer_env(load_settings({"home": server.home}))
+            start = time.perf_counter()
+            subprocess.run(
+                [os.path.join(VENV_BIN, "llamafactory-cli"), "train", "cfg.yaml"],
+                cwd=work,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                check=True,
+            )
+            bare.append(time.perf_counter() - start)
+        return {
+            "bare_s": median_spread(bare),
+            "api_s": median_spread(api),
+            "to_running_s": median_spread(to_running),
+            "ratio": statistics.median(api) / statistics.median(bare),
+        }
+    finally:
+        server.stop()
+
+
+def bench_reads(root, seconds, big_lines):
+    """Status reads of a running job vs health, and the same read with a 100-line vs a long log."""
+    home = os.path.join(root, "reads")
+    holder = subprocess.Popen(["sleep", "100000"])
+    try:
+        os.makedirs(os.path.join(home, "jobs"))
+        fake_running_job(home, "train_00000100", 100, holder)
+        fake_running_job(home, "train_0000b16b", big_lines, holder)
+        server = Server(home, heartbeat_timeout_s=10**9)
+        try:
+            health_url = f"{server.base}/health"
+            small_url, big_url = f"{server.base}/jobs/train_00000100", f"{server.base}/jobs/train_0000b16b"
+            wrk(small_url, 2)  # warm every worker
+            runs = {"health": [], "status_100": [], "status_big": []}
+            for _ in range(2):  # alternate, so drift hits all alike
+                runs["health"].append(wrk(health_url, seconds))
+                runs["status_100"].append(wrk(small_url, seconds))
+                runs["status_big"].append(wrk(big_url, seconds))
+            summary = {
+                name: {key: statistics.median(r[key] for r in rs) for key in rs[0]}
+                for name, rs in runs.items()
+            }
+            summary["status_vs_health"] = summary["status_100"]["rps"] / summary["health"]["rps"]
+            summary["big_vs_small_p50"] = summary["status_big"]["p50_ms"] / summary["status_100"]["p50_ms"]
+            summary["big_log_lines"] = big_lines
+            summary["big_log_mb"] = (
+                os.path.getsize(os.path.join(home, "jobs", "train_0000b16b", "output", "trainer_log.jsonl"))
+                / 1e6
+            )
+            return summary, server
+        except BaseException:
+            server.stop()
+            raise
+    finally:
+        holder.kill()
+
+
+def bench_listing(root, sizes, seconds):
+    home = os.path.join(root, "listing")
+    os.makedirs(os.path.join(home, "jobs"))
+    server = Server(home)
+    try:
+        results, made = {}, 0
+        for size in sizes:
+            finished_jobs(home, made, size - made)
+            made = size
+            url = f"{server.base}/jobs?limit=50"
+            wrk(url, max(2, seconds // 2), connections=8)  # warm: every worker reads the new jobs once
+            results[size] = wrk(url, seconds, connections=4)
+        return results
+    finally:
+        server.stop()
+
+
+def bench_create_and_stop(root, creates, stops):
+    """POST latency (the trainer is not waited for), then stop -> no process of the tree left."""
+    server = Server(os.path.join(root, "create"), max_concurrent_jobs=1)
+    try:
+        latencies = []
+        for _ in range(creates):
+            start = time.perf_counter()
+            status, body = _http("POST", f"{server.base}/jobs", {**REQUEST, "epochs": 500.0})
+            latencies.append((time.perf_counter() - start) * 1000)
+            assert status == 201
+            _http("POST", f"{server.base}/jobs/{body['job_id']}/stop")  # keep the queue empty
+        stop_times = []
+        for _ in range(stops):
+            job_id = _http("POST", f"{server.base}/jobs", {**REQUEST, "epochs": 500.0})[1]["job_id"]
+            running = server.wait(job_id, done=("running",), interval=0.05)
+            while not (server.wait(job_id, done=("running",))["current_step"] or 0):
+                time.sleep(0.1)  # training proper, not start-up
+            tree = [psutil.Process(running["pid"]), *psutil.Process(running["pid"]).children(recursive=True)]
+            start = time.perf_counter()
+            _http("POST", f"{server.base}/jobs/{job_id}/stop")
+            while any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in tree):
+                time.sleep(0.02)
+            stop_times.append(time.perf_counter() - start)
+        rss = [p.memory_info().rss / 2**20 for p in server.workers()]
+        return {
+            "create_ms": median_spread(latencies),
+            "stop_s": median_spread(stop_times),
+            "worker_rss_mb": rss,
+        }
+    finally:
+        server.stop()
+
+
+def report(results, smoke):
+    o, r, c = results["overhead"], results["reads"], results["create"]
+    listing = results["listing"]
+    biggest = max(listing)
+
+    def ok(flag):
+        return "n/a (smoke)" if smoke else ("met" if flag else "NOT met")
+
+    rows = [
+        (
+            "1. wrapper overhead: API / bare wall time",
+            f"{o['ratio']:.3f} (API {o['api_s']['median']:.1f} s, "
+            f"bare {o['bare_s']['median']:.1f} s, {o['api_s']['n']} pairs)",
+            "<= 1.05",
+            ok(o["ratio"] <= 1.05),
+        ),
+        (
+            "2. status vs health throughput (32 clients)",
+            f"{r['status_vs_health']:.2f} (status "
+            f"{r['status_100']['rps']:.0f} req/s p50 {r['status_100']['p50_ms']:.1f} ms p99 "
+            f"{r['status_100']['p99_ms']:.1f} ms; health {r['health']['rps']:.0f} req/s "
+            f"p50 {r['health']['p50_ms']:.1f} ms)",
+            ">= 0.8",
+            ok(r["status_vs_health"] >= 0.8),
+        ),
+        (
+            f"3. status p50 with {r['big_log_lines']:,} vs 100 log lines",
+            f"{r['big_vs_small_p50']:.2f} "
+            f"({r['status_big']['p50_ms']:.1f} vs {r['status_100']['p50_ms']:.1f} ms; "
+            f"log {r['big_log_mb']:.0f} MB)",
+            "<= 1.1",
+            ok(r["big_vs_small_p50"] <= 1.1),
+        ),
+        *[
+            (
+                f"4. GET /jobs?limit=50 with {n:,} jobs",
+                f"p50 {v['p50_ms']:.1f} ms, p99 {v['p99_ms']:.1f} ms, {v['rps']:.0f} req/s",
+                "<= 100 ms p50" if n == biggest else "",
+                ok(v["p50_ms"] <= 100) if n == biggest else "",
+            )
+            for n, v in sorted(listing.items())
+        ],
+        (
+            "5. POST /jobs latency",
+            f"p50 {c['create_ms']['median']:.1f} ms (min {c['create_ms']['min']:.1f}, max "
+            f"{c['create_ms']['max']:.1f}, n={c['create_ms']['n']})",
+            "<= 30 ms",
+            ok(c["create_ms"]["median"] <= 30),
+        ),
+        ("5. POST -> running with a pid", f"{o['to_running_s']['median'] * 1000:.0f} ms", "", ""),
+        (
+            "6. POST stop -> no process left",
+            f"{c['stop_s']['median']:.2f} s (min {c['stop_s']['min']:.2f}, "
+            f"max {c['stop_s']['max']:.2f}; includes the JIT checkpoint save)",
+            "",
+            "",
+        ),
+        (
+            "7. worker RSS after the run",
+            ", ".join(f"{m:.0f}" for m in c["worker_rss_mb"]) + " MB",
+            "<= 80 MB each",
+            ok(max(c["worker_rss_mb"]) <= 80),
+        ),
+    ]
+    lines = ["| figure | measured | target | |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {t} | {m} |" for a, b, t, m in rows]
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="small sizes, short runs, no targets (CI)")
+    parser.add_argument("--out", default=os.path.join(PROJECT, "bench-results"))
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk is needed: apt-get install wrk")
+    smoke = args.smoke
+    root = tempfile.mkdtemp(prefix="imts-bench-")
+    started = time.strftime("%Y%m%d-%H%M%S")
+    results = {"smoke": smoke, "started": started, "cpus": os.cpu_count()}
+    try:
+        print("overhead ...", flush=True)
+        results["overhead"] = bench_overhead(root, 1 if smoke else 5)
+        print("status reads ...", flush=True)
+        reads, server = bench_reads(root, 2 if smoke else 10, 10_000 if smoke else 1_000_000)
+        server.stop()
+        results["reads"] = reads
+        print("listing ...", flush=True)
+        results["listing"] = bench_listing(
+            root, [10, 100] if smoke else [100, 1_000, 10_000], 2 if smoke else 10
+        )
+        print("create and stop ...", flush=True)
+        results["create"] = bench_create_and_stop(root, 5 if smoke else 30, 1 if smoke else 3)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    table = report(results, smoke)
+    os.makedirs(args.out, exist_ok=True)
+    name = os.path.join(args.out, f"bench-{started}{'-smoke' if smoke else ''}")
+    note = ", smoke: small sizes, no targets" if smoke else ""
+    header = f"# IMTS benchmark {started} ({os.cpu_count()} CPUs{note})\n\n"
+    with open(name + ".md", "w") as handle:
+        handle.write(header + table + "\n")
+    with open(name + ".json", "w") as handle:
+        json.dump(results, handle, indent=2, default=str)
+    print(header + table)
+    print(f"\nwritten to {name}.md and .json")
+
+
+if __name__ == "__main__":
+    main()
