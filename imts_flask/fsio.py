@@ -9,7 +9,37 @@ import yaml
 TMP_PREFIX = ".tmp-"
 
 
-def _fsync_dir(path):
+def encode(name, obj):
+    """Serialise `obj` for a file called `name`: indented JSON for .json, safe_dump YAML for .yaml."""
+    if name.endswith(".json"):
+        return (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    if name.endswith(".yaml"):
+        return yaml.safe_dump(obj, sort_keys=False, allow_unicode=True, default_flow_style=False).encode(
+            "utf-8"
+        )
+    return obj
+
+
+def write_tree(root, files):
+    """Write {relative name: object} under a new, unseen directory `root`, durably.
+
+    No temp-and-rename per file: nobody reads `root` until the caller renames it into place. Each
+    file is fsynced, then each directory, so the rename publishes complete files only.
+    """
+    directories = {root}
+    for name, obj in files.items():
+        path = os.path.join(root, name)
+        directories.add(os.path.dirname(path))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as handle:
+            handle.write(encode(name, obj))
+            handle.flush()
+            os.fsync(handle.fileno())
+    for directory in sorted(directories, key=len, reverse=True):
+        fsync_dir(directory)
+
+
+def fsync_dir(path):
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -33,19 +63,17 @@ def atomic_write_bytes(path, data):
         except FileNotFoundError:
             pass
         raise
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
 def atomic_write_json(path, obj):
     """Write `obj` as indented JSON, atomically."""
-    text = json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
-    atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_bytes(path, encode(".json", obj))
 
 
 def atomic_write_yaml(path, obj):
     """Write `obj` as YAML with safe_dump, atomically."""
-    text = yaml.safe_dump(obj, sort_keys=False, allow_unicode=True, default_flow_style=False)
-    atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_bytes(path, encode(".yaml", obj))
 
 
 def read_json(path):

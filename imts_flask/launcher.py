@@ -238,23 +238,18 @@ class Launcher:
         return proc.pid, start_ticks(proc.pid)
 
     def _start(self, job_id, launch_id):
-        """Start the monitor of a job handed a slot; a failure to start marks the job failed."""
+        """Start the monitor of a job handed a slot; a failure to start marks the job failed.
+
+        The monitor records itself when it claims the launch; one that never does (a worker that
+        died before spawning it) leaves the launch to expire and the job is queued again.
+        """
         try:
-            pid, ticks = self._spawn(job_id, "train", job_id, launch_id)
+            pid, _ = self._spawn(job_id, "train", job_id, launch_id)
         except OSError as exc:
             log.exception("job %s: could not start its monitor", job_id)
             error = f"could not start the job's monitor: {exc}"
             self.store.update(job_id, lambda s: s.update(status=JobStatus.FAILED.value, error=error))
             return
-
-        def record(state):
-            if state["status"] != JobStatus.PENDING.value or (state.get("monitor") or {}).get("pid"):
-                return False  # the monitor got there first, or the job was stopped
-            if (state.get("launch") or {}).get("id") != launch_id:
-                return False
-            state["monitor"] = {"pid": pid, "start_ticks": ticks}
-
-        self.store.update(job_id, record)
         log.info("job %s: monitor started (pid %s)", job_id, pid)
 
     def start_export(self, job_id):

@@ -125,7 +125,7 @@ class TrainingService:
         if not replayed:
             log.info("job %s: created (%s)", job_id, request["model_name"])
             self.notifier.notify(self.store.path(job_id), None, self.store.read(job_id))
-            self.launcher.schedule()
+            self.start_queued_soon()
         return self.store.read(job_id), replayed
 
     def _gpus_for(self, asked):
@@ -141,6 +141,19 @@ class TrainingService:
             )
             raise ValidationFailed(f"asks for {asked} GPUs but {where}", field="gpus")
         return asked
+
+    def start_queued_soon(self):
+        """Start queued jobs in the background, so the request that queued one answers at once.
+
+        If this worker dies first, any worker's housekeeping starts them.
+        """
+        threading.Thread(target=self._start_queued, name="imts-start", daemon=True).start()
+
+    def _start_queued(self):
+        try:
+            self.launcher.schedule()
+        except Exception:
+            log.exception("starting queued jobs failed; housekeeping will retry")
 
     def housekeep(self):
         """Settle jobs whose monitor is gone and start queued jobs that now fit."""

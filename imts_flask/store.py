@@ -14,7 +14,7 @@ import time
 import filelock
 
 from .errors import ApiError, Conflict, InsufficientStorage, NotFound, Unavailable, ValidationFailed
-from .fsio import TMP_PREFIX, atomic_write_bytes, atomic_write_json, atomic_write_yaml, read_json
+from .fsio import TMP_PREFIX, atomic_write_json, atomic_write_yaml, fsync_dir, read_json, write_tree
 from .state import JobStatus, now_utc
 
 log = logging.getLogger(__name__)
@@ -121,17 +121,10 @@ class JobStore:
                 # which housekeeping drops, never a job that housekeeping cannot see.
                 open(self._active_marker(job_id), "w").close()
                 staging = tempfile.mkdtemp(prefix=job_id + "-", dir=os.path.join(self.root, self.STAGING))
-                for name, obj in files.items():
-                    target = os.path.join(staging, name)
-                    os.makedirs(os.path.dirname(target), exist_ok=True)
-                    if name.endswith(".json"):
-                        atomic_write_json(target, obj)
-                    elif name.endswith(".yaml"):
-                        atomic_write_yaml(target, obj)
-                    else:
-                        atomic_write_bytes(target, obj)
+                write_tree(staging, files)
                 os.rename(staging, final)
                 staging = None
+                fsync_dir(self.root)
             except OSError as exc:
                 self._drop_active(job_id)
                 if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):

@@ -363,10 +363,10 @@ def test_9_enospc_during_a_state_write_answers_507_and_keeps_the_old_state(make_
     path = service.store.path(job_id, "state.json")
     before = open(path, "rb").read()
 
-    def no_space(src, dst):
+    def no_space(*args):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("imts_flask.fsio.os.replace", no_space)
+    monkeypatch.setattr("imts_flask.fsio.os.fsync", no_space)  # where a full disk shows up
     response = client.post(f"{BASE}/jobs/{job_id}/stop")
     assert response.status_code == 507
     assert response.get_json()["error"] == "insufficient_storage"

@@ -38,10 +38,11 @@ def _fake_env(status):
 
 
 def test_jobs_beyond_capacity_wait_in_order(make_app, home):
-    client = make_app("--steps", "10", "--interval", "0.05", max_concurrent_jobs=1).test_client()
+    client = make_app("--steps", "40", "--interval", "0.05", max_concurrent_jobs=1).test_client()
     ids = [_create(client) for _ in range(3)]
-    first = _status(client, ids[0])
-    assert first["status"] in ("pending", "running") and first["queue_position"] is None
+    # Jobs start just after the POST answers: wait for the first to leave the queue.
+    first = wait_for(lambda: (s := _status(client, ids[0]))["queue_position"] is None and s)
+    assert first["status"] in ("pending", "running")
     assert [_status(client, j)["queue_position"] for j in ids[1:]] == [1, 2]
     assert [_status(client, j)["status"] for j in ids[1:]] == ["pending", "pending"]
     finals = [_done(client, j) for j in ids]
@@ -100,8 +101,8 @@ def test_a_launch_whose_monitor_never_appeared_is_queued_again(make_app, monkeyp
     # The worker handing out the slot dies before it can spawn the monitor.
     monkeypatch.setattr(service.launcher, "_start", lambda job_id, launch_id: None)
     job_id = _create(client)
-    first_launch = service.store.read(job_id)["launch"]
-    assert first_launch and service.store.read(job_id)["monitor"] is None
+    first_launch = wait_for(lambda: service.store.read(job_id)["launch"])
+    assert service.store.read(job_id)["monitor"] is None
     monkeypatch.undo()
     time.sleep(1.5)
     service.housekeep()

@@ -47,7 +47,7 @@ def test_a_failed_create_leaves_no_job_behind(store, monkeypatch):
     def full_disk(path, obj):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("imts_flask.store.atomic_write_yaml", full_disk)
+    monkeypatch.setattr("imts_flask.store.write_tree", full_disk)
     with pytest.raises(InsufficientStorage):
         _create(store)
     assert store.job_ids() == []
