@@ -1,5 +1,6 @@
 """The blueprint: thin views over TrainingService, under /api/v1/training."""
 
+import functools
 import time
 
 from flask import Blueprint, Response, current_app, g, request, send_file
@@ -33,6 +34,12 @@ metrics_bp = Blueprint("metrics", __name__)
 CREATED_MESSAGE = "训练任务已创建，正在启动..."  # the guide's wording
 MAX_IDEMPOTENCY_KEY = 255
 MAX_DEPTH = 8  # a request body is an object of fields whose values nest at most a few levels
+
+
+@functools.cache
+def _schema(cls):
+    """One instance per schema: building one deep-copies its fields, and they hold no request state."""
+    return cls()
 
 
 def _service():
@@ -114,9 +121,9 @@ def _conditional(response):
 def create_job():
     body = _json_body()
     key = _idempotency_key()
-    job_request = _load(TrainingJobRequestSchema(), body)
+    job_request = _load(_schema(TrainingJobRequestSchema), body)
     state, replayed = _service().create_job(job_request, body, idempotency_key=key)
-    payload = JobCreatedSchema().dump({**state, "message": CREATED_MESSAGE})
+    payload = _schema(JobCreatedSchema).dump({**state, "message": CREATED_MESSAGE})
     headers = {"Location": f"{bp.url_prefix}/jobs/{state['job_id']}"}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
@@ -126,9 +133,9 @@ def create_job():
 @bp.get("/jobs")
 @doc("List jobs, newest first", query=ListQuerySchema, responses={200: JobListSchema}, errors=(400,))
 def list_jobs():
-    query = _load(ListQuerySchema(), request.args.to_dict())
+    query = _load(_schema(ListQuerySchema), request.args.to_dict())
     total, jobs = _service().list_jobs(**query)
-    return JobListSchema().dump(
+    return _schema(JobListSchema).dump(
         {"total": total, "jobs": jobs, "limit": query["limit"], "offset": query["offset"]}
     )
 
@@ -136,7 +143,7 @@ def list_jobs():
 @bp.get("/jobs/<job_id>")
 @doc("Status, progress and loss of a job", responses={200: JobStatusSchema}, errors=(400, 404))
 def get_job(job_id):
-    return JobStatusSchema().dump(_service().job(job_id))
+    return _schema(JobStatusSchema).dump(_service().job(job_id))
 
 
 @bp.post("/jobs/<job_id>/stop")
@@ -151,9 +158,9 @@ def stop_job(job_id):
             if view["status"] == "stopped"
             else f"任务 {job_id} 已结束 ({view['status']})"
         )
-        return MessageSchema().dump({"message": message, "job_id": job_id, "status": view["status"]})
+        return _schema(MessageSchema).dump({"message": message, "job_id": job_id, "status": view["status"]})
     message = f"任务 {job_id} 正在停止; poll GET {bp.url_prefix}/jobs/{job_id}"
-    return MessageSchema().dump({"message": message, "job_id": job_id, "status": view["status"]}), 202
+    return _schema(MessageSchema).dump({"message": message, "job_id": job_id, "status": view["status"]}), 202
 
 
 @bp.post("/jobs/<job_id>/export")
@@ -164,7 +171,7 @@ def stop_job(job_id):
     errors=(400, 404, 409, 500),
 )
 def export_model(job_id):
-    body = _load(ExportRequestSchema(), _json_body())
+    body = _load(_schema(ExportRequestSchema), _json_body())
     if body.get("job_id") not in (None, job_id):
         raise ValidationFailed(
             f"job_id in the body ({body['job_id']}) differs from the path ({job_id})", field="job_id"
@@ -178,12 +185,12 @@ def export_model(job_id):
     }
     if not done:
         message = f"模型导出中; poll GET {bp.url_prefix}/jobs/{job_id} until export.status is completed"
-        return ExportResponseSchema().dump({**payload, "message": message}), 202
+        return _schema(ExportResponseSchema).dump({**payload, "message": message}), 202
     if export["status"] == "failed":
         raise ApiError(
             f"export failed: {export.get('error')}", code="export_failed", extra={"export": export}
         )
-    return ExportResponseSchema().dump({**payload, "message": "模型导出成功"})
+    return _schema(ExportResponseSchema).dump({**payload, "message": "模型导出成功"})
 
 
 @bp.get("/jobs/<job_id>/logs")
@@ -194,8 +201,8 @@ def export_model(job_id):
     errors=(400, 404),
 )
 def job_logs(job_id):
-    query = _load(LogQuerySchema(), request.args.to_dict())
-    return LogSliceSchema().dump(_service().job_log(job_id, **query))
+    query = _load(_schema(LogQuerySchema), request.args.to_dict())
+    return _schema(LogSliceSchema).dump(_service().job_log(job_id, **query))
 
 
 @bp.get("/jobs/<job_id>/metrics")
@@ -206,20 +213,20 @@ def job_logs(job_id):
     errors=(400, 404),
 )
 def job_metrics(job_id):
-    query = _load(MetricsQuerySchema(), request.args.to_dict())
-    return MetricsSeriesSchema().dump(_service().job_metrics(job_id, **query))
+    query = _load(_schema(MetricsQuerySchema), request.args.to_dict())
+    return _schema(MetricsSeriesSchema).dump(_service().job_metrics(job_id, **query))
 
 
 @bp.get("/jobs/<job_id>/events")
 @doc("The job's state transitions with their times", responses={200: EventListSchema}, errors=(400, 404))
 def job_events(job_id):
-    return EventListSchema().dump(_service().job_events(job_id))
+    return _schema(EventListSchema).dump(_service().job_events(job_id))
 
 
 @bp.get("/jobs/<job_id>/checkpoints")
 @doc("Checkpoints saved so far", responses={200: CheckpointListSchema}, errors=(400, 404))
 def job_checkpoints(job_id):
-    return CheckpointListSchema().dump(_service().job_checkpoints(job_id))
+    return _schema(CheckpointListSchema).dump(_service().job_checkpoints(job_id))
 
 
 @bp.get("/jobs/<job_id>/artifacts/training_loss.png")
@@ -250,7 +257,7 @@ def health():
         "adapter_initialized": checks["llamafactory_cli"]["ok"],
         "checks": checks,
     }
-    return HealthSchema().dump(body), 200 if healthy else 503
+    return _schema(HealthSchema).dump(body), 200 if healthy else 503
 
 
 @bp.get("/openapi.json")

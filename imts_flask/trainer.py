@@ -335,6 +335,7 @@ def build_export_config(train_config, export_dir):
 
 TRAINER_LOG = "trainer_log.jsonl"
 _TAIL_BYTES = 64 * 1024
+_FIRST_TAIL_BYTES = 4 * 1024
 
 
 def read_progress(output_dir):
@@ -343,7 +344,15 @@ def read_progress(output_dir):
     Returns {current_step, total_steps, progress, current_loss, learning_rate, epoch, eta_seconds},
     or {} when the trainer has logged nothing yet.
     """
-    text = read_tail(os.path.join(output_dir, TRAINER_LOG), _TAIL_BYTES)
+    path = os.path.join(output_dir, TRAINER_LOG)
+    # The last few lines almost always hold a loss entry; read more only when they do not.
+    progress = _progress_from(read_tail(path, _FIRST_TAIL_BYTES))
+    if progress.get("current_loss") is None:
+        progress = _progress_from(read_tail(path, _TAIL_BYTES))
+    return progress
+
+
+def _progress_from(text):
     latest = loss_entry = None
     for line in reversed(text.splitlines()):
         try:
