@@ -7,6 +7,8 @@ import tempfile
 import yaml
 
 TMP_PREFIX = ".tmp-"
+# libyaml's safe dumper when PyYAML has it (10 times faster), else the pure-Python one: both safe.
+_SAFE_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
 def encode(name, obj):
@@ -14,9 +16,10 @@ def encode(name, obj):
     if name.endswith(".json"):
         return (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
     if name.endswith(".yaml"):
-        return yaml.safe_dump(obj, sort_keys=False, allow_unicode=True, default_flow_style=False).encode(
-            "utf-8"
+        text = yaml.dump(
+            obj, Dumper=_SAFE_DUMPER, sort_keys=False, allow_unicode=True, default_flow_style=False
         )
+        return text.encode("utf-8")
     return obj
 
 

@@ -232,7 +232,7 @@ class TrainingService:
             "error": state.get("error"),
             "output_dir": paths.get("output_dir"),
             "log_path": paths.get("log"),
-            "export": state.get("export"),
+            "export": _export_view(state.get("export")),
         }
         if detail and status == JobStatus.FAILED.value:
             view["log_tail"] = state.get("log_tail") or []
@@ -435,3 +435,16 @@ def _decode_whole_chars(data):
         except UnicodeDecodeError:
             continue
     return data.decode("utf-8", errors="replace"), len(data)
+
+
+EXPORT_FIELDS = ("status", "export_dir", "merge_lora", "model_path", "requested_at", "finished_at", "error")
+
+
+def _export_view(export):
+    """The documented fields of a job's last export (the record also holds its monitor's pid)."""
+    if not export:
+        return None
+    view = {key: export.get(key) for key in EXPORT_FIELDS}
+    if export.get("log_tail"):
+        view["log_tail"] = export["log_tail"]
+    return view

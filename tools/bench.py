@@ -290,7 +290,7 @@ def bench_listing(root, sizes, seconds):
             made = size
             url = f"{server.base}/jobs?limit=50"
             wrk(url, max(2, seconds // 2), connections=8)  # warm: every worker reads the new jobs once
-            results[size] = wrk(url, seconds, connections=4)
+            results[size] = wrk(url, seconds, connections=1, threads=1)  # latency, not saturation
         return results
     finally:
         server.stop()
@@ -307,6 +307,7 @@ def bench_create_and_stop(root, creates, stops):
             latencies.append((time.perf_counter() - start) * 1000)
             assert status == 201
             _http("POST", f"{server.base}/jobs/{body['job_id']}/stop")  # keep the queue empty
+            time.sleep(0.5)  # creates come one at a time: let the last one's monitor settle
         stop_times = []
         for _ in range(stops):
             job_id = _http("POST", f"{server.base}/jobs", {**REQUEST, "epochs": 500.0})[1]["job_id"]
