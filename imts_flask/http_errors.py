@@ -17,6 +17,27 @@ def error_body(status, code, message, errors=None, **extra):
     return body, status
 
 
+DRAIN_CAP = 16 * 1024 * 1024
+
+
+def _drain_body(environ):
+    """Read and drop an unread request body (up to DRAIN_CAP) before answering.
+
+    A proxy such as Nginx sends the whole body it buffered; closing the connection on it mid-way
+    turns our JSON 413 into the proxy's 502.
+    """
+    stream = environ.get("wsgi.input")
+    try:
+        remaining = min(int(environ.get("CONTENT_LENGTH") or 0), DRAIN_CAP)
+    except ValueError:
+        return
+    while stream is not None and remaining > 0:
+        chunk = stream.read(min(64 * 1024, remaining))
+        if not chunk:
+            break
+        remaining -= len(chunk)
+
+
 def register_error_handlers(app):
     """Register the handlers once, for domain errors, HTTP errors and anything unexpected."""
 
@@ -36,6 +57,7 @@ def register_error_handlers(app):
             message = f"{request.method} is not allowed on {request.path}; allowed: {allowed}"
         elif exc.code == 413:
             message = f"the request body is larger than {app.config['MAX_CONTENT_LENGTH']} bytes"
+            _drain_body(request.environ)
         return error_body(exc.code, code, message)
 
     @app.errorhandler(Exception)

@@ -11,7 +11,7 @@ import subprocess
 import time
 
 from .errors import Conflict
-from .procs import is_same_process, start_ticks, terminate_tree
+from .procs import is_same_process, terminate_tree
 from .state import JobStatus, creation_order, now_utc, parse_time
 from .store import JobStore
 
@@ -41,7 +41,7 @@ _PASS_ENV = (
 MONITOR_SETTINGS_ENV = "IMTS_MONITOR_SETTINGS"
 
 
-def _free_port():
+def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -71,7 +71,7 @@ def trainer_env(settings, gpu_ids=None, torchrun=False):
     if torchrun or (gpu_ids and len(gpu_ids) > 1):
         # LLaMA Factory's torchrun launch, one process per GPU, on a port of its own.
         env.update(
-            FORCE_TORCHRUN="1", NPROC_PER_NODE=str(max(1, len(gpu_ids or []))), MASTER_PORT=str(_free_port())
+            FORCE_TORCHRUN="1", NPROC_PER_NODE=str(max(1, len(gpu_ids or []))), MASTER_PORT=str(free_port())
         )
     return env
 
@@ -235,7 +235,7 @@ class Launcher:
                 close_fds=True,
                 env=env,
             )
-        return proc.pid, start_ticks(proc.pid)
+        return proc.pid
 
     def _start(self, job_id, launch_id):
         """Start the monitor of a job handed a slot; a failure to start marks the job failed.
@@ -244,7 +244,7 @@ class Launcher:
         died before spawning it) leaves the launch to expire and the job is queued again.
         """
         try:
-            pid, _ = self._spawn(job_id, "train", job_id, launch_id)
+            pid = self._spawn(job_id, "train", job_id, launch_id)
         except OSError as exc:
             log.exception("job %s: could not start its monitor", job_id)
             error = f"could not start the job's monitor: {exc}"

@@ -308,16 +308,6 @@ class JobStore:
             found.append(summary)
         return found
 
-    def all_states(self):
-        """Read every job's state (broken ones included)."""
-        states = []
-        for job_id in self.job_ids():
-            try:
-                states.append(self.read(job_id))
-            except NotFound:
-                continue  # removed while we listed
-        return states
-
     def clean_temp_files(self, min_age_s=300):
         """Remove temp files and staging directories left by a crash in the middle of a write.
 

@@ -2,23 +2,18 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 
 import psutil
 import requests
 
+from imts_flask.launcher import free_port
+
 from conftest import DEMO_DATA, PROJECT, SHARED_DATA, wait_for
 
 VENV_BIN = os.path.dirname(sys.executable)
 GUNICORN = os.path.join(VENV_BIN, "gunicorn")
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Service:

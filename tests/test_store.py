@@ -63,7 +63,7 @@ def test_damaged_state_is_reported_not_raised(store, content):
     assert state["status"] == "failed" and state["broken"] is True
     assert "state.json" in state["error"]
     other = _create(store)
-    assert {s["job_id"] for s in store.all_states()} == {job_id, other}
+    assert {s["job_id"] for s in store.summaries()} == {job_id, other}
 
 
 def test_job_directory_without_state_is_reported(store):

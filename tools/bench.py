@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,7 +23,8 @@ import psutil
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from imts_flask.launcher import trainer_env  # noqa: E402
+from imts_flask.launcher import free_port, trainer_env  # noqa: E402
+from imts_flask.procs import start_ticks  # noqa: E402
 from imts_flask.settings import load_settings  # noqa: E402
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,12 +38,6 @@ REQUEST = {
 }
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _http(method, url, body=None):
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(
@@ -53,17 +47,12 @@ def _http(method, url, body=None):
         return response.status, json.loads(response.read() or b"null")
 
 
-def _ticks(pid):
-    with open(f"/proc/{pid}/stat") as handle:
-        return int(handle.read().rsplit(")", 1)[1].split()[19])
-
-
 class Server:
     """gunicorn as deployed (gunicorn.conf.py), 4 workers, on a throw-away home."""
 
     def __init__(self, home, **settings):
         self.home = home
-        self.port = _free_port()
+        self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}/api/v1/training"
         os.makedirs(os.path.join(home, "config"), exist_ok=True)
         with open(os.path.join(home, "config", "models.yaml"), "w") as handle:
@@ -151,7 +140,7 @@ def fake_running_job(home, job_id, log_lines, holder):
                 )
                 + "\n"
             )
-    ticks = _ticks(holder.pid)
+    ticks = start_ticks(holder.pid)
     state = {
         "job_id": job_id,
         "status": "running",
