@@ -124,3 +124,20 @@ def test_the_housekeeper_settles_lost_jobs_and_starts_the_next_without_requests(
     assert service.store.read(first)["reason"] == "lost"
     wait_for(lambda: service.store.read(second)["status"] == "running", timeout=30)
     client.post(f"{BASE}/jobs/{second}/stop")
+
+
+def test_cpu_jobs_share_the_cores_instead_of_each_taking_all(home, monkeypatch):
+    from imts_flask.launcher import trainer_env
+    from imts_flask.settings import load_settings
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    env = trainer_env(load_settings({"home": home, "max_concurrent_jobs": 2, "gpus": ""}, environ={}))
+    assert env["OMP_NUM_THREADS"] == "4"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the operator's choice wins
+    assert (
+        trainer_env(load_settings({"home": home, "max_concurrent_jobs": 2}, environ={}))["OMP_NUM_THREADS"]
+        == "3"
+    )
+    gpu = trainer_env(load_settings({"home": home, "gpus": "0,1"}, environ={}), gpu_ids=["0"])
+    assert gpu["CUDA_VISIBLE_DEVICES"] == "0" and gpu["OMP_NUM_THREADS"] == "3"
