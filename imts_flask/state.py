@@ -1,4 +1,4 @@
-"""Job status values, the allowed transitions between them, and time stamps."""
+"""Job status values (terminal ones never change: JobStore enforces it) and time stamps."""
 
 import enum
 from datetime import UTC, datetime
@@ -19,19 +19,6 @@ class JobStatus(enum.StrEnum):
 
 
 TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.STOPPED})
-
-ALLOWED_TRANSITIONS = {
-    JobStatus.PENDING: {JobStatus.RUNNING, JobStatus.FAILED, JobStatus.STOPPED},
-    JobStatus.RUNNING: {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.STOPPED},
-    JobStatus.COMPLETED: set(),
-    JobStatus.FAILED: set(),
-    JobStatus.STOPPED: set(),
-}
-
-
-def can_transition(old, new):
-    """Tell whether a job may move from status `old` to status `new`."""
-    return JobStatus(new) in ALLOWED_TRANSITIONS[JobStatus(old)]
 
 
 def now_utc():
