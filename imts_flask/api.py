@@ -16,6 +16,7 @@ from .schemas import (
     HealthSchema,
     JobCreatedSchema,
     JobListSchema,
+    JobResumedSchema,
     JobStatusSchema,
     ListQuerySchema,
     LogQuerySchema,
@@ -23,6 +24,7 @@ from .schemas import (
     MessageSchema,
     MetricsQuerySchema,
     MetricsSeriesSchema,
+    ResumeRequestSchema,
     TrainingJobRequestSchema,
     flatten_errors,
 )
@@ -88,6 +90,11 @@ def _depth(value):
     return deepest
 
 
+def _optional_json_body():
+    """The JSON body of a request whose body may be left out (no body, or an empty one, is {})."""
+    return _json_body() if request.get_data() else {}
+
+
 def _idempotency_key():
     key = request.headers.get("Idempotency-Key")
     if key is None:
@@ -102,8 +109,8 @@ def _idempotency_key():
 
 @bp.after_request
 def _conditional(response):
-    """Give JSON GET answers an ETag; If-None-Match with the same tag gets 304 and no body."""
-    if request.method == "GET" and response.status_code == 200 and response.is_json:
+    """Give JSON GET (and HEAD) answers an ETag; If-None-Match with the same tag gets 304 and no body."""
+    if request.method in ("GET", "HEAD") and response.status_code == 200 and response.is_json:
         response.add_etag()
         response.headers["Cache-Control"] = "no-cache"
         return response.make_conditional(request)
@@ -123,11 +130,43 @@ def create_job():
     key = _idempotency_key()
     job_request = _load(_schema(TrainingJobRequestSchema), body)
     state, replayed = _service().create_job(job_request, body, idempotency_key=key)
-    payload = _schema(JobCreatedSchema).dump({**state, "message": CREATED_MESSAGE})
+    return _created(JobCreatedSchema, state, replayed)
+
+
+def _created(schema, state, replayed):
+    """201 with the new job and its Location, or 200 with Idempotent-Replayed for a retry."""
+    payload = _schema(schema).dump({**state, "message": CREATED_MESSAGE})
     headers = {"Location": f"{bp.url_prefix}/jobs/{state['job_id']}"}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
     return payload, 200 if replayed else 201, headers
+
+
+@bp.post("/jobs/<job_id>/resume")
+@doc(
+    "Resume a stopped or failed job from a checkpoint, as a new job (no body needed)",
+    body=ResumeRequestSchema,
+    body_required=False,
+    responses={201: JobResumedSchema, 200: JobResumedSchema},
+    headers=["Idempotency-Key"],
+    errors=(400, 404, 409, 503, 507),
+)
+def resume_job(job_id):
+    body = _load(_schema(ResumeRequestSchema), _optional_json_body())
+    key = _idempotency_key()
+    state, replayed = _service().resume_job(job_id, body.get("checkpoint"), idempotency_key=key)
+    return _created(JobResumedSchema, state, replayed)
+
+
+@bp.delete("/jobs/<job_id>")
+@doc(
+    "Delete a finished job and its files (its exports stay)",
+    responses={204: None},
+    errors=(400, 404, 409, 503),
+)
+def delete_job(job_id):
+    _service().delete_job(job_id)
+    return "", 204
 
 
 @bp.get("/jobs")

@@ -177,6 +177,30 @@ def cmd_stop(client, args):
     return 0 if status == 200 else 3
 
 
+def cmd_resume(client, args):
+    """Resume a stopped or failed job as a new job; print the new id (and follow it with --watch)."""
+    body = {"checkpoint": args.checkpoint} if args.checkpoint else None
+    headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
+    _, job, _ = client.call("POST", f"/jobs/{args.job_id}/resume", body, headers)
+    origin = job["resumed_from"]
+    if args.json:
+        print(json.dumps(job, ensure_ascii=False))
+    else:
+        print(job["job_id"])
+        print(
+            f"resumes {origin['job_id']} from {origin['checkpoint']} (step {origin['step']})", file=sys.stderr
+        )
+    if args.watch:
+        return cmd_watch(client, argparse.Namespace(job_id=job["job_id"], interval=args.interval))
+    return 0
+
+
+def cmd_delete(client, args):
+    client.call("DELETE", f"/jobs/{args.job_id}")
+    print(f"deleted {args.job_id}")
+    return 0
+
+
 def cmd_export(client, args):
     body = {"export_dir": args.dir, "merge_lora": not args.no_merge}
     status, result, _ = client.call("POST", f"/jobs/{args.job_id}/export", body)
@@ -225,8 +249,20 @@ def parser():
     listing.add_argument("--limit", type=int, default=20)
     listing.add_argument("--json", action="store_true")
 
-    for name, text in (("status", "a job's full status as JSON"), ("stop", "stop a job")):
+    for name, text in (
+        ("status", "a job's full status as JSON"),
+        ("stop", "stop a job"),
+        ("delete", "delete a finished job and its files (exports stay)"),
+    ):
         sub.add_parser(name, help=text).add_argument("job_id")
+
+    resume = sub.add_parser("resume", help="continue a stopped or failed job from a checkpoint, as a new job")
+    resume.add_argument("job_id")
+    resume.add_argument("--checkpoint", help="e.g. checkpoint-500 (default: the newest complete one)")
+    resume.add_argument("--idempotency-key", help="makes a retried resume return the same new job")
+    resume.add_argument("--watch", action="store_true", help="then follow the new job with a progress bar")
+    resume.add_argument("--json", action="store_true")
+    resume.add_argument("--interval", type=float, default=2.0)
 
     watch = sub.add_parser("watch", help="progress bar (step, loss, ETA) until the job ends")
     watch.add_argument("job_id")

@@ -107,13 +107,20 @@ class Launcher:
 
     def monitor_gone(self, state):
         """Tell whether an unfinished job lost its monitor: dead (pid and start time) or silent."""
+        return self._loss(state) is not None
+
+    def _loss(self, state):
+        """Return how an unfinished job lost its monitor, or None while it has one (or never had)."""
         if state.get("broken") or JobStatus(state["status"]).is_terminal():
-            return False
+            return None
         if not (state.get("monitor") or {}).get("pid"):
-            return False
+            return None
         if not monitor_alive(state):
-            return True
-        return self._heartbeat_age(state["job_id"]) > self.settings.heartbeat_timeout_s
+            return "the job's monitor process died without recording an outcome"
+        age = self._heartbeat_age(state["job_id"])
+        if age > self.settings.heartbeat_timeout_s:
+            return f"the job's monitor has not heartbeaten for {age:.0f} s"
+        return None
 
     def export_lost(self, export):
         """Tell whether a running export lost its monitor (dead, or never appeared in time)."""
@@ -138,11 +145,14 @@ class Launcher:
         return at is not None and time.time() - at.timestamp() > self.settings.launch_timeout_s
 
     def reconcile(self, state):
-        """Settle an unfinished job whose monitor is gone: kill what is left, record the end.
+        """Settle an unfinished job whose monitor is gone: kill what is left, then retry or record the end.
 
-        A recorded outcome always wins. A job whose monitor died or stopped heartbeating becomes
-        failed "lost" (stopped, if a stop had been requested); its processes are killed first.
-        A job handed a slot whose monitor never appeared goes back to the queue.
+        A recorded outcome always wins. A job whose monitor died or stopped heartbeating (the host
+        rebooted, kill -9, the OOM killer) has its processes killed first (the trainer gets its grace
+        period, and may save a checkpoint); then it is queued again for its next attempt, which
+        resumes from its last complete checkpoint, or, after `max_attempts`, it is failed "lost"
+        (stopped, if a stop had been requested). A job handed a slot whose monitor never appeared
+        goes back to the queue.
         """
         if self._launch_expired(state):
 
@@ -156,34 +166,45 @@ class Launcher:
                 )
                 current["launch"] = None
 
-            return self.store.update(state["job_id"], requeue)
-        if not self.monitor_gone(state):
-            return state
-        trainer = state.get("trainer") or {}
-        monitor = state.get("monitor") or {}
-        # Outside the lock: the grace period may take seconds. Two workers killing twice is harmless.
-        # The trainer first, with its grace period (it may save a checkpoint); then a hung monitor.
-        killed = terminate_tree(trainer.get("pid"), trainer.get("start_ticks"), self.settings.stop_grace_s)
-        killed += terminate_tree(monitor.get("pid"), monitor.get("start_ticks"), 0)
-
-        def settle(current):
-            if not self.monitor_gone(current):
-                return False
-            current["pid"] = None
-            if current.get("stop_requested_at"):
-                current["status"] = JobStatus.STOPPED.value
-            else:
-                current["status"] = JobStatus.FAILED.value
-                current["reason"] = "lost"
-                current["error"] = "lost: the job's monitor process died without recording an outcome"
-            log.warning(
-                "job %s: monitor gone, marked %s (%d processes killed)",
-                current["job_id"],
-                current["status"],
-                killed,
+            state = self.store.update(state["job_id"], requeue)
+        elif self.monitor_gone(state):
+            trainer = state.get("trainer") or {}
+            monitor = state.get("monitor") or {}
+            # Outside the lock: the grace period may take seconds. Two workers killing twice is harmless.
+            # The trainer first, with its grace period (it may save a checkpoint); then a hung monitor.
+            killed = terminate_tree(
+                trainer.get("pid"), trainer.get("start_ticks"), self.settings.stop_grace_s
             )
+            killed += terminate_tree(monitor.get("pid"), monitor.get("start_ticks"), 0)
+            state = self.store.update(state["job_id"], lambda current: self._settle_lost(current, killed))
+        else:
+            return state
+        if _queued(state):
+            self.schedule()  # queued again: it may have a slot at once (schedule reconciles nothing more)
+        return state
 
-        return self.store.update(state["job_id"], settle)
+    def _settle_lost(self, state, killed):
+        loss = self._loss(state)
+        if loss is None:
+            return False  # another worker settled it, or the monitor came back
+        attempt = state.get("attempt") or 1
+        limit = state.get("max_attempts") or self.settings.max_attempts
+        state.update(pid=None, trainer=None)
+        if state.get("stop_requested_at"):
+            state["status"] = JobStatus.STOPPED.value
+            details = {"reason": f"stopped; {loss}"}
+        elif attempt < limit:
+            # Queued again as it was: its place in the queue is its creation time, so it goes first.
+            state.update(status=JobStatus.PENDING.value, launch=None, monitor=None, attempt=attempt + 1)
+            details = {"reason": f"lost: {loss}; attempt {attempt + 1} of {limit} resumes from a checkpoint"}
+        else:
+            state.update(status=JobStatus.FAILED.value, reason="lost")
+            state["error"] = f"lost: {loss}" + (f" (attempt {attempt} of {limit})" if limit > 1 else "")
+            details = {"reason": state["error"]}
+        log.warning(
+            "job %s: %s; now %s (%d processes killed)", state["job_id"], loss, state["status"], killed
+        )
+        return details
 
     # -- queue -----------------------------------------------------------------------------
 

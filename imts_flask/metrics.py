@@ -61,6 +61,20 @@ class JobsCollector:
             value=shutil.disk_usage(self.service.store.root).free,
         )
         yield self._durations(states)
+        measured = [s for s in states if s.get("disk_bytes") is not None]
+        per_job = GaugeMetricFamily(
+            "imts_job_disk_bytes",
+            "Bytes each job's directory takes (measured, not walked per scrape)",
+            labels=["job_id"],
+        )
+        for state in measured:
+            per_job.add_metric([state["job_id"]], state["disk_bytes"])
+        yield per_job
+        yield GaugeMetricFamily(
+            "imts_jobs_disk_bytes",
+            "Bytes all job directories take",
+            value=sum(s["disk_bytes"] for s in measured),
+        )
 
     @staticmethod
     def _durations(states):

@@ -20,15 +20,26 @@ import time
 
 import yaml
 
+from .checkpoints import copy_checkpoint, discard_incomplete, disk_bytes, incomplete_reason, latest_complete
 from .launcher import MONITOR_SETTINGS_ENV, Launcher, trainer_env
 from .procs import start_ticks, terminate_tree
 from .settings import Settings
 from .state import JobStatus, now_utc
 from .store import JobStore
-from .trainer import build_export_config, read_progress, training_finished
+from .trainer import (
+    attempt_config,
+    build_export_config,
+    read_progress,
+    resume_refusal,
+    training_finished,
+    trim_log,
+)
 from .webhooks import Notifier
 
 log = logging.getLogger("imts.monitor")
+
+# How often a running job's disk use (disk_bytes in its status) is measured again.
+DISK_EVERY_S = 60.0
 
 # Files in output_dir that record the training run rather than make up the adapter.
 _TRAINING_RECORDS = {
@@ -76,11 +87,16 @@ def _describe_exit(rc):
     return f"llamafactory-cli exited with code {rc}", None
 
 
+class _CannotStart(Exception):
+    """This attempt cannot start its trainer; the message is the job's error."""
+
+
 class Monitor:
     def __init__(self, settings, job_id):
         self.settings = settings
         self.job_id = job_id
         self.store = JobStore(settings.path("jobs_dir"), settings.lock_timeout_s, Notifier(settings).notify)
+        self._disk_measured = 0.0
         self.me = {"pid": os.getpid(), "start_ticks": start_ticks(os.getpid())}
         self.stop = _StopFlag()
         self.gpu_ids = None
@@ -110,7 +126,7 @@ class Monitor:
                 env=trainer_env(self.settings, self.gpu_ids, self.torchrun),
             )
 
-    def _wait(self, proc, ticks):
+    def _wait(self, proc, ticks, on_beat=None):
         """Wait for the child, heartbeating; on a stop request terminate its tree. Return its code."""
         stopping = False
         last_beat = 0.0
@@ -122,9 +138,25 @@ class Monitor:
             now = time.monotonic()
             if now - last_beat >= self.settings.heartbeat_s:
                 self._heartbeat()
+                if on_beat is not None:
+                    on_beat()
                 last_beat = now
             time.sleep(0.2)
         return proc.returncode
+
+    def _owned(self, change):
+        """Wrap a state change so that it applies only while this monitor owns the job's attempt."""
+        return lambda current: change(current) if current.get("monitor") == self.me else False
+
+    def _measure_disk(self, force=False):
+        """Record the job directory's disk use now and then (a walk of it, not on every status read)."""
+        if not force and time.monotonic() - self._disk_measured < DISK_EVERY_S:
+            return
+        self._disk_measured = time.monotonic()
+        used = disk_bytes(self.store.path(self.job_id))
+        self.store.update(
+            self.job_id, lambda s: False if s.get("disk_bytes") == used else s.update(disk_bytes=used)
+        )
 
     # -- training --------------------------------------------------------------------------
 
@@ -150,13 +182,21 @@ class Monitor:
         self._heartbeat()
         self.gpu_ids = state["launch"].get("gpus")
         config_path = self.store.path(self.job_id, JobStore.TRAIN_CONFIG)
-        with open(config_path, encoding="utf-8") as handle:
-            self.torchrun = "deepspeed" in (yaml.safe_load(handle) or {})
         try:
-            proc = self._run([self.settings.llamafactory_cli, "train", config_path], JobStore.TRAIN_LOG)
-        except OSError as exc:
-            error = f"could not start {self.settings.llamafactory_cli}: {exc.strerror or exc}"
-            self.store.update(self.job_id, lambda s: s.update(status=JobStatus.FAILED.value, error=error))
+            resume = self._prepare_attempt(state, config_path)
+            with open(config_path, encoding="utf-8") as handle:
+                self.torchrun = "deepspeed" in (yaml.safe_load(handle) or {})
+            try:
+                proc = self._run([self.settings.llamafactory_cli, "train", config_path], JobStore.TRAIN_LOG)
+            except OSError as exc:
+                raise _CannotStart(
+                    f"could not start {self.settings.llamafactory_cli}: {exc.strerror or exc}"
+                ) from exc
+        except _CannotStart as exc:
+            error = str(exc)
+            self.store.update(
+                self.job_id, self._owned(lambda s: s.update(status=JobStatus.FAILED.value, error=error))
+            )
             Launcher(self.settings, self.store).schedule()  # its slot is free again
             return
         ticks = start_ticks(proc.pid)
@@ -167,10 +207,12 @@ class Monitor:
             current.update(
                 status=JobStatus.RUNNING.value,
                 pid=proc.pid,
-                started_at=now_utc(),
+                started_at=current.get("started_at") or now_utc(),
                 trainer={"pid": proc.pid, "start_ticks": ticks, "pgid": proc.pid},
                 monitor=self.me,
+                resumed_at_step=resume["step"] if resume else None,
             )
+            return {"resumed_from": resume["name"]} if resume else None
 
         state = self.store.update(self.job_id, mark_running)
         if state.get("pid") != proc.pid:
@@ -178,19 +220,59 @@ class Monitor:
             terminate_tree(proc.pid, ticks, 0, popen=proc)
             return
         log.info("trainer started: pid %s", proc.pid)
-        rc = self._wait(proc, ticks)
+        rc = self._wait(proc, ticks, on_beat=self._measure_disk)
         log.info("trainer exited: %s", rc)
-        self.store.update(self.job_id, lambda s: self._record_outcome(s, rc))
+        used = disk_bytes(self.store.path(self.job_id))
+        self.store.update(self.job_id, self._owned(lambda s: self._record_outcome(s, rc, used)))
         Launcher(self.settings, self.store).schedule()  # a slot is free: start the next queued job
 
-    def _record_outcome(self, state, rc):
+    def _prepare_attempt(self, state, config_path):
+        """Put output_dir in order for this attempt and write its config; return the checkpoint resumed from.
+
+        A job resumed from another job's checkpoint gets its own copy of it first. Incomplete
+        checkpoints (a save cut short when the host died) are removed, never resumed from; the
+        newest complete one is resumed from, and without one training starts over.
+        """
+        output_dir = state["paths"]["output_dir"]
+        source = state.get("resumed_from")
+        if source and not state.get("seeded_at"):
+            path = os.path.join(self.store.path(source["job_id"], JobStore.OUTPUT), source["checkpoint"])
+            try:
+                copy = copy_checkpoint(path, output_dir)
+            except OSError as exc:
+                raise _CannotStart(
+                    f"cannot resume: {source['checkpoint']} of job {source['job_id']} could not be copied "
+                    f"({exc.strerror or exc}); it may have been removed"
+                ) from exc
+            problem = incomplete_reason(copy, source["step"])
+            if problem:
+                raise _CannotStart(
+                    f"cannot resume: {source['checkpoint']} of job {source['job_id']}: {problem}"
+                )
+            self.store.update(self.job_id, self._owned(lambda s: s.update(seeded_at=now_utc())))
+        for name in discard_incomplete(output_dir):
+            log.warning("removed the incomplete %s: it is never resumed from", name)
+        with open(config_path, encoding="utf-8") as handle:
+            config = yaml.safe_load(handle) or {}
+        checkpoint = None if resume_refusal(config) else latest_complete(output_dir)
+        planned = attempt_config(config, checkpoint["path"] if checkpoint else None)
+        if planned != config:
+            self.store.write_file(self.job_id, JobStore.TRAIN_CONFIG, planned)
+        if checkpoint:
+            trim_log(output_dir, checkpoint["step"])
+            log.info("attempt %s resumes from %s", state.get("attempt") or 1, checkpoint["name"])
+        return checkpoint
+
+    def _record_outcome(self, state, rc, used):
         output_dir = state["paths"]["output_dir"]
         progress = read_progress(output_dir)
         reached_end = progress.get("current_step") is not None and progress.get(
             "current_step"
         ) == progress.get("total_steps")
         finished = rc == 0 and training_finished(output_dir) and (reached_end or not progress)
-        state.update(pid=None, exit_code=rc if rc >= 0 else None, signal=None, final=progress)
+        state.update(
+            pid=None, exit_code=rc if rc >= 0 else None, signal=None, final=progress, disk_bytes=used
+        )
         if finished:
             state["status"] = JobStatus.COMPLETED.value
             state["final"]["progress"] = 1.0

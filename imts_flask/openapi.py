@@ -15,20 +15,27 @@ _ERRORS = {
     503: "A lock or the store is unavailable; retry",
     507: "Disk full; nothing was written",
 }
-_DESCRIPTIONS = {200: "OK", 201: "Created", 202: "Accepted, still working: poll the job", 503: "Unhealthy"}
+_DESCRIPTIONS = {
+    200: "OK",
+    201: "Created",
+    202: "Accepted, still working: poll the job",
+    204: "Done; no content",
+    503: "Unhealthy",
+}
 _PATH_PARAMS = {"job_id": {"type": "string", "pattern": "^train_[0-9a-z]{8}$", "example": "train_a1b2c3d4"}}
 _HEADERS = {
     "Idempotency-Key": "A retry with the same key and body returns the original job (200), never a second"
 }
 
 
-def doc(summary, *, body=None, query=None, responses, errors=(), headers=()):
-    """Attach OpenAPI metadata to a view: request body/query schemas, responses by status."""
+def doc(summary, *, body=None, body_required=True, query=None, responses, errors=(), headers=()):
+    """Attach OpenAPI metadata to a view: request body/query schemas, responses by status (None: no body)."""
 
     def attach(view):
         view.openapi = {
             "summary": summary,
             "body": body,
+            "body_required": body_required,
             "query": query,
             "responses": responses,
             "errors": errors,
@@ -51,6 +58,14 @@ def _content(kind):
     return {"application/json": {"schema": kind}}
 
 
+def _tag(path):
+    """The resource an operation belongs to, so generated clients get JobsApi, HealthApi, ..."""
+    for tag in ("jobs", "health", "metrics"):
+        if f"/{tag}" in path:
+            return tag
+    return "meta"
+
+
 def _operation(rule, meta):
     protected = rule.endpoint != "training.health"
     params = [
@@ -69,10 +84,11 @@ def _operation(rule, meta):
                 "description": _HEADERS.get(header, ""),
             }
         )
-    responses = {
-        str(code): {"description": _DESCRIPTIONS.get(code, "OK"), "content": _content(kind)}
-        for code, kind in meta["responses"].items()
-    }
+    responses = {}
+    for code, kind in meta["responses"].items():
+        responses[str(code)] = {"description": _DESCRIPTIONS.get(code, "OK")}
+        if kind is not None:
+            responses[str(code)]["content"] = _content(kind)
     for code in meta["errors"]:
         responses[str(code)] = {"description": _ERRORS[code], "content": _content(ErrorSchema)}
     if protected:
@@ -82,6 +98,7 @@ def _operation(rule, meta):
     operation = {
         "summary": meta["summary"],
         "operationId": rule.endpoint.split(".")[-1],
+        "tags": [_tag(rule.rule)],
         "parameters": params,
         "responses": responses,
     }
@@ -89,7 +106,7 @@ def _operation(rule, meta):
         operation["security"] = [{"bearerAuth": []}]
     if meta["body"] is not None:
         operation["requestBody"] = {
-            "required": True,
+            "required": meta["body_required"],
             "content": {"application/json": {"schema": meta["body"]}},
         }
     return operation

@@ -145,6 +145,16 @@ class ExportRequestSchema(RequestSchema):
     merge_lora = fields.Boolean(load_default=True, allow_none=True)
 
 
+class ResumeRequestSchema(RequestSchema):
+    """POST /jobs/{id}/resume: which checkpoint to continue from (default: the newest complete one)."""
+
+    checkpoint = fields.String(
+        allow_none=True,
+        validate=validate.Regexp(r"^checkpoint-[0-9]{1,12}$", error="must be a name like checkpoint-500"),
+        metadata={"example": "checkpoint-500"},
+    )
+
+
 class ListQuerySchema(Schema):
     """GET /jobs query: optional status filter and paging."""
 
@@ -195,6 +205,16 @@ class JobCreatedSchema(ResponseSchema):
     created_at = fields.String()
 
 
+class ResumedFromSchema(ResponseSchema):
+    job_id = fields.String()
+    checkpoint = fields.String()
+    step = fields.Integer()
+
+
+class JobResumedSchema(JobCreatedSchema):
+    resumed_from = fields.Nested(ResumedFromSchema)
+
+
 class ExportStateSchema(ResponseSchema):
     status = fields.String()
     export_dir = fields.String()
@@ -228,6 +248,16 @@ class JobStatusSchema(ResponseSchema):
     gpus = fields.Integer(allow_none=True)
     gpu_ids = fields.List(fields.String(), allow_none=True)
     queue_position = fields.Integer(allow_none=True)
+    attempt = fields.Integer(
+        metadata={"description": "1, then 2, ... each time the job resumes after its host died"}
+    )
+    max_attempts = fields.Integer()
+    resumed_from = fields.Nested(
+        ResumedFromSchema,
+        allow_none=True,
+        metadata={"description": "the job and checkpoint this job continues"},
+    )
+    disk_bytes = fields.Integer(allow_none=True, metadata={"description": "bytes the job directory takes"})
     stop_requested = fields.Boolean()
     exit_code = fields.Integer(allow_none=True)
     signal = fields.String(allow_none=True)
@@ -275,6 +305,11 @@ class MetricsSeriesSchema(ResponseSchema):
 class EventSchema(ResponseSchema):
     status = fields.String()
     at = fields.String()
+    attempt = fields.Integer(metadata={"description": "the attempt this change belongs to"})
+    reason = fields.String(metadata={"description": "why, when the service knows (a lost monitor, say)"})
+    resumed_from = fields.String(
+        metadata={"description": "on running: the checkpoint this attempt resumed from"}
+    )
 
 
 class EventListSchema(ResponseSchema):
@@ -287,6 +322,8 @@ class CheckpointSchema(ResponseSchema):
     step = fields.Integer()
     path = fields.String()
     modified_at = fields.String()
+    complete = fields.Boolean(metadata={"description": "the save finished: it can be resumed from"})
+    problem = fields.String(allow_none=True, metadata={"description": "why it is not complete"})
 
 
 class CheckpointListSchema(ResponseSchema):

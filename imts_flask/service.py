@@ -8,17 +8,24 @@ import shutil
 import threading
 import time
 
+import yaml
+
 from .catalog import Catalog
+from .checkpoints import list_checkpoints
 from .errors import Conflict, InsufficientStorage, NotFound, ValidationFailed
 from .fsio import read_tail
 from .launcher import Launcher
+from .lifecycle import Lifecycle
 from .state import TIME_FORMAT, JobStatus, creation_order, now_utc
 from .store import JobStore
 from .trainer import (
+    TRAINER_LOG,
     build_train_config,
-    list_checkpoints,
+    eta_after_resume,
+    log_until,
     read_progress,
     read_series,
+    resume_refusal,
     validate_custom_config,
 )
 from .webhooks import Notifier
@@ -33,13 +40,30 @@ ABOUT = (
 )
 
 
+# What a resumed job takes over from the job it continues.
+RESUMED_FIELDS = ("model_name", "dataset", "stage", "finetuning_type", "gpus", "webhook_url")
+
+
+def _job_paths(job_dir):
+    return {
+        "config": os.path.join(job_dir, JobStore.TRAIN_CONFIG),
+        "output_dir": os.path.join(job_dir, JobStore.OUTPUT),
+        "log": os.path.join(job_dir, JobStore.TRAIN_LOG),
+        "request": os.path.join(job_dir, JobStore.REQUEST),
+        "dataset_info": os.path.join(job_dir, JobStore.DATASET_INFO),
+    }
+
+
 class TrainingService:
     def __init__(self, settings):
         self.settings = settings
         self.notifier = Notifier(settings)
-        self.store = JobStore(settings.path("jobs_dir"), settings.lock_timeout_s, self.notifier.notify)
+        self.store = JobStore(
+            settings.path("jobs_dir"), settings.lock_timeout_s, self.notifier.notify, settings.log_links_dir
+        )
         self.catalog = Catalog(settings)
         self.launcher = Launcher(settings, self.store)
+        self.lifecycle = Lifecycle(settings, self.store)
         # Read once: a bad config/custom_config.yaml stops the service at start, not a request later.
         self.extra_custom_keys = self.catalog.extra_custom_keys()
         self._housekeeper_pid = None
@@ -65,13 +89,7 @@ class TrainingService:
         self._check_disk()
 
         def make_files(job_id, job_dir):
-            paths = {
-                "config": os.path.join(job_dir, JobStore.TRAIN_CONFIG),
-                "output_dir": os.path.join(job_dir, JobStore.OUTPUT),
-                "log": os.path.join(job_dir, JobStore.TRAIN_LOG),
-                "request": os.path.join(job_dir, JobStore.REQUEST),
-                "dataset_info": os.path.join(job_dir, JobStore.DATASET_INFO),
-            }
+            paths = _job_paths(job_dir)
             config = build_train_config(
                 request,
                 model_path=model_path,
@@ -80,53 +98,170 @@ class TrainingService:
                 output_dir=paths["output_dir"],
                 jit_checkpoint=self.settings.enable_jit_checkpoint,
                 deepspeed_dir=self.catalog.deepspeed_dir,
+                save_steps=self.settings.default_save_steps,
+                save_total_limit=self.settings.default_save_total_limit,
             )
-            created = now_utc()
-            state = {
-                "job_id": job_id,
-                "status": JobStatus.PENDING.value,
-                "created_at": created,
-                "created_ns": time.time_ns(),  # orders jobs created within the same second
-                "started_at": None,
-                "finished_at": None,
-                "updated_at": created,
-                "pid": None,
+            described = {
                 "model_name": request["model_name"],
                 "dataset": ",".join(request["dataset"]),
                 "stage": request["stage"],
                 "finetuning_type": request["finetuning_type"],
                 "gpus": gpus,
-                "launch": None,
                 "webhook_url": request.get("webhook_url"),
-                "exit_code": None,
-                "signal": None,
-                "error": None,
-                "stop_requested_at": None,
-                "paths": paths,
-                "trainer": None,
-                "monitor": None,
-                "final": None,
-                "export": None,
-                "history": [{"status": JobStatus.PENDING.value, "at": created}],
-                "about": ABOUT,
             }
             return {
                 JobStore.REQUEST: original,
                 JobStore.DATASET_INFO: datasets,
                 JobStore.TRAIN_CONFIG: config,
-                JobStore.STATE: state,
+                JobStore.STATE: self._new_state(job_id, paths, described),
             }
 
+        return self._create(make_files, original, idempotency_key)
+
+    def _new_state(self, job_id, paths, described):
+        created = now_utc()
+        return {
+            "job_id": job_id,
+            "status": JobStatus.PENDING.value,
+            "created_at": created,
+            "created_ns": time.time_ns(),  # orders jobs created within the same second
+            "started_at": None,
+            "finished_at": None,
+            "updated_at": created,
+            "pid": None,
+            **described,
+            "launch": None,
+            "attempt": 1,
+            "max_attempts": max(1, self.settings.max_attempts),
+            "exit_code": None,
+            "signal": None,
+            "error": None,
+            "stop_requested_at": None,
+            "paths": paths,
+            "trainer": None,
+            "monitor": None,
+            "final": None,
+            "export": None,
+            "disk_bytes": None,
+            "history": [{"status": JobStatus.PENDING.value, "at": created, "attempt": 1}],
+            "about": ABOUT,
+        }
+
+    def _create(self, make_files, fingerprinted, idempotency_key):
+        """Write a new job (once per idempotency key), announce it and start the queue; (state, replayed)."""
         if idempotency_key is None:
             job_id, replayed = self.store.create(make_files), False
         else:
-            fingerprint = hashlib.sha256(json.dumps(original, sort_keys=True).encode("utf-8")).hexdigest()
+            text = json.dumps(fingerprinted, sort_keys=True)
+            fingerprint = hashlib.sha256(text.encode("utf-8")).hexdigest()
             job_id, replayed = self.store.create_once(idempotency_key, fingerprint, make_files)
+        state = self.store.read(job_id)
         if not replayed:
-            log.info("job %s: created (%s)", job_id, request["model_name"])
-            self.notifier.notify(self.store.path(job_id), None, self.store.read(job_id))
+            log.info("job %s: created (%s)", job_id, state.get("model_name"))
+            self.notifier.notify(self.store.path(job_id), None, state)
             self.start_queued_soon()
-        return self.store.read(job_id), replayed
+        return state, replayed
+
+    # -- resume ----------------------------------------------------------------------------
+
+    def resume_job(self, job_id, checkpoint=None, idempotency_key=None):
+        """Create a new job that continues a stopped or failed job from one of its checkpoints.
+
+        The new job has the same request, model, datasets and hyperparameters, copies the checkpoint
+        into its own output_dir before its trainer starts, and carries the original's loss history
+        up to that step. The original job's files are not changed. Returns (state, replayed).
+        """
+        source = self.store.read(job_id)
+        chosen = self._resume_point(source, checkpoint)
+        source_dir = self.store.path(job_id)
+        with open(os.path.join(source_dir, JobStore.TRAIN_CONFIG), encoding="utf-8") as handle:
+            source_config = yaml.safe_load(handle) or {}
+        with open(os.path.join(source_dir, JobStore.DATASET_INFO), encoding="utf-8") as handle:
+            datasets = json.load(handle)
+        with open(os.path.join(source_dir, JobStore.REQUEST), "rb") as handle:
+            original = json.load(handle)
+        self._check_still_there(source_config, datasets)
+        self._check_disk()
+        history = log_until(source["paths"]["output_dir"], chosen["step"])
+        resumed_from = {"job_id": job_id, "checkpoint": chosen["name"], "step": chosen["step"]}
+
+        def make_files(new_id, job_dir):
+            paths = _job_paths(job_dir)
+            config = {
+                **source_config,
+                "dataset_dir": os.path.dirname(paths["dataset_info"]),
+                "output_dir": paths["output_dir"],
+                "resume_from_checkpoint": os.path.join(paths["output_dir"], chosen["name"]),
+                "overwrite_output_dir": False,
+            }
+            described = {key: source.get(key) for key in RESUMED_FIELDS}
+            state = self._new_state(new_id, paths, {**described, "resumed_from": resumed_from})
+            state["seeded_at"] = None
+            return {
+                JobStore.REQUEST: original,
+                JobStore.DATASET_INFO: datasets,
+                JobStore.TRAIN_CONFIG: config,
+                JobStore.STATE: state,
+                # The loss history up to the checkpoint, so progress and series go on from there.
+                os.path.join(JobStore.OUTPUT, TRAINER_LOG): history,
+            }
+
+        asked = {"resume": job_id, "checkpoint": checkpoint}
+        return self._create(make_files, asked, idempotency_key)
+
+    def _resume_point(self, source, name):
+        """Return the checkpoint of `source` to resume from: the one named, else the newest complete one."""
+        job_id, status = source["job_id"], source["status"]
+        if source.get("broken"):
+            raise Conflict(f"job {job_id} has a damaged record and cannot be resumed")
+        if status not in (JobStatus.STOPPED.value, JobStatus.FAILED.value):
+            raise Conflict(
+                f"job {job_id} is {status}; only stopped or failed jobs can be resumed",
+                extra={"job_status": status},
+            )
+        with open(self.store.path(job_id, JobStore.TRAIN_CONFIG), encoding="utf-8") as handle:
+            refusal = resume_refusal(yaml.safe_load(handle) or {})
+        if refusal:
+            raise Conflict(f"job {job_id} cannot be resumed: {refusal}")
+        checkpoints = list_checkpoints(source["paths"]["output_dir"])
+        if name is None:
+            complete = [c for c in checkpoints if c["complete"]]
+            if not complete:
+                raise Conflict(
+                    f"job {job_id} has no complete checkpoint to resume from"
+                    + (f" ({checkpoints[-1]['name']}: {checkpoints[-1]['problem']})" if checkpoints else ""),
+                    extra={"job_status": status},
+                )
+            return complete[-1]
+        found = next((c for c in checkpoints if c["name"] == name), None)
+        if found is None:
+            raise ValidationFailed(
+                f"job {job_id} has no checkpoint {name!r}; it has: "
+                + (", ".join(c["name"] for c in checkpoints) or "none"),
+                field="checkpoint",
+                extra={"available": [c["name"] for c in checkpoints]},
+            )
+        if not found["complete"]:
+            raise Conflict(f"{name} of job {job_id} is incomplete ({found['problem']}); resume from another")
+        return found
+
+    @staticmethod
+    def _check_still_there(config, datasets):
+        """Refuse a resume whose model directory or dataset files have gone since the job ran."""
+        model = str(config.get("model_name_or_path") or "")
+        if os.path.isabs(model) and not os.path.isdir(model):
+            raise Conflict(f"the job's model directory {model} no longer exists")
+        for name, entry in datasets.items():
+            if not os.path.exists(str(entry.get("file_name", ""))):
+                raise Conflict(
+                    f"the file of the job's dataset '{name}' ({entry.get('file_name')}) no longer exists"
+                )
+
+    # -- delete ----------------------------------------------------------------------------
+
+    def delete_job(self, job_id):
+        """Delete a finished job's directory (its exports stay)."""
+        self.lifecycle.delete(job_id)
 
     def _gpus_for(self, asked):
         """Return how many GPUs a job gets: as asked (default 1 where GPUs exist), if that can ever fit."""
@@ -156,8 +291,9 @@ class TrainingService:
             log.exception("starting queued jobs failed; housekeeping will retry")
 
     def housekeep(self):
-        """Settle jobs whose monitor is gone and start queued jobs that now fit."""
+        """Settle jobs whose monitor is gone, start queued jobs that now fit, run a due cleanup round."""
         self.launcher.schedule()
+        self.lifecycle.maybe_run()
 
     def ensure_housekeeper(self):
         """Start this process's housekeeping thread once (lazily: nothing starts at import or fork)."""
@@ -197,12 +333,17 @@ class TrainingService:
         paths = state.get("paths") or {}
         if state.get("final") is not None:
             progress = dict(state["final"])
-        elif paths.get("output_dir") and status != JobStatus.PENDING.value:
+        elif paths.get("output_dir"):
+            # Pending jobs too: a job queued again after its host died, or a resumed one, shows
+            # where it stands (a new job has no trainer_log.jsonl yet: one failed open).
             progress = read_progress(paths["output_dir"])
         else:
             progress = {}
         fraction = 1.0 if status == JobStatus.COMPLETED.value else (progress.get("progress") or 0.0)
         running = status == JobStatus.RUNNING.value
+        eta = progress.get("eta_seconds") if running else None
+        if running and state.get("resumed_at_step") is not None:
+            eta = eta_after_resume(progress, state["resumed_at_step"])
         view = {
             "job_id": state.get("job_id"),
             "status": status,
@@ -214,7 +355,7 @@ class TrainingService:
             "total_steps": progress.get("total_steps"),
             "epoch": progress.get("epoch"),
             "learning_rate": progress.get("learning_rate"),
-            "eta_seconds": progress.get("eta_seconds") if running else None,
+            "eta_seconds": eta,
             "created_at": state.get("created_at"),
             "started_at": state.get("started_at"),
             "finished_at": state.get("finished_at"),
@@ -225,6 +366,10 @@ class TrainingService:
             "gpus": state.get("gpus"),
             "gpu_ids": (state.get("launch") or {}).get("gpus"),
             "queue_position": None,
+            "attempt": state.get("attempt") or 1,
+            "max_attempts": state.get("max_attempts") or 1,
+            "resumed_from": state.get("resumed_from"),
+            "disk_bytes": state.get("disk_bytes"),
             "stop_requested": bool(state.get("stop_requested_at")),
             "exit_code": state.get("exit_code"),
             "signal": state.get("signal"),
@@ -284,6 +429,8 @@ class TrainingService:
     def job_checkpoints(self, job_id):
         state = self.store.read(job_id)
         checkpoints = list_checkpoints((state.get("paths") or {}).get("output_dir", ""))
+        if state.get("status") == JobStatus.RUNNING.value and checkpoints and not checkpoints[-1]["complete"]:
+            checkpoints[-1]["problem"] = "being saved"  # the trainer is writing it right now
         for checkpoint in checkpoints:
             checkpoint["modified_at"] = time.strftime(TIME_FORMAT, time.gmtime(checkpoint["modified_at"]))
         return {"job_id": job_id, "checkpoints": checkpoints}

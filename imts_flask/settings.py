@@ -58,6 +58,18 @@ class Settings:
     housekeeping_s: float = 5.0
     # A job handed a slot whose monitor has not shown up after this long is queued again.
     launch_timeout_s: float = 30.0
+    # A job whose monitor vanished (host reboot, kill -9, OOM kill of the monitor) is queued again and
+    # resumes from its last complete checkpoint, up to this many attempts in all; then it is failed "lost".
+    max_attempts: int = 3
+    # Checkpoints, unless a request's custom_config sets save_steps / save_total_limit: a save every
+    # this many steps, and the newest this many kept while training (0: keep every one).
+    default_save_steps: int = 100
+    default_save_total_limit: int = 3
+    # End of life (both off by 0): remove finished jobs this many days after they ended; prune the
+    # checkpoints of completed jobs down to the newest N. One worker checks every cleanup_interval_s.
+    retention_days: float = 0.0
+    keep_checkpoints: int = 0
+    cleanup_interval_s: float = 300.0
     # Webhooks: a URL for every job that names none; attempts, first backoff (doubling), timeout.
     webhook_url: str = ""
     webhook_attempts: int = 6
@@ -89,6 +101,11 @@ class Settings:
     def capacity(self):
         """How many jobs may run at once."""
         return self.max_concurrent_jobs or max(1, len(self.gpu_ids))
+
+    @property
+    def log_links_dir(self):
+        """Where logs/training_jobs/<job_id> links to each job's directory (the guide's log path)."""
+        return os.path.join(self.path("logs_dir"), "training_jobs")
 
     @property
     def models_registry_path(self):

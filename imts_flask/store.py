@@ -53,18 +53,20 @@ class JobStore:
     ACTIVE = ".active"
     # Idempotency-Key records: sha256(key).json -> the job that key created.
     IDEMPOTENCY = ".idempotency"
+    # Deleted jobs are renamed here first, then removed: a crash never leaves half a job listed.
+    TRASH = ".trash"
 
-    def __init__(self, root, lock_timeout=10.0, on_status_change=None):
+    def __init__(self, root, lock_timeout=10.0, on_status_change=None, links_dir=None):
         self.root = os.path.abspath(root)
         self.lock_timeout = lock_timeout
         # Called as on_status_change(job_dir, old_status, state) after a status change is written.
         self.on_status_change = on_status_change
-        # Summaries of finished jobs, kept by this process: a terminal status never changes.
+        # <links_dir>/<job_id> is a symlink to the job's directory (the guide's log path), or None.
+        self.links_dir = links_dir
+        # Summaries of finished jobs, kept by this process with the mtime of the job's directory.
         self._finished = {}
-        os.makedirs(os.path.join(self.root, self.LOCKS), exist_ok=True)
-        os.makedirs(os.path.join(self.root, self.STAGING), exist_ok=True)
-        os.makedirs(os.path.join(self.root, self.ACTIVE), exist_ok=True)
-        os.makedirs(os.path.join(self.root, self.IDEMPOTENCY), exist_ok=True)
+        for name in (self.LOCKS, self.STAGING, self.ACTIVE, self.IDEMPOTENCY, self.TRASH):
+            os.makedirs(os.path.join(self.root, name), exist_ok=True)
 
     # -- paths -----------------------------------------------------------------------------
 
@@ -100,6 +102,20 @@ class JobStore:
         finally:
             lock.release()
 
+    @contextlib.contextmanager
+    def try_lock(self, name):
+        """Hold the sidecar lock `name` if it is free now; yield whether it was taken."""
+        lock = filelock.FileLock(os.path.join(self.root, self.LOCKS, name + ".lock"), timeout=0)
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock.release()
+
     # -- create ----------------------------------------------------------------------------
 
     def create(self, make_files):
@@ -125,6 +141,7 @@ class JobStore:
                 os.rename(staging, final)
                 staging = None
                 fsync_dir(self.root)
+                self._link(job_id)
             except OSError as exc:
                 self._drop_active(job_id)
                 if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
@@ -196,8 +213,9 @@ class JobStore:
     def update(self, job_id, change):
         """Apply `change(state)` under the job's lock and write the result atomically.
 
-        `change` mutates the state in place and may return False to skip the write. A terminal
-        status never changes: an attempt to change it is ignored. Returns the state as stored.
+        `change` mutates the state in place and may return False to skip the write, or a dict of
+        details (a reason, say) to keep with the status change in `history`. A terminal status never
+        changes: an attempt to change it is ignored. Returns the state as stored.
         """
         path = self.path(job_id, self.STATE)
         with self.lock(job_id):
@@ -212,7 +230,8 @@ class JobStore:
                     f"job {job_id} has a damaged state.json ({exc}); it cannot be changed"
                 ) from None
             before = state.get("status")
-            if change(state) is False:
+            details = change(state)
+            if details is False:
                 return state
             after = state.get("status")
             if before != after:
@@ -220,7 +239,11 @@ class JobStore:
                     log.info("job %s: ignored change of terminal status %s to %s", job_id, before, after)
                     state["status"] = before
                 else:
-                    state.setdefault("history", []).append({"status": after, "at": now_utc()})
+                    event = {"status": after, "at": now_utc()}
+                    if state.get("attempt"):
+                        event["attempt"] = state["attempt"]
+                    event.update(details or {})
+                    state.setdefault("history", []).append(event)
                     if JobStatus(after).is_terminal() and not state.get("finished_at"):
                         state["finished_at"] = now_utc()
             state["updated_at"] = now_utc()
@@ -286,37 +309,137 @@ class JobStore:
                         self._drop_active(job_id)
         return states
 
-    SUMMARY_FIELDS = ("job_id", "status", "created_at", "created_ns", "started_at", "finished_at", "broken")
+    SUMMARY_FIELDS = (
+        "job_id",
+        "status",
+        "created_at",
+        "created_ns",
+        "started_at",
+        "finished_at",
+        "disk_bytes",
+        "broken",
+    )
 
     def summaries(self):
         """Return a small summary of every job (fields SUMMARY_FIELDS), for listing and metrics.
 
-        A finished job is read once per process; only unfinished jobs are read each time, so the
-        cost of a listing hardly grows with the number of finished jobs.
+        A finished job is read once per process and again only when its state.json is replaced (after
+        a pruning, say); unfinished jobs are read each time, so the cost of a listing hardly grows
+        with the number of finished jobs.
         """
-        found = []
-        for job_id in self.job_ids():
-            summary = self._finished.get(job_id)
-            if summary is None:
+        found, seen = [], set()
+        with os.scandir(self.root) as entries:
+            for entry in entries:
+                if not JOB_ID_PATTERN.fullmatch(entry.name):
+                    continue
+                if not entry.is_dir(follow_symlinks=False):
+                    continue
+                seen.add(entry.name)
                 try:
-                    state = self.read(job_id)
+                    # state.json is replaced, never rewritten: a new inode means a new record.
+                    stat = os.stat(os.path.join(entry.path, self.STATE))
+                    version = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+                except OSError:
+                    version = None  # missing (then reported broken) or removed while we listed
+                cached = self._finished.get(entry.name)
+                if cached is not None and version is not None and cached[0] == version:
+                    found.append(cached[1])
+                    continue
+                try:
+                    state = self.read(entry.name)
                 except NotFound:
-                    continue  # removed while we listed
+                    continue
                 summary = {key: state.get(key) for key in self.SUMMARY_FIELDS}
-                if not state.get("broken") and JobStatus(state["status"]).is_terminal():
-                    self._finished[job_id] = summary
-            found.append(summary)
+                if version and not state.get("broken") and JobStatus(state["status"]).is_terminal():
+                    self._finished[entry.name] = (version, summary)
+                found.append(summary)
+        for job_id in set(self._finished) - seen:
+            del self._finished[job_id]  # deleted jobs
         return found
 
+    # -- end of life -----------------------------------------------------------------------
+
+    def delete(self, job_id, check=None):
+        """Remove a finished job's directory; raise Conflict unless its status is terminal.
+
+        `check(state)` may raise to refuse as well. Under the job's lock the directory is renamed
+        out of jobs/ (so it is never listed half removed) and its log link dropped; the files are
+        removed after the lock is released. Returns the state the job had.
+        """
+        with self.lock(job_id):
+            state = self.read(job_id)  # NotFound for an unknown job
+            if not JobStatus(state["status"]).is_terminal():
+                raise Conflict(
+                    f"job {job_id} is {state['status']}; stop it before deleting it",
+                    extra={"job_status": state["status"]},
+                )
+            if check is not None:
+                check(state)
+            self._unlink(job_id)
+            doomed = os.path.join(self.root, self.TRASH, f"{job_id}-{secrets.token_hex(4)}")
+            try:
+                os.rename(self._job_dir(job_id), doomed)
+                fsync_dir(self.root)
+            except OSError as exc:
+                self._link(job_id)
+                raise storage_error(exc, f"deleting job {job_id}") from exc
+            self._drop_active(job_id)
+        self._finished.pop(job_id, None)
+        shutil.rmtree(doomed, ignore_errors=True)
+        return state
+
+    def _link_path(self, job_id):
+        return os.path.join(self.links_dir, job_id)
+
+    def _link(self, job_id):
+        """Point <links_dir>/<job_id> at the job's directory; a failure is logged, never raised."""
+        if not self.links_dir:
+            return
+        link = self._link_path(job_id)
+        try:
+            os.makedirs(self.links_dir, exist_ok=True)
+            os.symlink(os.path.relpath(self._job_dir(job_id), self.links_dir), link)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            log.warning("job %s: could not link %s (%s); housekeeping retries", job_id, link, exc)
+
+    def _unlink(self, job_id):
+        if self.links_dir:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._link_path(job_id))
+
+    def repair_links(self):
+        """Link every job that has no link, and drop links whose job is gone; return (added, dropped)."""
+        if not self.links_dir:
+            return 0, 0
+        jobs = set(self.job_ids())
+        try:
+            links = {n for n in os.listdir(self.links_dir) if JOB_ID_PATTERN.fullmatch(n)}
+        except FileNotFoundError:
+            links = set()
+        dropped = 0
+        for job_id in links - jobs:
+            with self.lock(job_id):
+                if not os.path.isdir(self._job_dir(job_id)):
+                    self._unlink(job_id)
+                    dropped += 1
+        for job_id in jobs - links:
+            self._link(job_id)
+        return len(jobs - links), dropped
+
     def clean_temp_files(self, min_age_s=300):
-        """Remove temp files and staging directories left by a crash in the middle of a write.
+        """Remove temp files, staging and trash directories left by a crash in the middle of a write.
 
         Only leftovers older than `min_age_s` go: a younger one may belong to a write in flight.
         """
         cutoff = time.time() - min_age_s
         removed = 0
-        staging = os.path.join(self.root, self.STAGING)
-        candidates = [(os.path.join(staging, name), True) for name in os.listdir(staging)]
+        candidates = [
+            (os.path.join(self.root, folder, name), True)
+            for folder in (self.STAGING, self.TRASH)
+            for name in os.listdir(os.path.join(self.root, folder))
+        ]
         for job_id in self.job_ids():
             job_dir = os.path.join(self.root, job_id)
             candidates += [

@@ -6,7 +6,7 @@ import os
 import re
 
 from .errors import ValidationFailed
-from .fsio import read_tail
+from .fsio import atomic_write_bytes, read_tail
 
 STAGES = ("sft", "pt", "rm", "dpo", "kto")
 FINETUNING_TYPES = ("lora", "full", "freeze")
@@ -270,9 +270,22 @@ def validate_custom_config(custom, extra_keys=None, deepspeed_templates=(), trus
 
 
 def build_train_config(
-    request, *, model_path, template, dataset_dir, output_dir, jit_checkpoint=True, deepspeed_dir=None
+    request,
+    *,
+    model_path,
+    template,
+    dataset_dir,
+    output_dir,
+    jit_checkpoint=True,
+    deepspeed_dir=None,
+    save_steps=100,
+    save_total_limit=0,
 ):
-    """Return the exact dict that llamafactory-cli train reads for a validated request."""
+    """Return the exact dict that llamafactory-cli train reads for a validated request.
+
+    `save_steps` and `save_total_limit` (0: keep every checkpoint) are the service's defaults; a
+    request's custom_config overrides them.
+    """
     custom = dict(request.get("custom_config") or {})
     if "deepspeed" in custom:
         # A template name (validated against the shipped files) becomes that file's path.
@@ -295,7 +308,7 @@ def build_train_config(
         output_dir=output_dir,
         overwrite_output_dir=True,
         logging_steps=5,
-        save_steps=500,
+        save_steps=save_steps,
         plot_loss=True,
         report_to="none",
         per_device_train_batch_size=request["batch_size"],
@@ -306,10 +319,38 @@ def build_train_config(
     )
     if request["stage"] in ("dpo", "kto"):
         config["pref_beta"] = 0.1
+    if save_total_limit:
+        config["save_total_limit"] = save_total_limit
     if jit_checkpoint:
         # SIGTERM then makes the trainer save a checkpoint before exiting (LLAMAFACTORY_NOTES.md).
         config["enable_jit_checkpoint"] = True
     config.update(custom)
+    return config
+
+
+def resume_refusal(config):
+    """Return why LLaMA Factory cannot resume a run of `config` from a checkpoint, or None.
+
+    0.9.5 drops resume_from_checkpoint for stage rm with full or freeze fine-tuning
+    (hparams/parser.py), so such a run would silently start over.
+    """
+    if config.get("stage") == "rm" and config.get("finetuning_type") in ("full", "freeze"):
+        return "LLaMA Factory cannot resume stage rm with full or freeze fine-tuning from a checkpoint"
+    return None
+
+
+def attempt_config(config, checkpoint_path):
+    """Return `config` set to resume from `checkpoint_path`, or to start over when it is None.
+
+    Resuming keeps output_dir (overwrite_output_dir false, so trainer_log.jsonl is appended to,
+    not deleted); starting over is the job's first configuration.
+    """
+    config = dict(config)
+    if checkpoint_path:
+        config.update(resume_from_checkpoint=checkpoint_path, overwrite_output_dir=False)
+    else:
+        config.pop("resume_from_checkpoint", None)
+        config["overwrite_output_dir"] = True
     return config
 
 
@@ -373,6 +414,7 @@ def _progress_from(text):
     )
     source = loss_entry or {}
     return {
+        "elapsed_seconds": _seconds(latest.get("elapsed_time")),
         "current_step": step,
         "total_steps": total,
         "progress": progress,
@@ -381,6 +423,46 @@ def _progress_from(text):
         "epoch": latest.get("epoch", source.get("epoch")),
         "eta_seconds": _seconds(latest.get("remaining_time")),
     }
+
+
+def eta_after_resume(progress, resumed_step):
+    """Return the seconds left for a run that resumed at `resumed_step`, or None.
+
+    LLaMA Factory's remaining_time divides the time of this run by every step so far, those before
+    the resume included, so after a resume it promises far too little: use this run's steps only.
+    """
+    step, total, elapsed = (progress.get(k) for k in ("current_step", "total_steps", "elapsed_seconds"))
+    if not all(isinstance(v, int) for v in (step, total, elapsed)) or step <= resumed_step or not elapsed:
+        return None
+    return int((total - step) * elapsed / (step - resumed_step))
+
+
+def trim_log(output_dir, step):
+    """Cut trainer_log.jsonl back to `step`, in whole lines, before a run resumes there in place.
+
+    The steps after the checkpoint are trained again; without this they would appear twice, and
+    a line cut short by a killed trainer would swallow the first line of the next run.
+    """
+    if os.path.exists(os.path.join(output_dir, TRAINER_LOG)):
+        atomic_write_bytes(os.path.join(output_dir, TRAINER_LOG), log_until(output_dir, step))
+
+
+def log_until(output_dir, step):
+    """Return the lines of trainer_log.jsonl up to `step`, as bytes: the history a resumed run continues."""
+    kept = []
+    try:
+        with open(os.path.join(output_dir, TRAINER_LOG), "rb") as handle:
+            for line in handle:
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(entry, dict) and isinstance(entry.get("current_steps"), int):
+                    if entry["current_steps"] <= step:
+                        kept.append(line if line.endswith(b"\n") else line + b"\n")
+    except FileNotFoundError:
+        pass
+    return b"".join(kept)
 
 
 def _seconds(hms):
@@ -429,24 +511,3 @@ def read_series(output_dir, since_step=0, limit=1000):
         for step, e in sorted(by_step.items())
     ]
     return points[:limit]
-
-
-def list_checkpoints(output_dir):
-    """Return the checkpoint-N directories LLaMA Factory saved, oldest first."""
-    found = []
-    try:
-        entries = list(os.scandir(output_dir))
-    except FileNotFoundError:
-        return []
-    for entry in entries:
-        match = re.fullmatch(r"checkpoint-(\d+)", entry.name)
-        if match and entry.is_dir(follow_symlinks=False):
-            found.append(
-                {
-                    "name": entry.name,
-                    "step": int(match.group(1)),
-                    "path": entry.path,
-                    "modified_at": entry.stat().st_mtime,
-                }
-            )
-    return sorted(found, key=lambda c: c["step"])

@@ -38,6 +38,9 @@ class Notifier:
             "previous_status": before,
             "sequence": len(state.get("history") or []),
             "at": now_utc(),
+            # The attempt this change belongs to, and why it happened when the service knows.
+            "attempt": state.get("attempt") or 1,
+            "reason": ((state.get("history") or [{}])[-1]).get("reason"),
             "job": {
                 key: state.get(key)
                 for key in ("model_name", "dataset", "stage", "error", "exit_code", "reason")

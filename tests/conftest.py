@@ -1,5 +1,6 @@
 """Fixtures: a throw-away service home per test, apps built with create_app, a fake trainer."""
 
+import hashlib
 import os
 import stat
 import sys
@@ -110,3 +111,43 @@ def max_overlap(home):
         running += delta
         peak = max(peak, running)
     return peak
+
+
+API = "/api/v1/training"
+TERMINAL = ("completed", "failed", "stopped")
+
+
+def api_create(client, body=None, **extra):
+    """POST a job through a Flask test client; return its id."""
+    response = client.post(
+        f"{API}/jobs", json={**(body or {"model_name": "tiny-llama", "dataset": "demo_sft"}), **extra}
+    )
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()["job_id"]
+
+
+def api_status(client, job_id):
+    response = client.get(f"{API}/jobs/{job_id}")
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def api_done(client, job_id, timeout=60):
+    """Wait until a job reaches a terminal status; return its status."""
+    return wait_for(lambda: (s := api_status(client, job_id))["status"] in TERMINAL and s, timeout=timeout)
+
+
+def tree_digest(path):
+    """{relative path: (size, mtime_ns, sha256)} of every file under `path`: proof nothing changed."""
+    digest = {}
+    for directory, _dirs, files in os.walk(path):
+        for name in files:
+            full = os.path.join(directory, name)
+            stat = os.stat(full)
+            with open(full, "rb") as handle:
+                digest[os.path.relpath(full, path)] = (
+                    stat.st_size,
+                    stat.st_mtime_ns,
+                    hashlib.sha256(handle.read()).hexdigest(),
+                )
+    return digest

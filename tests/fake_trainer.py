@@ -2,6 +2,9 @@
 
 Usage (as the service calls it): fake_trainer.py [options] train CONFIG.yaml
 Options: --steps N --interval S --exit CODE --fail-message TEXT --ignore-term --grandchild
+         --save-every K (a checkpoint-N directory every K steps, laid out as transformers saves one)
+With resume_from_checkpoint in the config it goes on after that checkpoint's step, and with
+overwrite_output_dir it drops an old trainer_log.jsonl, as LLaMA Factory does.
 It is not LLaMA Factory; end-to-end tests use the real llamafactory-cli.
 """
 
@@ -24,6 +27,7 @@ def main():
     parser.add_argument("--fail-message", default="")
     parser.add_argument("--ignore-term", action="store_true")
     parser.add_argument("--grandchild", action="store_true")
+    parser.add_argument("--save-every", type=int, default=0)
     parser.add_argument("command")
     parser.add_argument("config")
     args = parser.parse_args()
@@ -68,7 +72,15 @@ def main():
     output_dir = config["output_dir"]
     os.makedirs(output_dir, exist_ok=True)
     log_path = os.path.join(output_dir, "trainer_log.jsonl")
-    for step in range(1, args.steps + 1):
+    first = 1
+    if config.get("resume_from_checkpoint"):
+        with open(os.path.join(config["resume_from_checkpoint"], "trainer_state.json")) as handle:
+            first = json.load(handle)["global_step"] + 1
+        with open(os.path.join(job_dir, "fake_resumes.log"), "a") as handle:
+            handle.write(config["resume_from_checkpoint"] + "\n")
+    elif config.get("overwrite_output_dir") and os.path.exists(log_path):
+        os.remove(log_path)
+    for step in range(first, args.steps + 1):
         time.sleep(args.interval)
         entry = {
             "current_steps": step,
@@ -82,6 +94,8 @@ def main():
         }
         with open(log_path, "a") as handle:
             handle.write(json.dumps(entry) + "\n")
+        if args.save_every and step % args.save_every == 0:
+            save_weights_and_state(os.path.join(output_dir, f"checkpoint-{step}"), step)
     record_end()
     if args.exit != 0:
         print("Traceback (most recent call last):", flush=True)
@@ -91,9 +105,26 @@ def main():
         handle.write(
             json.dumps({"current_steps": args.steps, "total_steps": args.steps, "epoch": 1.0}) + "\n"
         )
+    save_weights(output_dir)
     with open(os.path.join(output_dir, "all_results.json"), "w") as handle:
         json.dump({"train_loss": 0.5}, handle)
     return 0
+
+
+def save_weights(directory):
+    """A valid safetensors file holding one tensor of two float32 values."""
+    header = json.dumps({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+    header += b" " * (-len(header) % 8)
+    with open(os.path.join(directory, "adapter_model.safetensors"), "wb") as handle:
+        handle.write(len(header).to_bytes(8, "little") + header + b"\0" * 8)
+
+
+def save_weights_and_state(directory, step):
+    """A checkpoint as transformers saves one: the weights first, trainer_state.json last."""
+    os.makedirs(directory, exist_ok=True)
+    save_weights(directory)
+    with open(os.path.join(directory, "trainer_state.json"), "w") as handle:
+        json.dump({"global_step": step}, handle)
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ class Service:
     def kill_hard(self):
         """kill -9 the gunicorn master and every worker, as a crash would; job monitors live on."""
         master = psutil.Process(self.proc.pid)
-        doomed = [p for p in [master, *master.children(recursive=True)] if GUNICORN in p.cmdline()]
+        doomed = [p for p in [master, *master.children(recursive=True)] if _is_gunicorn(p)]
         for proc in doomed:
             proc.kill()
         self.proc.wait()
@@ -95,6 +95,13 @@ class Service:
             timeout=timeout,
             interval=0.5,
         )
+
+
+def _is_gunicorn(proc):
+    try:
+        return GUNICORN in proc.cmdline()
+    except psutil.Error:  # gone, or a zombie (a monitor killed a moment ago, not reaped yet)
+        return False
 
 
 def tree_pids(pid):

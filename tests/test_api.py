@@ -272,8 +272,8 @@ def test_full_disk_refuses_new_jobs_with_507(make_app):
     assert _jobs_on_disk(client.application) == []
 
 
-def test_a_job_whose_monitor_died_is_lost_and_its_trainer_killed(make_app):
-    client = make_app("--steps", "1000", "--interval", "0.05").test_client()
+def test_a_job_whose_monitor_died_on_its_last_attempt_is_lost_and_its_trainer_killed(make_app):
+    client = make_app("--steps", "1000", "--interval", "0.05", max_attempts=1).test_client()
     job_id = _create(client)
     running = wait_for(lambda: (s := _status(client, job_id))["status"] == "running" and s)
     state = client.application.extensions["imts"].store.read(job_id)

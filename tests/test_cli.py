@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import PROJECT, fake_cli, make_home
+from conftest import PROJECT, fake_cli, make_home, wait_for
 from harness import Service
 
 
@@ -15,7 +15,9 @@ from harness import Service
 def service(tmp_path_factory):
     home = make_home(tmp_path_factory.mktemp("cli") / "home")
     svc = Service(
-        home, llamafactory_cli=fake_cli(home, "--steps", "30", "--interval", "0.05"), max_concurrent_jobs=2
+        home,
+        llamafactory_cli=fake_cli(home, "--steps", "30", "--interval", "0.05", "--save-every", "10"),
+        max_concurrent_jobs=2,
     ).start()
     yield svc
     svc.stop()
@@ -83,3 +85,19 @@ def test_stop_and_errors(service):
     assert missing.returncode == 2 and "does not exist" in missing.stderr
     bad = cli(service, "submit", "--model", "tiny-llama", "--dataset", "nope", check=False)
     assert bad.returncode == 2 and "dataset: unknown dataset 'nope'" in bad.stderr
+
+
+def test_resume_with_watch_then_delete(service):
+    job_id = cli(service, "submit", "--model", "tiny-llama", "--dataset", "demo_sft").stdout.strip()
+    output = service.status(job_id)["output_dir"]
+    wait_for(lambda: os.path.isdir(os.path.join(output, "checkpoint-10")))
+    cli(service, "stop", job_id)
+    resumed = cli(service, "resume", job_id, "--checkpoint", "checkpoint-10", "--watch", "--interval", "0.2")
+    new_id = resumed.stdout.splitlines()[0]
+    assert new_id != job_id and resumed.stdout.strip().endswith(f"{new_id}: completed")
+    assert f"resumes {job_id} from checkpoint-10 (step 10)" in resumed.stderr
+    assert cli(service, "delete", new_id).stdout.strip() == f"deleted {new_id}"
+    gone = cli(service, "status", new_id, check=False)
+    assert gone.returncode == 2 and "does not exist" in gone.stderr
+    again = cli(service, "resume", new_id, check=False)
+    assert again.returncode == 2 and "does not exist" in again.stderr

@@ -7,6 +7,7 @@ killed and restarted under them.
 import http.server
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -17,7 +18,7 @@ import pytest
 import requests
 from openapi_spec_validator import validate
 
-from conftest import GUIDE_EXAMPLE, SHARED_DATA, TINY_MODEL, make_home, wait_for
+from conftest import GUIDE_EXAMPLE, SHARED_DATA, TINY_MODEL, make_home, tree_digest, wait_for
 from harness import GUNICORN, Service, alive, tree_pids
 
 pytestmark = pytest.mark.e2e
@@ -200,6 +201,80 @@ def test_stopping_a_long_job_leaves_no_process_and_saves_a_checkpoint(service):
         ).status_code
         == 409
     )
+
+
+RESUMABLE = {
+    "model_name": "tiny-llama",
+    "dataset": "demo_sft",
+    "epochs": 10.0,  # 600 steps: still running after a stop's checkpoint save (3 s) on a fast machine
+    "learning_rate": 1e-3,
+    "custom_config": {**FAST, "save_steps": 50},
+}
+
+
+def _interrupted(service, interrupt):
+    """A job interrupted by `interrupt(status)` once checkpoint-100 is saved; its final status."""
+    job_id = service.create(RESUMABLE)
+    running = wait_for(
+        lambda: (
+            (s := service.status(job_id))["status"] == "running"
+            and os.path.exists(os.path.join(s["output_dir"], "checkpoint-100", "trainer_state.json"))
+            and s
+        ),
+        timeout=300,
+        interval=0.1,
+    )
+    interrupt(running)
+    return service.wait_done(job_id, timeout=120)
+
+
+def _resume_and_finish(service, original, body=None):
+    response = requests.post(f"{service.base}/jobs/{original['job_id']}/resume", json=body, timeout=30)
+    assert response.status_code == 201, response.text
+    created = response.json()
+    final = service.wait_done(created["job_id"], timeout=600)
+    assert final["status"] == "completed", (final.get("error"), final.get("log_tail"))
+    assert final["resumed_from"] == created["resumed_from"]
+    assert final["total_steps"] == original["total_steps"] == 600 and final["current_step"] == 600
+    steps = created["resumed_from"]["step"]
+    points = requests.get(f"{service.base}/jobs/{final['job_id']}/metrics", timeout=30).json()["points"]
+    assert [p["step"] for p in points] == list(range(1, 601))  # the history, then on from the checkpoint
+    # transformers says so itself: the run went on from the checkpoint's step, not from 0.
+    assert f"global step {steps}" in open(final["log_path"]).read()
+    return final
+
+
+def test_a_stopped_job_resumes_to_the_same_model_as_an_uninterrupted_run(service):
+    stopped = _interrupted(
+        service, lambda s: requests.post(f"{service.base}/jobs/{s['job_id']}/stop", timeout=60)
+    )
+    assert stopped["status"] == "stopped" and stopped["current_step"] < 600
+    before = tree_digest(os.path.dirname(stopped["config_path"]))
+    final = _resume_and_finish(service, stopped)
+    assert final["resumed_from"]["checkpoint"] == f"checkpoint-{final['resumed_from']['step']}"
+    assert final["resumed_from"]["step"] >= 100  # the checkpoint the stop saved, or a later one
+    assert tree_digest(os.path.dirname(stopped["config_path"])) == before
+    # transformers restores the optimizer, scheduler, RNG and data order: the same model as a run
+    # that was never stopped, not a restart.
+    uninterrupted = service.wait_done(service.create(RESUMABLE), timeout=600)
+    assert final["current_loss"] == pytest.approx(uninterrupted["current_loss"], rel=1e-3)
+
+
+def test_a_failed_job_with_a_checkpoint_resumes(service):
+    failed = _interrupted(service, lambda s: os.kill(s["pid"], signal.SIGKILL))
+    assert failed["status"] == "failed" and failed["signal"] == "SIGKILL" and failed["attempt"] == 1
+    listed = requests.get(f"{service.base}/jobs/{failed['job_id']}/checkpoints", timeout=30).json()
+    oldest = listed["checkpoints"][0]  # not the newest: a named one
+    assert len(listed["checkpoints"]) >= 2 and oldest["complete"]
+    final = _resume_and_finish(service, failed, body={"checkpoint": oldest["name"]})
+    assert final["resumed_from"] == {
+        "job_id": failed["job_id"],
+        "checkpoint": oldest["name"],
+        "step": oldest["step"],
+    }
+    assert requests.delete(f"{service.base}/jobs/{failed['job_id']}", timeout=30).status_code == 204
+    assert requests.get(f"{service.base}/jobs/{failed['job_id']}", timeout=30).status_code == 404
+    assert service.status(final["job_id"])["status"] == "completed"  # it had its own copy
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,8 @@ import psutil
 import pytest
 import requests
 
+from imts_flask.trainer import _seconds
+
 from conftest import PROJECT, fake_cli, make_home, max_overlap, wait_for
 from harness import Service, alive, tree_pids
 
@@ -170,8 +172,8 @@ def test_3a_kill9_of_the_trainer_fails_the_job_with_the_signal(real_service):
 
 
 @pytest.mark.e2e
-def test_3b_kill9_of_the_monitor_is_lost_within_the_heartbeat_timeout(real_service):
-    svc = real_service(heartbeat_timeout_s=10, housekeeping_s=1)
+def test_3b_kill9_of_the_monitor_on_the_last_attempt_is_lost_within_the_heartbeat_timeout(real_service):
+    svc = real_service(heartbeat_timeout_s=10, housekeeping_s=1, max_attempts=1)
     job_id = svc.create({**REAL, "epochs": 50.0})
     running = wait_for(lambda: (s := svc.status(job_id))["current_step"] and s, timeout=120, interval=0.3)
     state_path = os.path.join(_job_dir(svc, job_id), "state.json")
@@ -187,11 +189,82 @@ def test_3b_kill9_of_the_monitor_is_lost_within_the_heartbeat_timeout(real_servi
     wait_for(lambda: not [p for p in pids if alive(p)], timeout=30)
 
 
+@pytest.mark.e2e
+def test_3c_kill9_of_everything_after_a_checkpoint_resumes_on_restart(real_service):
+    """The host dies: gunicorn, the monitor and the trainer go at once, and a save is cut short."""
+    svc = real_service(housekeeping_s=1)  # the default save_steps (100) and max_attempts (3)
+    job_id = svc.create({**REAL, "epochs": 4.0})
+    output = os.path.join(_job_dir(svc, job_id), "output")
+    # Half way to the next save, where a death falls on average.
+    wait_for(lambda: (svc.status(job_id)["current_step"] or 0) >= 150, timeout=180, interval=0.1)
+    state = json.load(open(os.path.join(_job_dir(svc, job_id), "state.json")))
+    for pid in (state["monitor"]["pid"], state["trainer"]["pid"]):
+        os.kill(pid, signal.SIGKILL)
+    svc.kill_hard()
+    wait_for(lambda: not alive(state["trainer"]["pid"]), timeout=30)
+    log_path = os.path.join(output, "trainer_log.jsonl")
+    step_at_death = _log_entries(log_path)[-1]["current_steps"]
+    checkpoint = max(int(n.split("-")[1]) for n in os.listdir(output) if n.startswith("checkpoint-"))
+    # The next save was under way: its weights are there, cut short, and trainer_state.json is not.
+    torn = os.path.join(output, f"checkpoint-{checkpoint + 100}")
+    os.makedirs(torn)
+    weights = open(os.path.join(output, f"checkpoint-{checkpoint}", "adapter_model.safetensors"), "rb").read()
+    open(os.path.join(torn, "adapter_model.safetensors"), "wb").write(weights[: len(weights) // 2])
+
+    svc.start()
+    restarted = time.monotonic()
+    wait_for(  # running: the new attempt has cut its log back to the checkpoint and trains again
+        lambda: (
+            (s := svc.status(job_id))["status"] in ("running", "completed")
+            and s["attempt"] == 2
+            and s["current_step"] >= step_at_death
+        ),
+        timeout=300,
+        interval=0.2,
+    )
+    caught_up = time.monotonic() - restarted
+    final = svc.wait_done(job_id, timeout=400)
+    assert final["status"] == "completed", (final.get("error"), final.get("log_tail"))
+    assert final["attempt"] == 2 and final["total_steps"] == 240 and final["current_step"] == 240
+    events = requests.get(f"{svc.base}/jobs/{job_id}/events", timeout=30).json()["events"]
+    assert [(e["status"], e["attempt"]) for e in events] == [
+        ("pending", 1),
+        ("running", 1),
+        ("pending", 2),
+        ("running", 2),
+        ("completed", 2),
+    ]
+    assert events[3]["resumed_from"] == f"checkpoint-{checkpoint}"  # never the torn one
+    logged = {e["current_steps"]: e for e in _log_entries(log_path)}
+    # A new trainer took over after the checkpoint's step (its clock starts again), not at step 0.
+    elapsed = [_seconds(logged[s]["elapsed_time"]) for s in (checkpoint, checkpoint + 1)]
+    assert elapsed[1] < elapsed[0], elapsed
+    series = requests.get(f"{svc.base}/jobs/{job_id}/metrics?limit=10000", timeout=30).json()["points"]
+    assert [p["step"] for p in series] == list(range(1, 241))
+    assert _trainer_starts(svc, job_id) == 2
+    print(
+        f"\nhost death at step {step_at_death}, resumed from checkpoint-{checkpoint} (save_steps 100): "
+        f"{step_at_death - checkpoint} steps trained again; back at step {step_at_death} "
+        f"{caught_up:.1f} s after the service restarted"
+    )
+
+
+def _log_entries(path):
+    """The whole lines of a trainer_log.jsonl (a trainer killed mid-write may leave half a line)."""
+    entries = []
+    for line in open(path):
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            continue
+    return entries
+
+
 # 4 -------------------------------------------------------------------------------------------
 
 
 def test_4_a_live_unrelated_pid_is_never_reported_running_nor_signalled(make_app):
-    client = make_app("--steps", "1").test_client()
+    client = make_app("--steps", "1", max_attempts=1).test_client()
     service = client.application.extensions["imts"]
     job_ids = [client.post(f"{BASE}/jobs", json=FAKE).get_json()["job_id"] for _ in range(2)]
     for job_id in job_ids:

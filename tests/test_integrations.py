@@ -148,3 +148,10 @@ def test_the_flow_through_nginx(nginx):
     missing = requests.post(f"{api}/jobs/train_00000000/stop", timeout=30)
     assert missing.status_code == 404 and missing.json()["status"] == 404
     assert "imts_http_requests_total" in requests.get(f"{nginx}/metrics", timeout=30).text
+    head = requests.head(f"{api}/jobs/{job_id}", timeout=30)
+    assert head.status_code == 200 and head.headers["ETag"] == first.headers["ETag"]
+    guide_log = os.path.join(os.path.dirname(status["config_path"]), "..", "..", "logs", "training_jobs")
+    assert os.path.exists(os.path.join(guide_log, job_id, "training.log"))
+    assert requests.delete(f"{api}/jobs/{job_id}", timeout=30).status_code == 204
+    assert requests.get(f"{api}/jobs/{job_id}", timeout=30).status_code == 404
+    assert not os.path.lexists(os.path.join(guide_log, job_id))

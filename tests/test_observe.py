@@ -129,6 +129,23 @@ def test_unchanged_status_answers_304(finished):
     assert client.get(f"{BASE}/jobs", headers={"If-None-Match": listing.headers["ETag"]}).status_code == 304
 
 
+def test_head_carries_the_same_etag_as_get(finished):
+    client, job_id = finished
+    for path in (
+        f"/jobs/{job_id}",
+        "/jobs",
+        f"/jobs/{job_id}/metrics",
+        f"/jobs/{job_id}/events",
+        f"/jobs/{job_id}/checkpoints",
+        f"/jobs/{job_id}/logs",
+        "/health",
+    ):
+        got, head = client.get(BASE + path), client.head(BASE + path)
+        assert head.status_code == 200 and head.data == b"", path
+        assert head.headers["ETag"] == got.headers["ETag"], path
+        assert client.head(BASE + path, headers={"If-None-Match": got.headers["ETag"]}).status_code == 304
+
+
 def test_idempotency_key_makes_retries_safe(make_app):
     client = make_app("--steps", "1").test_client()
     headers = {"Idempotency-Key": "order-42"}

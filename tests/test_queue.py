@@ -113,7 +113,14 @@ def test_a_launch_whose_monitor_never_appeared_is_queued_again(make_app, monkeyp
 
 def test_the_housekeeper_settles_lost_jobs_and_starts_the_next_without_requests(make_app):
     client = make_app(
-        "--steps", "1000", "--interval", "0.05", max_concurrent_jobs=1, housekeeping_s=0.3, heartbeat_s=0.2
+        "--steps",
+        "1000",
+        "--interval",
+        "0.05",
+        max_concurrent_jobs=1,
+        housekeeping_s=0.3,
+        heartbeat_s=0.2,
+        max_attempts=1,
     ).test_client()
     service = client.application.extensions["imts"]
     first, second = _create(client), _create(client)

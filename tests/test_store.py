@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from imts_flask import fsio
-from imts_flask.errors import InsufficientStorage, NotFound, Unavailable, ValidationFailed
+from imts_flask.errors import Conflict, InsufficientStorage, NotFound, Unavailable, ValidationFailed
 from imts_flask.state import creation_order
 from imts_flask.store import JOB_ID_PATTERN, JobStore
 
@@ -160,3 +160,63 @@ def test_creation_order_is_finer_than_created_at():
     ]
     legacy = {"job_id": "train_11111111", "created_at": "2026-01-01T00:00:01"}  # written before created_ns
     assert creation_order(legacy) > creation_order(same_second[1])
+
+
+def test_a_status_change_keeps_its_details_in_history(store):
+    job_id = _create(store)
+
+    def requeue(state):
+        state.update(status="running", attempt=2)
+        return {"reason": "lost: the monitor died"}
+
+    state = store.update(job_id, requeue)
+    assert state["history"][-1] == {
+        "status": "running",
+        "at": state["history"][-1]["at"],
+        "attempt": 2,
+        "reason": "lost: the monitor died",
+    }
+
+
+def test_delete_renames_out_then_removes_and_refuses_unfinished_jobs(tmp_path):
+    links = tmp_path / "logs" / "training_jobs"
+    store = JobStore(str(tmp_path / "jobs"), lock_timeout=2, links_dir=str(links))
+    job_id = _create(store)
+    assert os.readlink(links / job_id) == os.path.join("..", "..", "jobs", job_id)
+    with pytest.raises(Conflict):
+        store.delete(job_id)  # pending
+    assert os.path.isdir(store.path(job_id))
+    store.update(job_id, lambda s: s.update(status="stopped"))
+    refusals = []
+
+    def veto(state):
+        refusals.append(state["status"])
+        raise Conflict("not now")
+
+    with pytest.raises(Conflict):
+        store.delete(job_id, veto)
+    assert refusals == ["stopped"] and os.path.lexists(links / job_id)
+    assert store.delete(job_id)["status"] == "stopped"
+    assert store.job_ids() == [] and not os.path.lexists(links / job_id)
+    assert os.listdir(os.path.join(store.root, JobStore.TRASH)) == []
+    with pytest.raises(NotFound):
+        store.delete(job_id)
+
+
+def test_a_crash_in_the_middle_of_a_delete_leaves_no_listed_half_job(store):
+    job_id = _create(store)
+    store.update(job_id, lambda s: s.update(status="failed"))
+    # As if the process died after the rename, before the removal finished.
+    half = os.path.join(store.root, JobStore.TRASH, job_id + "-dead")
+    os.rename(store.path(job_id), half)
+    assert store.job_ids() == [] and store.summaries() == []
+    os.utime(half, (0, 0))
+    assert store.clean_temp_files(min_age_s=60) == 1 and not os.path.exists(half)
+
+
+def test_summaries_of_finished_jobs_follow_a_replaced_record(store):
+    job_id = _create(store)
+    store.update(job_id, lambda s: s.update(status="completed", disk_bytes=100))
+    assert store.summaries()[0]["disk_bytes"] == 100
+    store.update(job_id, lambda s: s.update(disk_bytes=40))  # a pruning of a finished job
+    assert store.summaries()[0]["disk_bytes"] == 40

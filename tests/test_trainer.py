@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import yaml
 
 from imts_flask.errors import ValidationFailed
 from imts_flask.schemas import TrainingJobRequestSchema
@@ -133,3 +134,21 @@ def test_only_the_tail_of_a_long_log_is_read(tmp_path):
 
 def test_no_log_yet_means_no_progress(tmp_path):
     assert read_progress(str(tmp_path)) == {}
+
+
+def test_checkpoint_defaults_come_from_the_service_and_a_request_wins(make_app):
+    client = make_app("--steps", "1", default_save_steps=25, default_save_total_limit=2).test_client()
+
+    def config_of(custom):
+        body = {"model_name": "tiny-llama", "dataset": "demo_sft", "custom_config": custom}
+        job = client.post("/api/v1/training/jobs", json=body).get_json()["job_id"]
+        path = client.get(f"/api/v1/training/jobs/{job}").get_json()["config_path"]
+        return yaml.safe_load(open(path))
+
+    defaults = config_of({})
+    assert defaults["save_steps"] == 25 and defaults["save_total_limit"] == 2
+    asked = config_of({"save_steps": 7, "save_total_limit": 9})
+    assert asked["save_steps"] == 7 and asked["save_total_limit"] == 9
+    assert "save_total_limit" not in build_train_config(
+        REQUEST, model_path="/m", template="t", dataset_dir="/d", output_dir="/o", save_total_limit=0
+    )

@@ -3,6 +3,7 @@
 import http.server
 import json
 import os
+import signal
 import threading
 
 import pytest
@@ -62,6 +63,27 @@ def test_each_state_change_is_posted_in_order(make_app, receiver):
     assert [e["status"] for e in events] == ["pending", "running", "completed"]
     assert [e["previous_status"] for e in events] == [None, "pending", "running"]
     assert {e["job_id"] for e in events} == {job_id} and events[0]["event"] == "job.status_changed"
+
+
+def test_a_new_attempt_after_a_lost_monitor_is_posted_with_its_reason(make_app, receiver):
+    hook = receiver()
+    client = make_app("--steps", "200", "--interval", "0.02", "--save-every", "10", webhook_backoff_s=0.1)
+    client = client.test_client()
+    job_id = client.post(f"{BASE}/jobs", json={**BODY, "webhook_url": hook.url}).get_json()["job_id"]
+    state = wait_for(lambda: (s := client.application.extensions["imts"].store.read(job_id))["trainer"] and s)
+    os.kill(state["monitor"]["pid"], signal.SIGKILL)
+    os.kill(state["trainer"]["pid"], signal.SIGKILL)
+    wait_for(lambda: client.get(f"{BASE}/jobs/{job_id}").get_json()["status"] == "completed", timeout=60)
+    wait_for(lambda: len(hook.events) == 5, timeout=30)
+    events = sorted(hook.events, key=lambda e: e["sequence"])
+    assert [(e["status"], e["attempt"]) for e in events] == [
+        ("pending", 1),
+        ("running", 1),
+        ("pending", 2),
+        ("running", 2),
+        ("completed", 2),
+    ]
+    assert "lost" in events[2]["reason"] and events[0]["reason"] is None
 
 
 def test_failed_deliveries_are_retried_with_backoff(make_app, receiver):

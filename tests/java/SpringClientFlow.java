@@ -52,6 +52,11 @@ public class SpringClientFlow {
         public Double currentLoss;
     }
 
+    @JsonNaming(PropertyNamingStrategies.SnakeCaseStrategy.class)
+    public static class JobResumeResponse extends TrainingJobResponse {
+        public Map<String, Object> resumedFrom;
+    }
+
     public static class ModelExportRequest {
         public String jobId;
         public String exportDir;
@@ -159,15 +164,38 @@ public class SpringClientFlow {
 
         request.epochs = 500.0;
         TrainingJobResponse longJob = rest.postForObject(api + "/jobs", request, TrainingJobResponse.class);
-        for (int i = 0; i < 240; i++) {
+        for (int i = 0; i < 240; i++) {  // training, not just started: the stop then saves a checkpoint
             JobStatusResponse s = rest.getForObject(api + "/jobs/{id}", JobStatusResponse.class, longJob.jobId);
-            if ("running".equals(s.status) && s.pid != null) break;
+            if ("running".equals(s.status) && s.progress != null && s.progress > 0) break;
             Thread.sleep(500);
         }
         ResponseEntity<String> stopped = rest.postForEntity(api + "/jobs/{id}/stop", null, String.class, longJob.jobId);
         check(stopped.getStatusCode() == HttpStatus.OK, "stop with an empty body");
         check("stopped".equals(rest.getForObject(api + "/jobs/{id}", JobStatusResponse.class, longJob.jobId).status),
               "the stopped job reads as stopped");
+
+        // Resume the stopped job from the checkpoint its stop saved, as a new job; then clean both up.
+        ResponseEntity<JobResumeResponse> resumed =
+            rest.postForEntity(api + "/jobs/{id}/resume", null, JobResumeResponse.class, longJob.jobId);
+        check(resumed.getStatusCode() == HttpStatus.CREATED
+              && longJob.jobId.equals(resumed.getBody().resumedFrom.get("job_id"))
+              && ((String) resumed.getBody().resumedFrom.get("checkpoint")).startsWith("checkpoint-"),
+              "resume a stopped job with an empty body");
+        String resumedId = resumed.getBody().jobId;
+        for (int i = 0; i < 240; i++) {
+            JobStatusResponse s = rest.getForObject(api + "/jobs/{id}", JobStatusResponse.class, resumedId);
+            if ("running".equals(s.status) && s.pid != null) break;
+            Thread.sleep(500);
+        }
+        rest.postForEntity(api + "/jobs/{id}/stop", null, String.class, resumedId);
+        rest.delete(api + "/jobs/{id}", resumedId);
+        rest.delete(api + "/jobs/{id}", longJob.jobId);
+        try {
+            rest.getForObject(api + "/jobs/{id}", JobStatusResponse.class, longJob.jobId);
+            check(false, "a deleted job is gone");
+        } catch (HttpClientErrorException e) {
+            check(e.getStatusCode() == HttpStatus.NOT_FOUND, "RestTemplate.delete removes finished jobs");
+        }
 
         try {
             rest.getForObject(api + "/jobs/{id}", JobStatusResponse.class, "train_00000000");

@@ -1,0 +1,216 @@
+"""The checkpoint-N directories the trainer saves: which are complete, copying one, pruning the rest.
+
+transformers' Trainer saves a checkpoint into `checkpoint-N/` in a fixed order (Trainer._save_checkpoint
+in transformers 5.6): the weights, then optimizer.pt, scheduler.pt and rng_state.pth, and last
+`trainer_state.json`. Nothing is fsynced and nothing is renamed into place, so a host that dies in
+the middle leaves a directory with some of the files, or with files cut short. A checkpoint counts
+as complete only when its trainer_state.json parses and names step N, it holds model weights, and
+every weight or torch file in it is as long as its own header says (safetensors) or ends with a
+zip directory (torch.save). Reading that costs a few small reads per file, never the weights.
+"""
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+
+CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+TRAINER_STATE = "trainer_state.json"
+# Any one of these means the checkpoint holds model weights (LoRA adapter, full model, DeepSpeed).
+_WEIGHTS = (
+    "adapter_model.safetensors",
+    "adapter_model.bin",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+_TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+_ZIP_END = b"PK\x05\x06"  # end of central directory: the last record torch.save writes
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+def list_checkpoints(output_dir):
+    """Return the checkpoint-N directories in `output_dir`, oldest first, each with `complete`/`problem`."""
+    found = []
+    try:
+        entries = list(os.scandir(output_dir))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    for entry in entries:
+        match = CHECKPOINT.fullmatch(entry.name)
+        if not match or not entry.is_dir(follow_symlinks=False):
+            continue
+        step = int(match.group(1))
+        problem = incomplete_reason(entry.path, step)
+        found.append(
+            {
+                "name": entry.name,
+                "step": step,
+                "path": entry.path,
+                "modified_at": entry.stat().st_mtime,
+                "complete": problem is None,
+                "problem": problem,
+            }
+        )
+    return sorted(found, key=lambda c: c["step"])
+
+
+def latest_complete(output_dir):
+    """Return the newest complete checkpoint of `output_dir`, or None."""
+    complete = [c for c in list_checkpoints(output_dir) if c["complete"]]
+    return complete[-1] if complete else None
+
+
+def incomplete_reason(path, step):
+    """Return why checkpoint directory `path` (for step `step`) cannot be resumed from, or None."""
+    try:
+        names = os.listdir(path)
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"
+    if TRAINER_STATE not in names:
+        return f"{TRAINER_STATE} is missing: the save did not finish"
+    try:
+        with open(os.path.join(path, TRAINER_STATE), encoding="utf-8") as handle:
+            trainer_state = json.load(handle)
+    except (OSError, ValueError):
+        return f"{TRAINER_STATE} is cut short or not JSON: the save did not finish"
+    if not isinstance(trainer_state, dict) or trainer_state.get("global_step") != step:
+        return f"{TRAINER_STATE} does not record step {step}"
+    if not any(name in names for name in _WEIGHTS) and not any(n.startswith("global_step") for n in names):
+        return "it holds no model weights"
+    for dirpath, _dirs, files in os.walk(path):
+        for name in sorted(files):
+            problem = _file_problem(os.path.join(dirpath, name))
+            if problem:
+                return f"{os.path.relpath(os.path.join(dirpath, name), path)} {problem}"
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.exists(index):
+        try:
+            with open(index, encoding="utf-8") as handle:
+                shards = set(json.load(handle)["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return "model.safetensors.index.json is cut short or not JSON"
+        missing = sorted(s for s in shards if s not in names)
+        if missing:
+            return f"the weight shard {missing[0]} is missing"
+    return None
+
+
+def _file_problem(path):
+    if path.endswith(".safetensors"):
+        return _safetensors_problem(path)
+    if path.endswith(_TORCH_SUFFIXES):
+        return _torch_zip_problem(path)
+    return None
+
+
+def _safetensors_problem(path):
+    """A safetensors file is 8 bytes of header length, a JSON header, then the tensors it lists."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            if size < 8 or length > min(size - 8, _MAX_HEADER):
+                return "is cut short (its header runs past the end)"
+            header = json.loads(handle.read(length))
+    except OSError as exc:
+        return f"is unreadable ({exc.strerror})"
+    except ValueError:
+        return "has a damaged header"
+    ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)]
+    expected = 8 + length + max(ends, default=0)
+    if size != expected:
+        return f"is {size} bytes where its header says {expected}: cut short"
+    return None
+
+
+def _torch_zip_problem(path):
+    """torch.save writes a zip file, whose last record (the end of central directory) comes last."""
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(4) != b"PK\x03\x04":
+                return None  # not torch's zip format: nothing to check cheaply
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - 65_557))  # the record is 22 bytes plus a comment of <= 65,535
+            tail = handle.read()
+    except OSError as exc:
+        return f"is unreadable ({exc.strerror})"
+    return None if _ZIP_END in tail else "is cut short (no end of zip directory)"
+
+
+def discard_incomplete(output_dir):
+    """Remove the incomplete checkpoints of a job that is not running; return their names.
+
+    They are renamed away before removal, so the trainer's own checkpoint rotation never counts
+    or resumes from a half-removed one.
+    """
+    removed = []
+    for checkpoint in list_checkpoints(output_dir):
+        if not checkpoint["complete"]:
+            remove_dir(checkpoint["path"])
+            removed.append(checkpoint["name"])
+    return removed
+
+
+def prune(output_dir, keep):
+    """Keep the newest `keep` complete checkpoints, remove the others (incomplete ones too); return names.
+
+    Nothing is opened while there are no more than `keep` checkpoint directories.
+    """
+    try:
+        count = sum(1 for name in os.listdir(output_dir) if CHECKPOINT.fullmatch(name))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    if count <= keep:
+        return []  # the common case in a cleanup round: decided by names alone, no file opened
+    checkpoints = list_checkpoints(output_dir)
+    complete = [c for c in checkpoints if c["complete"]]
+    doomed = [c for c in checkpoints if not c["complete"]] + complete[: max(0, len(complete) - keep)]
+    for checkpoint in doomed:
+        remove_dir(checkpoint["path"])
+    return [c["name"] for c in doomed]
+
+
+def remove_dir(path):
+    """Rename a directory to a hidden name beside it, then remove it: it never lingers half-removed."""
+    doomed = os.path.join(os.path.dirname(path), f".removing-{os.path.basename(path)}-{secrets.token_hex(4)}")
+    try:
+        os.rename(path, doomed)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def copy_checkpoint(source, output_dir):
+    """Copy checkpoint directory `source` into `output_dir` under the same name, atomically.
+
+    A copy, never hard links: the trainer may save into a directory of the same name again (a
+    stop at the very step it resumed from) and would then overwrite the source's files in place.
+    """
+    name = os.path.basename(source.rstrip("/"))
+    target = os.path.join(output_dir, name)
+    partial = os.path.join(output_dir, f".copying-{name}-{secrets.token_hex(4)}")
+    os.makedirs(output_dir, exist_ok=True)
+    try:
+        shutil.copytree(source, partial, symlinks=False)
+        if os.path.isdir(target):
+            remove_dir(target)
+        os.rename(partial, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(partial)
+    return target
+
+
+def disk_bytes(path):
+    """Return the bytes a directory tree takes on disk (allocated blocks, links not followed)."""
+    total = 0
+    for dirpath, dirs, files in os.walk(path):
+        for name in files + dirs:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+    return total

@@ -1,0 +1,123 @@
+"""End of life for jobs: delete, retention, checkpoint pruning, log links and disk use, in housekeeping.
+
+One worker at a time runs a cleanup round, at most every `cleanup_interval_s`: it removes finished
+jobs older than `retention_days`, prunes the checkpoints of completed jobs to the newest
+`keep_checkpoints`, repairs the logs/training_jobs links and measures jobs whose disk use is not
+recorded. Each removal is logged in logs/imts.log.
+"""
+
+import contextlib
+import logging
+import os
+import time
+
+from .checkpoints import disk_bytes, prune
+from .errors import ApiError, Conflict, NotFound
+from .state import JobStatus, parse_time
+from .store import JobStore
+
+log = logging.getLogger(__name__)
+
+CLEANUP_LOCK = "_cleanup"
+CLEANUP_MARK = ".cleanup-at"  # its mtime: when the last round ended
+
+
+class Lifecycle:
+    def __init__(self, settings, store: JobStore):
+        self.settings = settings
+        self.store = store
+
+    # -- delete ----------------------------------------------------------------------------
+
+    def delete(self, job_id):
+        """Delete a finished job (its exports stay); Conflict while it runs, exports, or seeds a resume."""
+
+        def check(state):
+            export = state.get("export") or {}
+            if export.get("status") == "running":
+                raise Conflict(f"job {job_id} is exporting to {export.get('export_dir')}; wait for it to end")
+            waiting = self._resumes_waiting_on(job_id)
+            if waiting:
+                raise Conflict(
+                    f"job {waiting[0]} will resume from a checkpoint of job {job_id} and has not copied it "
+                    "yet; delete this job once that one is running",
+                    extra={"job_ids": waiting},
+                )
+
+        state = self.store.delete(job_id, check)
+        log.info("job %s: deleted (%s, %s bytes)", job_id, state.get("status"), state.get("disk_bytes"))
+        return state
+
+    def _resumes_waiting_on(self, job_id):
+        return [
+            s["job_id"]
+            for s in self.store.active_states()
+            if (s.get("resumed_from") or {}).get("job_id") == job_id and not s.get("seeded_at")
+        ]
+
+    # -- the cleanup round -----------------------------------------------------------------
+
+    def maybe_run(self):
+        """Run a cleanup round if none ran within cleanup_interval_s and no other worker runs one."""
+        mark = os.path.join(self.store.root, CLEANUP_MARK)
+        with self.store.try_lock(CLEANUP_LOCK) as taken:
+            if not taken or time.time() - _mtime(mark) < self.settings.cleanup_interval_s:
+                return False
+            self.run()
+            with open(mark, "w"):
+                pass  # touched: the next round is due cleanup_interval_s from now
+        return True
+
+    def run(self):
+        """Run one cleanup round now; return what it did, by kind."""
+        done = {"deleted": [], "pruned": {}, "links": self.store.repair_links(), "measured": []}
+        now = time.time()
+        for summary in self.store.summaries():
+            if summary.get("broken") or not JobStatus(summary["status"]).is_terminal():
+                continue
+            job_id = summary["job_id"]
+            try:
+                if self._expired(summary, now):
+                    self.delete(job_id)
+                    done["deleted"].append(job_id)
+                    continue
+                if summary["status"] == JobStatus.COMPLETED.value and self.settings.keep_checkpoints > 0:
+                    removed = self.prune(job_id)
+                    if removed:
+                        done["pruned"][job_id] = removed
+                        continue
+                if summary.get("disk_bytes") is None:
+                    self._measure(job_id)
+                    done["measured"].append(job_id)
+            except NotFound:
+                continue  # deleted meanwhile
+            except ApiError as exc:
+                log.info("job %s: cleanup skipped it: %s", job_id, exc.message)
+        return done
+
+    def _expired(self, summary, now):
+        days = self.settings.retention_days
+        finished = parse_time(summary.get("finished_at"))
+        return days > 0 and finished is not None and now - finished.timestamp() > days * 86400
+
+    def prune(self, job_id):
+        """Prune a completed job's checkpoints to the newest keep_checkpoints; the final weights stay."""
+        keep = self.settings.keep_checkpoints
+        removed = prune(self.store.path(job_id, JobStore.OUTPUT), keep)
+        for name in removed:
+            log.info("job %s: removed %s (keep_checkpoints=%d)", job_id, name, keep)
+        if removed:
+            self._measure(job_id)
+        return removed
+
+    def _measure(self, job_id):
+        used = disk_bytes(self.store.path(job_id))
+        self.store.update(
+            job_id, lambda s: False if s.get("disk_bytes") == used else s.update(disk_bytes=used)
+        )
+
+
+def _mtime(path):
+    with contextlib.suppress(FileNotFoundError):
+        return os.stat(path).st_mtime
+    return 0.0
