@@ -55,6 +55,9 @@ class JobStore:
     IDEMPOTENCY = ".idempotency"
     # Deleted jobs are renamed here first, then removed: a crash never leaves half a job listed.
     TRASH = ".trash"
+    # One line (a job id, 15 bytes) per change to a finished job's record (an export, a pruning),
+    # appended only, so that every process drops its cached summary of that job.
+    CHANGES = ".finished-changes"
 
     def __init__(self, root, lock_timeout=10.0, on_status_change=None, links_dir=None):
         self.root = os.path.abspath(root)
@@ -63,8 +66,9 @@ class JobStore:
         self.on_status_change = on_status_change
         # <links_dir>/<job_id> is a symlink to the job's directory (the guide's log path), or None.
         self.links_dir = links_dir
-        # Summaries of finished jobs, kept by this process with the mtime of the job's directory.
+        # Summaries of finished jobs, kept by this process, and how far it has read CHANGES.
         self._finished = {}
+        self._changes_read = None
         for name in (self.LOCKS, self.STAGING, self.ACTIVE, self.IDEMPOTENCY, self.TRASH):
             os.makedirs(os.path.join(self.root, name), exist_ok=True)
 
@@ -251,6 +255,8 @@ class JobStore:
                 atomic_write_json(path, state)
             except OSError as exc:
                 raise storage_error(exc, f"updating job {job_id}") from exc
+            if JobStatus(before).is_terminal():
+                self._note_finished_change(job_id)  # after the write: a reader then re-reads the new record
             if JobStatus(state["status"]).is_terminal():
                 self._drop_active(job_id)
         if before != state["status"] and self.on_status_change is not None:
@@ -323,39 +329,53 @@ class JobStore:
     def summaries(self):
         """Return a small summary of every job (fields SUMMARY_FIELDS), for listing and metrics.
 
-        A finished job is read once per process and again only when its state.json is replaced (after
-        a pruning, say); unfinished jobs are read each time, so the cost of a listing hardly grows
-        with the number of finished jobs.
+        A finished job is read once per process, and again only after a change to its record (a
+        pruning, say) is noted in CHANGES; unfinished jobs are read each time. So the cost of a
+        listing hardly grows with the number of finished jobs.
         """
-        found, seen = [], set()
-        with os.scandir(self.root) as entries:
-            for entry in entries:
-                if not JOB_ID_PATTERN.fullmatch(entry.name):
-                    continue
-                if not entry.is_dir(follow_symlinks=False):
-                    continue
-                seen.add(entry.name)
+        self._forget_changed()
+        found = []
+        ids = self.job_ids()
+        for job_id in ids:
+            summary = self._finished.get(job_id)
+            if summary is None:
                 try:
-                    # state.json is replaced, never rewritten: a new inode means a new record.
-                    stat = os.stat(os.path.join(entry.path, self.STATE))
-                    version = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-                except OSError:
-                    version = None  # missing (then reported broken) or removed while we listed
-                cached = self._finished.get(entry.name)
-                if cached is not None and version is not None and cached[0] == version:
-                    found.append(cached[1])
-                    continue
-                try:
-                    state = self.read(entry.name)
+                    state = self.read(job_id)
                 except NotFound:
-                    continue
+                    continue  # removed while we listed
                 summary = {key: state.get(key) for key in self.SUMMARY_FIELDS}
-                if version and not state.get("broken") and JobStatus(state["status"]).is_terminal():
-                    self._finished[entry.name] = (version, summary)
-                found.append(summary)
-        for job_id in set(self._finished) - seen:
-            del self._finished[job_id]  # deleted jobs
+                if not state.get("broken") and JobStatus(state["status"]).is_terminal():
+                    self._finished[job_id] = summary
+            found.append(summary)
+        if len(self._finished) > len(ids):
+            for job_id in set(self._finished) - set(ids):
+                del self._finished[job_id]  # deleted jobs
         return found
+
+    def _note_finished_change(self, job_id):
+        # One write of a short line to a file opened for append: lines never interleave.
+        with open(os.path.join(self.root, self.CHANGES), "ab", buffering=0) as handle:
+            handle.write(job_id.encode("ascii") + b"\n")
+
+    def _forget_changed(self):
+        """Drop the cached summaries of finished jobs whose record changed since the last look."""
+        try:
+            size = os.stat(os.path.join(self.root, self.CHANGES)).st_size
+        except FileNotFoundError:
+            size = 0
+        if self._changes_read is None or size < self._changes_read:
+            self._finished.clear()  # the first look (nothing kept yet), or the file was replaced by hand
+            self._changes_read = size
+            return
+        if size == self._changes_read:
+            return
+        with open(os.path.join(self.root, self.CHANGES), "rb") as handle:
+            handle.seek(self._changes_read)
+            data = handle.read(size - self._changes_read)
+        whole = data.rfind(b"\n") + 1  # a line being written is read next time
+        for job_id in data[:whole].decode("ascii", "replace").split():
+            self._finished.pop(job_id, None)
+        self._changes_read += whole
 
     # -- end of life -----------------------------------------------------------------------
 

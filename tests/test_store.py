@@ -214,9 +214,16 @@ def test_a_crash_in_the_middle_of_a_delete_leaves_no_listed_half_job(store):
     assert store.clean_temp_files(min_age_s=60) == 1 and not os.path.exists(half)
 
 
-def test_summaries_of_finished_jobs_follow_a_replaced_record(store):
-    job_id = _create(store)
-    store.update(job_id, lambda s: s.update(status="completed", disk_bytes=100))
-    assert store.summaries()[0]["disk_bytes"] == 100
-    store.update(job_id, lambda s: s.update(disk_bytes=40))  # a pruning of a finished job
-    assert store.summaries()[0]["disk_bytes"] == 40
+def test_every_worker_sees_a_change_to_a_finished_job(store):
+    job_id, other = _create(store), _create(store)
+    for done in (job_id, other):
+        store.update(done, lambda s: s.update(status="completed", disk_bytes=100))
+    worker = JobStore(store.root, lock_timeout=2)  # another process keeping its own summaries
+    assert {s["disk_bytes"] for s in worker.summaries()} == {100}
+    store.update(job_id, lambda s: s.update(disk_bytes=40))  # a pruning, in the cleanup worker
+    by_id = {s["job_id"]: s["disk_bytes"] for s in worker.summaries()}
+    assert by_id == {job_id: 40, other: 100}
+    reads = []
+    worker.read = lambda j: reads.append(j) or JobStore.read(worker, j)
+    worker.summaries()
+    assert reads == []  # unchanged finished jobs are not read again
