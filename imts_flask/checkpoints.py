@@ -30,6 +30,8 @@ _WEIGHTS = (
 _TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 _ZIP_END = b"PK\x05\x06"  # end of central directory: the last record torch.save writes
 _MAX_HEADER = 100 * 1024 * 1024
+_COPYING, _REMOVING = ".copying-", ".removing-"
+_LEFTOVERS = (_COPYING, _REMOVING)
 
 
 def list_checkpoints(output_dir):
@@ -146,13 +148,17 @@ def discard_incomplete(output_dir):
     """Remove the incomplete checkpoints of a job that is not running; return their names.
 
     They are renamed away before removal, so the trainer's own checkpoint rotation never counts
-    or resumes from a half-removed one.
+    or resumes from a half-removed one. Copies and removals that a crash cut short go too.
     """
     removed = []
     for checkpoint in list_checkpoints(output_dir):
         if not checkpoint["complete"]:
             remove_dir(checkpoint["path"])
             removed.append(checkpoint["name"])
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(output_dir):
+            if name.startswith(_LEFTOVERS):  # a copy or a removal cut short by the host's death
+                shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
     return removed
 
 
@@ -177,7 +183,9 @@ def prune(output_dir, keep):
 
 def remove_dir(path):
     """Rename a directory to a hidden name beside it, then remove it: it never lingers half-removed."""
-    doomed = os.path.join(os.path.dirname(path), f".removing-{os.path.basename(path)}-{secrets.token_hex(4)}")
+    doomed = os.path.join(
+        os.path.dirname(path), f"{_REMOVING}{os.path.basename(path)}-{secrets.token_hex(4)}"
+    )
     try:
         os.rename(path, doomed)
     except FileNotFoundError:
@@ -193,7 +201,7 @@ def copy_checkpoint(source, output_dir):
     """
     name = os.path.basename(source.rstrip("/"))
     target = os.path.join(output_dir, name)
-    partial = os.path.join(output_dir, f".copying-{name}-{secrets.token_hex(4)}")
+    partial = os.path.join(output_dir, f"{_COPYING}{name}-{secrets.token_hex(4)}")
     os.makedirs(output_dir, exist_ok=True)
     try:
         shutil.copytree(source, partial, symlinks=False)

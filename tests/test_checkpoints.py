@@ -87,6 +87,7 @@ def test_latest_complete_skips_a_newer_torn_one_and_discard_removes_it(tmp_path)
     _checkpoint(tmp_path, 40)
     _checkpoint(tmp_path, 60, state=False)  # the host died while saving step 60
     assert checkpoints.latest_complete(tmp_path)["name"] == "checkpoint-40"
+    os.makedirs(tmp_path / ".copying-checkpoint-80-0a1b2c3d" / "x")  # a copy a crash cut short
     assert checkpoints.discard_incomplete(tmp_path) == ["checkpoint-60"]
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-20", "checkpoint-40"]
     assert checkpoints.latest_complete(tmp_path / "nowhere") is None

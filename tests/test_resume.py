@@ -192,6 +192,17 @@ def test_a_lost_job_is_queued_again_and_resumes_from_its_last_complete_checkpoin
     assert log.count(" imts monitor (pid ") == 2  # one header per attempt
 
 
+def test_a_lost_job_without_a_checkpoint_starts_over(make_app):
+    client = make_app("--steps", "100", "--interval", "0.02").test_client()  # saves no checkpoint
+    job_id = api_create(client)
+    wait_for(lambda: (api_status(client, job_id)["current_step"] or 0) >= 20)
+    _kill_monitor_and_trainer(client, job_id)
+    final = api_done(client, job_id)
+    assert final["status"] == "completed" and final["attempt"] == 2 and final["current_step"] == 100
+    assert _resumes(client, job_id) == []
+    assert _steps(client, job_id) == list(range(1, 101))  # the first attempt's log was started afresh
+
+
 def test_the_last_attempt_ends_failed_lost(make_app):
     client = make_app(*SAVING, max_attempts=2).test_client()
     job_id = api_create(client)
