@@ -29,7 +29,7 @@ def create_app(overrides=None):
     # Flask is imported here, not at module level, so the job monitor process stays light.
     from flask import Flask
 
-    from .api import bp, metrics_bp
+    from .api import UploadRequest, bp, metrics_bp
     from .auth import TokenCheck
     from .http_errors import register_error_handlers
     from .service import TrainingService
@@ -38,6 +38,7 @@ def create_app(overrides=None):
     settings = load_settings(overrides)
     _configure_logging(settings)
     app = Flask(__name__)
+    app.request_class = UploadRequest
     app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length
     app.json.ensure_ascii = False
     app.json.sort_keys = False

@@ -1,15 +1,20 @@
 """The blueprint: thin views over TrainingService, under /api/v1/training."""
 
 import functools
+import tempfile
 import time
 
-from flask import Blueprint, Response, current_app, g, request, send_file
+from flask import Blueprint, Request, Response, current_app, g, request, send_file
 from marshmallow import ValidationError
 
+from .catalog import installed_templates
 from .errors import ApiError, ValidationFailed
 from .openapi import doc
 from .schemas import (
     CheckpointListSchema,
+    DatasetListSchema,
+    DatasetSchema,
+    DatasetUploadSchema,
     EventListSchema,
     ExportRequestSchema,
     ExportResponseSchema,
@@ -24,12 +29,32 @@ from .schemas import (
     MessageSchema,
     MetricsQuerySchema,
     MetricsSeriesSchema,
+    ModelListSchema,
+    OverwriteQuerySchema,
+    PreviewQuerySchema,
     ResumeRequestSchema,
+    TemplateListSchema,
     TrainingJobRequestSchema,
     flatten_errors,
 )
+from .store import storage_error
 
 bp = Blueprint("training", __name__, url_prefix="/api/v1/training")
+MIB = 1024 * 1024
+
+
+class UploadRequest(Request):
+    """A request whose file parts stream into `upload_dir` when a view sets it (uploads stay off the
+    heap and off /tmp: they land on the filesystem where the dataset will live)."""
+
+    upload_dir = None
+
+    def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
+        if self.upload_dir is None:
+            return super()._get_file_stream(total_content_length, content_type, filename, content_length)
+        return tempfile.NamedTemporaryFile(dir=self.upload_dir, prefix="part-", delete=False)
+
+
 # /metrics lives at the root, where Prometheus looks by default.
 metrics_bp = Blueprint("metrics", __name__)
 
@@ -231,6 +256,84 @@ def export_model(job_id):
             f"export failed: {export.get('error')}", code="export_failed", extra={"export": export}
         )
     return _schema(ExportResponseSchema).dump({**payload, "message": "模型导出成功"})
+
+
+@bp.post("/datasets")
+@doc(
+    "Upload a dataset (multipart/form-data: file, name, format); every row is checked first",
+    body=DatasetUploadSchema,
+    body_content="multipart/form-data",
+    query=OverwriteQuerySchema,
+    responses={201: DatasetSchema},
+    errors=(400, 409, 413, 503, 507),
+)
+def upload_dataset():
+    service = _service()
+    overwrite = _load(_schema(OverwriteQuerySchema), request.args.to_dict())["overwrite"]
+    if request.mimetype != "multipart/form-data":
+        raise ValidationFailed(
+            "send multipart/form-data with a file part named 'file' and a name", field="body"
+        )
+    with service.uploads.receiving() as staging:
+        request.upload_dir = staging
+        request.max_content_length = service.settings.max_upload_mb * MIB
+        try:
+            form, files = request.form.to_dict(), request.files
+        except OSError as exc:  # a full disk while the file streams in
+            raise storage_error(exc, "receiving the upload") from exc
+        fields = _load(_schema(DatasetUploadSchema), form)
+        upload = files.get("file")
+        if upload is None or not upload.filename:
+            raise ValidationFailed("a file part named 'file' (with a file name) is required", field="file")
+        upload.stream.close()  # written: the checker reads it from disk
+        described = service.add_dataset(
+            fields["name"], upload.stream.name, upload.filename, fields.get("format"), overwrite
+        )
+    return (
+        _schema(DatasetSchema).dump(described),
+        201,
+        {"Location": f"{bp.url_prefix}/datasets/{fields['name']}"},
+    )
+
+
+@bp.get("/datasets")
+@doc("Every dataset a job may name: the operator's and uploads", responses={200: DatasetListSchema})
+def list_datasets():
+    return _schema(DatasetListSchema).dump({"datasets": _service().catalog.datasets()})
+
+
+@bp.get("/datasets/<name>")
+@doc(
+    "One dataset, with ?preview=N of its first rows (N <= 20)",
+    query=PreviewQuerySchema,
+    responses={200: DatasetSchema},
+    errors=(400, 404),
+)
+def get_dataset(name):
+    preview = _load(_schema(PreviewQuerySchema), request.args.to_dict())["preview"]
+    return _schema(DatasetSchema).dump(_service().dataset(name, preview))
+
+
+@bp.delete("/datasets/<name>")
+@doc("Delete an uploaded dataset", responses={204: None}, errors=(400, 403, 404, 409, 503))
+def delete_dataset(name):
+    _service().delete_dataset(name)
+    return "", 204
+
+
+@bp.get("/models")
+@doc(
+    "Every model a job may name, with its template, architecture, parameters and size",
+    responses={200: ModelListSchema},
+)
+def list_models():
+    return _schema(ModelListSchema).dump({"models": _service().catalog.models()})
+
+
+@bp.get("/templates")
+@doc("The chat templates a job may name (custom_config.template)", responses={200: TemplateListSchema})
+def list_templates():
+    return _schema(TemplateListSchema).dump({"templates": installed_templates() or []})
 
 
 @bp.get("/jobs/<job_id>/logs")

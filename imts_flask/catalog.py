@@ -1,14 +1,16 @@
 """What a request may name: models (registry, models/ dir, local HF cache), datasets, templates."""
 
+import contextlib
 import functools
 import importlib.util
 import json
+import math
 import os
 import re
 
 import yaml
 
-from .errors import ValidationFailed
+from .errors import NotFound, ValidationFailed
 from .trainer import parse_extra_keys
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}")
@@ -45,8 +47,9 @@ def installed_templates():
 class Catalog:
     """Resolve model, dataset and template names to what a job needs, or explain what is available."""
 
-    def __init__(self, settings):
+    def __init__(self, settings, uploads=None):
         self.settings = settings
+        self.uploads = uploads  # datasets.Uploads, offered after the operator's data directories
 
     # -- models ----------------------------------------------------------------------------
 
@@ -70,6 +73,30 @@ class Catalog:
                 if os.path.exists(os.path.join(models_dir, name, "config.json")) and name not in names:
                     names.append(name)
         return names
+
+    def models(self):
+        """Describe every model a job may name: registry aliases, models/ directories, the hub cache."""
+        found = []
+        for alias, entry in sorted(self.registry().items()):
+            found.append(_describe_model(alias, "registry", self._abs(entry["path"]), entry.get("template")))
+        known = {m["name"] for m in found}
+        models_dir = self.settings.path("models_dir")
+        if os.path.isdir(models_dir):
+            for name in sorted(os.listdir(models_dir)):
+                path = os.path.join(models_dir, name)
+                if name not in known and os.path.exists(os.path.join(path, "config.json")):
+                    found.append(_describe_model(name, "models_dir", path, None))
+        cache = _hf_hub_cache()
+        if os.path.isdir(cache):
+            for folder in sorted(os.listdir(cache)):
+                snapshots = os.path.join(cache, folder, "snapshots")
+                if folder.startswith("models--") and os.path.isdir(snapshots) and os.listdir(snapshots):
+                    newest = max(
+                        (os.path.join(snapshots, s) for s in os.listdir(snapshots)), key=os.path.getmtime
+                    )
+                    hub_id = folder[len("models--") :].replace("--", "/", 1)
+                    found.append(_describe_model(hub_id, "hub_cache", newest, None))
+        return [{k: v for k, v in m.items() if k != "available"} for m in found if m["available"]]
 
     def resolve_model(self, name):
         """Return (model_name_or_path for LLaMA Factory, default template or None)."""
@@ -143,7 +170,7 @@ class Catalog:
     # -- datasets --------------------------------------------------------------------------
 
     def _dataset_entries(self):
-        """Return {name: (data_dir, entry)} over every data directory, earlier ones winning."""
+        """Return {name: (data_dir, entry, source)}: the operator's directories first, then uploads."""
         found = {}
         for data_dir in self.settings.data_paths:
             info_path = os.path.join(data_dir, "dataset_info.json")
@@ -154,12 +181,19 @@ class Catalog:
                 continue
             for name, entry in info.items():
                 if isinstance(entry, dict) and name not in found:
-                    found[name] = (data_dir, entry)
+                    found[name] = (data_dir, entry, "operator")
+        if self.uploads is not None:
+            for name, entry in self.uploads.entries().items():
+                found.setdefault(name, (self.uploads.root, entry, "upload"))
         return found
 
+    def is_operator_dataset(self, name):
+        entry = self._dataset_entries().get(name)
+        return entry is not None and entry[2] == "operator"
+
     @staticmethod
-    def _unfit(data_dir, entry, stage):
-        """Return why a dataset entry cannot serve `stage`, or None."""
+    def _file_problem(data_dir, entry):
+        """Return why a dataset entry has no local file a job can read, or None."""
         if "file_name" not in entry:
             return "it is not a local file (hub and script datasets are not available offline)"
         root = os.path.realpath(data_dir)
@@ -168,20 +202,67 @@ class Catalog:
             return "its file lies outside its data directory"
         if not os.path.exists(path):
             return f"its file {entry['file_name']} is missing from {data_dir}"
-        ranking = bool(entry.get("ranking"))
-        kto = "kto_tag" in (entry.get("columns") or {})
-        if stage in _PREFERENCE_STAGES and not ranking:
+        return None
+
+    @classmethod
+    def _unfit(cls, data_dir, entry, stage):
+        """Return why a dataset entry cannot serve `stage`, or None."""
+        problem = cls._file_problem(data_dir, entry)
+        if problem:
+            return problem
+        stages = stages_of(entry)
+        if stage in stages:
+            return None
+        if stage in _PREFERENCE_STAGES:
             return (
                 f"stage '{stage}' needs a preference dataset (\"ranking\": true with chosen/rejected answers)"
             )
-        if stage == "kto" and not kto:
+        if stage == "kto":
             return "stage 'kto' needs a dataset with a kto_tag column"
-        if stage in ("sft", "pt") and ranking:
+        if "dpo" in stages:
             return f"it is a preference dataset, fit for rm/dpo, not for stage '{stage}'"
-        return None
+        if "kto" in stages:
+            return f"it is a kto dataset (with a kto_tag column), not for stage '{stage}'"
+        if stages == ["pt"]:
+            return f"it is plain text, fit for pt, not for stage '{stage}'"
+        return "it is an instruction dataset, fit for sft; stage 'pt' needs plain text (a text column)"
 
     def available_datasets(self, stage):
-        return sorted(n for n, (d, e) in self._dataset_entries().items() if self._unfit(d, e, stage) is None)
+        return sorted(
+            n for n, (d, e, _source) in self._dataset_entries().items() if self._unfit(d, e, stage) is None
+        )
+
+    def datasets(self):
+        """Describe every dataset a job may name: name, source, format, stages, file (uploads: rows, ...)."""
+        return [
+            self.dataset(name, found)
+            for name, found in sorted(self._dataset_entries().items())
+            if self._file_problem(found[0], found[1]) is None
+        ]
+
+    def dataset(self, name, found=None):
+        """Describe one dataset a job may name (NotFound if none has that name)."""
+        found = found or self._dataset_entries().get(name)
+        if found is None:
+            raise NotFound(f"dataset '{name}' does not exist", field="name")
+        data_dir, entry, source = found
+        path = os.path.realpath(os.path.join(data_dir, str(entry.get("file_name", ""))))
+        described = {
+            "name": name,
+            "source": source,
+            "format": format_of(entry),
+            "stages": stages_of(entry),
+            "rows": None,
+            "bytes": os.path.getsize(path) if os.path.isfile(path) else None,
+            "sha256": None,
+            "columns": sorted(set((entry.get("columns") or {}).values())),
+            "created_at": None,
+            "file": path,
+        }
+        if source == "upload":
+            meta = self.uploads.meta(name)
+            described.update({k: meta.get(k, described[k]) for k in UPLOAD_FIELDS})
+        return described
 
     def resolve_datasets(self, names, stage):
         """Return dataset_info.json entries for `names`, with file_name made absolute."""
@@ -191,7 +272,7 @@ class Catalog:
             if not _DATASET_NAME.fullmatch(name) or name not in entries:
                 errors.append({"field": "dataset", "reason": f"unknown dataset '{name}'"})
                 continue
-            data_dir, entry = entries[name]
+            data_dir, entry, _source = entries[name]
             reason = self._unfit(data_dir, entry, stage)
             if reason is None:
                 path = os.path.realpath(os.path.join(data_dir, entry["file_name"]))
@@ -207,3 +288,90 @@ class Catalog:
                 extra={"available": available},
             )
         return resolved
+
+
+def _describe_model(name, source, path, template):
+    """What a model directory holds: architecture and parameters from its files, size on disk."""
+    config = {}
+    with contextlib.suppress(OSError, ValueError):
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as handle:
+            config = json.load(handle)
+    architectures = config.get("architectures") if isinstance(config, dict) else None
+    return {
+        "name": name,
+        "source": source,
+        "path": path,
+        "available": bool(config),
+        "template": template,
+        "architecture": architectures[0] if isinstance(architectures, list) and architectures else None,
+        "model_type": config.get("model_type") if isinstance(config, dict) else None,
+        **_weights(path),
+    }
+
+
+@functools.lru_cache(maxsize=256)
+def _weights_of(path, _version):
+    parameters, size, counted = 0, 0, False
+    for name in os.listdir(path):
+        full = os.path.join(path, name)
+        with contextlib.suppress(OSError):
+            size += os.stat(full).st_size  # follows the hub cache's links to its blobs
+        if name.endswith(".safetensors"):
+            count = _safetensors_parameters(full)
+            counted = counted or count is not None
+            parameters += count or 0
+    return {"parameters": parameters if counted else None, "bytes": size}
+
+
+def _weights(path):
+    """Parameter count (from safetensors headers, never the weights) and bytes, cached by mtime."""
+    try:
+        return _weights_of(path, os.stat(path).st_mtime_ns)
+    except OSError:
+        return {"parameters": None, "bytes": None}
+
+
+def _safetensors_parameters(path):
+    try:
+        with open(path, "rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            if length > 100 * 1024 * 1024:
+                return None
+            header = json.loads(handle.read(length))
+    except (OSError, ValueError):
+        return None
+    return sum(
+        math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)
+    )
+
+
+UPLOAD_FIELDS = ("format", "stages", "rows", "bytes", "sha256", "columns", "created_at")
+
+
+def stages_of(entry):
+    """The stages a dataset_info entry can train, as LLaMA Factory reads it."""
+    columns = entry.get("columns") or {}
+    if entry.get("ranking"):
+        return ["rm", "dpo"]
+    if "kto_tag" in columns:
+        return ["kto"]
+    if (
+        entry.get("formatting") != "sharegpt"
+        and columns
+        and "response" not in columns
+        and "prompt" in columns
+    ):
+        return ["pt"]  # a text column only: LLaMA Factory's pretraining layout
+    return ["sft"]
+
+
+def format_of(entry):
+    """The upload format (alpaca, sharegpt, pairwise, kto, text) an entry corresponds to."""
+    stages = stages_of(entry)
+    if "dpo" in stages:
+        return "pairwise"
+    if "kto" in stages:
+        return "kto"
+    if stages == ["pt"]:
+        return "text"
+    return "sharegpt" if entry.get("formatting") == "sharegpt" else "alpaca"

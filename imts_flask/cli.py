@@ -30,14 +30,18 @@ class Client:
         self.token = token
         self.timeout = timeout
 
-    def call(self, method, path, body=None, headers=None):
-        """Return (status, JSON body, response headers); 4xx/5xx raise ApiError."""
-        data = None if body is None else json.dumps(body).encode("utf-8")
+    def call(self, method, path, body=None, headers=None, data=None):
+        """Return (status, JSON body, response headers); 4xx/5xx raise ApiError.
+
+        `body` goes as JSON; `data` (with its Content-Type in `headers`) as it is, a file-like
+        object included.
+        """
+        if body is not None:
+            data = json.dumps(body).encode("utf-8")
+            headers = {**(headers or {}), "Content-Type": "application/json"}
         request = urllib.request.Request(
             self.base + path, data=data, method=method, headers=dict(headers or {})
         )
-        if data is not None:
-            request.add_header("Content-Type", "application/json")
         if self.token:
             request.add_header("Authorization", f"Bearer {self.token}")
         try:
@@ -201,6 +205,70 @@ def cmd_delete(client, args):
     return 0
 
 
+class _Multipart:
+    """A multipart/form-data body streamed from a file, with a progress bar: never all in memory."""
+
+    def __init__(self, fields, path, bar):
+        self.boundary = "imts-" + os.urandom(12).hex()
+        head = "".join(
+            f'--{self.boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
+            for k, v in fields.items()
+        )
+        head += (
+            f'--{self.boundary}\r\nContent-Disposition: form-data; name="file"; '
+            f'filename="{os.path.basename(path)}"\r\nContent-Type: application/octet-stream\r\n\r\n'
+        )
+        self.parts = [head.encode(), None, f"\r\n--{self.boundary}--\r\n".encode()]
+        self.file = open(path, "rb")  # closed once read to the end
+        self.length = len(self.parts[0]) + os.path.getsize(path) + len(self.parts[2])
+        self.bar = bar
+
+    def read(self, size=-1):
+        while self.parts:
+            if self.parts[0] is None:
+                chunk = self.file.read(size if size > 0 else 1024 * 1024)
+                if chunk:
+                    self.bar.update(len(chunk))
+                    return chunk
+                self.file.close()
+                self.parts.pop(0)
+                continue
+            chunk = self.parts.pop(0)
+            return chunk
+        return b""
+
+
+def cmd_datasets(client, args):
+    if args.action == "upload":
+        from tqdm import tqdm
+
+        fields = {"name": args.name, **({"format": args.format} if args.format else {})}
+        query = "?overwrite=true" if args.overwrite else ""
+        with tqdm(total=os.path.getsize(args.file), unit="B", unit_scale=True, desc=args.name) as bar:
+            body = _Multipart(fields, args.file, bar)
+            headers = {
+                "Content-Type": f"multipart/form-data; boundary={body.boundary}",
+                "Content-Length": str(body.length),
+            }
+            _, described, _ = client.call("POST", "/datasets" + query, headers=headers, data=body)
+        print(json.dumps(described, ensure_ascii=False, indent=2))
+    elif args.action == "list":
+        _, listing, _ = client.call("GET", "/datasets")
+        print(f"{'NAME':24} {'SOURCE':9} {'FORMAT':9} {'ROWS':>8}  STAGES")
+        for d in listing["datasets"]:
+            rows = d["rows"] if d["rows"] is not None else "-"
+            print(f"{d['name']:24} {d['source']:9} {d['format']:9} {rows:>8}  {','.join(d['stages'])}")
+    elif args.action == "show":
+        query = f"?preview={args.preview}" if args.preview else ""
+        print(
+            json.dumps(client.call("GET", f"/datasets/{args.name}{query}")[1], ensure_ascii=False, indent=2)
+        )
+    else:
+        client.call("DELETE", f"/datasets/{args.name}")
+        print(f"deleted {args.name}")
+    return 0
+
+
 def cmd_export(client, args):
     body = {"export_dir": args.dir, "merge_lora": not args.no_merge}
     status, result, _ = client.call("POST", f"/jobs/{args.job_id}/export", body)
@@ -273,6 +341,19 @@ def parser():
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
     logs.add_argument("--tail", type=int, help="only the last N lines")
     logs.add_argument("--interval", type=float, default=2.0)
+
+    datasets = sub.add_parser("datasets", help="upload, list, show or delete datasets")
+    actions = datasets.add_subparsers(dest="action", required=True)
+    upload = actions.add_parser("upload", help="upload a .json/.jsonl/.csv/.parquet file (progress bar)")
+    upload.add_argument("file")
+    upload.add_argument("--name", required=True)
+    upload.add_argument("--format", choices=["alpaca", "sharegpt", "pairwise", "kto", "text"])
+    upload.add_argument("--overwrite", action="store_true", help="replace a dataset of that name")
+    actions.add_parser("list", help="every dataset a job may name")
+    show = actions.add_parser("show", help="one dataset, with --preview N rows")
+    show.add_argument("name")
+    show.add_argument("--preview", type=int, default=0)
+    actions.add_parser("delete", help="delete an uploaded dataset").add_argument("name")
 
     export = sub.add_parser("export", help="export the trained model; prints its path")
     export.add_argument("job_id")

@@ -26,6 +26,11 @@ class ValidationFailed(ApiError):
     code = "validation_error"
 
 
+class Forbidden(ApiError):
+    status = 403
+    code = "forbidden"
+
+
 class NotFound(ApiError):
     status = 404
     code = "not_found"

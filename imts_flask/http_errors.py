@@ -56,7 +56,7 @@ def register_error_handlers(app):
             allowed = ", ".join(exc.valid_methods or [])
             message = f"{request.method} is not allowed on {request.path}; allowed: {allowed}"
         elif exc.code == 413:
-            message = f"the request body is larger than {app.config['MAX_CONTENT_LENGTH']} bytes"
+            message = f"the request body is larger than {request.max_content_length} bytes"
             _drain_body(request.environ)
         return error_body(exc.code, code, message)
 

@@ -13,6 +13,7 @@ import time
 
 from .checkpoints import disk_bytes, prune
 from .errors import ApiError, Conflict, NotFound
+from .fsio import read_json
 from .state import JobStatus, parse_time
 from .store import JobStore
 
@@ -23,9 +24,10 @@ CLEANUP_MARK = ".cleanup-at"  # its mtime: when the last round ended
 
 
 class Lifecycle:
-    def __init__(self, settings, store: JobStore):
+    def __init__(self, settings, store: JobStore, uploads=None):
         self.settings = settings
         self.store = store
+        self.uploads = uploads
 
     # -- delete ----------------------------------------------------------------------------
 
@@ -71,6 +73,7 @@ class Lifecycle:
     def run(self):
         """Run one cleanup round now; return what it did, by kind."""
         done = {"deleted": [], "pruned": {}, "links": self.store.repair_links(), "measured": []}
+        done["uploads"] = self._collect_uploads()
         now = time.time()
         for summary in self.store.summaries():
             if summary.get("broken") or not JobStatus(summary["status"]).is_terminal():
@@ -94,6 +97,21 @@ class Lifecycle:
             except ApiError as exc:
                 log.info("job %s: cleanup skipped it: %s", job_id, exc.message)
         return done
+
+    def _collect_uploads(self):
+        """Remove uploaded versions that neither the registry nor any job's dataset_info.json names."""
+        if self.uploads is None or not self.uploads.has_leftovers():
+            return []  # the common case: no job's files need reading
+        return self.uploads.collect(self.dataset_files_in_use())
+
+    def dataset_files_in_use(self):
+        """The data files that jobs' dataset_info.json name (absolute paths)."""
+        referenced = set()
+        for job_id in self.store.job_ids():
+            with contextlib.suppress(OSError, ValueError):
+                info = read_json(self.store.path(job_id, JobStore.DATASET_INFO))
+                referenced |= {str(e.get("file_name")) for e in info.values() if isinstance(e, dict)}
+        return referenced
 
     def _expired(self, summary, now):
         days = self.settings.retention_days

@@ -3,10 +3,12 @@
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
+from .dataset_rows import FORMATS as DATASET_FORMATS
 from .schemas import ErrorSchema
 
 _ERRORS = {
     400: "Bad input: the errors name each field and the reason",
+    403: "Not the API's to change (an operator's dataset)",
     401: "A valid bearer token is required (when the service is configured with tokens)",
     404: "No such job",
     409: "Conflicts with the job's state (or an Idempotency-Key reused with another body)",
@@ -22,13 +24,26 @@ _DESCRIPTIONS = {
     204: "Done; no content",
     503: "Unhealthy",
 }
-_PATH_PARAMS = {"job_id": {"type": "string", "pattern": "^train_[0-9a-z]{8}$", "example": "train_a1b2c3d4"}}
+_PATH_PARAMS = {
+    "job_id": {"type": "string", "pattern": "^train_[0-9a-z]{8}$", "example": "train_a1b2c3d4"},
+    "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", "example": "my_sft_data"},
+}
 _HEADERS = {
     "Idempotency-Key": "A retry with the same key and body returns the original job (200), never a second"
 }
 
 
-def doc(summary, *, body=None, body_required=True, query=None, responses, errors=(), headers=()):
+def doc(
+    summary,
+    *,
+    body=None,
+    body_required=True,
+    body_content="application/json",
+    query=None,
+    responses,
+    errors=(),
+    headers=(),
+):
     """Attach OpenAPI metadata to a view: request body/query schemas, responses by status (None: no body)."""
 
     def attach(view):
@@ -36,6 +51,7 @@ def doc(summary, *, body=None, body_required=True, query=None, responses, errors
             "summary": summary,
             "body": body,
             "body_required": body_required,
+            "body_content": body_content,
             "query": query,
             "responses": responses,
             "errors": errors,
@@ -60,10 +76,10 @@ def _content(kind):
 
 def _tag(path):
     """The resource an operation belongs to, so generated clients get JobsApi, HealthApi, ..."""
-    for tag in ("jobs", "health", "metrics"):
+    for tag in ("jobs", "datasets", "models", "health", "metrics"):
         if f"/{tag}" in path:
             return tag
-    return "meta"
+    return "models" if path.endswith("/templates") else "meta"
 
 
 def _operation(rule, meta):
@@ -105,9 +121,20 @@ def _operation(rule, meta):
     if protected:
         operation["security"] = [{"bearerAuth": []}]
     if meta["body"] is not None:
+        schema = meta["body"]
+        if meta["body_content"] == "multipart/form-data":  # the form fields, and the file part
+            schema = {
+                "type": "object",
+                "required": ["file", "name"],
+                "properties": {
+                    "file": {"type": "string", "format": "binary"},
+                    "name": {"type": "string", "pattern": _PATH_PARAMS["name"]["pattern"]},
+                    "format": {"type": "string", "enum": list(DATASET_FORMATS)},
+                },
+            }
         operation["requestBody"] = {
             "required": meta["body_required"],
-            "content": {"application/json": {"schema": meta["body"]}},
+            "content": {meta["body_content"]: {"schema": schema}},
         }
     return operation
 

@@ -15,6 +15,7 @@ from marshmallow import (
     validates,
 )
 
+from .dataset_rows import FORMATS as DATASET_FORMATS
 from .state import JobStatus
 from .trainer import FINETUNING_TYPES, PPO_REASON, STAGES
 
@@ -153,6 +154,39 @@ class ResumeRequestSchema(RequestSchema):
         validate=validate.Regexp(r"^checkpoint-[0-9]{1,12}$", error="must be a name like checkpoint-500"),
         metadata={"example": "checkpoint-500"},
     )
+
+
+class DatasetUploadSchema(RequestSchema):
+    """POST /datasets form fields (the file itself is the part named `file`)."""
+
+    name = fields.String(
+        required=True,
+        error_messages=_REQUIRED,
+        validate=validate.Regexp(
+            r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+            error="must be 1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit",
+        ),
+        metadata={"example": "my_sft_data"},
+    )
+    format = fields.String(
+        allow_none=True,
+        validate=validate.OneOf(DATASET_FORMATS, error="must be one of {choices}"),
+        metadata={"description": "detected from the rows when left out"},
+    )
+
+
+class OverwriteQuerySchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    overwrite = fields.Boolean(load_default=False)
+
+
+class PreviewQuerySchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    preview = fields.Integer(load_default=0, validate=validate.Range(0, 20))
 
 
 class ListQuerySchema(Schema):
@@ -343,6 +377,45 @@ class ExportResponseSchema(ResponseSchema):
     job_id = fields.String()
     export_status = fields.String()
     merge_lora = fields.Boolean()
+
+
+class DatasetSchema(ResponseSchema):
+    name = fields.String()
+    source = fields.String(metadata={"description": "operator (a data directory) or upload"})
+    format = fields.String(metadata={"description": "alpaca, sharegpt, pairwise, kto or text"})
+    stages = fields.List(fields.String(), metadata={"description": "the stages it can train"})
+    rows = fields.Integer(allow_none=True)
+    bytes = fields.Integer(allow_none=True)
+    sha256 = fields.String(allow_none=True)
+    columns = fields.List(fields.String())
+    created_at = fields.String(allow_none=True)
+    file = fields.String(metadata={"description": "the file jobs read, on the server"})
+    preview = fields.List(fields.Dict(), metadata={"description": "with ?preview=N: the first N rows"})
+
+
+class DatasetListSchema(ResponseSchema):
+    datasets = fields.List(fields.Nested(DatasetSchema))
+
+
+class ModelSchema(ResponseSchema):
+    name = fields.String()
+    source = fields.String(metadata={"description": "registry (config/models.yaml), models_dir or hub_cache"})
+    path = fields.String()
+    template = fields.String(allow_none=True, metadata={"description": "the template a job gets by default"})
+    architecture = fields.String(allow_none=True)
+    model_type = fields.String(allow_none=True)
+    parameters = fields.Integer(
+        allow_none=True, metadata={"description": "counted from the weights' headers"}
+    )
+    bytes = fields.Integer(allow_none=True, metadata={"description": "size on disk"})
+
+
+class ModelListSchema(ResponseSchema):
+    models = fields.List(fields.Nested(ModelSchema))
+
+
+class TemplateListSchema(ResponseSchema):
+    templates = fields.List(fields.String())
 
 
 class HealthSchema(ResponseSchema):

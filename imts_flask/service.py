@@ -12,7 +12,8 @@ import yaml
 
 from .catalog import Catalog
 from .checkpoints import list_checkpoints
-from .errors import Conflict, InsufficientStorage, NotFound, ValidationFailed
+from .datasets import Uploads
+from .errors import Conflict, Forbidden, InsufficientStorage, NotFound, ValidationFailed
 from .fsio import read_tail
 from .launcher import Launcher
 from .lifecycle import Lifecycle
@@ -61,9 +62,10 @@ class TrainingService:
         self.store = JobStore(
             settings.path("jobs_dir"), settings.lock_timeout_s, self.notifier.notify, settings.log_links_dir
         )
-        self.catalog = Catalog(settings)
+        self.uploads = Uploads(settings, self.store)
+        self.catalog = Catalog(settings, self.uploads)
         self.launcher = Launcher(settings, self.store)
-        self.lifecycle = Lifecycle(settings, self.store)
+        self.lifecycle = Lifecycle(settings, self.store, self.uploads)
         # Read once: a bad config/custom_config.yaml stops the service at start, not a request later.
         self.extra_custom_keys = self.catalog.extra_custom_keys()
         self._housekeeper_pid = None
@@ -256,6 +258,42 @@ class TrainingService:
                 raise Conflict(
                     f"the file of the job's dataset '{name}' ({entry.get('file_name')}) no longer exists"
                 )
+
+    # -- datasets and models ---------------------------------------------------------------
+
+    def add_dataset(self, name, uploaded, filename, fmt=None, overwrite=False):
+        """Check an uploaded file row by row and register it under `name`; return its description."""
+        self._check_disk()
+        self.uploads.add(
+            name,
+            uploaded,
+            filename,
+            fmt,
+            overwrite,
+            taken=self.catalog.is_operator_dataset,
+            in_use=self._jobs_using,
+        )
+        return self.catalog.dataset(name)
+
+    def dataset(self, name, preview=0):
+        """Describe a dataset a job may name, with its first `preview` rows when asked."""
+        described = self.catalog.dataset(name)
+        if preview:
+            described["preview"] = self.uploads.preview(described["file"], preview)
+        return described
+
+    def delete_dataset(self, name):
+        """Remove an uploaded dataset; the operator's are not the API's to remove."""
+        if self.catalog.is_operator_dataset(name):
+            raise Forbidden(
+                f"dataset '{name}' belongs to the operator's data directory; it is not removed here"
+            )
+        self.uploads.delete(name, in_use=self._jobs_using)
+
+    def _jobs_using(self, name):
+        return [
+            s["job_id"] for s in self.store.active_states() if name in (s.get("dataset") or "").split(",")
+        ]
 
     # -- delete ----------------------------------------------------------------------------
 

@@ -32,6 +32,9 @@ class Settings:
     cache_dir: str = "cache"
     # Dataset directories, searched in order; each holds a dataset_info.json.
     data_dirs: list = field(default_factory=lambda: ["data"])
+    # Datasets uploaded through the API (a data directory the service alone writes), and their limit.
+    uploads_dir: str = "data/uploads"
+    max_upload_mb: int = 1024
     host: str = "127.0.0.1"
     port: int = 8000
     llamafactory_cli: str = field(default_factory=_default_cli)

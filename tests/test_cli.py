@@ -101,3 +101,24 @@ def test_resume_with_watch_then_delete(service):
     assert gone.returncode == 2 and "does not exist" in gone.stderr
     again = cli(service, "resume", new_id, check=False)
     assert again.returncode == 2 and "does not exist" in again.stderr
+
+
+def test_datasets_upload_with_progress_list_show_delete(service, tmp_path):
+    rows = [{"instruction": f"Say {i}", "input": "", "output": str(i)} for i in range(300)]
+    path = tmp_path / "mine.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    uploaded = cli(service, "datasets", "upload", str(path), "--name", "cli_data")
+    described = json.loads(uploaded.stdout)
+    assert described["rows"] == 300 and described["format"] == "alpaca"
+    assert "100%" in uploaded.stderr  # the progress bar reached the end of the file
+    assert "cli_data" in cli(service, "datasets", "list").stdout
+    shown = json.loads(cli(service, "datasets", "show", "cli_data", "--preview", "2").stdout)
+    assert shown["preview"] == rows[:2]
+    again = cli(service, "datasets", "upload", str(path), "--name", "cli_data", check=False)
+    assert again.returncode == 2 and "overwrite" in again.stderr
+    assert cli(service, "datasets", "upload", str(path), "--name", "cli_data", "--overwrite").returncode == 0
+    assert cli(service, "datasets", "delete", "cli_data").stdout.strip() == "deleted cli_data"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c"}\n')
+    refused = cli(service, "datasets", "upload", str(bad), "--name", "bad", check=False)
+    assert refused.returncode == 2 and "file: row 2: output is missing" in refused.stderr

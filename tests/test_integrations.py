@@ -37,7 +37,9 @@ def _require(available, what):
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    svc = Service(make_home(tmp_path_factory.mktemp("integrations") / "home")).start()
+    # A small upload limit, so that Nginx's own limit (1100m, well above) is shown to let the API's
+    # JSON 413 through.
+    svc = Service(make_home(tmp_path_factory.mktemp("integrations") / "home"), max_upload_mb=3).start()
     yield svc
     svc.stop()
 
@@ -148,6 +150,17 @@ def test_the_flow_through_nginx(nginx):
     missing = requests.post(f"{api}/jobs/train_00000000/stop", timeout=30)
     assert missing.status_code == 404 and missing.json()["status"] == 404
     assert "imts_http_requests_total" in requests.get(f"{nginx}/metrics", timeout=30).text
+    # Uploads: bigger than the 2m of other routes, streamed through; over the API's limit, its JSON 413.
+    rows = b"".join(b'{"text": "%d %s"}\n' % (i, b"x" * 100) for i in range(20_000))  # 2.2 MB
+    uploaded = requests.post(
+        f"{api}/datasets", files={"file": ("big.jsonl", rows)}, data={"name": "via_nginx"}, timeout=120
+    )
+    assert uploaded.status_code == 201, uploaded.text
+    assert uploaded.json()["rows"] == 20_000 and uploaded.json()["bytes"] == len(rows)
+    too_big = requests.post(
+        f"{api}/datasets", files={"file": ("big.jsonl", rows * 2)}, data={"name": "too_big"}, timeout=120
+    )
+    assert too_big.status_code == 413 and too_big.json()["error"] == "request_entity_too_large"
     head = requests.head(f"{api}/jobs/{job_id}", timeout=30)
     assert head.status_code == 200 and head.headers["ETag"] == first.headers["ETag"]
     guide_log = os.path.join(os.path.dirname(status["config_path"]), "..", "..", "logs", "training_jobs")

@@ -7,11 +7,13 @@ the test created itself.
 import hashlib
 import json
 import os
+import threading
 
 import pytest
 import yaml
+from test_datasets import ALPACA_ROWS, _jsonl, _uploads_root, upload
 
-from conftest import wait_for
+from conftest import API, wait_for
 
 BASE = "/api/v1/training"
 BODY = {"model_name": "tiny-llama", "dataset": "demo_sft"}
@@ -276,3 +278,78 @@ def test_the_trainer_gets_an_allowlisted_environment_and_exact_argv(make_app, mo
     assert invocation["argv"] == ["train", status["config_path"]]
     assert not {"AWS_SECRET_ACCESS_KEY", "DATABASE_PASSWORD"} & set(invocation["env_names"])
     assert {"HF_HUB_OFFLINE", "PATH"} <= set(invocation["env_names"])
+
+
+# -- datasets ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["a/b", "../escape", "..", ".hidden", "-dash", "x\x00y", "n" * 65, "", "caf\u00e9", "a b", "a%2Fb"],
+)
+def test_dataset_names_that_could_reach_elsewhere_are_refused(client, home, name):
+    before = _files(home)
+    _refused(upload(client, name, _jsonl(ALPACA_ROWS)), 400, "name")
+    assert _files(home) == before
+
+
+@pytest.mark.parametrize("name", ["..%2F..%2Fetc", "a%00b", "n" * 65])
+def test_malformed_dataset_names_in_paths_touch_nothing(client, home, name):
+    before = _files(home)
+    for method in ("get", "delete"):
+        response = getattr(client, method)(f"{API}/datasets/{name}")
+        assert response.status_code in (400, 404) and response.is_json
+    assert _files(home) == before
+
+
+def test_the_uploaded_file_name_never_chooses_a_path(client, home):
+    response = upload(client, "named", _jsonl(ALPACA_ROWS), filename="../../../../tmp/imts-planted.jsonl")
+    assert response.status_code == 201
+    stored = response.get_json()["file"]
+    assert stored.startswith(_uploads_root(client) + os.sep + "named" + os.sep)
+    assert os.path.basename(stored) == "data.jsonl" and not os.path.exists("/tmp/imts-planted.jsonl")
+
+
+@pytest.mark.parametrize(
+    ("fmt", "content"),
+    [
+        ("pairwise", _jsonl(ALPACA_ROWS)),
+        ("kto", _jsonl(ALPACA_ROWS)),
+        ("sharegpt", _jsonl(ALPACA_ROWS)),
+        ("text", _jsonl(ALPACA_ROWS)),
+        ("alpaca", _jsonl([{"text": "plain"}])),
+    ],
+)
+def test_a_file_claiming_one_format_and_holding_another_is_refused(client, home, fmt, content):
+    before = _files(home)
+    body = _refused(upload(client, "liar", content, format=fmt), 400, "file")
+    assert body["errors"][0]["reason"].startswith("row 1: ")
+    assert _files(home) == before
+
+
+def test_an_oversized_upload_is_413_and_leaves_nothing(make_app, home):
+    client = make_app(max_upload_mb=1).test_client()
+    before = _files(home)
+    _refused(upload(client, "huge", b"x" * (3 * 1024 * 1024)), 413)
+    assert _files(home) == before
+
+
+def test_concurrent_uploads_of_one_name_one_wins_never_a_mixture(make_app):
+    app = make_app()
+    results = []
+
+    def send(rows):
+        results.append(upload(app.test_client(), "race", _jsonl(rows)))
+
+    threads = [threading.Thread(target=send, args=(ALPACA_ROWS[: 2 + i],)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    codes = sorted(r.status_code for r in results)
+    assert codes == [201, 409, 409, 409]
+    winner = next(r.get_json() for r in results if r.status_code == 201)
+    client = app.test_client()
+    shown = client.get(f"{API}/datasets/race?preview=20").get_json()
+    assert shown["rows"] == winner["rows"] == len(shown["preview"]) and shown["sha256"] == winner["sha256"]
+    assert len(os.listdir(os.path.join(_uploads_root(client), "race"))) == 1  # one version, no mixture

@@ -7,6 +7,7 @@ that times itself. --smoke uses small sizes and short runs and enforces nothing 
 """
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -319,8 +320,113 @@ def bench_create_and_stop(root, creates, stops):
         server.stop()
 
 
+def _alpaca_jsonl(path, megabytes=None, rows=None):
+    """Write alpaca rows to `path` until it holds `megabytes` MB or `rows` rows; return the row count."""
+    written = count = 0
+    with open(path, "w") as handle:
+        while (rows is None or count < rows) and (megabytes is None or written < megabytes * 2**20):
+            line = json.dumps(
+                {
+                    "instruction": f"Add {count} and {count % 7}.",
+                    "input": "",
+                    "output": f"{count + count % 7}",
+                }
+            )
+            handle.write(line + "\n")
+            written += len(line) + 1
+            count += 1
+    return count
+
+
+def bench_uploads(root, megabytes):
+    """Upload a file of `megabytes` MB with curl (streamed from disk) while sampling every worker's RSS."""
+    home = os.path.join(root, "uploads")
+    os.makedirs(home)
+    path = os.path.join(root, "upload.jsonl")
+    rows = _alpaca_jsonl(path, megabytes=megabytes)
+    server = Server(home, max_upload_mb=max(2048, megabytes * 2))
+    try:
+        workers = server.workers()
+        before = {p.pid: p.memory_info().rss for p in workers}
+        peak = dict(before)
+        curl = subprocess.Popen(
+            [
+                "curl",
+                "-sS",
+                "-o",
+                os.path.join(root, "upload.out"),
+                "-w",
+                "%{http_code}",
+                "-F",
+                "name=bench_upload",
+                "-F",
+                f"file=@{path}",
+                f"{server.base}/datasets",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        start = time.perf_counter()
+        checker_peak = 0
+        while curl.poll() is None:
+            for proc in workers:
+                with contextlib.suppress(psutil.Error):
+                    peak[proc.pid] = max(peak[proc.pid], proc.memory_info().rss)
+                    for child in proc.children():  # the row checker
+                        checker_peak = max(checker_peak, child.memory_info().rss)
+            time.sleep(0.05)
+        seconds = time.perf_counter() - start
+        assert curl.stdout.read().strip() == "201", open(os.path.join(root, "upload.out")).read()
+        size = os.path.getsize(path)
+        return {
+            "megabytes": size / 2**20,
+            "rows": rows,
+            "seconds": seconds,
+            "mb_per_s": size / 2**20 / seconds,
+            "worker_rss_before_mb": max(before.values()) / 2**20,
+            "worker_rss_peak_mb": max(peak.values()) / 2**20,
+            "worker_rss_growth_mb": max(peak[p] - before[p] for p in before) / 2**20,
+            "checker_rss_peak_mb": checker_peak / 2**20,
+        }
+    finally:
+        server.stop()
+        os.remove(path)
+
+
+def bench_validation(root, rows):
+    """Seconds the row checker takes per 100,000 rows, for each file type."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = os.path.join(root, "rows.jsonl")
+    _alpaca_jsonl(path, rows=rows)
+    records = [json.loads(line) for line in open(path)]
+    files = {"jsonl": path, "json": os.path.join(root, "rows.json"), "csv": os.path.join(root, "rows.csv")}
+    with open(files["json"], "w") as handle:
+        json.dump(records, handle)
+    with open(files["csv"], "w", newline="") as handle:
+        writer = __import__("csv").DictWriter(handle, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+    files["parquet"] = os.path.join(root, "rows.parquet")
+    pq.write_table(pa.Table.from_pylist(records), files["parquet"])
+    results = {}
+    for kind, file in files.items():
+        start = time.perf_counter()
+        out = subprocess.run(
+            [sys.executable, "-m", "imts_flask.dataset_rows", "check", file],
+            cwd=PROJECT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert json.loads(out)["rows"] == rows, out[:500]
+        results[kind] = (time.perf_counter() - start) * 100_000 / rows
+    return results
+
+
 def report(results, smoke):
-    o, r, c = results["overhead"], results["reads"], results["create"]
+    o, r, c, u = results["overhead"], results["reads"], results["create"], results["uploads"]
     listing = results["listing"]
     biggest = max(listing)
 
@@ -382,6 +488,25 @@ def report(results, smoke):
             "<= 80 MB each",
             ok(max(c["worker_rss_mb"]) <= 80),
         ),
+        (
+            f"8. upload of {u['megabytes']:,.0f} MB ({u['rows']:,} rows), checked",
+            f"{u['mb_per_s']:.1f} MB/s ({u['seconds']:.1f} s, curl -F, every row checked)",
+            "",
+            "",
+        ),
+        (
+            "8. worker RSS during that upload",
+            f"{u['worker_rss_before_mb']:.0f} MB before, {u['worker_rss_peak_mb']:.0f} MB at most "
+            f"(+{u['worker_rss_growth_mb']:.1f} MB); row checker {u['checker_rss_peak_mb']:.0f} MB",
+            "flat",
+            ok(u["worker_rss_growth_mb"] <= 10),
+        ),
+        (
+            "9. row check per 100,000 rows",
+            ", ".join(f"{k} {v:.2f} s" for k, v in results["validation"].items()),
+            "",
+            "",
+        ),
     ]
     lines = ["| figure | measured | target | |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {t} | {m} |" for a, b, t, m in rows]
@@ -412,6 +537,9 @@ def main():
         )
         print("create and stop ...", flush=True)
         results["create"] = bench_create_and_stop(root, 5 if smoke else 30, 1 if smoke else 3)
+        print("uploads ...", flush=True)
+        results["uploads"] = bench_uploads(root, 16 if smoke else 1024)
+        results["validation"] = bench_validation(root, 10_000 if smoke else 100_000)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     table = report(results, smoke)

@@ -7,13 +7,23 @@ import com.fasterxml.jackson.databind.DeserializationFeature;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.PropertyNamingStrategies;
 import com.fasterxml.jackson.databind.annotation.JsonNaming;
+import java.io.File;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
 import java.util.Arrays;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
+import org.springframework.core.io.FileSystemResource;
+import org.springframework.http.HttpEntity;
+import org.springframework.http.HttpHeaders;
 import org.springframework.http.HttpStatus;
+import org.springframework.http.MediaType;
 import org.springframework.http.ResponseEntity;
+import org.springframework.http.converter.FormHttpMessageConverter;
 import org.springframework.http.converter.json.MappingJackson2HttpMessageConverter;
+import org.springframework.util.LinkedMultiValueMap;
+import org.springframework.util.MultiValueMap;
 import org.springframework.web.client.HttpClientErrorException;
 import org.springframework.web.client.RestTemplate;
 
@@ -76,6 +86,15 @@ public class SpringClientFlow {
     }
 
     @JsonNaming(PropertyNamingStrategies.SnakeCaseStrategy.class)
+    public static class DatasetResponse {
+        public String name;
+        public String format;
+        public List<String> stages;
+        public Integer rows;
+        public String sha256;
+    }
+
+    @JsonNaming(PropertyNamingStrategies.SnakeCaseStrategy.class)
     public static class HealthResponse {
         public String status;
         public String service;
@@ -98,6 +117,7 @@ public class SpringClientFlow {
         RestTemplate rest = new RestTemplate();
         rest.setMessageConverters(Arrays.asList(
                 new org.springframework.http.converter.StringHttpMessageConverter(),
+                new FormHttpMessageConverter(),  // multipart uploads
                 new MappingJackson2HttpMessageConverter(mapper)));
         return rest;
     }
@@ -149,6 +169,32 @@ public class SpringClientFlow {
         check("completed".equals(done.status) && done.progress == 1.0 && done.currentLoss != null
               && done.pid == null && done.configPath.endsWith("training_config.yaml"), "poll to completion");
         check("completed".equals(waitFor(rest, api, created.getBody().jobId).status), "the snake_case job completes");
+
+        // Upload a dataset as multipart (a FileSystemResource in a MultiValueMap), then train on it.
+        File data = File.createTempFile("spring-upload", ".jsonl");
+        StringBuilder rows = new StringBuilder();
+        for (int i = 0; i < 12; i++) {
+            rows.append("{\"instruction\": \"Say ").append(i).append("\", \"input\": \"\", \"output\": \"")
+                .append(i).append("\"}\n");
+        }
+        Files.write(data.toPath(), rows.toString().getBytes(StandardCharsets.UTF_8));
+        MultiValueMap<String, Object> parts = new LinkedMultiValueMap<>();
+        parts.add("file", new FileSystemResource(data));
+        parts.add("name", "spring_data");
+        HttpHeaders multipart = new HttpHeaders();
+        multipart.setContentType(MediaType.MULTIPART_FORM_DATA);
+        ResponseEntity<DatasetResponse> uploaded = rest.postForEntity(
+            api + "/datasets", new HttpEntity<>(parts, multipart), DatasetResponse.class);
+        check(uploaded.getStatusCode() == HttpStatus.CREATED && uploaded.getBody().rows == 12
+              && "alpaca".equals(uploaded.getBody().format) && uploaded.getBody().sha256.length() == 64,
+              "upload a dataset as multipart with a FileSystemResource");
+        TrainingJobRequest onUpload = new TrainingJobRequest();
+        onUpload.modelName = "tiny-llama";
+        onUpload.dataset = "spring_data";
+        onUpload.epochs = 1.0;
+        onUpload.customConfig = fast();
+        TrainingJobResponse uploadJob = rest.postForObject(api + "/jobs", onUpload, TrainingJobResponse.class);
+        check("completed".equals(waitFor(rest, api, uploadJob.jobId).status), "a job on the uploaded dataset completes");
 
         JobList list = rest.getForObject(api + "/jobs", JobList.class);
         check(list.total >= 2 && list.jobs.get(0).jobId != null, "list");

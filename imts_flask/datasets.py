@@ -1,0 +1,320 @@
+"""Uploaded datasets: checked row by row, registered atomically, offered to jobs like the operator's.
+
+Layout under `uploads_dir` (data/uploads), a LLaMA Factory data directory the service alone writes:
+
+    dataset_info.json            the registry: one LLaMA Factory entry per upload
+    <name>/<version>/data.<ext>  the file as uploaded (a version per upload of that name)
+    <name>/<version>/meta.json   format, stages, rows, bytes, sha256, columns, when
+    .staging/  .trash/           uploads being received; datasets being removed
+
+An upload streams into .staging, is checked by a child process (imts_flask/dataset_rows.py), then
+its version directory is renamed into place and the registry replaced atomically: a crash or a full
+disk never leaves half a dataset registered. Replacing a dataset adds a version; jobs keep the
+absolute path of the version they were created with, so a replacement never changes a job's data.
+Versions no job refers to any more are removed by the cleanup round.
+"""
+
+import contextlib
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+
+from .dataset_rows import EXTENSIONS, FORMATS, STAGES, kind_of
+from .errors import ApiError, Conflict, NotFound, ValidationFailed
+from .fsio import atomic_write_json, fsync_dir, read_json
+from .state import now_utc
+from .store import JobStore, storage_error
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+REGISTRY = "dataset_info.json"
+META = "meta.json"
+# dataset_info "tags" for OpenAI-style messages (ShareGPT's from/value/human/gpt are LLaMA Factory's defaults)
+_CONVERSATION_TAGS = {
+    "role_tag": "role",
+    "content_tag": "content",
+    "user_tag": "user",
+    "assistant_tag": "assistant",
+    "system_tag": "system",
+}
+CHECK_TIMEOUT_S = 3600
+
+
+def entry_for(report, file_name):
+    """Return the LLaMA Factory dataset_info entry for a checked file."""
+    fmt, layout, columns = report["format"], report["layout"], set(report["columns"])
+    entry = {"file_name": file_name}
+    if fmt == "text":
+        entry["columns"] = {"prompt": "text"}
+        return entry
+    if layout in ("messages", "conversations"):
+        entry["formatting"] = "sharegpt"
+        mapping = {"messages": layout}
+        if layout == "messages":
+            entry["tags"] = dict(_CONVERSATION_TAGS)
+        mapping.update({key: key for key in ("system", "tools") if key in columns})
+    else:
+        mapping = {"prompt": "instruction"}
+        for key, column in (("query", "input"), ("system", "system"), ("history", "history")):
+            if column in columns:
+                mapping[key] = column
+        if fmt != "pairwise":
+            mapping["response"] = "output"
+    if fmt == "pairwise":
+        entry["ranking"] = True
+        mapping.update(chosen="chosen", rejected="rejected")
+    if fmt == "kto":
+        mapping["kto_tag"] = "label" if "label" in columns else "kto_tag"
+    entry["columns"] = mapping
+    return entry
+
+
+def _refuse_in_use(name, in_use, action):
+    users = in_use(name) if in_use is not None else []
+    if users:
+        raise Conflict(
+            f"dataset '{name}' is used by unfinished jobs ({', '.join(users)}); it cannot be {action} now",
+            field="name",
+            extra={"job_ids": users},
+        )
+
+
+class Uploads:
+    """The registry of uploaded datasets under settings.uploads_dir."""
+
+    def __init__(self, settings, store: JobStore):
+        self.settings = settings
+        self.store = store  # for its locks and the jobs that use a dataset
+        self.root = os.path.realpath(settings.path("uploads_dir"))
+        os.makedirs(os.path.join(self.root, ".staging"), exist_ok=True)
+
+    def _dir(self, name):
+        if not isinstance(name, str) or not NAME.fullmatch(name):
+            raise ValidationFailed(
+                "name must be 1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit",
+                field="name",
+            )
+        return os.path.join(self.root, name)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def entries(self):
+        """Return the registry: {name: LLaMA Factory entry with file_name relative to the root}."""
+        try:
+            return read_json(os.path.join(self.root, REGISTRY))
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def meta(self, name):
+        """Return what is known of an uploaded dataset (NotFound if there is none of that name)."""
+        entry = self.entries().get(name) if NAME.fullmatch(name or "") else None
+        if entry is None:
+            raise NotFound(f"dataset '{name}' does not exist", field="name")
+        version_dir = os.path.dirname(os.path.join(self.root, entry["file_name"]))
+        try:
+            meta = read_json(os.path.join(version_dir, META))
+        except (FileNotFoundError, ValueError):
+            meta = {"name": name}
+        return {**meta, "path": os.path.join(self.root, entry["file_name"])}
+
+    def preview(self, path, count):
+        """Return the first `count` rows of a dataset file (read by the child process)."""
+        return self._child("preview", path, str(count))["rows"]
+
+    # -- uploading -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def receiving(self):
+        """Yield a fresh directory on the uploads filesystem for an incoming file; remove it after."""
+        staging = tempfile.mkdtemp(prefix="upload-", dir=os.path.join(self.root, ".staging"))
+        try:
+            yield staging
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def add(self, name, uploaded, filename, fmt=None, overwrite=False, taken=None, in_use=None):
+        """Check an uploaded file and register it under `name`; return its meta.
+
+        `uploaded` lies in a directory from receiving(). `taken(name)` tells whether an operator
+        dataset has the name; `in_use(name)` lists the unfinished jobs that use it. Raises
+        ValidationFailed with the rows at fault, Conflict for a name taken.
+        """
+        try:
+            self._dir(name)
+            kind = kind_of(filename or "")
+            if kind is None:
+                raise ValidationFailed(
+                    f"the file must end in one of {', '.join(sorted(EXTENSIONS))}", field="file"
+                )
+            if fmt is not None and fmt not in FORMATS:
+                raise ValidationFailed(f"format must be one of {', '.join(FORMATS)}", field="format")
+            self._refuse_taken(name, overwrite, taken, in_use)  # before the long check, and again after
+            # What becomes the version directory: the file and its meta.json, nothing else of the request.
+            staging = os.path.join(os.path.dirname(uploaded), "version")
+            os.mkdir(staging)
+            data_file = os.path.join(staging, "data" + os.path.splitext(filename.lower())[1])
+            os.rename(uploaded, data_file)
+            report = self._child("check", data_file, *([fmt] if fmt else []))
+            if report["problems"]:
+                shown = "; ".join(report["problems"][:3])
+                raise ValidationFailed(
+                    f"the file is not a valid {report['format'] or 'dataset'} file: {shown}",
+                    errors=[{"field": "file", "reason": p} for p in report["problems"]],
+                )
+            return self._register(name, staging, data_file, filename, report, overwrite, taken, in_use)
+        except OSError as exc:
+            raise storage_error(exc, f"storing dataset '{name}'") from exc
+
+    def _refuse_taken(self, name, overwrite, taken, in_use):
+        if taken is not None and taken(name):
+            raise Conflict(f"dataset '{name}' is one of the operator's; choose another name", field="name")
+        if name not in self.entries():
+            return
+        if not overwrite:
+            raise Conflict(f"dataset '{name}' exists; add ?overwrite=true to replace it", field="name")
+        _refuse_in_use(name, in_use, "replaced")
+
+    def _register(self, name, staging, data_file, filename, report, overwrite, taken, in_use):
+        # Unique per upload, and telling: when, and which bytes.
+        version = (
+            f"v{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{report['sha256'][:12]}-{secrets.token_hex(2)}"
+        )
+        relative = f"{name}/{version}/{os.path.basename(data_file)}"
+        meta = {
+            "name": name,
+            "format": report["format"],
+            "stages": STAGES[report["format"]],
+            "rows": report["rows"],
+            "bytes": report["bytes"],
+            "sha256": report["sha256"],
+            "columns": report["columns"],
+            "created_at": now_utc(),
+            "filename": os.path.basename(filename),
+            "version": version,
+        }
+        atomic_write_json(os.path.join(staging, META), meta)
+        with self.store.lock("dataset-" + name):
+            self._refuse_taken(name, overwrite, taken, in_use)  # another upload may have won meanwhile
+            os.makedirs(self._dir(name), exist_ok=True)
+            os.rename(staging, os.path.join(self._dir(name), version))
+            fsync_dir(self._dir(name))
+            replaced = self.entries().get(name)
+            self._update_registry(lambda registry: registry.__setitem__(name, entry_for(report, relative)))
+            if replaced:  # its age now counts from here: a job being created may still have picked it
+                with contextlib.suppress(OSError):
+                    os.utime(os.path.dirname(os.path.join(self.root, replaced["file_name"])))
+        log.info(
+            "dataset %s: registered %s (%s, %d rows, %d bytes)",
+            name,
+            version,
+            meta["format"],
+            meta["rows"],
+            meta["bytes"],
+        )
+        return meta
+
+    def _update_registry(self, change):
+        with self.store.lock("_uploads_registry"):
+            registry = self.entries()
+            change(registry)
+            atomic_write_json(os.path.join(self.root, REGISTRY), registry)
+
+    # -- removing --------------------------------------------------------------------------
+
+    def delete(self, name, in_use=None):
+        """Unregister an uploaded dataset and remove its files."""
+        self._dir(name)  # a malformed name is a 400 before any lock or path
+        with self.store.lock("dataset-" + name):
+            if name not in self.entries():
+                raise NotFound(f"dataset '{name}' does not exist", field="name")
+            _refuse_in_use(name, in_use, "deleted")
+            try:
+                self._update_registry(lambda registry: registry.pop(name, None))
+                os.makedirs(os.path.join(self.root, ".trash"), exist_ok=True)
+                doomed = os.path.join(self.root, ".trash", f"{name}-{secrets.token_hex(4)}")
+                os.rename(self._dir(name), doomed)
+            except OSError as exc:
+                raise storage_error(exc, f"deleting dataset '{name}'") from exc
+        shutil.rmtree(doomed, ignore_errors=True)
+        log.info("dataset %s: deleted", name)
+
+    def has_leftovers(self):
+        """Tell, cheaply, whether collect() may find something: superseded versions or crash leftovers."""
+        registered = self.entries()
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(self.root):
+                path = os.path.join(self.root, name)
+                if name in (".staging", ".trash"):
+                    if os.listdir(path):
+                        return True
+                elif NAME.fullmatch(name) and os.path.isdir(path):
+                    if name not in registered or len(os.listdir(path)) > 1:
+                        return True
+        return False
+
+    def collect(self, referenced, min_age_s=600):
+        """Remove versions neither the registry nor any job refers to, and leftovers of crashes.
+
+        `referenced` is the set of absolute data file paths that jobs' dataset_info.json name.
+        Returns the paths removed. What changed within `min_age_s` stays: a leftover may belong to
+        an upload in flight, and a version replaced a moment ago to a job being created.
+        """
+        removed = []
+        current = {os.path.join(self.root, e["file_name"]) for e in self.entries().values()}
+        cutoff = time.time() - min_age_s
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(self.root):
+                path = os.path.join(self.root, name)
+                if name in (".staging", ".trash"):
+                    candidates = [os.path.join(path, n) for n in os.listdir(path)]
+                elif NAME.fullmatch(name) and os.path.isdir(path):
+                    candidates = [
+                        os.path.join(path, v)
+                        for v in os.listdir(path)
+                        if not any(f.startswith(os.path.join(path, v) + os.sep) for f in current | referenced)
+                    ]
+                else:
+                    continue
+                for candidate in candidates:
+                    with contextlib.suppress(FileNotFoundError):
+                        if os.lstat(candidate).st_mtime < cutoff:
+                            shutil.rmtree(candidate, ignore_errors=True)
+                            removed.append(candidate)
+                with contextlib.suppress(OSError):
+                    if NAME.fullmatch(name) and not os.listdir(path) and name not in self.entries():
+                        os.rmdir(path)
+        for path in removed:
+            log.info("uploads: removed %s (no dataset or job refers to it)", path)
+        return removed
+
+    # -- the child process -----------------------------------------------------------------
+
+    def _child(self, *args):
+        env = dict(os.environ, PYTHONPATH=PROJECT_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        try:
+            result = subprocess.run(
+                [self.settings.python, "-m", "imts_flask.dataset_rows", *args],
+                capture_output=True,
+                timeout=CHECK_TIMEOUT_S,
+                env=env,
+                check=False,
+            )
+            return json.loads(result.stdout)
+        except subprocess.TimeoutExpired:
+            log.error("dataset %s of %s took over %d s", args[0], args[1], CHECK_TIMEOUT_S)
+        except ValueError:
+            log.error(
+                "dataset %s of %s failed: %s",
+                args[0],
+                args[1],
+                result.stderr.decode(errors="replace")[-2000:],
+            )
+        raise ApiError("the dataset could not be read; the service log has the details")
