@@ -432,7 +432,9 @@ def test_9_enospc_during_a_state_write_answers_507_and_keeps_the_old_state(make_
     client = make_app("--steps", "1000", "--interval", "0.05").test_client()
     service = client.application.extensions["imts"]
     job_id = client.post(f"{BASE}/jobs", json=FAKE).get_json()["job_id"]
-    wait_for(lambda: service.store.read(job_id)["status"] == "running")
+    # Running, with its disk use measured (the monitor's first write after the start): the record
+    # then stays as it is while the disk is "full".
+    wait_for(lambda: (s := service.store.read(job_id))["status"] == "running" and s["disk_bytes"])
     path = service.store.path(job_id, "state.json")
     before = open(path, "rb").read()
 
