@@ -1,7 +1,9 @@
 """Atomic, durable file writes and tolerant reads."""
 
+import fcntl
 import json
 import os
+import secrets
 import tempfile
 
 import yaml
@@ -109,3 +111,44 @@ def read_tail(path, max_bytes):
         newline = data.find(b"\n")
         data = data[newline + 1 :] if newline >= 0 else b""
     return data.decode("utf-8", errors="replace")
+
+
+def filesystem_problems(directory):
+    """Check what the job store needs of the filesystem under `directory`; return the problems found.
+
+    Locks taken through two open files of one path must exclude each other (filelock uses flock;
+    NFSv4 and CephFS honour it across hosts, some FUSE filesystems do not lock at all), and a rename
+    over an existing file must replace it. What it cannot see from one host, whether another host's
+    locks exclude this one's, the README asks of the mount.
+    """
+    problems = []
+    probe = os.path.join(directory, f"{TMP_PREFIX}fscheck-{secrets.token_hex(4)}")
+    first = second = None
+    try:
+        first = os.open(probe, os.O_CREAT | os.O_RDWR, 0o644)
+        second = os.open(probe, os.O_RDWR)
+        try:
+            fcntl.flock(first, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            problems.append(f"file locks are not available under {directory} ({exc.strerror})")
+        else:
+            try:
+                fcntl.flock(second, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                problems.append(f"file locks under {directory} do not exclude each other")
+            except BlockingIOError:
+                pass
+        atomic_write_bytes(probe, b"new")
+        with open(probe, "rb") as handle:
+            if handle.read() != b"new":
+                problems.append(f"a rename over an existing file under {directory} does not replace it")
+    except OSError as exc:
+        problems.append(f"{directory} cannot be written ({exc.strerror})")
+    finally:
+        for fd in (first, second):
+            if fd is not None:
+                os.close(fd)
+        try:
+            os.unlink(probe)
+        except FileNotFoundError:
+            pass
+    return problems

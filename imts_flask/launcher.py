@@ -1,24 +1,24 @@
 """Queue, start, stop and reconcile the detached per-job monitor processes."""
 
-import dataclasses
-import json
 import logging
 import os
 import secrets
 import signal
 import socket
-import subprocess
 import time
 
 from .errors import Conflict
+from .executors import HOST, make_executor
+from .executors.common import MONITOR_SETTINGS_ENV  # noqa: F401 (the monitor reads it from here)
 from .procs import is_same_process, terminate_tree
 from .state import JobStatus, creation_order, now_utc, parse_time
 from .store import JobStore
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCHEDULER_LOCK = "_scheduler"
+# A stop not done this long after the grace period is forced through the executor.
+STOP_FALLBACK_S = 30.0
 
 # Variables the trainer may inherit from the service; everything else is dropped.
 _PASS_ENV = (
@@ -38,7 +38,6 @@ _PASS_ENV = (
     "OMP_NUM_THREADS",
     "MKL_NUM_THREADS",
 )
-MONITOR_SETTINGS_ENV = "IMTS_MONITOR_SETTINGS"
 
 
 def free_port():
@@ -47,11 +46,13 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def trainer_env(settings, gpu_ids=None, torchrun=False):
+def trainer_env(settings, gpu_ids=None, torchrun=False, engine=False, ray_workers=0):
     """Build the trainer's environment from an allowlist, the offline switches and its GPUs.
 
     `gpu_ids` None means "no GPU handed out": on a service with GPUs the trainer then sees none.
+    `engine` means the engine (Ray) placed the job and set CUDA_VISIBLE_DEVICES for it: kept as is.
     `torchrun` forces LLaMA Factory's torchrun launch (DeepSpeed needs it even on one GPU).
+    `ray_workers` trains with LLaMA Factory's own Ray workers (USE_RAY=1), for jobs beyond a node.
     """
     env = {key: os.environ[key] for key in _PASS_ENV if key in os.environ}
     bin_dir = os.path.dirname(os.path.abspath(settings.llamafactory_cli))
@@ -64,15 +65,22 @@ def trainer_env(settings, gpu_ids=None, torchrun=False):
         HF_DATASETS_CACHE=os.path.join(settings.path("cache_dir"), "datasets"),
         WANDB_DISABLED="true",
         TOKENIZERS_PARALLELISM="false",
-        USE_RAY="0",
+        USE_RAY="1" if ray_workers else "0",
     )
-    if settings.gpu_ids:
+    if engine:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        gpu_ids = [g for g in visible.split(",") if g.strip()]
+        if "CUDA_VISIBLE_DEVICES" in os.environ:
+            env["CUDA_VISIBLE_DEVICES"] = visible
+        if not gpu_ids and "OMP_NUM_THREADS" not in env:
+            env["OMP_NUM_THREADS"] = str(max(1, int(settings.ray_cpus_per_job)))  # the CPUs Ray reserved
+    elif settings.gpu_ids:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids or [])
     elif "OMP_NUM_THREADS" not in env:
         # Training on CPUs: each job gets its share of the cores. Left to torch, every job starts a
         # thread per core, and jobs sharing the cores slowed down 30-fold here.
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // settings.capacity))
-    if torchrun or (gpu_ids and len(gpu_ids) > 1):
+    if not ray_workers and (torchrun or (gpu_ids and len(gpu_ids) > 1)):
         # LLaMA Factory's torchrun launch, one process per GPU, on a port of its own.
         env.update(
             FORCE_TORCHRUN="1", NPROC_PER_NODE=str(max(1, len(gpu_ids or []))), MASTER_PORT=str(free_port())
@@ -80,14 +88,24 @@ def trainer_env(settings, gpu_ids=None, torchrun=False):
     return env
 
 
+def here(record):
+    """Whether a process record (pid, start_ticks, host) is of this host, where its pid means something."""
+    return (record or {}).get("host", HOST) == HOST
+
+
 def monitor_alive(state):
     monitor = state.get("monitor") or {}
-    return is_same_process(monitor.get("pid"), monitor.get("start_ticks"))
+    return here(monitor) and is_same_process(monitor.get("pid"), monitor.get("start_ticks"))
 
 
 def _queued(state):
     """A pending job that has not been handed a slot yet."""
     return state.get("status") == JobStatus.PENDING.value and not state.get("launch")
+
+
+def _waiting(state):
+    """A pending job whose monitor has not started it: queued here, or in the engine's queue."""
+    return state.get("status") == JobStatus.PENDING.value and not (state.get("monitor") or {}).get("pid")
 
 
 class Launcher:
@@ -96,6 +114,7 @@ class Launcher:
     def __init__(self, settings, store: JobStore):
         self.settings = settings
         self.store = store
+        self.executor = make_executor(settings, store)
 
     # -- liveness --------------------------------------------------------------------------
 
@@ -110,16 +129,23 @@ class Launcher:
         return self._loss(state) is not None
 
     def _loss(self, state):
-        """Return how an unfinished job lost its monitor, or None while it has one (or never had)."""
+        """Return how an unfinished job lost its monitor, or None while it has one (or never had).
+
+        On the monitor's own host its pid and start time decide; on any host a heartbeat older than
+        heartbeat_timeout_s, or the executor's word (Ray: the job ended without an outcome).
+        """
         if state.get("broken") or JobStatus(state["status"]).is_terminal():
             return None
-        if not (state.get("monitor") or {}).get("pid"):
+        monitor = state.get("monitor") or {}
+        if not monitor.get("pid"):
             return None
-        if not monitor_alive(state):
+        if here(monitor) and not is_same_process(monitor.get("pid"), monitor.get("start_ticks")):
             return "the job's monitor process died without recording an outcome"
         age = self._heartbeat_age(state["job_id"])
         if age > self.settings.heartbeat_timeout_s:
             return f"the job's monitor has not heartbeaten for {age:.0f} s"
+        if age > 3 * self.settings.heartbeat_s:  # a beat or two missed: ask the engine (a node died?)
+            return self.executor.lost(state.get("launch"), claimed=True)
         return None
 
     def export_lost(self, export):
@@ -127,22 +153,16 @@ class Launcher:
         if (export or {}).get("status") != "running":
             return False
         monitor = export.get("monitor")
-        if monitor:
+        if monitor and here(monitor):
             return not is_same_process(monitor.get("pid"), monitor.get("start_ticks"))
-        at = parse_time(export.get("requested_at"))
-        return at is not None and time.time() - at.timestamp() > self.settings.launch_timeout_s
+        launch = export.get("launch") or {"at": export.get("requested_at")}
+        return self.executor.lost(launch, claimed=bool(monitor)) is not None
 
     def _launch_expired(self, state):
-        """A slot was handed out but no monitor showed up in time (its spawner died)."""
-        launch = state.get("launch") or {}
-        if (
-            state.get("status") != JobStatus.PENDING.value
-            or not launch
-            or (state.get("monitor") or {}).get("pid")
-        ):
-            return False
-        at = parse_time(launch.get("at"))
-        return at is not None and time.time() - at.timestamp() > self.settings.launch_timeout_s
+        """A slot was handed out but no monitor showed up (its spawner died, or the engine dropped it)."""
+        if not state.get("launch") or not _waiting(state):
+            return None
+        return self.executor.lost(state["launch"], claimed=False)
 
     def reconcile(self, state):
         """Settle an unfinished job whose monitor is gone: kill what is left, then retry or record the end.
@@ -154,39 +174,53 @@ class Launcher:
         (stopped, if a stop had been requested). A job handed a slot whose monitor never appeared
         goes back to the queue.
         """
-        if self._launch_expired(state):
+        expired = self._launch_expired(state)
+        if expired:
+            launch_id = state["launch"]["id"]
 
             def requeue(current):
-                if not self._launch_expired(current):
+                if (current.get("launch") or {}).get("id") != launch_id or not _waiting(current):
                     return False
                 log.warning(
-                    "job %s: no monitor appeared for launch %s; queued again",
-                    current["job_id"],
-                    current["launch"]["id"],
+                    "job %s: launch %s is gone (%s); queued again", current["job_id"], launch_id, expired
                 )
                 current["launch"] = None
 
             state = self.store.update(state["job_id"], requeue)
-        elif self.monitor_gone(state):
-            trainer = state.get("trainer") or {}
-            monitor = state.get("monitor") or {}
-            # Outside the lock: the grace period may take seconds. Two workers killing twice is harmless.
-            # The trainer first, with its grace period (it may save a checkpoint); then a hung monitor.
-            killed = terminate_tree(
-                trainer.get("pid"), trainer.get("start_ticks"), self.settings.stop_grace_s
-            )
-            killed += terminate_tree(monitor.get("pid"), monitor.get("start_ticks"), 0)
-            state = self.store.update(state["job_id"], lambda current: self._settle_lost(current, killed))
         else:
-            return state
+            loss = self._loss(state)
+            if loss is None:
+                self._force_stop_if_overdue(state)
+                return state
+            killed = self._kill(state)
+            monitor = state.get("monitor")
+            state = self.store.update(
+                state["job_id"], lambda current: self._settle_lost(current, monitor, loss, killed)
+            )
         if _queued(state):
             self.schedule()  # queued again: it may have a slot at once (schedule reconciles nothing more)
         return state
 
-    def _settle_lost(self, state, killed):
-        loss = self._loss(state)
-        if loss is None:
-            return False  # another worker settled it, or the monitor came back
+    def _kill(self, state):
+        """Kill what is left of a job's processes: on this host by pid, anywhere through the executor.
+
+        Outside the lock: the grace period may take seconds; two workers killing twice is harmless.
+        The trainer first, with its grace period (it may save a checkpoint); then a hung monitor.
+        """
+        trainer, monitor = state.get("trainer") or {}, state.get("monitor") or {}
+        killed = 0
+        if here(trainer):
+            killed += terminate_tree(
+                trainer.get("pid"), trainer.get("start_ticks"), self.settings.stop_grace_s
+            )
+        if here(monitor):
+            killed += terminate_tree(monitor.get("pid"), monitor.get("start_ticks"), 0)
+        self.executor.stop(state.get("launch"))
+        return killed
+
+    def _settle_lost(self, state, monitor, loss, killed):
+        if JobStatus(state["status"]).is_terminal() or state.get("monitor") != monitor:
+            return False  # it recorded an outcome meanwhile, or another worker settled it
         attempt = state.get("attempt") or 1
         limit = state.get("max_attempts") or self.settings.max_attempts
         state.update(pid=None, trainer=None)
@@ -206,13 +240,36 @@ class Launcher:
         )
         return details
 
+    def _force_stop_if_overdue(self, state):
+        """The fallback of a stop: a monitor that has not finished well after its grace period is stopped
+        through the executor (Ray's stop_job) and, on its own host, by killing its process trees."""
+        asked = parse_time(state.get("stop_requested_at"))
+        overdue = self.settings.stop_grace_s + STOP_FALLBACK_S
+        if (
+            asked is None
+            or state.get("status") != JobStatus.RUNNING.value
+            or state.get("stop_forced_at")
+            or time.time() - asked.timestamp() < overdue
+        ):
+            return
+        updated = self.store.update(
+            state["job_id"],
+            lambda s: False if s.get("stop_forced_at") else s.update(stop_forced_at=now_utc()),
+        )
+        if updated.get("stop_forced_at") and updated["status"] == JobStatus.RUNNING.value:
+            log.warning(
+                "job %s: its monitor did not stop within %.0f s; forcing it", state["job_id"], overdue
+            )
+            self._kill(updated)
+
     # -- queue -----------------------------------------------------------------------------
 
     def schedule(self):
         """Start queued jobs, oldest first, while a slot and enough free GPUs remain.
 
         Under one global lock, so two workers never hand out the same slot or GPU; the monitors
-        are spawned after the lock is released.
+        are spawned after the lock is released. An executor that queues jobs itself (Ray) gets
+        every queued job at once, with the GPUs it asks for: the engine places them.
         """
         states = [self.reconcile(s) for s in self.store.active_states()]
         to_start = []
@@ -225,65 +282,72 @@ class Launcher:
             slots = self.settings.capacity - len(holding)
             for state in sorted(filter(_queued, states), key=creation_order):
                 need = state.get("gpus") or 0
-                if slots <= 0 or need > len(free_gpus):
+                launch = {"id": secrets.token_hex(4), "at": now_utc()}
+                if self.executor.queues_jobs:
+                    launch.update(gpus=None, num_gpus=need)  # the engine places it and picks its GPUs
+                    if self.settings.ray_gpus_per_node and need > self.settings.ray_gpus_per_node:
+                        # More GPUs than a node has: LLaMA Factory's Ray workers claim them across nodes.
+                        launch.update(num_gpus=0, ray_workers=need)
+                elif slots <= 0 or need > len(free_gpus):
                     break  # first come, first served: the head of the queue waits for its GPUs
-                gpu_ids, free_gpus = free_gpus[:need], free_gpus[need:]
-                launch = {"id": secrets.token_hex(4), "gpus": gpu_ids, "at": now_utc()}
+                else:
+                    launch["gpus"], free_gpus = free_gpus[:need], free_gpus[need:]
                 updated = self.store.update(state["job_id"], _hand_out(launch))
                 if (updated.get("launch") or {}).get("id") == launch["id"]:
                     slots -= 1
-                    to_start.append((state["job_id"], launch["id"]))
-        for job_id, launch_id in to_start:
-            self._start(job_id, launch_id)
+                    to_start.append((state["job_id"], launch))
+        for job_id, launch in to_start:
+            self._start(job_id, launch)
         return [job_id for job_id, _ in to_start]
 
     def queue_position(self, job_id):
-        """Return a queued job's 1-based place in the queue, or None if it is not queued."""
-        queued = sorted(filter(_queued, self.store.active_states()), key=creation_order)
-        return next((i + 1 for i, s in enumerate(queued) if s["job_id"] == job_id), None)
+        """Return a waiting job's 1-based place in the queue (ours, or the engine's), else None."""
+        queued = _waiting if self.executor.queues_jobs else _queued
+        waiting = sorted(filter(queued, self.store.active_states()), key=creation_order)
+        return next((i + 1 for i, s in enumerate(waiting) if s["job_id"] == job_id), None)
 
     # -- starting --------------------------------------------------------------------------
 
-    def _spawn(self, job_id, *args):
-        """Start `python -m imts_flask.monitor <args>` in its own session; return its pid."""
-        env = dict(os.environ)
-        env["PYTHONPATH"] = PROJECT_ROOT + os.pathsep + env.get("PYTHONPATH", "")
-        env[MONITOR_SETTINGS_ENV] = json.dumps(dataclasses.asdict(self.settings))
-        with open(self.store.path(job_id, JobStore.MONITOR_LOG), "ab") as out:
-            proc = subprocess.Popen(
-                [self.settings.python, "-m", "imts_flask.monitor", *args],
-                cwd=self.store.path(job_id),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                close_fds=True,
-                env=env,
-            )
-        return proc.pid
-
-    def _start(self, job_id, launch_id):
+    def _start(self, job_id, launch):
         """Start the monitor of a job handed a slot; a failure to start marks the job failed.
 
         The monitor records itself when it claims the launch; one that never does (a worker that
-        died before spawning it) leaves the launch to expire and the job is queued again.
+        died before spawning it, an engine that dropped it) leaves the launch to expire, and the job
+        is queued again. An engine that cannot be reached now (start returns None) is retried so.
         """
         try:
-            pid = self._spawn(job_id, "train", job_id, launch_id)
+            started = self.executor.start(job_id, ["train", job_id, launch["id"]], launch)
         except OSError as exc:
             log.exception("job %s: could not start its monitor", job_id)
             error = f"could not start the job's monitor: {exc}"
             self.store.update(job_id, lambda s: s.update(status=JobStatus.FAILED.value, error=error))
             return
-        log.info("job %s: monitor started (pid %s)", job_id, pid)
+        if started:
+            log.info("job %s: monitor started (%s)", job_id, started)
+        else:
+            log.warning("job %s: its monitor could not be started now; the launch will be retried", job_id)
 
     def start_export(self, job_id):
-        self._spawn(job_id, "export", job_id)
+        """Start the export monitor of a job whose export record was just set to running."""
+        launch = {"id": secrets.token_hex(4), "at": now_utc()}
+        launch["submission_id"] = f"{job_id}-export-{launch['id']}"
+
+        def record(state):
+            if (state.get("export") or {}).get("status") != "running":
+                return False
+            state["export"]["launch"] = launch
+
+        self.store.update(job_id, record)
+        self.executor.start(job_id, ["export", job_id], launch)
 
     # -- stopping --------------------------------------------------------------------------
 
     def request_stop(self, job_id):
-        """Record a stop request and tell the monitor; return the state after the request."""
+        """Record a stop request and tell the monitor; return the state after the request.
+
+        The monitor, wherever it runs, reads the request from the job's record within a second; on
+        this host it also gets SIGTERM at once. A job still in the engine's queue is withdrawn.
+        """
 
         def mark(state):
             status = JobStatus(state["status"])
@@ -299,12 +363,17 @@ class Launcher:
                 # Never started, or its monitor is starting: the monitor sees this and stands down.
                 state["status"] = JobStatus.STOPPED.value
 
+        before = self.store.read(job_id)
         state = self.store.update(job_id, mark)
         if state["status"] == JobStatus.RUNNING.value:
             if monitor_alive(state):
                 os.kill(state["monitor"]["pid"], signal.SIGTERM)
-            else:
+            elif here(state.get("monitor")):
                 state = self.reconcile(state)
+        elif (
+            before["status"] == JobStatus.PENDING.value and before.get("launch") and self.executor.queues_jobs
+        ):
+            self.executor.stop(before["launch"])  # free its place in the engine's queue
         return state
 
     def wait_for(self, job_id, timeout_s, done=None):
@@ -322,6 +391,12 @@ def _hand_out(launch):
     def change(state):
         if not _queued(state):
             return False
+        if launch.get("gpus", []) is None:
+            # The engine's name for the launch: the job's id the first time (`ray job status
+            # train_xxx` finds it), then one per launch, since an engine keeps names it has seen.
+            count = state.get("engine_launches") or 0
+            launch["submission_id"] = state["job_id"] if not count else f"{state['job_id']}-{launch['id']}"
+            state["engine_launches"] = count + 1
         state["launch"] = launch
 
     return change

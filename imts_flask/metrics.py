@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from .launcher import _gpus_of, _queued
+from .launcher import _gpus_of, _queued, _waiting
 from .state import JobStatus, parse_time
 
 REQUESTS = Counter("imts_http_requests_total", "HTTP requests answered", ["method", "endpoint", "status"])
@@ -45,15 +45,27 @@ class JobsCollector:
             by_state.add_metric([status.value], sum(s.get("status") == status.value for s in states))
         yield by_state
         active = self.service.store.active_states()
-        holding = [s for s in active if not _queued(s)]
+        engine = self.service.launcher.executor.queues_jobs  # Ray: the cluster's capacity, not ours
+        queued = _waiting if engine else _queued  # with Ray, submitted jobs wait in Ray's queue
+        holding = [s for s in active if not queued(s)]
         yield GaugeMetricFamily(
-            "imts_queue_length", "Pending jobs waiting for capacity", value=sum(map(_queued, active))
+            "imts_queue_length", "Pending jobs waiting for capacity", value=sum(map(queued, active))
         )
-        yield GaugeMetricFamily("imts_job_slots_total", "Jobs that may run at once", value=settings.capacity)
+        slots = float("nan") if engine else settings.capacity
+        yield GaugeMetricFamily("imts_job_slots_total", "Jobs that may run at once", value=slots)
         yield GaugeMetricFamily("imts_job_slots_in_use", "Jobs running or starting", value=len(holding))
-        yield GaugeMetricFamily("imts_gpus_total", "GPUs this service hands out", value=len(settings.gpu_ids))
+        executor_up, _ = self.service.launcher.executor.health()
         yield GaugeMetricFamily(
-            "imts_gpus_in_use", "GPUs handed to jobs", value=sum(len(_gpus_of(s)) for s in holding)
+            "imts_executor_up",
+            "1 while the executor can start jobs (Ray's job server answers)",
+            value=executor_up,
+        )
+        gpus = settings.ray_max_gpus if engine else len(settings.gpu_ids)
+        yield GaugeMetricFamily("imts_gpus_total", "GPUs this service hands out", value=gpus)
+        yield GaugeMetricFamily(
+            "imts_gpus_in_use",
+            "GPUs handed to jobs",
+            value=sum(len(_gpus_of(s)) or (s.get("launch") or {}).get("num_gpus") or 0 for s in holding),
         )
         yield GaugeMetricFamily(
             "imts_disk_free_bytes",

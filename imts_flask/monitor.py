@@ -21,7 +21,9 @@ import time
 import yaml
 
 from .checkpoints import copy_checkpoint, discard_incomplete, disk_bytes, incomplete_reason, latest_complete
-from .launcher import MONITOR_SETTINGS_ENV, Launcher, trainer_env
+from .executors import HOST
+from .executors.common import MONITOR_LOG_ENV, MONITOR_SETTINGS_ENV
+from .launcher import Launcher, trainer_env
 from .procs import start_ticks, terminate_tree
 from .settings import Settings
 from .state import JobStatus, now_utc
@@ -97,10 +99,11 @@ class Monitor:
         self.job_id = job_id
         self.store = JobStore(settings.path("jobs_dir"), settings.lock_timeout_s, Notifier(settings).notify)
         self._disk_measured = 0.0
-        self.me = {"pid": os.getpid(), "start_ticks": start_ticks(os.getpid())}
+        self.me = {"pid": os.getpid(), "start_ticks": start_ticks(os.getpid()), "host": HOST}
         self.stop = _StopFlag()
-        self.gpu_ids = None
+        self.launch = None
         self.torchrun = False
+        self._looked = 0.0
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self.stop)
 
@@ -112,6 +115,7 @@ class Monitor:
     def _run(self, argv, log_name):
         """Start a llamafactory-cli command in its own process group, output appended to a log."""
         log_path = self.store.path(self.job_id, log_name)
+        launch = self.launch or {}  # an export has none: no GPU
         with open(log_path, "ab") as out:
             out.write(f"=== {now_utc()} imts monitor (pid {os.getpid()}): {' '.join(argv)}\n".encode())
             out.flush()
@@ -123,7 +127,13 @@ class Monitor:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 close_fds=True,
-                env=trainer_env(self.settings, self.gpu_ids, self.torchrun),
+                env=trainer_env(
+                    self.settings,
+                    launch.get("gpus"),
+                    self.torchrun,
+                    engine="gpus" in launch and launch["gpus"] is None,  # placed by Ray, with its GPUs
+                    ray_workers=launch.get("ray_workers") or 0,
+                ),
             )
 
     def _wait(self, proc, ticks, on_beat=None):
@@ -131,6 +141,7 @@ class Monitor:
         stopping = False
         last_beat = 0.0
         while proc.poll() is None:
+            self._look_for_stop()
             if self.stop.set and not stopping:
                 stopping = True
                 terminate_tree(proc.pid, ticks, self.settings.stop_grace_s, popen=proc)
@@ -143,6 +154,18 @@ class Monitor:
                 last_beat = now
             time.sleep(0.2)
         return proc.returncode
+
+    def _look_for_stop(self):
+        """Read the job's record once a second: a stop requested through any instance, on any host."""
+        if self.stop.set or time.monotonic() - self._looked < 1.0:
+            return
+        self._looked = time.monotonic()
+        try:
+            if self.store.read(self.job_id).get("stop_requested_at"):
+                log.info("a stop was requested in the job's record: stopping the trainer")
+                self.stop.set = True
+        except Exception:  # a record being replaced, a lock: the next look will do
+            log.debug("could not read the job's record", exc_info=True)
 
     def _owned(self, change):
         """Wrap a state change so that it applies only while this monitor owns the job's attempt."""
@@ -180,7 +203,7 @@ class Monitor:
             )
             return
         self._heartbeat()
-        self.gpu_ids = state["launch"].get("gpus")
+        self.launch = state["launch"]
         config_path = self.store.path(self.job_id, JobStore.TRAIN_CONFIG)
         try:
             resume = self._prepare_attempt(state, config_path)
@@ -256,6 +279,8 @@ class Monitor:
             config = yaml.safe_load(handle) or {}
         checkpoint = None if resume_refusal(config) else latest_complete(output_dir)
         planned = attempt_config(config, checkpoint["path"] if checkpoint else None)
+        if (state.get("launch") or {}).get("ray_workers"):
+            planned["ray_num_workers"] = state["launch"]["ray_workers"]  # LLaMA Factory's own Ray training
         if planned != config:
             self.store.write_file(self.job_id, JobStore.TRAIN_CONFIG, planned)
         if checkpoint:
@@ -370,6 +395,12 @@ def main(argv=None):
         print("usage: python -m imts_flask.monitor train JOB_ID LAUNCH_ID | export JOB_ID", file=sys.stderr)
         return 2
     action, job_id, *extra = argv
+    if os.environ.get(MONITOR_LOG_ENV):
+        # Started by an engine (Ray) whose output goes elsewhere: write to the job's monitor.log.
+        log_file = os.open(os.environ[MONITOR_LOG_ENV], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.dup2(log_file, 1)
+        os.dup2(log_file, 2)
+        os.close(log_file)
     raw = json.loads(os.environ.get(MONITOR_SETTINGS_ENV, "{}"))
     known = {f.name for f in dataclasses.fields(Settings)}
     settings = Settings(**{k: v for k, v in raw.items() if k in known})

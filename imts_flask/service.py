@@ -14,7 +14,7 @@ from .catalog import Catalog
 from .checkpoints import list_checkpoints
 from .datasets import Uploads
 from .errors import Conflict, Forbidden, InsufficientStorage, NotFound, ValidationFailed
-from .fsio import read_tail
+from .fsio import filesystem_problems, read_tail
 from .launcher import Launcher
 from .lifecycle import Lifecycle
 from .state import TIME_FORMAT, JobStatus, creation_order, now_utc
@@ -62,6 +62,9 @@ class TrainingService:
         self.store = JobStore(
             settings.path("jobs_dir"), settings.lock_timeout_s, self.notifier.notify, settings.log_links_dir
         )
+        problems = filesystem_problems(self.store.root)
+        if problems:  # a store whose locks do not lock would lose jobs quietly: refuse to start
+            raise RuntimeError("the job store cannot be used: " + "; ".join(problems))
         self.uploads = Uploads(settings, self.store)
         self.catalog = Catalog(settings, self.uploads)
         self.launcher = Launcher(settings, self.store)
@@ -303,6 +306,14 @@ class TrainingService:
 
     def _gpus_for(self, asked):
         """Return how many GPUs a job gets: as asked (default 1 where GPUs exist), if that can ever fit."""
+        if self.launcher.executor.queues_jobs:
+            most = self.settings.ray_max_gpus
+            if asked is not None and asked > most:
+                raise ValidationFailed(
+                    f"asks for {asked} GPUs but the Ray cluster offers at most {most} (ray_max_gpus)",
+                    field="gpus",
+                )
+            return (1 if most else 0) if asked is None else asked
         available = self.settings.gpu_ids
         if asked is None:
             return 1 if available else 0
@@ -600,8 +611,10 @@ class TrainingService:
         cli = self.settings.llamafactory_cli
         jobs = self.store.root
         free_mb = shutil.disk_usage(jobs).free // (1024 * 1024)
+        executor_ok, executor = self.launcher.executor.health()
         checks = {
             "llamafactory_cli": {"ok": os.path.isfile(cli) and os.access(cli, os.X_OK), "path": cli},
+            "executor": {"ok": executor_ok, **executor},
             "jobs_dir_writable": {"ok": os.access(jobs, os.W_OK | os.X_OK), "path": jobs},
             "disk_free": {
                 "ok": free_mb >= self.settings.min_free_disk_mb,
@@ -609,7 +622,10 @@ class TrainingService:
                 "min_free_mb": self.settings.min_free_disk_mb,
             },
         }
-        return all(c["ok"] for c in checks.values()), checks
+        # The executor's engine (Ray) is shared by every instance: its outage is reported, but it does
+        # not turn this instance unhealthy, or a load balancer would take every instance out of
+        # service, status reads and all.
+        return all(c["ok"] for name, c in checks.items() if name != "executor"), checks
 
 
 def _decode_whole_chars(data):

@@ -61,6 +61,18 @@ class Settings:
     housekeeping_s: float = 5.0
     # A job handed a slot whose monitor has not shown up after this long is queued again.
     launch_timeout_s: float = 30.0
+    # Where monitors run: "local" (detached processes of this host) or "ray" (Ray jobs on a cluster,
+    # submitted to the Ray job server at ray_address, e.g. http://head:8265). With ray, every node
+    # mounts `home` at the same path and holds this installation at the same path.
+    executor: str = "local"
+    ray_address: str = ""
+    # Per job: the CPUs its Ray job reserves, extra custom resources (JSON, e.g. {"imts": 1}), the
+    # most GPUs a job may ask for (the cluster's), and a node's GPUs (a job asking for more trains
+    # with LLaMA Factory's own Ray workers across nodes; 0: never).
+    ray_cpus_per_job: float = 1.0
+    ray_resources: str = ""
+    ray_max_gpus: int = 0
+    ray_gpus_per_node: int = 0
     # A job whose monitor vanished (host reboot, kill -9, OOM kill of the monitor) is queued again and
     # resumes from its last complete checkpoint, up to this many attempts in all; then it is failed "lost".
     max_attempts: int = 3

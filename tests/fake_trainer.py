@@ -46,7 +46,16 @@ def main():
     # Evidence for the tests: the GPU environment it got, and when it ran (appended, one line each).
     with open(os.path.join(job_dir, "fake_env.json"), "w") as handle:
         json.dump(
-            {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "FORCE_TORCHRUN", "NPROC_PER_NODE")},
+            {
+                k: os.environ.get(k)
+                for k in (
+                    "CUDA_VISIBLE_DEVICES",
+                    "FORCE_TORCHRUN",
+                    "NPROC_PER_NODE",
+                    "USE_RAY",
+                    "OMP_NUM_THREADS",
+                )
+            },
             handle,
         )
     with open(os.path.join(job_dir, "fake_invocation.json"), "w") as handle:

@@ -5,34 +5,17 @@ IMTS_REQUIRE_INTEGRATIONS=1 (set by CI) makes that a failure."""
 
 import os
 import shutil
-import subprocess
 import time
 
 import pytest
 import requests
 
-from conftest import PROJECT, make_home, wait_for
-from harness import Service, free_port
+from conftest import PROJECT, make_home
+from harness import Service, java_flow_available, require, run_java_flow, start_nginx
 
 pytestmark = pytest.mark.e2e
 
-JARS = [
-    "spring3-core",
-    "spring3-beans",
-    "spring3-web",
-    "commons-logging",
-    "jackson-databind",
-    "jackson-core",
-    "jackson-annotations",
-]
 FAST = {"template": "default", "cutoff_len": 128, "logging_steps": 1}
-
-
-def _require(available, what):
-    if not available:
-        if os.environ.get("IMTS_REQUIRE_INTEGRATIONS") == "1":
-            pytest.fail(f"{what} is missing (install it: see .ci/run)")
-        pytest.skip(f"{what} is not installed")
 
 
 @pytest.fixture(scope="module")
@@ -45,24 +28,8 @@ def service(tmp_path_factory):
 
 
 def test_the_guides_java_client_flow_with_resttemplate(service, tmp_path):
-    jars = [f"/usr/share/java/{name}.jar" for name in JARS]
-    _require(shutil.which("javac") and all(os.path.exists(j) for j in jars), "javac with Spring and Jackson")
-    classpath = ":".join(jars)
-    source = os.path.join(PROJECT, "tests", "java", "SpringClientFlow.java")
-    subprocess.run(["javac", "-d", str(tmp_path), "-cp", classpath, source], check=True, timeout=300)
-    result = subprocess.run(
-        [
-            "java",
-            "-cp",
-            f"{tmp_path}:{classpath}",
-            "SpringClientFlow",
-            service.root,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    print(result.stdout)
+    require(java_flow_available(), "javac with Spring and Jackson")
+    result = run_java_flow(service.root, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "JAVA FLOW OK" in result.stdout
     assert os.path.isdir(os.path.join(service.home, "models", "exports", "java_model"))
@@ -70,44 +37,11 @@ def test_the_guides_java_client_flow_with_resttemplate(service, tmp_path):
 
 @pytest.fixture
 def nginx(service, tmp_path):
-    _require(shutil.which("nginx"), "nginx")
-    port = free_port()
+    require(shutil.which("nginx"), "nginx")
     location = open(os.path.join(PROJECT, "deploy", "nginx.conf")).read()
     location = location.replace("127.0.0.1:8000", f"127.0.0.1:{service.port}")
-    temp = {name: tmp_path / name for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi")}
-    for path in temp.values():
-        path.mkdir()
-    (tmp_path / "nginx.conf").write_text(f"""
-user root;
-daemon off;
-worker_processes 1;
-pid {tmp_path}/nginx.pid;
-error_log {tmp_path}/error.log;
-events {{ worker_connections 64; }}
-http {{
-    access_log {tmp_path}/access.log;
-    client_body_temp_path {temp["body"]};
-    proxy_temp_path {temp["proxy"]};
-    fastcgi_temp_path {temp["fastcgi"]};
-    uwsgi_temp_path {temp["uwsgi"]};
-    scgi_temp_path {temp["scgi"]};
-    server {{
-        listen 127.0.0.1:{port};
-        {location}
-    }}
-}}
-""")
-    proc = subprocess.Popen(["nginx", "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path)])
-    base = f"http://127.0.0.1:{port}"
-
-    def up():
-        try:
-            return requests.get(f"{base}/api/v1/training/health", timeout=5).status_code == 200
-        except requests.RequestException:
-            return False
-
-    wait_for(up, timeout=30, interval=0.2)
-    yield base
+    proc, port = start_nginx(tmp_path, f"server {{ listen 127.0.0.1:{{port}};\n{location}\n}}")
+    yield f"http://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(timeout=30)
 

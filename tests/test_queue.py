@@ -79,6 +79,8 @@ def test_each_job_gets_its_own_gpus(make_app):
         "CUDA_VISIBLE_DEVICES": ",".join(sa["gpu_ids"]),
         "FORCE_TORCHRUN": "1",
         "NPROC_PER_NODE": "2",
+        "USE_RAY": "0",
+        "OMP_NUM_THREADS": env["OMP_NUM_THREADS"],  # the service's own, if any: GPUs here
     }
     sc = _done(client, c)
     assert sc["status"] == "completed" and len(sc["gpu_ids"]) == 1

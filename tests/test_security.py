@@ -11,9 +11,9 @@ import threading
 
 import pytest
 import yaml
-from test_datasets import ALPACA_ROWS, _jsonl, _uploads_root, upload
 
 from conftest import API, wait_for
+from test_datasets import ALPACA_ROWS, _jsonl, _uploads_root, upload
 
 BASE = "/api/v1/training"
 BODY = {"model_name": "tiny-llama", "dataset": "demo_sft"}

@@ -425,6 +425,83 @@ def bench_validation(root, rows):
     return results
 
 
+class RayHead:
+    """A one-node Ray cluster (head with CPUs) for the executor figures, owned by this process."""
+
+    def __init__(self, root):
+        self.dashboard = free_port()
+        self.address = f"http://127.0.0.1:{self.dashboard}"
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        self.proc = subprocess.Popen(
+            [
+                os.path.join(VENV_BIN, "ray"),
+                "start",
+                "--head",
+                "--block",
+                "--disable-usage-stats",
+                f"--port={free_port()}",
+                "--num-cpus=2",
+                "--include-dashboard=true",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={self.dashboard}",
+                f"--object-store-memory={80 * 2**20}",
+            ],
+            env=env,
+            stdout=open(os.path.join(root, "ray.log"), "ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        for _ in range(600):
+            try:
+                if _http("GET", f"{self.address}/api/version")[0] == 200:
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError("Ray did not come up")
+
+    def stop(self):
+        procs = [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(recursive=True)]
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(procs, timeout=30)
+
+
+def bench_executors(root, runs):
+    """POST -> running and POST stop -> stopped under the local executor and under Ray, side by side."""
+    results = {}
+    ray = RayHead(root) if os.path.exists(os.path.join(VENV_BIN, "ray")) else None
+    try:
+        for name in ("local", "ray"):
+            if name == "ray" and ray is None:
+                continue
+            extra = {"executor": "ray", "ray_address": ray.address} if name == "ray" else {}
+            server = Server(os.path.join(root, f"executor-{name}"), max_concurrent_jobs=1, **extra)
+            to_running, to_stopped = [], []
+            try:
+                for _ in range(runs):
+                    start = time.perf_counter()
+                    job_id = _http("POST", f"{server.base}/jobs", {**REQUEST, "epochs": 500.0})[1]["job_id"]
+                    server.wait(job_id, done=("running",), interval=0.02)
+                    to_running.append(time.perf_counter() - start)
+                    while not (server.wait(job_id, done=("running",))["current_step"] or 0):
+                        time.sleep(0.1)  # training proper, not start-up
+                    start = time.perf_counter()
+                    _http("POST", f"{server.base}/jobs/{job_id}/stop")
+                    server.wait(job_id, done=("stopped",), interval=0.02)
+                    to_stopped.append(time.perf_counter() - start)
+            finally:
+                server.stop()
+            results[name] = {
+                "to_running_s": median_spread(to_running),
+                "to_stopped_s": median_spread(to_stopped),
+            }
+    finally:
+        if ray is not None:
+            ray.stop()
+    return results
+
+
 def report(results, smoke):
     o, r, c, u = results["overhead"], results["reads"], results["create"], results["uploads"]
     listing = results["listing"]
@@ -501,6 +578,16 @@ def report(results, smoke):
             "flat",
             ok(u["worker_rss_growth_mb"] <= 10),
         ),
+        *[
+            (
+                f"10. executor {name}: POST -> running, POST stop -> stopped",
+                f"{v['to_running_s']['median']:.2f} s, {v['to_stopped_s']['median']:.2f} s "
+                f"(median of {v['to_running_s']['n']})",
+                "",
+                "",
+            )
+            for name, v in results.get("executors", {}).items()
+        ],
         (
             "9. row check per 100,000 rows",
             ", ".join(f"{k} {v:.2f} s" for k, v in results["validation"].items()),
@@ -540,6 +627,8 @@ def main():
         print("uploads ...", flush=True)
         results["uploads"] = bench_uploads(root, 16 if smoke else 1024)
         results["validation"] = bench_validation(root, 10_000 if smoke else 100_000)
+        print("executors ...", flush=True)
+        results["executors"] = bench_executors(root, 1 if smoke else 3)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     table = report(results, smoke)
