@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: setup demo run test lint unit e2e bench bench-smoke clean
+.PHONY: setup demo run test lint unit e2e bench bench-smoke gpu-check clean
 
 setup: $(VENV)/.installed demo
 
@@ -40,6 +40,12 @@ bench: setup
 
 bench-smoke: setup
 	$(BIN)/python tools/bench.py --smoke
+
+# On a GPU machine, with the interpreter that has torch (no venv is built: nothing is downloaded).
+# WHEELS=dir installs the packages that machine lacks from a directory of wheels first.
+GPU_PYTHON ?= python3
+gpu-check:
+	$(GPU_PYTHON) tools/gpu_check.py $(if $(WHEELS),--wheels $(WHEELS)) $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) models/tiny-llama data

@@ -65,6 +65,8 @@ def trainer_env(settings, gpu_ids=None, torchrun=False, engine=False, ray_worker
         HF_DATASETS_CACHE=os.path.join(settings.path("cache_dir"), "datasets"),
         WANDB_DISABLED="true",
         TOKENIZERS_PARALLELISM="false",
+        # CUDA numbers GPUs as NVML and nvidia-smi do, so the ids a job is handed are the ones seen.
+        CUDA_DEVICE_ORDER="PCI_BUS_ID",
         USE_RAY="1" if ray_workers else "0",
     )
     if engine:

@@ -22,6 +22,7 @@ LATENCY = Histogram(
     ["method", "endpoint"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+GPU_LABELS = ["gpu", "uuid"]
 DURATION_BUCKETS = (60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400, float("inf"))
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -73,6 +74,7 @@ class JobsCollector:
             value=shutil.disk_usage(self.service.store.root).free,
         )
         yield self._durations(states)
+        yield from self._gpus(active)
         measured = [s for s in states if s.get("disk_bytes") is not None]
         per_job = GaugeMetricFamily(
             "imts_job_disk_bytes",
@@ -87,6 +89,63 @@ class JobsCollector:
             "Bytes all job directories take",
             value=sum(s["disk_bytes"] for s in measured),
         )
+
+    def _gpus(self, active):
+        """Per GPU handed out (labels gpu, the id jobs see, and uuid) and per running job, from NVML."""
+        reading = self.service.gpus.read()
+        families = {
+            "utilization": GaugeMetricFamily(
+                "imts_gpu_utilization_ratio", "GPU busy time, 0..1", labels=GPU_LABELS
+            ),
+            "memory_used_bytes": GaugeMetricFamily(
+                "imts_gpu_memory_used_bytes", "GPU memory used", labels=GPU_LABELS
+            ),
+            "memory_total_bytes": GaugeMetricFamily(
+                "imts_gpu_memory_total_bytes", "GPU memory", labels=GPU_LABELS
+            ),
+            "temperature_celsius": GaugeMetricFamily(
+                "imts_gpu_temperature_celsius", "GPU temperature", labels=GPU_LABELS
+            ),
+            "power_watts": GaugeMetricFamily("imts_gpu_power_watts", "GPU power draw", labels=GPU_LABELS),
+        }
+        lost = GaugeMetricFamily(
+            "imts_gpu_lost", "1 when NVML reports the GPU lost or gone", labels=GPU_LABELS
+        )
+        for gpu in reading["gpus"]:
+            labels = [gpu["id"], gpu["uuid"] or ""]
+            lost.add_metric(labels, 1 if gpu["error"] else 0)
+            for key, family in families.items():
+                if gpu.get(key) is not None:
+                    family.add_metric(labels, gpu[key])
+        yield from families.values()
+        yield lost
+        memory = GaugeMetricFamily(
+            "imts_job_gpu_memory_bytes",
+            "GPU memory of a running job's processes, per GPU",
+            labels=["job_id", "gpu"],
+        )
+        tokens = GaugeMetricFamily(
+            "imts_job_tokens_per_second", "Input tokens a second of a running job", labels=["job_id"]
+        )
+        loss = GaugeMetricFamily(
+            "imts_job_loss", "The latest training loss of a running job", labels=["job_id"]
+        )
+        progress = GaugeMetricFamily(
+            "imts_job_progress_ratio", "Progress of a running job, 0..1", labels=["job_id"]
+        )
+        for state in active:
+            if state.get("status") != JobStatus.RUNNING.value:
+                continue
+            job_id = state["job_id"]
+            for gpu, used in (self.service.gpu_memory_by_gpu(state) or {}).items():
+                memory.add_metric([job_id, gpu], used)
+            view = self.service.view(state, detail=False)
+            if view["tokens_per_second"] is not None:
+                tokens.add_metric([job_id], view["tokens_per_second"])
+            if view["current_loss"] is not None:
+                loss.add_metric([job_id], view["current_loss"])
+            progress.add_metric([job_id], view["progress"])
+        yield from (memory, tokens, loss, progress)
 
     @staticmethod
     def _durations(states):

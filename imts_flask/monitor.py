@@ -23,8 +23,9 @@ import yaml
 from .checkpoints import copy_checkpoint, discard_incomplete, disk_bytes, incomplete_reason, latest_complete
 from .executors import HOST
 from .executors.common import MONITOR_LOG_ENV, MONITOR_SETTINGS_ENV
+from .gpus import Gpus
 from .launcher import Launcher, trainer_env
-from .procs import start_ticks, terminate_tree
+from .procs import start_ticks, terminate_tree, tree_pids
 from .settings import Settings
 from .state import JobStatus, now_utc
 from .store import JobStore
@@ -40,8 +41,8 @@ from .webhooks import Notifier
 
 log = logging.getLogger("imts.monitor")
 
-# How often a running job's disk use (disk_bytes in its status) is measured again.
-DISK_EVERY_S = 60.0
+# How often a running job's disk use and GPU memory are measured again.
+MEASURE_EVERY_S = 60.0
 
 # Files in output_dir that record the training run rather than make up the adapter.
 _TRAINING_RECORDS = {
@@ -98,7 +99,8 @@ class Monitor:
         self.settings = settings
         self.job_id = job_id
         self.store = JobStore(settings.path("jobs_dir"), settings.lock_timeout_s, Notifier(settings).notify)
-        self._disk_measured = 0.0
+        self._measured = 0.0
+        self.gpus = Gpus(settings.gpu_ids)  # this host's, as the engine handed them
         self.me = {"pid": os.getpid(), "start_ticks": start_ticks(os.getpid()), "host": HOST}
         self.stop = _StopFlag()
         self.launch = None
@@ -171,14 +173,20 @@ class Monitor:
         """Wrap a state change so that it applies only while this monitor owns the job's attempt."""
         return lambda current: change(current) if current.get("monitor") == self.me else False
 
-    def _measure_disk(self, force=False):
-        """Record the job directory's disk use now and then (a walk of it, not on every status read)."""
-        if not force and time.monotonic() - self._disk_measured < DISK_EVERY_S:
+    def _measure(self, trainer):
+        """Now and then, record the job directory's disk use (a walk of it, not on every status read)
+        and the GPU memory of the trainer's tree as this host's NVML sees it (for readers elsewhere)."""
+        if time.monotonic() - self._measured < MEASURE_EVERY_S:
             return
-        self._disk_measured = time.monotonic()
-        used = disk_bytes(self.store.path(self.job_id))
+        self._measured = time.monotonic()
+        figures = {"disk_bytes": disk_bytes(self.store.path(self.job_id))}
+        if self.gpus.ids:
+            figures["gpu_memory_bytes"] = self.gpus.memory_of(
+                tree_pids(trainer.pid, start_ticks(trainer.pid))
+            )
         self.store.update(
-            self.job_id, lambda s: False if s.get("disk_bytes") == used else s.update(disk_bytes=used)
+            self.job_id,
+            lambda s: False if all(s.get(k) == v for k, v in figures.items()) else s.update(figures),
         )
 
     # -- training --------------------------------------------------------------------------
@@ -243,7 +251,7 @@ class Monitor:
             terminate_tree(proc.pid, ticks, 0, popen=proc)
             return
         log.info("trainer started: pid %s", proc.pid)
-        rc = self._wait(proc, ticks, on_beat=self._measure_disk)
+        rc = self._wait(proc, ticks, on_beat=lambda: self._measure(proc))
         log.info("trainer exited: %s", rc)
         used = disk_bytes(self.store.path(self.job_id))
         self.store.update(self.job_id, self._owned(lambda s: self._record_outcome(s, rc, used)))

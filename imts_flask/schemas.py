@@ -282,6 +282,14 @@ class JobStatusSchema(ResponseSchema):
     gpus = fields.Integer(allow_none=True)
     gpu_ids = fields.List(fields.String(), allow_none=True)
     queue_position = fields.Integer(allow_none=True)
+    gpu_memory_mb = fields.Integer(
+        allow_none=True,
+        metadata={"description": "GPU memory its processes hold (running; null without GPUs)"},
+    )
+    tokens_per_second = fields.Float(
+        allow_none=True, metadata={"description": "input tokens a second, lately"}
+    )
+    samples_per_second = fields.Float(allow_none=True, metadata={"description": "training samples a second"})
     attempt = fields.Integer(
         metadata={"description": "1, then 2, ... each time the job resumes after its host died"}
     )

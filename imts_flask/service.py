@@ -15,8 +15,10 @@ from .checkpoints import list_checkpoints
 from .datasets import Uploads
 from .errors import Conflict, Forbidden, InsufficientStorage, NotFound, ValidationFailed
 from .fsio import filesystem_problems, read_tail
-from .launcher import Launcher
+from .gpus import Gpus
+from .launcher import Launcher, here
 from .lifecycle import Lifecycle
+from .procs import tree_pids
 from .state import TIME_FORMAT, JobStatus, creation_order, now_utc
 from .store import JobStore
 from .trainer import (
@@ -42,7 +44,15 @@ ABOUT = (
 
 
 # What a resumed job takes over from the job it continues.
-RESUMED_FIELDS = ("model_name", "dataset", "stage", "finetuning_type", "gpus", "webhook_url")
+RESUMED_FIELDS = (
+    "model_name",
+    "dataset",
+    "stage",
+    "finetuning_type",
+    "gpus",
+    "webhook_url",
+    "samples_per_step",
+)
 
 
 def _job_paths(job_dir):
@@ -69,6 +79,8 @@ class TrainingService:
         self.catalog = Catalog(settings, self.uploads)
         self.launcher = Launcher(settings, self.store)
         self.lifecycle = Lifecycle(settings, self.store, self.uploads)
+        # The GPUs this service hands out (with Ray they are the cluster's, read on its nodes).
+        self.gpus = Gpus([] if self.launcher.executor.queues_jobs else settings.gpu_ids)
         # Read once: a bad config/custom_config.yaml stops the service at start, not a request later.
         self.extra_custom_keys = self.catalog.extra_custom_keys()
         self._housekeeper_pid = None
@@ -113,6 +125,10 @@ class TrainingService:
                 "finetuning_type": request["finetuning_type"],
                 "gpus": gpus,
                 "webhook_url": request.get("webhook_url"),
+                # Samples a step takes, all processes together: samples_per_second from steps a second.
+                "samples_per_step": config["per_device_train_batch_size"]
+                * config["gradient_accumulation_steps"]
+                * max(1, gpus),
             }
             return {
                 JobStore.REQUEST: original,
@@ -415,6 +431,14 @@ class TrainingService:
             "gpus": state.get("gpus"),
             "gpu_ids": (state.get("launch") or {}).get("gpus"),
             "queue_position": None,
+            "gpu_memory_mb": _mib(self.gpu_memory_bytes(state)) if running else None,
+            "tokens_per_second": _rounded(
+                progress.get("tokens_per_second")
+                or (None if state.get("resumed_at_step") else progress.get("tokens_average"))
+            ),
+            "samples_per_second": _rounded(
+                (progress.get("steps_per_second") or 0) * (state.get("samples_per_step") or 0) or None
+            ),
             "attempt": state.get("attempt") or 1,
             "max_attempts": state.get("max_attempts") or 1,
             "resumed_from": state.get("resumed_from"),
@@ -431,6 +455,18 @@ class TrainingService:
         if detail and status == JobStatus.FAILED.value:
             view["log_tail"] = state.get("log_tail") or []
         return view
+
+    def gpu_memory_bytes(self, state):
+        """GPU memory of a running job's process tree: read now on its host, else the monitor's reading."""
+        by_gpu = self.gpu_memory_by_gpu(state)
+        return sum(by_gpu.values()) if by_gpu is not None else state.get("gpu_memory_bytes")
+
+    def gpu_memory_by_gpu(self, state):
+        """{gpu id: bytes} of a running job on this host's GPUs, or None where this host cannot tell."""
+        trainer = state.get("trainer") or {}
+        if not self.gpus.ids or not here(trainer):
+            return None
+        return self.gpus.memory_by_gpu(tree_pids(trainer.get("pid"), trainer.get("start_ticks")))
 
     # -- logs, series, events, checkpoints -------------------------------------------------
 
@@ -612,9 +648,11 @@ class TrainingService:
         jobs = self.store.root
         free_mb = shutil.disk_usage(jobs).free // (1024 * 1024)
         executor_ok, executor = self.launcher.executor.health()
+        gpus_ok, gpus = self.gpus.health()
         checks = {
             "llamafactory_cli": {"ok": os.path.isfile(cli) and os.access(cli, os.X_OK), "path": cli},
             "executor": {"ok": executor_ok, **executor},
+            "gpus": {"ok": gpus_ok, **gpus},
             "jobs_dir_writable": {"ok": os.access(jobs, os.W_OK | os.X_OK), "path": jobs},
             "disk_free": {
                 "ok": free_mb >= self.settings.min_free_disk_mb,
@@ -626,6 +664,14 @@ class TrainingService:
         # not turn this instance unhealthy, or a load balancer would take every instance out of
         # service, status reads and all.
         return all(c["ok"] for name, c in checks.items() if name != "executor"), checks
+
+
+def _mib(value):
+    return value // 2**20 if value is not None else None
+
+
+def _rounded(value, digits=1):
+    return round(value, digits) if isinstance(value, (int, float)) else None
 
 
 def _decode_whole_chars(data):

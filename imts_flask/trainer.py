@@ -310,6 +310,8 @@ def build_train_config(
         logging_steps=5,
         save_steps=save_steps,
         plot_loss=True,
+        # LLaMA Factory then logs total_tokens (and a throughput): tokens a second in the status.
+        include_num_input_tokens_seen="non_padding",
         report_to="none",
         per_device_train_batch_size=request["batch_size"],
         gradient_accumulation_steps=1,
@@ -382,8 +384,8 @@ _FIRST_TAIL_BYTES = 4 * 1024
 def read_progress(output_dir):
     """Read progress from the tail of trainer_log.jsonl: its cost does not grow with the log.
 
-    Returns {current_step, total_steps, progress, current_loss, learning_rate, epoch, eta_seconds},
-    or {} when the trainer has logged nothing yet.
+    Returns {current_step, total_steps, progress, current_loss, learning_rate, epoch, eta_seconds,
+    elapsed_seconds, steps_per_second, tokens_per_second}, or {} when the trainer has logged nothing.
     """
     path = os.path.join(output_dir, TRAINER_LOG)
     # The last few lines almost always hold a loss entry; read more only when they do not.
@@ -394,25 +396,22 @@ def read_progress(output_dir):
 
 
 def _progress_from(text):
-    latest = loss_entry = None
+    entries = []
     for line in reversed(text.splitlines()):
         try:
             entry = json.loads(line)
         except ValueError:
             continue  # a partial line still being appended
-        if not isinstance(entry, dict) or "current_steps" not in entry:
-            continue
-        latest = latest or entry
-        if "loss" in entry:
-            loss_entry = entry
-            break
-    if latest is None:
+        if isinstance(entry, dict) and "current_steps" in entry:
+            entries.append(entry)
+    if not entries:
         return {}
+    latest = entries[0]
+    source = next((e for e in entries if "loss" in e), {})
     step, total = latest.get("current_steps"), latest.get("total_steps")
     progress = (
         min(1.0, step / total) if isinstance(step, int) and isinstance(total, int) and total > 0 else None
     )
-    source = loss_entry or {}
     return {
         "elapsed_seconds": _seconds(latest.get("elapsed_time")),
         "current_step": step,
@@ -422,6 +421,40 @@ def _progress_from(text):
         "learning_rate": source.get("lr"),
         "epoch": latest.get("epoch", source.get("epoch")),
         "eta_seconds": _seconds(latest.get("remaining_time")),
+        **_rates(entries),
+    }
+
+
+def _rates(entries):
+    """Steps and tokens a second over the newest entries of the latest run (newest first).
+
+    From differences, not LLaMA Factory's own throughput, which divides every token seen by this
+    run's time and so runs high after a resume; it is the fallback when the entries span no time.
+    """
+    run = [entries[0]]
+    for entry in entries[1:]:
+        earlier, later = _seconds(entry.get("elapsed_time")), _seconds(run[-1].get("elapsed_time"))
+        if earlier is None or later is None or earlier > later:
+            break  # an earlier run: its clock started before this one's
+        run.append(entry)
+    newest, oldest = run[0], run[-1]
+    elapsed = _seconds(newest.get("elapsed_time")) or 0
+    span = elapsed - (_seconds(oldest.get("elapsed_time")) or 0)
+    if span < 2:
+        # The tail spans too little of the clock's whole seconds (a fast job logging often): no
+        # rate of steps, and LLaMA Factory's average of tokens, which counts those seen before a
+        # resume too (the status drops it for a resumed run).
+        return {
+            "steps_per_second": None,
+            "tokens_per_second": None,
+            "tokens_average": newest.get("throughput"),
+        }
+    tokens = [e.get("total_tokens") for e in (newest, oldest)]
+    return {
+        "steps_per_second": (newest["current_steps"] - oldest["current_steps"]) / span,
+        "tokens_per_second": (tokens[0] - tokens[1]) / span
+        if all(isinstance(t, int) for t in tokens)
+        else None,
     }
 
 

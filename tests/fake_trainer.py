@@ -9,6 +9,7 @@ It is not LLaMA Factory; end-to-end tests use the real llamafactory-cli.
 """
 
 import argparse
+import datetime
 import json
 import os
 import signal
@@ -89,8 +90,10 @@ def main():
             handle.write(config["resume_from_checkpoint"] + "\n")
     elif config.get("overwrite_output_dir") and os.path.exists(log_path):
         os.remove(log_path)
+    started = time.time()
     for step in range(first, args.steps + 1):
         time.sleep(args.interval)
+        elapsed = max(1, int(time.time() - started))
         entry = {
             "current_steps": step,
             "total_steps": args.steps,
@@ -98,8 +101,11 @@ def main():
             "lr": 1e-4,
             "epoch": step / args.steps,
             "percentage": 100 * step / args.steps,
-            "elapsed_time": "0:00:01",
+            "elapsed_time": str(datetime.timedelta(seconds=elapsed)),
             "remaining_time": "0:00:03",
+            # As LLaMA Factory logs them with include_num_input_tokens_seen: 100 tokens a step.
+            "total_tokens": 100 * step,
+            "throughput": round(100 * step / elapsed, 2),
         }
         with open(log_path, "a") as handle:
             handle.write(json.dumps(entry) + "\n")
