@@ -31,6 +31,7 @@ def create_app(overrides=None):
 
     from .api import UploadRequest, bp, metrics_bp
     from .auth import TokenCheck
+    from .dashboard import bp as dashboard_bp
     from .http_errors import register_error_handlers
     from .service import TrainingService
     from .settings import load_settings
@@ -50,5 +51,6 @@ def create_app(overrides=None):
     app.before_request(service.ensure_housekeeper)
     app.register_blueprint(bp)
     app.register_blueprint(metrics_bp)
+    app.register_blueprint(dashboard_bp)
     register_error_handlers(app)
     return app

@@ -18,6 +18,7 @@ from .schemas import (
     EventListSchema,
     ExportRequestSchema,
     ExportResponseSchema,
+    GpuListSchema,
     HealthSchema,
     JobCreatedSchema,
     JobListSchema,
@@ -336,6 +337,15 @@ def list_templates():
     return _schema(TemplateListSchema).dump({"templates": installed_templates() or []})
 
 
+@bp.get("/gpus")
+@doc(
+    "The GPUs this service hands out: NVML figures and the jobs that hold each",
+    responses={200: GpuListSchema},
+)
+def list_gpus():
+    return _schema(GpuListSchema).dump(_service().gpu_figures())
+
+
 @bp.get("/jobs/<job_id>/logs")
 @doc(
     "Read training.log: bytes from an offset (tail by polling next_offset), or the last N lines",
@@ -420,7 +430,9 @@ def _start_timer():
 def _authenticate():
     """With tokens configured, every endpoint but health needs one (unknown paths too: 401, not 404)."""
     tokens = current_app.extensions["imts_auth"]
-    if tokens.enabled and request.endpoint != "training.health":
+    # Health for load balancers, and the dashboard's pages and files, which hold no data (their
+    # scripts' data calls need the token), are open.
+    if tokens.enabled and request.endpoint != "training.health" and request.blueprint != "dashboard":
         tokens.check(request.headers.get("Authorization"))
 
 

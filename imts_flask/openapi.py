@@ -76,7 +76,7 @@ def _content(kind):
 
 def _tag(path):
     """The resource an operation belongs to, so generated clients get JobsApi, HealthApi, ..."""
-    for tag in ("jobs", "datasets", "models", "health", "metrics"):
+    for tag in ("jobs", "datasets", "models", "gpus", "health", "metrics"):
         if f"/{tag}" in path:
             return tag
     return "models" if path.endswith("/templates") else "meta"

@@ -426,6 +426,27 @@ class TemplateListSchema(ResponseSchema):
     templates = fields.List(fields.String())
 
 
+class GpuSchema(ResponseSchema):
+    id = fields.String(metadata={"description": "the id jobs see (gpu_ids): NVML's index, or a UUID"})
+    uuid = fields.String(allow_none=True)
+    name = fields.String(allow_none=True)
+    utilization = fields.Float(allow_none=True, metadata={"description": "busy time, 0..1"})
+    memory_used_bytes = fields.Integer(allow_none=True)
+    memory_total_bytes = fields.Integer(allow_none=True)
+    temperature_celsius = fields.Float(allow_none=True)
+    power_watts = fields.Float(allow_none=True)
+    lost = fields.Boolean()
+    error = fields.String(allow_none=True)
+    job_ids = fields.List(fields.String(), metadata={"description": "unfinished jobs handed this GPU"})
+
+
+class GpuListSchema(ResponseSchema):
+    available = fields.Boolean(metadata={"description": "NVML could be read"})
+    detail = fields.String(allow_none=True)
+    driver = fields.String(allow_none=True)
+    gpus = fields.List(fields.Nested(GpuSchema))
+
+
 class HealthSchema(ResponseSchema):
     status = fields.String()
     service = fields.String()

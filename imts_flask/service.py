@@ -456,6 +456,21 @@ class TrainingService:
             view["log_tail"] = state.get("log_tail") or []
         return view
 
+    def gpu_figures(self):
+        """The GPUs this service hands out, as NVML reads them, each with the jobs handed it."""
+        reading = self.gpus.read()
+        holders = {}
+        for state in self.store.active_states():
+            for gpu in (state.get("launch") or {}).get("gpus") or []:
+                holders.setdefault(gpu, []).append(state["job_id"])
+        gpus = [{**g, "job_ids": holders.get(g["id"], [])} for g in reading["gpus"]]
+        return {
+            "available": reading["available"],
+            "detail": reading["error"],
+            "driver": reading["driver"],
+            "gpus": gpus,
+        }
+
     def gpu_memory_bytes(self, state):
         """GPU memory of a running job's process tree: read now on its host, else the monitor's reading."""
         by_gpu = self.gpu_memory_by_gpu(state)

@@ -106,6 +106,11 @@ def test_status_health_and_metrics_show_the_gpus_and_each_jobs_share(gpu_app):
             m for p in dashboard["panels"] for t in p["targets"] for m in re.findall(r"imts_\w+", t["expr"])
         }
         assert drawn and drawn <= samples, drawn - samples
+        listed = client.get(f"{API}/gpus").get_json()  # the dashboard's GPU panel reads this
+        assert listed["available"] and listed["driver"] == "580.95.05"
+        holders = {g["id"]: g["job_ids"] for g in listed["gpus"]}
+        assert holders[str(gpu)] == [job_id] and holders[str(1 - gpu)] == []
+        assert listed["gpus"][1]["utilization"] == 0.41
         health = client.get(f"{API}/health")
         assert health.status_code == 200 and health.get_json()["checks"]["gpus"]["ok"]
         nvml.devices[1]["lost"] = True

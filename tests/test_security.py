@@ -96,6 +96,18 @@ def test_tokens_never_reach_the_logs(secured, home):
             assert "first-token" not in text and "wrong-secret-value" not in text, name
 
 
+def test_the_dashboard_is_open_but_its_data_is_not(secured):
+    for path in ("/", "/dashboard", "/dashboard/jobs/train_00000000", "/dashboard/static/api.js"):
+        response = secured.get(path)
+        assert response.status_code in (200, 302), path
+        assert "default-src 'none'" in response.headers["Content-Security-Policy"]
+        assert "unsafe-inline" not in response.headers["Content-Security-Policy"]
+    page = secured.get("/dashboard").get_data(as_text=True)
+    assert '<script type="module"' in page and "<script>" not in page  # no inline script to allow
+    _refused(secured.get(f"{BASE}/gpus"), 401, "Authorization")
+    _refused(secured.get("/dashboard/../api/v1/training/jobs"), 401)
+
+
 # -- custom_config -----------------------------------------------------------------------------
 
 

@@ -1,0 +1,47 @@
+"""The dashboard's blueprint: two pages and their static files, over the API's own endpoints.
+
+The pages carry no data and no secret: their scripts fetch everything from the JSON API (so auth,
+errors and idempotency are the API's) and put job text on the page as text, never as markup. They
+are served without a token; every data call needs one when auth is on. A strict Content-Security-
+Policy allows only this origin's scripts and styles, none inline.
+"""
+
+from flask import Blueprint, redirect, render_template
+
+bp = Blueprint(
+    "dashboard",
+    __name__,
+    static_folder="static",
+    static_url_path="/dashboard/static",
+    template_folder="templates",
+)
+
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+
+@bp.after_request
+def _protect(response):
+    response.headers["Content-Security-Policy"] = CSP
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["X-Frame-Options"] = "DENY"
+    return response
+
+
+@bp.get("/")
+def root():
+    return redirect("/dashboard", code=302)
+
+
+@bp.get("/dashboard")
+def jobs_page():
+    return render_template("dashboard/jobs.html")
+
+
+@bp.get("/dashboard/jobs/<job_id>")
+def job_page(job_id):
+    # The job id is read by the page's script from its own address; nothing of it is rendered here.
+    return render_template("dashboard/job.html")

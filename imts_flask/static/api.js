@@ -1,0 +1,66 @@
+// The one wrapper around fetch: the bearer token (kept in this tab's session storage), ETags (an
+// unchanged answer is a 304 with no body: an idle page costs almost nothing) and the API's one
+// error shape, {status, error, message, errors: [{field, reason}]}.
+
+const BASE = "/api/v1/training";
+const TOKEN_KEY = "imts-token";
+const cache = new Map(); // url -> {etag, body}: the latest answers, a bounded few
+const CACHE_ENTRIES = 64;
+const CACHE_BYTES = 65536; // a larger answer (a log page catching up) is not kept
+
+export class ApiError extends Error {
+  constructor(status, body) {
+    super(body && body.message ? body.message : `the service answered ${status}`);
+    this.status = status;
+    this.body = body;
+  }
+}
+
+export function setToken(value) {
+  sessionStorage.setItem(TOKEN_KEY, value);
+  cache.clear();
+}
+
+export function forgetToken() {
+  sessionStorage.removeItem(TOKEN_KEY);
+}
+
+async function parse(response) {
+  try {
+    return await response.json();
+  } catch {
+    return null;
+  }
+}
+
+export async function api(path, { method = "GET", body } = {}) {
+  const url = BASE + path;
+  const headers = {};
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token) headers["Authorization"] = `Bearer ${token}`;
+  const cached = method === "GET" ? cache.get(url) : undefined;
+  if (cached) headers["If-None-Match"] = cached.etag;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(url, {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+    cache: "no-store", // the ETags are ours to keep
+  });
+  if (response.status === 304 && cached) return cached.body;
+  if (response.status === 204) return null;
+  const data = await parse(response);
+  if (response.status === 401) {
+    forgetToken();
+    document.dispatchEvent(new CustomEvent("imts-auth-required"));
+  }
+  if (!response.ok) throw new ApiError(response.status, data);
+  const etag = response.headers.get("ETag");
+  const size = Number(response.headers.get("Content-Length") || CACHE_BYTES + 1);
+  if (method === "GET" && etag && size <= CACHE_BYTES) {
+    cache.delete(url);
+    cache.set(url, { etag, body: data });
+    if (cache.size > CACHE_ENTRIES) cache.delete(cache.keys().next().value);
+  }
+  return data;
+}

@@ -1,0 +1,249 @@
+"""The dashboard in a real browser: Debian's chromium, headless, driven by selenium through Debian's
+chromium-driver, against gunicorn running the real llamafactory-cli (and a FAKE trainer where the
+test is about the page, not the training). Screenshots of both pages land in docs/screenshots/."""
+
+import json
+import os
+import shutil
+import time
+
+import pytest
+import requests
+
+from conftest import PROJECT, TINY_MODEL, fake_cli, make_home, wait_for
+from harness import Service, require, start_nginx
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+SCREENSHOTS = os.path.join(PROJECT, "docs", "screenshots")
+REAL = {
+    "model_name": "tiny-llama",
+    "dataset": "demo_sft",
+    "epochs": 40.0,
+    "learning_rate": 1e-3,  # the loss visibly falls in the screenshot
+    "custom_config": {"template": "default", "cutoff_len": 64, "logging_steps": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.options import Options
+        from selenium.webdriver.chrome.service import Service as DriverService
+    except ImportError:
+        webdriver = None
+    require(
+        webdriver and os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER),
+        "chromium, chromium-driver, selenium",
+    )
+    options = Options()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",  # the machine's network is closed: no calls home
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1280,900",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=DriverService(CHROMEDRIVER), options=options)
+    driver.set_script_timeout(30)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    if not os.path.exists(os.path.join(TINY_MODEL, "model.safetensors")):
+        pytest.skip("the demo model is not built: run `make setup`")
+    home = make_home(tmp_path_factory.mktemp("dashboard") / "home")
+    access = os.path.join(home, "access.log")
+    svc = Service(home, argv_extra=["--access-logfile", access]).start()
+    yield svc
+    svc.stop()
+
+
+def _find(driver, css, timeout=30):
+    from selenium.webdriver.common.by import By
+
+    return wait_for(
+        lambda: (found := driver.find_elements(By.CSS_SELECTOR, css)) and found[0], timeout=timeout
+    )
+
+
+def _text(driver, css):
+    from selenium.webdriver.common.by import By
+
+    found = driver.find_elements(By.CSS_SELECTOR, css)
+    return found[0].text if found else ""
+
+
+def _no_console_errors(driver):
+    errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, errors  # a CSP violation or a script error shows here
+
+
+def test_the_list_shows_a_real_job_and_its_page_follows_it_live(browser, service):
+    browser.get_log("browser")
+    job_id = service.create(REAL)
+    wait_for(lambda: (service.status(job_id)["current_step"] or 0) > 10, timeout=180, interval=0.3)
+    browser.get(service.root + "/")  # redirected to the list
+    assert browser.current_url.endswith("/dashboard")
+    row = _find(browser, f'tr[data-job="{job_id}"]')
+    assert row.get_attribute("data-status") == "running" and "running" in row.text
+    os.makedirs(SCREENSHOTS, exist_ok=True)
+    browser.save_screenshot(os.path.join(SCREENSHOTS, "dashboard-jobs.png"))
+
+    browser.get(f"{service.root}/dashboard/jobs/{job_id}")
+    _find(browser, "#chart[data-points]")
+    bar = _find(browser, "#progress")
+    first = (
+        float(bar.get_attribute("aria-valuenow")),
+        int(_find(browser, "#chart").get_attribute("data-points")),
+    )
+    log_before = len(_text(browser, "#log"))
+    # The progress bar, the loss curve and the log all move while it trains, without a reload.
+    wait_for(
+        lambda: (
+            float(bar.get_attribute("aria-valuenow")) > first[0]
+            and int(_find(browser, "#chart").get_attribute("data-points")) > first[1]
+            and len(_text(browser, "#log")) > log_before
+        ),
+        timeout=60,
+        interval=0.5,
+    )
+    log_text = _text(browser, "#log")
+    with open(os.path.join(service.home, "jobs", job_id, "training.log"), errors="replace") as handle:
+        written = handle.read()
+    assert "imts monitor" in log_text and log_text.splitlines()[0] in written
+    assert _text(browser, "#job-status") == "running" and "tiny-llama" in _text(browser, "#facts")
+    wait_for(
+        lambda: int(_find(browser, "#chart").get_attribute("data-points")) >= 60, timeout=120, interval=0.5
+    )
+    browser.save_screenshot(os.path.join(SCREENSHOTS, "dashboard-job.png"))
+    _no_console_errors(browser)
+
+    # Stop asks first: cancelled, nothing happens; accepted, the job stops and the API's answer shows.
+    stop = _find(browser, "#stop")
+    stop.click()
+    wait_for(lambda: browser.switch_to.alert).dismiss()
+    time.sleep(1)
+    assert service.status(job_id)["status"] == "running"
+    stop.click()
+    wait_for(lambda: browser.switch_to.alert).accept()
+    wait_for(lambda: _text(browser, "#job-status") == "stopped", timeout=60, interval=0.5)
+    assert service.status(job_id)["status"] == "stopped"
+    assert f"任务 {job_id} 已停止" in _text(browser, "#notice")
+    # Refused actions show the API's message: a stopped job cannot be exported.
+    browser.execute_script("document.getElementById('export').disabled = false")
+    _find(browser, "#export").click()
+    wait_for(lambda: browser.switch_to.alert).accept()
+    wait_for(lambda: "only completed jobs can be exported" in _text(browser, "#notice"), timeout=30)
+
+
+def test_markup_in_a_log_or_an_error_is_shown_as_text_and_runs_nothing(browser, service):
+    job_id = service.create({**REAL, "epochs": 1.0})
+    service.wait_done(job_id)
+    job_dir = os.path.join(service.home, "jobs", job_id)
+    hostile = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2"><b>bold</b>'
+    with open(os.path.join(job_dir, "training.log"), "a") as handle:
+        handle.write(hostile + "\n")
+    state = json.load(open(os.path.join(job_dir, "state.json")))
+    state.update(status="failed", error=hostile, log_tail=[hostile])
+    open(os.path.join(job_dir, "state.json"), "w").write(json.dumps(state))
+    browser.get(f"{service.root}/dashboard/jobs/{job_id}")
+    wait_for(lambda: hostile in _text(browser, "#log"), timeout=30)
+    wait_for(lambda: hostile in _text(browser, "#failure"), timeout=30)
+    assert browser.execute_script("return window.__pwned") is None
+    assert (
+        browser.execute_script("return document.querySelectorAll('#log *, #failure img, #failure b').length")
+        == 0
+    )
+    browser.get(service.root + "/dashboard")
+    _find(browser, f'tr[data-job="{job_id}"]')
+    assert browser.execute_script("return window.__pwned") is None
+
+
+def test_an_idle_page_costs_304s(browser, service):
+    browser.get(service.root + "/dashboard?status=stopped")
+    _find(browser, "#jobs tbody tr")
+    access = os.path.join(service.home, "access.log")
+    start = os.path.getsize(access)
+    time.sleep(10)  # a few polls of an unchanged listing
+    with open(access) as handle:
+        handle.seek(start)
+        polls = [line for line in handle if "GET /api/v1/training/jobs?" in line]
+    assert len(polls) >= 2 and all('" 304 ' in line for line in polls), polls
+
+
+def test_a_phone_width_screen_does_not_break(browser, service):
+    job_id = service.create({**REAL, "epochs": 1.0})
+    service.wait_done(job_id)
+    browser.set_window_size(390, 844)
+    try:
+        for path in ("/dashboard", f"/dashboard/jobs/{job_id}"):
+            browser.get(service.root + path)
+            _find(browser, "#jobs tbody tr, #chart[data-points]")
+            overflow = browser.execute_script(
+                "return document.documentElement.scrollWidth - window.innerWidth"
+            )
+            assert overflow <= 0, (path, overflow)  # wide tables scroll inside their box
+    finally:
+        browser.set_window_size(1280, 900)
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory):
+    home = make_home(tmp_path_factory.mktemp("dashboard-auth") / "home")
+    svc = Service(home, llamafactory_cli=fake_cli(home, "--steps", "3"), auth_tokens="s3cret-token").start()
+    yield svc
+    svc.stop()
+
+
+def test_with_auth_the_page_asks_for_the_token_and_data_needs_it(browser, secured):
+    headers = {"Authorization": "Bearer s3cret-token"}
+    job_id = requests.post(
+        f"{secured.base}/jobs",
+        json={"model_name": "tiny-llama", "dataset": "demo_sft"},
+        headers=headers,
+        timeout=30,
+    ).json()["job_id"]
+    page = requests.get(f"{secured.root}/dashboard", timeout=30)  # the page and its files: no token, no data
+    assert page.status_code == 200 and job_id not in page.text
+    assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+    assert "'unsafe-inline'" not in page.headers["Content-Security-Policy"]
+    assert requests.get(f"{secured.root}/dashboard/static/api.js", timeout=30).status_code == 200
+    browser.get(secured.root + "/dashboard")
+    form = _find(browser, "#token-form:not([hidden])")
+    refused = browser.execute_async_script(
+        "const done = arguments[0]; fetch('/api/v1/training/jobs').then((r) => done(r.status));"
+    )
+    assert refused == 401 and not browser.find_elements("css selector", f'tr[data-job="{job_id}"]')
+    form.find_element("css selector", "#token").send_keys("s3cret-token")
+    form.find_element("css selector", "button").click()
+    _find(browser, f'tr[data-job="{job_id}"]')
+    assert browser.execute_script("return sessionStorage.getItem('imts-token')") == "s3cret-token"
+    assert browser.find_element("css selector", "#token-form").get_attribute("hidden") is not None
+
+
+def test_the_page_works_behind_nginx(browser, service, tmp_path):
+    require(shutil.which("nginx"), "nginx")
+    job_id = service.create({**REAL, "epochs": 1.0})
+    location = open(os.path.join(PROJECT, "deploy", "nginx.conf")).read()
+    location = location.replace("127.0.0.1:8000", f"127.0.0.1:{service.port}")
+    proc, port = start_nginx(tmp_path, f"server {{ listen 127.0.0.1:{{port}};\n{location}\n}}")
+    try:
+        browser.get_log("browser")  # what earlier tests' refusals left there
+        browser.get(f"http://127.0.0.1:{port}/")
+        _find(browser, f'#jobs tbody tr[data-job="{job_id}"]')
+        _no_console_errors(browser)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
