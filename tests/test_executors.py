@@ -8,14 +8,16 @@ import shlex
 import sys
 
 import pytest
+import requests
 
 from imts_flask.executors import make_executor
 from imts_flask.fsio import filesystem_problems
 from imts_flask.launcher import trainer_env
 from imts_flask.settings import load_settings
 
-from conftest import API, api_create, api_done, api_status, wait_for
+from conftest import API, api_create, api_done, api_status, fake_cli, make_home, wait_for
 from fake_ray import FakeRay
+from harness import Service
 
 RUNS = ("--steps", "40", "--interval", "0.05", "--save-every", "10")
 
@@ -173,3 +175,25 @@ def test_the_job_store_needs_locks_that_exclude(tmp_path, monkeypatch):
     monkeypatch.setattr("imts_flask.fsio.fcntl.flock", lambda fd, op: None)  # a filesystem that never locks
     assert "do not exclude each other" in filesystem_problems(str(tmp_path))[0]
     assert os.listdir(tmp_path) == []
+
+
+def test_two_local_instances_on_one_home_agree(tmp_path):
+    """executor: local, two gunicorn instances on one host sharing IMTS_HOME (Nginx would spread
+    requests over them): either answers for any job, and stops it."""
+    home = make_home(tmp_path / "home")
+    cli = fake_cli(home, "--steps", "1000", "--interval", "0.05")
+    first, second = (Service(home, workers=2, llamafactory_cli=cli, stop_grace_s=3).start() for _ in range(2))
+    try:
+        job_id = first.create({"model_name": "tiny-llama", "dataset": "demo_sft"})
+        wait_for(lambda: second.status(job_id)["status"] == "running")
+        assert first.status(job_id)["pid"] == second.status(job_id)["pid"]
+        assert requests.post(f"{second.base}/jobs/{job_id}/stop", timeout=60).status_code == 200
+        assert first.status(job_id)["status"] == "stopped"
+        queued = [first.create({"model_name": "tiny-llama", "dataset": "demo_sft"}) for _ in range(2)]
+        wait_for(lambda: second.status(queued[0])["status"] == "running")
+        assert second.status(queued[1])["queue_position"] == 1 == first.status(queued[1])["queue_position"]
+        for job in queued:
+            requests.post(f"{first.base}/jobs/{job}/stop", timeout=60)
+    finally:
+        first.stop()
+        second.stop()
