@@ -8,8 +8,6 @@ import shutil
 import threading
 import time
 
-import yaml
-
 from .catalog import Catalog
 from .checkpoints import list_checkpoints
 from .datasets import Uploads
@@ -19,18 +17,11 @@ from .gpus import Gpus
 from .launcher import Launcher, here
 from .lifecycle import Lifecycle
 from .procs import tree_pids
+from .resume import RESUMED_FIELDS, ResumePlan
 from .state import TIME_FORMAT, JobStatus, creation_order, now_utc
 from .store import JobStore
-from .trainer import (
-    TRAINER_LOG,
-    build_train_config,
-    eta_after_resume,
-    log_until,
-    read_progress,
-    read_series,
-    resume_refusal,
-    validate_custom_config,
-)
+from .trainer import build_train_config, read_series, validate_custom_config
+from .views import job_view
 from .webhooks import Notifier
 
 log = logging.getLogger(__name__)
@@ -40,18 +31,6 @@ ABOUT = (
     "completed, failed and stopped never change. pid is the trainer's process id while running. "
     "paths.config is the file llamafactory-cli reads, paths.log its output, paths.output_dir its results. "
     "Times are UTC."
-)
-
-
-# What a resumed job takes over from the job it continues.
-RESUMED_FIELDS = (
-    "model_name",
-    "dataset",
-    "stage",
-    "finetuning_type",
-    "gpus",
-    "webhook_url",
-    "samples_per_step",
 )
 
 
@@ -192,91 +171,18 @@ class TrainingService:
         into its own output_dir before its trainer starts, and carries the original's loss history
         up to that step. The original job's files are not changed. Returns (state, replayed).
         """
-        source = self.store.read(job_id)
-        chosen = self._resume_point(source, checkpoint)
-        source_dir = self.store.path(job_id)
-        with open(os.path.join(source_dir, JobStore.TRAIN_CONFIG), encoding="utf-8") as handle:
-            source_config = yaml.safe_load(handle) or {}
-        with open(os.path.join(source_dir, JobStore.DATASET_INFO), encoding="utf-8") as handle:
-            datasets = json.load(handle)
-        with open(os.path.join(source_dir, JobStore.REQUEST), "rb") as handle:
-            original = json.load(handle)
-        self._check_still_there(source_config, datasets)
+        plan = ResumePlan(self.store, job_id, checkpoint)
         self._check_disk()
-        history = log_until(source["paths"]["output_dir"], chosen["step"])
-        resumed_from = {"job_id": job_id, "checkpoint": chosen["name"], "step": chosen["step"]}
 
         def make_files(new_id, job_dir):
             paths = _job_paths(job_dir)
-            config = {
-                **source_config,
-                "dataset_dir": os.path.dirname(paths["dataset_info"]),
-                "output_dir": paths["output_dir"],
-                "resume_from_checkpoint": os.path.join(paths["output_dir"], chosen["name"]),
-                "overwrite_output_dir": False,
-            }
-            described = {key: source.get(key) for key in RESUMED_FIELDS}
-            state = self._new_state(new_id, paths, {**described, "resumed_from": resumed_from})
+            described = {key: plan.source.get(key) for key in RESUMED_FIELDS}
+            state = self._new_state(new_id, paths, {**described, "resumed_from": plan.resumed_from})
             state["seeded_at"] = None
-            return {
-                JobStore.REQUEST: original,
-                JobStore.DATASET_INFO: datasets,
-                JobStore.TRAIN_CONFIG: config,
-                JobStore.STATE: state,
-                # The loss history up to the checkpoint, so progress and series go on from there.
-                os.path.join(JobStore.OUTPUT, TRAINER_LOG): history,
-            }
+            return plan.files(paths, state)
 
         asked = {"resume": job_id, "checkpoint": checkpoint}
         return self._create(make_files, asked, idempotency_key)
-
-    def _resume_point(self, source, name):
-        """Return the checkpoint of `source` to resume from: the one named, else the newest complete one."""
-        job_id, status = source["job_id"], source["status"]
-        if source.get("broken"):
-            raise Conflict(f"job {job_id} has a damaged record and cannot be resumed")
-        if status not in (JobStatus.STOPPED.value, JobStatus.FAILED.value):
-            raise Conflict(
-                f"job {job_id} is {status}; only stopped or failed jobs can be resumed",
-                extra={"job_status": status},
-            )
-        with open(self.store.path(job_id, JobStore.TRAIN_CONFIG), encoding="utf-8") as handle:
-            refusal = resume_refusal(yaml.safe_load(handle) or {})
-        if refusal:
-            raise Conflict(f"job {job_id} cannot be resumed: {refusal}")
-        checkpoints = list_checkpoints(source["paths"]["output_dir"])
-        if name is None:
-            complete = [c for c in checkpoints if c["complete"]]
-            if not complete:
-                raise Conflict(
-                    f"job {job_id} has no complete checkpoint to resume from"
-                    + (f" ({checkpoints[-1]['name']}: {checkpoints[-1]['problem']})" if checkpoints else ""),
-                    extra={"job_status": status},
-                )
-            return complete[-1]
-        found = next((c for c in checkpoints if c["name"] == name), None)
-        if found is None:
-            raise ValidationFailed(
-                f"job {job_id} has no checkpoint {name!r}; it has: "
-                + (", ".join(c["name"] for c in checkpoints) or "none"),
-                field="checkpoint",
-                extra={"available": [c["name"] for c in checkpoints]},
-            )
-        if not found["complete"]:
-            raise Conflict(f"{name} of job {job_id} is incomplete ({found['problem']}); resume from another")
-        return found
-
-    @staticmethod
-    def _check_still_there(config, datasets):
-        """Refuse a resume whose model directory or dataset files have gone since the job ran."""
-        model = str(config.get("model_name_or_path") or "")
-        if os.path.isabs(model) and not os.path.isdir(model):
-            raise Conflict(f"the job's model directory {model} no longer exists")
-        for name, entry in datasets.items():
-            if not os.path.exists(str(entry.get("file_name", ""))):
-                raise Conflict(
-                    f"the file of the job's dataset '{name}' ({entry.get('file_name')}) no longer exists"
-                )
 
     # -- datasets and models ---------------------------------------------------------------
 
@@ -394,67 +300,8 @@ class TrainingService:
 
     def view(self, state, detail=True):
         """Turn a stored state into what GET /jobs/{id} answers, with live progress when running."""
-        status = state.get("status")
-        paths = state.get("paths") or {}
-        if state.get("final") is not None:
-            progress = dict(state["final"])
-        elif paths.get("output_dir"):
-            # Pending jobs too: a job queued again after its host died, or a resumed one, shows
-            # where it stands (a new job has no trainer_log.jsonl yet: one failed open).
-            progress = read_progress(paths["output_dir"])
-        else:
-            progress = {}
-        fraction = 1.0 if status == JobStatus.COMPLETED.value else (progress.get("progress") or 0.0)
-        running = status == JobStatus.RUNNING.value
-        eta = progress.get("eta_seconds") if running else None
-        if running and state.get("resumed_at_step") is not None:
-            eta = eta_after_resume(progress, state["resumed_at_step"])
-        view = {
-            "job_id": state.get("job_id"),
-            "status": status,
-            "pid": state.get("pid") if running else None,
-            "config_path": paths.get("config"),
-            "progress": round(fraction, 6),
-            "current_loss": progress.get("current_loss"),
-            "current_step": progress.get("current_step"),
-            "total_steps": progress.get("total_steps"),
-            "epoch": progress.get("epoch"),
-            "learning_rate": progress.get("learning_rate"),
-            "eta_seconds": eta,
-            "created_at": state.get("created_at"),
-            "started_at": state.get("started_at"),
-            "finished_at": state.get("finished_at"),
-            "model_name": state.get("model_name"),
-            "dataset": state.get("dataset"),
-            "stage": state.get("stage"),
-            "finetuning_type": state.get("finetuning_type"),
-            "gpus": state.get("gpus"),
-            "gpu_ids": (state.get("launch") or {}).get("gpus"),
-            "queue_position": None,
-            "gpu_memory_mb": _mib(self.gpu_memory_bytes(state)) if running else None,
-            "tokens_per_second": _rounded(
-                progress.get("tokens_per_second")
-                or (None if state.get("resumed_at_step") else progress.get("tokens_average"))
-            ),
-            "samples_per_second": _rounded(
-                (progress.get("steps_per_second") or 0) * (state.get("samples_per_step") or 0) or None
-            ),
-            "attempt": state.get("attempt") or 1,
-            "max_attempts": state.get("max_attempts") or 1,
-            "resumed_from": state.get("resumed_from"),
-            "disk_bytes": state.get("disk_bytes"),
-            "stop_requested": bool(state.get("stop_requested_at")),
-            "exit_code": state.get("exit_code"),
-            "signal": state.get("signal"),
-            "reason": state.get("reason"),
-            "error": state.get("error"),
-            "output_dir": paths.get("output_dir"),
-            "log_path": paths.get("log"),
-            "export": _export_view(state.get("export")),
-        }
-        if detail and status == JobStatus.FAILED.value:
-            view["log_tail"] = state.get("log_tail") or []
-        return view
+        running = state.get("status") == JobStatus.RUNNING.value
+        return job_view(state, gpu_memory=self.gpu_memory_bytes(state) if running else None, detail=detail)
 
     def gpu_figures(self):
         """The GPUs this service hands out, as NVML reads them, each with the jobs handed it."""
@@ -681,14 +528,6 @@ class TrainingService:
         return all(c["ok"] for name, c in checks.items() if name != "executor"), checks
 
 
-def _mib(value):
-    return value // 2**20 if value is not None else None
-
-
-def _rounded(value, digits=1):
-    return round(value, digits) if isinstance(value, (int, float)) else None
-
-
 def _decode_whole_chars(data):
     """Decode UTF-8 without splitting a character at the end; return (text, bytes used)."""
     for cut in range(4):
@@ -697,16 +536,3 @@ def _decode_whole_chars(data):
         except UnicodeDecodeError:
             continue
     return data.decode("utf-8", errors="replace"), len(data)
-
-
-EXPORT_FIELDS = ("status", "export_dir", "merge_lora", "model_path", "requested_at", "finished_at", "error")
-
-
-def _export_view(export):
-    """The documented fields of a job's last export (the record also holds its monitor's pid)."""
-    if not export:
-        return None
-    view = {key: export.get(key) for key in EXPORT_FIELDS}
-    if export.get("log_tail"):
-        view["log_tail"] = export["log_tail"]
-    return view
