@@ -395,19 +395,38 @@ def read_progress(output_dir):
     return progress
 
 
+# Rates of steps and tokens are taken over at least this many seconds of the trainer's clock.
+_RATE_SPAN_S = 2
+
+
 def _progress_from(text):
-    entries = []
+    """Progress from the newest lines of a log; lines are parsed from the end, only as far as needed."""
+    run, source = [], None  # the latest run's entries (newest first), the nearest loss entry
+    closed, floor = False, None  # floor: the trainer's second the rates start at, once far enough back
     for line in reversed(text.splitlines()):
         try:
             entry = json.loads(line)
         except ValueError:
             continue  # a partial line still being appended
-        if isinstance(entry, dict) and "current_steps" in entry:
-            entries.append(entry)
-    if not entries:
+        if not isinstance(entry, dict) or "current_steps" not in entry:
+            continue
+        if source is None and "loss" in entry:
+            source = entry
+        if not closed:
+            if run and not _same_run(entry, run[-1]):
+                closed = True  # an earlier run: its clock started before this one's
+            elif floor is not None and _seconds(entry.get("elapsed_time")) < floor:
+                closed = True  # past the first entry of the floor's second
+            else:
+                run.append(entry)
+                if floor is None and _span(run) >= _RATE_SPAN_S:
+                    floor = _seconds(entry.get("elapsed_time"))
+        timed = _seconds(run[0].get("elapsed_time")) is not None
+        if source is not None and (closed or not timed):
+            break
+    if not run:
         return {}
-    latest = entries[0]
-    source = next((e for e in entries if "loss" in e), {})
+    latest, source = run[0], source or {}
     step, total = latest.get("current_steps"), latest.get("total_steps")
     progress = (
         min(1.0, step / total) if isinstance(step, int) and isinstance(total, int) and total > 0 else None
@@ -421,26 +440,30 @@ def _progress_from(text):
         "learning_rate": source.get("lr"),
         "epoch": latest.get("epoch", source.get("epoch")),
         "eta_seconds": _seconds(latest.get("remaining_time")),
-        **_rates(entries),
+        **_rates(run),
     }
 
 
-def _rates(entries):
+def _same_run(earlier, later):
+    before, after = _seconds(earlier.get("elapsed_time")), _seconds(later.get("elapsed_time"))
+    return before is not None and after is not None and before <= after
+
+
+def _span(run):
+    return (_seconds(run[0].get("elapsed_time")) or 0) - (_seconds(run[-1].get("elapsed_time")) or 0)
+
+
+def _rates(run):
     """Steps and tokens a second over the newest entries of the latest run (newest first).
 
     From differences, not LLaMA Factory's own throughput, which divides every token seen by this
-    run's time and so runs high after a resume; it is the fallback when the entries span no time.
+    run's time and so runs high after a resume.
     """
-    run = [entries[0]]
-    for entry in entries[1:]:
-        earlier, later = _seconds(entry.get("elapsed_time")), _seconds(run[-1].get("elapsed_time"))
-        if earlier is None or later is None or earlier > later:
-            break  # an earlier run: its clock started before this one's
-        run.append(entry)
-    newest, oldest = run[0], run[-1]
-    elapsed = _seconds(newest.get("elapsed_time")) or 0
-    span = elapsed - (_seconds(oldest.get("elapsed_time")) or 0)
-    if span < 2:
+    # The trainer's clock counts whole seconds: measure between the first entries of two seconds.
+    newest = next(e for e in reversed(run) if e.get("elapsed_time") == run[0].get("elapsed_time"))
+    oldest = run[-1]
+    span = _span([newest, oldest])
+    if span < _RATE_SPAN_S:
         # The tail spans too little of the clock's whole seconds (a fast job logging often): no
         # rate of steps, and LLaMA Factory's average of tokens, which counts those seen before a
         # resume too (the status drops it for a resumed run).
