@@ -98,7 +98,7 @@ class Monitor:
     def __init__(self, settings, job_id):
         self.settings = settings
         self.job_id = job_id
-        self.store = JobStore(settings.path("jobs_dir"), settings.lock_timeout_s, Notifier(settings).notify)
+        self.store = JobStore(settings.path("jobs_dir"), settings.lock_timeout_s, Notifier(settings))
         self._measured = 0.0
         self.gpus = Gpus(settings.gpu_ids)  # this host's, as the engine handed them
         self.me = {"pid": os.getpid(), "start_ticks": start_ticks(os.getpid()), "host": HOST}

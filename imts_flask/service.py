@@ -49,7 +49,7 @@ class TrainingService:
         self.settings = settings
         self.notifier = Notifier(settings)
         self.store = JobStore(
-            settings.path("jobs_dir"), settings.lock_timeout_s, self.notifier.notify, settings.log_links_dir
+            settings.path("jobs_dir"), settings.lock_timeout_s, self.notifier, settings.log_links_dir
         )
         problems = filesystem_problems(self.store.root)
         if problems:  # a store whose locks do not lock would lose jobs quietly: refuse to start
@@ -158,7 +158,7 @@ class TrainingService:
         state = self.store.read(job_id)
         if not replayed:
             log.info("job %s: created (%s)", job_id, state.get("model_name"))
-            self.notifier.notify(self.store.path(job_id), None, state)
+            self.notifier.notify(self.store.path(job_id), state)
             self.start_queued_soon()
         return state, replayed
 
@@ -262,8 +262,10 @@ class TrainingService:
             log.exception("starting queued jobs failed; housekeeping will retry")
 
     def housekeep(self):
-        """Settle jobs whose monitor is gone, start queued jobs that now fit, run a due cleanup round."""
+        """Settle jobs whose monitor is gone, start queued jobs that now fit, send webhook events
+        whose sender never started, and run a due cleanup round."""
         self.launcher.schedule()
+        self.notifier.sweep(self.store)
         self.lifecycle.maybe_run()
 
     def ensure_housekeeper(self):

@@ -58,18 +58,22 @@ class JobStore:
     # One line (a job id, 15 bytes) per change to a finished job's record (an export, a pruning),
     # appended only, so that every process drops its cached summary of that job.
     CHANGES = ".finished-changes"
+    # One empty marker per job with a status change whose webhook events may not all be sent yet;
+    # written with the change, removed by the webhook sweep once webhooks.log records them all.
+    WEBHOOKS_DUE = ".webhooks-due"
 
-    def __init__(self, root, lock_timeout=10.0, on_status_change=None, links_dir=None):
+    def __init__(self, root, lock_timeout=10.0, notifier=None, links_dir=None):
         self.root = os.path.abspath(root)
         self.lock_timeout = lock_timeout
-        # Called as on_status_change(job_dir, old_status, state) after a status change is written.
-        self.on_status_change = on_status_change
+        # Told of each status change: notifier.url(state) says whether it has a webhook, and
+        # notifier.notify(job_dir, state) runs after the change is written (webhooks.Notifier).
+        self.notifier = notifier
         # <links_dir>/<job_id> is a symlink to the job's directory (the guide's log path), or None.
         self.links_dir = links_dir
         # Summaries of finished jobs, kept by this process, and how far it has read CHANGES.
         self._finished = {}
         self._changes_read = None
-        for name in (self.LOCKS, self.STAGING, self.ACTIVE, self.IDEMPOTENCY, self.TRASH):
+        for name in (self.LOCKS, self.STAGING, self.ACTIVE, self.IDEMPOTENCY, self.TRASH, self.WEBHOOKS_DUE):
             os.makedirs(os.path.join(self.root, name), exist_ok=True)
 
     # -- paths -----------------------------------------------------------------------------
@@ -250,6 +254,8 @@ class JobStore:
                     state.setdefault("history", []).append(event)
                     if JobStatus(after).is_terminal() and not state.get("finished_at"):
                         state["finished_at"] = now_utc()
+                    if self.notifier is not None and self.notifier.url(state):
+                        self._mark_webhook_due(job_id)  # before the write: a crash after it is caught up
             state["updated_at"] = now_utc()
             try:
                 atomic_write_json(path, state)
@@ -259,8 +265,8 @@ class JobStore:
                 self._note_finished_change(job_id)  # after the write: a reader then re-reads the new record
             if JobStatus(state["status"]).is_terminal():
                 self._drop_active(job_id)
-        if before != state["status"] and self.on_status_change is not None:
-            self.on_status_change(self.path(job_id), before, state)  # outside the lock: it may spawn
+        if before != state["status"] and self.notifier is not None:
+            self.notifier.notify(self.path(job_id), state)  # outside the lock: it spawns
         return state
 
     def write_file(self, job_id, name, obj):
@@ -292,6 +298,31 @@ class JobStore:
     def _drop_active(self, job_id):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._active_marker(job_id))
+
+    # -- webhook events not sent yet ------------------------------------------------------
+
+    def _mark_webhook_due(self, job_id):
+        try:
+            open(os.path.join(self.root, self.WEBHOOKS_DUE, job_id), "w").close()
+        except OSError as exc:  # the change itself still matters more than its catch-up marker
+            log.warning("job %s: could not mark its webhook events due: %s", job_id, exc)
+
+    def webhooks_due(self):
+        """Return the ids of jobs marked as having webhook events that may not be sent yet."""
+        names = os.listdir(os.path.join(self.root, self.WEBHOOKS_DUE))
+        return [name for name in names if JOB_ID_PATTERN.fullmatch(name)]
+
+    def clear_webhook_due(self, job_id, settled):
+        """Drop a job's webhook marker if `settled(state)`, under the job's lock so no change races it."""
+        marker = os.path.join(self.root, self.WEBHOOKS_DUE, job_id)
+        with self.lock(job_id):
+            try:
+                state = read_json(self.path(job_id, self.STATE))
+            except (OSError, ValueError):
+                state = None  # deleted or damaged: nothing will be sent for it
+            if state is None or settled(state):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(marker)
 
     def active_states(self, min_age_s=60):
         """Read the jobs marked as not finished; drop markers of finished or vanished jobs."""

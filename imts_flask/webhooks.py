@@ -1,10 +1,18 @@
 """Webhooks: a POST to the job's (or the service's) URL on every state change, never blocking the API.
 
-The store calls Notifier.notify after a status change; the notifier starts a detached sender
-(`python -m imts_flask.webhooks`) that POSTs the event, retries with exponential backoff on errors
-and 5xx/429 answers, and appends the outcome to the job's webhooks.log.
+The events are the job's `history` in state.json: event N is its N-th status change. After a
+change, the store calls Notifier.notify, which starts a detached sender (`python -m
+imts_flask.webhooks`). The sender posts, in order, every event of the job that webhooks.log does not
+record yet, retrying with exponential backoff on errors and 5xx/429 answers, and appends each outcome
+(with its sequence) to webhooks.log. One sender per job works at a time (a sidecar lock); a sender
+that finds the lock taken leaves its events to the holder.
+
+So an event is not lost when the process that made the change dies before its sender starts (a
+monitor killed with the host): the job's next change sends it first, and for a last change the
+store leaves a marker (jobs/.webhooks-due/<job_id>) that housekeeping's sweep turns into a sender.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -14,41 +22,36 @@ import time
 import urllib.error
 import urllib.request
 
+import filelock
+
+from .errors import Unavailable
+from .fsio import read_json
 from .state import now_utc
+from .store import JobStore
 
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DELIVERY_LOG = "webhooks.log"
+SWEEP_LOCK = "_webhook-sweep"
+JOB_FIELDS = ("model_name", "dataset", "stage", "error", "exit_code", "reason")
 
 
 class Notifier:
     def __init__(self, settings):
         self.settings = settings
 
-    def notify(self, job_dir, before, state):
-        """Send the change of `state` from status `before` to its webhook, in the background."""
-        url = state.get("webhook_url") or self.settings.webhook_url
+    def url(self, state):
+        """Return where this job's events go, or "" when nowhere."""
+        return state.get("webhook_url") or self.settings.webhook_url
+
+    def notify(self, job_dir, state):
+        """Start a sender for the job's events not sent yet, in the background."""
+        url = self.url(state)
         if not url:
             return
-        event = {
-            "event": "job.status_changed",
-            "job_id": state["job_id"],
-            "status": state["status"],
-            "previous_status": before,
-            "sequence": len(state.get("history") or []),
-            "at": now_utc(),
-            # The attempt this change belongs to, and why it happened when the service knows.
-            "attempt": state.get("attempt") or 1,
-            "reason": ((state.get("history") or [{}])[-1]).get("reason"),
-            "job": {
-                key: state.get(key)
-                for key in ("model_name", "dataset", "stage", "error", "exit_code", "reason")
-            },
-        }
         message = {
             "url": url,
-            "event": event,
             "attempts": self.settings.webhook_attempts,
             "backoff_s": self.settings.webhook_backoff_s,
             "timeout_s": self.settings.webhook_timeout_s,
@@ -65,16 +68,119 @@ class Notifier:
                 env=env,
                 cwd=job_dir,
             )
+            # Through stdin, not argv: a webhook URL may carry a secret that `ps` would show.
             sender.stdin.write(json.dumps(message).encode("utf-8"))
             sender.stdin.close()
         except OSError:
             log.exception("job %s: could not start the webhook sender", state["job_id"])
 
+    def sweep(self, store: JobStore):
+        """Start senders for jobs whose last change's sender never started; forget settled jobs."""
+        with store.try_lock(SWEEP_LOCK) as taken:
+            if not taken:
+                return
+            for job_id in store.webhooks_due():
+                job_dir = store.path(job_id)
+                try:
+                    state = read_json(os.path.join(job_dir, JobStore.STATE))
+                except (OSError, ValueError):
+                    with contextlib.suppress(Unavailable):  # deleted or damaged: nothing to send
+                        store.clear_webhook_due(job_id, lambda state: True)
+                    continue
+                if not due_events(job_dir, state):
+                    with contextlib.suppress(Unavailable):  # a busy job lock: the next sweep clears it
+                        store.clear_webhook_due(job_id, lambda state, d=job_dir: not due_events(d, state))
+                elif not _sending(job_dir):
+                    log.info("job %s: starting a sender for webhook events not sent yet", job_id)
+                    self.notify(job_dir, state)
 
-def deliver(message, job_dir):
-    """POST the event, retrying with exponential backoff; record the outcome in webhooks.log."""
-    body = json.dumps(message["event"], ensure_ascii=False).encode("utf-8")
-    outcome = {"at": None, "status": message["event"]["status"], "delivered": False, "attempts": 0}
+
+def due_events(job_dir, state):
+    """Return the events of the job's history that webhooks.log does not record yet, oldest first."""
+    history = state.get("history") or []
+    sent = _last_sequence(os.path.join(job_dir, DELIVERY_LOG))
+    return [_event(state, history, n) for n in range(sent + 1, len(history) + 1)]
+
+
+def _event(state, history, sequence):
+    change = history[sequence - 1]
+    return {
+        "event": "job.status_changed",
+        "job_id": state["job_id"],
+        "status": change["status"],
+        "previous_status": history[sequence - 2]["status"] if sequence > 1 else None,
+        "sequence": sequence,
+        "at": change.get("at"),
+        # The attempt this change belongs to, and why it happened when the service knows.
+        "attempt": change.get("attempt") or 1,
+        "reason": change.get("reason"),
+        # The job as it is when the event is sent.
+        "job": {key: state.get(key) for key in JOB_FIELDS},
+    }
+
+
+def _last_sequence(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.readlines()
+    except FileNotFoundError:
+        return 0
+    last = 0
+    for line in lines:
+        try:
+            last = max(last, int(json.loads(line).get("sequence") or 0))
+        except (ValueError, AttributeError, TypeError):
+            continue  # a line torn by a crash, or one written before lines had a sequence
+    return last
+
+
+def _sender_lock(job_dir, timeout=0):
+    root, job_id = os.path.split(os.path.abspath(job_dir))
+    return filelock.FileLock(os.path.join(root, JobStore.LOCKS, f"webhooks-{job_id}.lock"), timeout=timeout)
+
+
+def _sending(job_dir):
+    lock = _sender_lock(job_dir)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        return True
+    lock.release()
+    return False
+
+
+def send_due(message, job_dir):
+    """Deliver the job's due events in order, unless another sender holds the job's sender lock."""
+    lock = _sender_lock(job_dir)
+    while True:
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            return  # that sender re-reads the history when it is done, and sends ours too
+        try:
+            for event in _due(job_dir):
+                deliver(message, event, job_dir)
+        except OSError:
+            return  # the job directory went away (deleted): nothing left to record into
+        finally:
+            lock.release()
+        # A change written while we held the lock may have had its sender turned away: look again.
+        if not _due(job_dir):
+            return
+
+
+def _due(job_dir):
+    try:
+        return due_events(job_dir, read_json(os.path.join(job_dir, JobStore.STATE)))
+    except (OSError, ValueError):
+        return []
+
+
+def deliver(message, event, job_dir):
+    """POST one event, retrying with exponential backoff; record the outcome in webhooks.log."""
+    body = json.dumps(event, ensure_ascii=False).encode("utf-8")
+    outcome = {"at": None, "sequence": event["sequence"], "status": event["status"]}
+    outcome.update(delivered=False, attempts=0)
     for attempt in range(1, message["attempts"] + 1):
         outcome["attempts"] = attempt
         request = urllib.request.Request(
@@ -102,4 +208,8 @@ def deliver(message, job_dir):
 
 
 if __name__ == "__main__":
-    deliver(json.loads(sys.stdin.read()), sys.argv[1])
+    try:
+        _message = json.loads(sys.stdin.read())
+    except ValueError:
+        sys.exit(0)  # the process that started us died mid-write; the job's next sender sends ours
+    send_due(_message, sys.argv[1])

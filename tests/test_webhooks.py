@@ -4,9 +4,18 @@ import http.server
 import json
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
+import time
 
 import pytest
+
+from imts_flask.settings import load_settings
+from imts_flask.state import now_utc
+from imts_flask.store import JobStore
+from imts_flask.webhooks import Notifier
 
 from conftest import wait_for
 
@@ -59,7 +68,8 @@ def test_each_state_change_is_posted_in_order(make_app, receiver):
     client = make_app("--steps", "3", webhook_backoff_s=0.1).test_client()
     job_id = client.post(f"{BASE}/jobs", json={**BODY, "webhook_url": hook.url}).get_json()["job_id"]
     wait_for(lambda: len(hook.events) == 3, timeout=30)
-    events = sorted(hook.events, key=lambda e: e["sequence"])
+    events = hook.events  # one sender per job at a time: they arrive in order
+    assert [e["sequence"] for e in events] == [1, 2, 3]
     assert [e["status"] for e in events] == ["pending", "running", "completed"]
     assert [e["previous_status"] for e in events] == [None, "pending", "running"]
     assert {e["job_id"] for e in events} == {job_id} and events[0]["event"] == "job.status_changed"
@@ -104,7 +114,64 @@ def test_failed_deliveries_are_retried_with_backoff(make_app, receiver):
         timeout=30,
     )
     assert all(o["delivered"] for o in outcomes)
-    assert sorted(o["attempts"] for o in outcomes) in ([1, 1, 3], [1, 2, 2])
+    # The first event is retried until delivered; the later ones wait for it and follow in order.
+    assert [(o["sequence"], o["attempts"]) for o in outcomes] == [(1, 3), (2, 1), (3, 1)]
+    assert [e["status"] for e in hook.events] == ["pending", "running", "stopped"]
+
+
+# A process that writes a status change and is killed before it can start the change's sender:
+# the host dying under a monitor at the wrong moment.
+KILLED_AFTER_THE_WRITE = textwrap.dedent(
+    """
+    import os, signal, sys, types
+    from imts_flask import store
+    from imts_flask.webhooks import Notifier
+
+    write = store.atomic_write_json
+    def write_and_die(path, obj):
+        write(path, obj)
+        os.kill(os.getpid(), signal.SIGKILL)
+    store.atomic_write_json = write_and_die
+    jobs = store.JobStore(sys.argv[1], 5, Notifier(types.SimpleNamespace(webhook_url="")))
+    jobs.update(sys.argv[2], lambda state: state.update(status="running"))
+    """
+)
+
+
+def test_a_change_whose_writer_died_before_sending_is_sent_by_the_sweep(tmp_path, receiver):
+    hook = receiver()
+    settings = load_settings({"home": str(tmp_path), "webhook_backoff_s": 0.1})
+    notifier = Notifier(settings)
+    store = JobStore(settings.path("jobs_dir"), 5, notifier)
+    job_id = store.create(
+        lambda job_id, job_dir: {
+            JobStore.STATE: {
+                "job_id": job_id,
+                "status": "pending",
+                "history": [{"status": "pending", "at": now_utc(), "attempt": 1}],
+                "webhook_url": hook.url,
+            }
+        }
+    )  # created without announcing it: that event is due too
+    child = subprocess.run([sys.executable, "-c", KILLED_AFTER_THE_WRITE, store.root, job_id], timeout=60)
+    assert child.returncode == -signal.SIGKILL and store.read(job_id)["status"] == "running"
+    assert store.webhooks_due() == [job_id]
+    time.sleep(1)
+    assert hook.events == []  # nobody sent them
+
+    notifier.sweep(store)
+    wait_for(lambda: len(hook.events) == 2, timeout=30)
+    assert [(e["sequence"], e["status"], e["previous_status"]) for e in hook.events] == [
+        (1, "pending", None),
+        (2, "running", "pending"),
+    ]
+    wait_for(lambda: (notifier.sweep(store), store.webhooks_due() == [])[1], timeout=30)
+
+    store.update(job_id, lambda state: state.update(status="completed"))  # a change that sends itself
+    wait_for(lambda: len(hook.events) == 3, timeout=30)
+    notifier.sweep(store)
+    time.sleep(1)
+    assert [e["sequence"] for e in hook.events] == [1, 2, 3]  # nothing sent twice
 
 
 def test_a_dead_receiver_does_not_slow_the_api(make_app):
