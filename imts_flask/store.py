@@ -95,12 +95,13 @@ class JobStore:
 
     # -- locking ---------------------------------------------------------------------------
 
+    def _lock_file(self, name, timeout):
+        return filelock.FileLock(os.path.join(self.root, self.LOCKS, name + ".lock"), timeout=timeout)
+
     @contextlib.contextmanager
     def lock(self, name):
         """Hold the sidecar lock `jobs/.locks/<name>.lock`; a timeout becomes a 503."""
-        lock = filelock.FileLock(
-            os.path.join(self.root, self.LOCKS, name + ".lock"), timeout=self.lock_timeout
-        )
+        lock = self._lock_file(name, self.lock_timeout)
         try:
             lock.acquire()
         except filelock.Timeout:
@@ -113,7 +114,7 @@ class JobStore:
     @contextlib.contextmanager
     def try_lock(self, name):
         """Hold the sidecar lock `name` if it is free now; yield whether it was taken."""
-        lock = filelock.FileLock(os.path.join(self.root, self.LOCKS, name + ".lock"), timeout=0)
+        lock = self._lock_file(name, 0)
         try:
             lock.acquire()
         except filelock.Timeout:

@@ -22,10 +22,7 @@ import time
 import urllib.error
 import urllib.request
 
-import filelock
-
-from .errors import Unavailable
-from .fsio import read_json
+from .errors import NotFound, Unavailable
 from .state import now_utc
 from .store import JobStore
 
@@ -34,6 +31,7 @@ log = logging.getLogger(__name__)
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DELIVERY_LOG = "webhooks.log"
 SWEEP_LOCK = "_webhook-sweep"
+SENDER_LOCK = "webhooks-"  # + the job id: held by the job's one sender at work
 JOB_FIELDS = ("model_name", "dataset", "stage", "error", "exit_code", "reason")
 
 
@@ -80,17 +78,11 @@ class Notifier:
             if not taken:
                 return
             for job_id in store.webhooks_due():
-                job_dir = store.path(job_id)
-                try:
-                    state = read_json(os.path.join(job_dir, JobStore.STATE))
-                except (OSError, ValueError):
-                    with contextlib.suppress(Unavailable):  # deleted or damaged: nothing to send
-                        store.clear_webhook_due(job_id, lambda state: True)
-                    continue
-                if not due_events(job_dir, state):
+                job_dir, state = store.path(job_id), _state(store, job_id)
+                if state is None or not due_events(job_dir, state):
                     with contextlib.suppress(Unavailable):  # a busy job lock: the next sweep clears it
-                        store.clear_webhook_due(job_id, lambda state, d=job_dir: not due_events(d, state))
-                elif not _sending(job_dir):
+                        store.clear_webhook_due(job_id, lambda s, d=job_dir: not due_events(d, s))
+                elif not _sending(store, job_id):
                     log.info("job %s: starting a sender for webhook events not sent yet", job_id)
                     self.notify(job_dir, state)
 
@@ -134,46 +126,37 @@ def _last_sequence(path):
     return last
 
 
-def _sender_lock(job_dir, timeout=0):
-    root, job_id = os.path.split(os.path.abspath(job_dir))
-    return filelock.FileLock(os.path.join(root, JobStore.LOCKS, f"webhooks-{job_id}.lock"), timeout=timeout)
-
-
-def _sending(job_dir):
-    lock = _sender_lock(job_dir)
+def _state(store, job_id):
     try:
-        lock.acquire()
-    except filelock.Timeout:
-        return True
-    lock.release()
-    return False
+        return store.read(job_id)  # a damaged record reads as broken, without a history
+    except NotFound:
+        return None  # deleted: nothing left to send
 
 
-def send_due(message, job_dir):
+def _due(store, job_id):
+    state = _state(store, job_id)
+    return due_events(store.path(job_id), state) if state else []
+
+
+def _sending(store, job_id):
+    with store.try_lock(SENDER_LOCK + job_id) as free:
+        return not free
+
+
+def send_due(message, store, job_id):
     """Deliver the job's due events in order, unless another sender holds the job's sender lock."""
-    lock = _sender_lock(job_dir)
     while True:
-        try:
-            lock.acquire()
-        except filelock.Timeout:
-            return  # that sender re-reads the history when it is done, and sends ours too
-        try:
-            for event in _due(job_dir):
-                deliver(message, event, job_dir)
-        except OSError:
-            return  # the job directory went away (deleted): nothing left to record into
-        finally:
-            lock.release()
+        with store.try_lock(SENDER_LOCK + job_id) as taken:
+            if not taken:
+                return  # that sender re-reads the history when it is done, and sends ours too
+            try:
+                for event in _due(store, job_id):
+                    deliver(message, event, store.path(job_id))
+            except OSError:
+                return  # the job directory went away (deleted): nothing left to record into
         # A change written while we held the lock may have had its sender turned away: look again.
-        if not _due(job_dir):
+        if not _due(store, job_id):
             return
-
-
-def _due(job_dir):
-    try:
-        return due_events(job_dir, read_json(os.path.join(job_dir, JobStore.STATE)))
-    except (OSError, ValueError):
-        return []
 
 
 def deliver(message, event, job_dir):
@@ -212,4 +195,5 @@ if __name__ == "__main__":
         _message = json.loads(sys.stdin.read())
     except ValueError:
         sys.exit(0)  # the process that started us died mid-write; the job's next sender sends ours
-    send_due(_message, sys.argv[1])
+    _root, _job_id = os.path.split(os.path.abspath(sys.argv[1]))
+    send_due(_message, JobStore(_root), _job_id)
