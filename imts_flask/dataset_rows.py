@@ -14,11 +14,14 @@ The formats, as LLaMA Factory's data/converter.py reads them:
 - text: a text column (pretraining)
 """
 
+import argparse
 import csv
 import hashlib
 import io
 import json
 import os
+import re
+import resource
 import sys
 
 EXTENSIONS = {".json": "json", ".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet"}
@@ -26,6 +29,20 @@ FORMATS = ("alpaca", "sharegpt", "pairwise", "kto", "text")
 STAGES = {"alpaca": ["sft"], "sharegpt": ["sft"], "pairwise": ["rm", "dpo"], "kto": ["kto"], "text": ["pt"]}
 MAX_PROBLEMS = 10
 _CHUNK = 1024 * 1024
+MIB = 1024 * 1024
+
+# What one row may cost, whatever the file: its text (as written, or decoded for parquet) and how
+# deep its values nest. A LLaMA Factory row nests three levels (row, messages, turn); the bounds keep
+# a crafted row from taking the checker's memory or time (a 32 KB file of nested brackets took 621 MB
+# with a streaming parser that keeps each level's path).
+MAX_ROW_BYTES = 16 * MIB
+MAX_ROW_DEPTH = 32
+# The decoded size of a whole file, unless the service passes its max_decoded_mb.
+DEFAULT_MAX_DECODED = 2048 * MIB
+# A preview shows each text value up to this many characters, and containers this deep and long.
+PREVIEW_CHARS = 1000
+PREVIEW_DEPTH = 6
+PREVIEW_ITEMS = 50
 
 # The two ways a conversation is written: the key of the list, then its role/content keys and tags.
 _STYLES = {
@@ -33,6 +50,8 @@ _STYLES = {
     "conversations": {"role": "from", "content": "value", "user": "human", "assistant": "gpt"},
 }
 _OBSERVATION, _FUNCTION, _SYSTEM = "observation", "function_call", "system"
+_TOO_DEEP = f"nested deeper than {MAX_ROW_DEPTH} levels"
+_TOO_LARGE = f"larger than {MAX_ROW_BYTES // MIB} MiB"
 
 
 class FileProblem(Exception):
@@ -65,7 +84,11 @@ def kind_of(filename):
 
 
 def rows(path, kind, reader=None):
-    """Yield (row number, where, row) for every row of a file; raise FileProblem if it cannot be read."""
+    """Yield (row number, where, row) for every row of a file; raise FileProblem if it cannot be read.
+
+    No row is held whole before its size is known: text formats are read a bounded line or value at
+    a time, and a parquet row group whose rows are too large on average is refused undecoded.
+    """
     if kind == "parquet":
         yield from _parquet_rows(path)
         return
@@ -81,46 +104,154 @@ def rows(path, kind, reader=None):
             pass
 
 
-def _json_rows(source):
-    import ijson
+class _JsonText:
+    """A window on a JSON text read a chunk at a time, from which values are decoded one by one."""
 
-    buffered = io.BufferedReader(source, _CHUNK)
-    if buffered.peek(64).lstrip()[:1] == b"{":
-        raise FileProblem(
-            "a .json file must hold a JSON array of rows (a file of one object a line is .jsonl)"
-        )
+    _SPACE = re.compile(r"[ \t\n\r]*")
+
+    def __init__(self, source):
+        self.text = io.TextIOWrapper(io.BufferedReader(source, _CHUNK), encoding="utf-8")
+        self.buffer, self.pos, self.eof = "", 0, False
+        self.decoder = json.JSONDecoder()
+
+    def _fill(self, at_least=_CHUNK):
+        self.buffer, self.pos = self.buffer[self.pos :], 0
+        more = self.text.read(max(_CHUNK, at_least))
+        self.eof = not more
+        self.buffer += more
+
+    def next_char(self):
+        """Skip white space; return the next character (not consumed), or None at the end."""
+        while True:
+            self.pos = self._SPACE.match(self.buffer, self.pos).end()
+            if self.pos < len(self.buffer):
+                return self.buffer[self.pos]
+            if self.eof:
+                return None
+            self._fill()
+
+    def value(self, where):
+        """Decode the value at the current position; refuse one past MAX_ROW_BYTES or MAX_ROW_DEPTH."""
+        while True:
+            pending = len(self.buffer) - self.pos
+            try:
+                value, end = self.decoder.raw_decode(self.buffer, self.pos)
+            except json.JSONDecodeError as exc:
+                if self.eof:
+                    raise FileProblem(f"{where}: not valid JSON ({exc.msg})") from None
+                error = exc.msg  # maybe only cut short by the chunk: read on
+            except RecursionError:
+                raise FileProblem(f"{where}: {_TOO_DEEP}") from None
+            else:
+                if end - self.pos > MAX_ROW_BYTES:
+                    raise FileProblem(f"{where}: {_TOO_LARGE}")
+                if end < len(self.buffer) or self.eof or isinstance(value, (dict, list)):
+                    self.pos = end
+                    return value
+                error = None  # a number or word at the very end of the chunk may go on
+            if pending > MAX_ROW_BYTES:
+                raise FileProblem(
+                    f"{where}: {_TOO_LARGE}" + (f", or not valid JSON ({error})" if error else "")
+                )
+            self._fill(at_least=pending)  # at least doubles what is held: each row is decoded a few times
+
+
+def _json_rows(source):
+    text = _JsonText(source)
     try:
-        for number, row in enumerate(ijson.items(buffered, "item", use_float=True), 1):
-            yield number, f"row {number}", row
-    except ijson.JSONError as exc:
-        raise FileProblem(f"not valid JSON ({str(exc).splitlines()[0]})") from None
+        first = text.next_char()
+        if first == "{":
+            raise FileProblem(
+                "a .json file must hold a JSON array of rows (a file of one object a line is .jsonl)"
+            )
+        if first != "[":
+            raise FileProblem("not valid JSON (a .json file holds an array of rows: [{...}, {...}])")
+        text.pos += 1
+        number = 0
+        while True:
+            char = text.next_char()
+            if char == "]":
+                text.pos += 1
+                break
+            if number:
+                if char != ",":
+                    raise FileProblem(f"not valid JSON after row {number} (',' or ']' expected)")
+                text.pos += 1
+                if text.next_char() is None:
+                    break
+            if char is None:
+                raise FileProblem("not valid JSON (the array is not closed)")
+            number += 1
+            yield number, f"row {number}", text.value(f"row {number}")
+        if text.next_char() is not None:
+            raise FileProblem("not valid JSON (something follows the array)")
     except UnicodeDecodeError:
         raise FileProblem("not UTF-8 text") from None
 
 
 def _jsonl_rows(source):
-    number = 0
-    for line_number, line in enumerate(io.BufferedReader(source, _CHUNK), 1):
+    buffered = io.BufferedReader(source, _CHUNK)
+    number = line_number = 0
+    while True:
+        line = buffered.readline(MAX_ROW_BYTES + 1)
+        if not line:
+            return
+        line_number += 1
         if not line.strip():
             continue
         number += 1
         where = f"row {number}" if number == line_number else f"row {number} (line {line_number})"
+        if len(line.rstrip(b"\r\n")) > MAX_ROW_BYTES:
+            raise FileProblem(f"{where}: {_TOO_LARGE}")  # the rest of the line is not read
         try:
             yield number, where, json.loads(line)
         except UnicodeDecodeError:
             raise FileProblem(f"{where}: not UTF-8 text") from None
+        except RecursionError:
+            yield number, where, _Unparseable(_TOO_DEEP)
         except ValueError as exc:
             yield number, where, _Unparseable(f"not valid JSON ({exc.msg} at column {exc.colno})")
 
 
+class _RecordTooLarge(Exception):
+    pass
+
+
+class _CsvLines:
+    """The lines of a CSV file as text for csv.reader, counting what the current record has taken."""
+
+    def __init__(self, source):
+        self.buffered = io.BufferedReader(source, _CHUNK)
+        self.record_bytes = 0
+        self.encoding = "utf-8-sig"  # the first line may start with a byte-order mark
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        line = self.buffered.readline(MAX_ROW_BYTES + 1)
+        if not line:
+            raise StopIteration
+        self.record_bytes += len(line)
+        if self.record_bytes > MAX_ROW_BYTES + 2:  # a line, or a record's quoted lines, past the limit
+            raise _RecordTooLarge
+        text, self.encoding = line.decode(self.encoding), "utf-8"
+        return text
+
+
 def _csv_rows(source):
-    text = io.TextIOWrapper(io.BufferedReader(source, _CHUNK), encoding="utf-8-sig", newline="")
+    csv.field_size_limit(MAX_ROW_BYTES)  # this process checks one file: the default is 128 KB a field
+    lines = _CsvLines(source)
+    number = 0
     try:
-        for number, row in enumerate(csv.DictReader(text), 1):
+        for number, row in enumerate(csv.DictReader(lines), 1):  # noqa: B007 (number is read below)
+            lines.record_bytes = 0
             if None in row:
                 yield number, f"row {number}", _Unparseable("has more values than the header has columns")
             else:
                 yield number, f"row {number}", row
+    except _RecordTooLarge:
+        raise FileProblem(f"row {number + 1}: {_TOO_LARGE}") from None
     except UnicodeDecodeError:
         raise FileProblem("not UTF-8 text") from None
     except csv.Error as exc:
@@ -133,7 +264,14 @@ def _parquet_rows(path):
 
         parquet = pq.ParquetFile(path)
         number = 0
-        for batch in parquet.iter_batches(batch_size=1024):
+        for index in range(parquet.metadata.num_row_groups):
+            group = parquet.metadata.row_group(index)
+            # Plain-encoded data says its size before it is decoded: refuse a group of huge rows unread.
+            if group.num_rows and group.total_byte_size / group.num_rows > MAX_ROW_BYTES:
+                raise FileProblem(f"row {number + 1}: {_TOO_LARGE} once decoded")
+            number += group.num_rows
+        number = 0
+        for batch in parquet.iter_batches(batch_size=256):
             for row in batch.to_pylist():
                 number += 1
                 yield number, f"row {number}", row
@@ -148,7 +286,37 @@ class _Unparseable:
         self.reason = reason
 
 
-# -- checking ----------------------------------------------------------------------------------
+def cost(value):
+    """Return (decoded size, None) of a row, or (None, reason) once it passes MAX_ROW_BYTES or MAX_ROW_DEPTH.
+
+    Text counts its characters, anything else 8; the walk stops as soon as a bound is passed.
+    """
+    if not isinstance(value, (dict, list)):
+        return (len(value) if isinstance(value, (str, bytes)) else 8), None
+    size, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if level > MAX_ROW_DEPTH:
+            return None, _TOO_DEEP
+        if isinstance(item, dict):
+            size += sum(len(key) if isinstance(key, str) else 8 for key in item)
+            item = item.values()
+        for child in item:
+            if isinstance(child, (str, bytes)):
+                size += len(child)
+            elif isinstance(child, (dict, list)):
+                stack.append((child, level + 1))
+            else:
+                size += 8
+        if size > MAX_ROW_BYTES:
+            return None, _TOO_LARGE
+    return size, None
+
+
+def _shown(value, limit=60):
+    """A value as a problem message quotes it: cut, so that a crafted row cannot grow the answer."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def detect(row):
@@ -250,7 +418,9 @@ def _conversation(row, layout, fmt):
         role = turn.get(style["role"])
         if role not in expected[index % 2]:
             want = expected[index % 2][0]
-            return [f"{layout}[{index + offset}].{style['role']} is {role!r} where {want!r} belongs"]
+            return [
+                f"{layout}[{index + offset}].{style['role']} is {_shown(repr(role))} where {want!r} belongs"
+            ]
     ranking = fmt == "pairwise"
     if not ranking and len(turns) % 2:
         found.append(f"{layout} must end with an {style['assistant']!r} turn (the training target)")
@@ -270,11 +440,12 @@ def _conversation(row, layout, fmt):
     return found
 
 
-def check(path, fmt=None):
+def check(path, fmt=None, max_decoded=DEFAULT_MAX_DECODED):
     """Check every row of a dataset file; return a report (format, rows, sha256, problems, ...)."""
     kind = kind_of(path)
     report = {"format": fmt, "layout": None, "rows": 0, "columns": [], "problems": []}
     handle = {}
+    decoded = 0
 
     def reader(raw):
         handle["r"] = _HashingReader(raw)
@@ -282,6 +453,17 @@ def check(path, fmt=None):
 
     try:
         for number, where, row in rows(path, kind, reader):
+            if not isinstance(row, _Unparseable):
+                size, too_much = cost(row)
+                if too_much:
+                    row = _Unparseable(too_much)
+                else:
+                    decoded += size
+                    if decoded > max_decoded:
+                        report["problems"].append(
+                            f"{where}: the rows decode to more than {max_decoded // MIB} MiB (max_decoded_mb)"
+                        )
+                        break
             if number == 1:
                 if isinstance(row, _Unparseable):
                     report["problems"].append(f"{where}: {row.reason}")
@@ -289,9 +471,12 @@ def check(path, fmt=None):
                 if report["format"] is None:
                     report["format"] = detect(row)
                     if report["format"] is None:
-                        keys = ", ".join(sorted(row)) if isinstance(row, dict) else type(row).__name__
+                        keys = (
+                            ", ".join(sorted(map(str, row))) if isinstance(row, dict) else type(row).__name__
+                        )
                         report["problems"].append(
-                            f"{where}: its columns ({keys}) fit none of {', '.join(FORMATS)}; name the format"
+                            f"{where}: its columns ({_shown(keys, 200)}) fit none of {', '.join(FORMATS)}; "
+                            "name the format"
                         )
                         break
                 if kind == "csv" and report["format"] in ("sharegpt", "kto"):
@@ -328,30 +513,75 @@ def _sha256(path):
 
 
 def preview(path, count):
-    """Return the first `count` rows of a dataset file."""
-    found = []
+    """Return {"rows": the first `count` rows, their long values cut, "truncated": whether any was}."""
+    found, truncated = [], False
     for _number, _where, row in rows(path, kind_of(path)):
-        found.append(row if not isinstance(row, _Unparseable) else {"_unparseable": row.reason})
+        shown, cut = clip(row if not isinstance(row, _Unparseable) else {"_unparseable": row.reason})
+        found.append(shown)
+        truncated = truncated or cut
         if len(found) >= count:
             break
-    return found
+    return {"rows": found, "truncated": truncated}
+
+
+def clip(value, depth=0):
+    """Return (value as a preview shows it, whether anything was cut): long texts, deep or long containers."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, str):
+        return (value, False) if len(value) <= PREVIEW_CHARS else (value[:PREVIEW_CHARS] + "\u2026", True)
+    if not isinstance(value, (dict, list)):
+        return value, False
+    if depth >= PREVIEW_DEPTH:
+        return "\u2026", True
+    cut = len(value) > PREVIEW_ITEMS
+    if isinstance(value, dict):
+        shown = {}
+        for key, item in list(value.items())[:PREVIEW_ITEMS]:
+            shown[str(key)[:PREVIEW_CHARS]], item_cut = clip(item, depth + 1)
+            cut = cut or item_cut or len(str(key)) > PREVIEW_CHARS
+        return shown, cut
+    shown = []
+    for item in value[:PREVIEW_ITEMS]:
+        item, item_cut = clip(item, depth + 1)
+        shown.append(item)
+        cut = cut or item_cut
+    return shown, cut
+
+
+def _limit(memory_mb, cpu_s):
+    """Bound this process: address space (a MemoryError past it) and CPU seconds (SIGXCPU past them)."""
+    if memory_mb:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_mb * MIB, memory_mb * MIB))
+    if cpu_s:
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 5))
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m imts_flask.dataset_rows")
+    parser.add_argument("--memory-mb", type=int, default=0, help="address space limit (0: none)")
+    parser.add_argument("--cpu-s", type=int, default=0, help="CPU seconds limit (0: none)")
+    parser.add_argument("--max-decoded-mb", type=int, default=DEFAULT_MAX_DECODED // MIB)
+    parser.add_argument("action", choices=("check", "preview"))
+    parser.add_argument("file")
+    parser.add_argument("format_or_count", nargs="?", help="check: the format; preview: how many rows")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    _limit(args.memory_mb, args.cpu_s)
     try:
-        if argv[:1] == ["check"] and len(argv) in (2, 3):
-            result = check(argv[1], argv[2] if len(argv) == 3 else None)
-        elif argv[:1] == ["preview"] and len(argv) == 3:
-            result = {"rows": preview(argv[1], int(argv[2]))}
+        if args.action == "check":
+            result = check(args.file, args.format_or_count, args.max_decoded_mb * MIB)
         else:
-            print(
-                "usage: python -m imts_flask.dataset_rows check FILE [FORMAT] | preview FILE N",
-                file=sys.stderr,
-            )
-            return 2
+            result = preview(args.file, int(args.format_or_count or 1))
     except FileProblem as exc:
-        result = {"problems": [str(exc)]}
+        result = {"format": None, "rows": 0, "problems": [str(exc)]}
+    except MemoryError:
+        result = {
+            "format": None,
+            "rows": 0,
+            "problems": [
+                f"checking the file needs more than {args.memory_mb} MB of memory (check_memory_mb)"
+            ],
+        }
     json.dump(result, sys.stdout, ensure_ascii=False, default=str)
     return 0
 

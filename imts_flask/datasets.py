@@ -21,12 +21,13 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
 
 from .dataset_rows import EXTENSIONS, FORMATS, STAGES, kind_of
-from .errors import ApiError, Conflict, NotFound, ValidationFailed
+from .errors import ApiError, Conflict, NotFound, Unavailable, ValidationFailed
 from .fsio import atomic_write_json, fsync_dir, read_json
 from .state import now_utc
 from .store import JobStore, storage_error
@@ -37,6 +38,8 @@ PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 REGISTRY = "dataset_info.json"
 META = "meta.json"
+# Names a dataset may not take: the registry's own file and what is moved aside beside it.
+RESERVED_PREFIX = "dataset_info"
 # dataset_info "tags" for OpenAI-style messages (ShareGPT's from/value/human/gpt are LLaMA Factory's defaults)
 _CONVERSATION_TAGS = {
     "role_tag": "role",
@@ -45,7 +48,6 @@ _CONVERSATION_TAGS = {
     "assistant_tag": "assistant",
     "system_tag": "system",
 }
-CHECK_TIMEOUT_S = 3600
 
 
 def entry_for(report, file_name):
@@ -102,16 +104,88 @@ class Uploads:
                 "name must be 1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit",
                 field="name",
             )
+        if name.startswith(RESERVED_PREFIX):
+            raise ValidationFailed(
+                f"names starting with '{RESERVED_PREFIX}' are reserved for the registry's own files",
+                field="name",
+            )
         return os.path.join(self.root, name)
 
     # -- reading ---------------------------------------------------------------------------
 
     def entries(self):
-        """Return the registry: {name: LLaMA Factory entry with file_name relative to the root}."""
+        """Return the registry: {name: LLaMA Factory entry with file_name relative to the root}.
+
+        A damaged registry (not JSON, not a mapping, a directory) is moved aside and rebuilt from the
+        version directories (each holds its meta.json); while that cannot be done it reads as empty,
+        so that jobs on the operator's datasets still start, and health() says why.
+        """
         try:
-            return read_json(os.path.join(self.root, REGISTRY))
-        except (FileNotFoundError, ValueError):
+            return self._read_registry()
+        except FileNotFoundError:
             return {}
+        except (OSError, ValueError) as exc:
+            log.error("uploads: the registry %s is damaged (%s); rebuilding it", REGISTRY, exc)
+        try:
+            with self.store.lock("_uploads_registry"):
+                return self._repaired()
+        except (OSError, Unavailable) as exc:
+            log.error("uploads: the registry could not be rebuilt: %s", exc)
+            return {}
+
+    def _read_registry(self):
+        registry = read_json(os.path.join(self.root, REGISTRY))
+        if not all(isinstance(e, dict) and isinstance(e.get("file_name"), str) for e in registry.values()):
+            raise ValueError("an entry is not a mapping with a file_name")
+        return registry
+
+    def _repaired(self):
+        """Under the registry's lock: the registry as it is, or rebuilt if it is still damaged."""
+        path = os.path.join(self.root, REGISTRY)
+        try:
+            return self._read_registry()
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError):
+            pass
+        aside = f"{path}.damaged-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
+        os.rename(path, aside)  # kept for a person to look at
+        registry = self._rebuilt()
+        atomic_write_json(path, registry)
+        log.warning("uploads: registry rebuilt with %d datasets; the damaged one is %s", len(registry), aside)
+        return registry
+
+    def _rebuilt(self):
+        """The registry as the version directories tell it: each name's newest checked version."""
+        registry = {}
+        for name in sorted(os.listdir(self.root)):
+            directory = os.path.join(self.root, name)
+            if not _is_dataset_dir(name, directory):
+                continue
+            versions = []
+            for version in os.listdir(directory):
+                with contextlib.suppress(OSError, ValueError):
+                    meta = read_json(os.path.join(directory, version, META))
+                    data = [f for f in os.listdir(os.path.join(directory, version)) if f.startswith("data.")]
+                    if data and meta.get("format") in FORMATS:
+                        versions.append((meta.get("created_at") or "", version, data[0], meta))
+            if versions:
+                _at, version, data_file, meta = max(versions)
+                report = {**meta, "layout": _layout(meta)}
+                registry[name] = entry_for(report, f"{name}/{version}/{data_file}")
+        return registry
+
+    def health(self):
+        """(ok, check) of the registry: readable, or absent (no upload yet)."""
+        path = os.path.join(self.root, REGISTRY)
+        self.entries()  # repairs what it can
+        try:
+            self._read_registry()
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as exc:
+            return False, {"path": path, "problem": f"{REGISTRY} is damaged and could not be rebuilt: {exc}"}
+        return True, {"path": path}
 
     def meta(self, name):
         """Return what is known of an uploaded dataset (NotFound if there is none of that name)."""
@@ -126,8 +200,8 @@ class Uploads:
         return {**meta, "path": os.path.join(self.root, entry["file_name"])}
 
     def preview(self, path, count):
-        """Return the first `count` rows of a dataset file (read by the child process)."""
-        return self._child("preview", path, str(count))["rows"]
+        """Return {rows, truncated}: the first `count` rows of a file, long values cut (read by the child)."""
+        return self._child("preview", path, str(count))
 
     # -- uploading -------------------------------------------------------------------------
 
@@ -166,7 +240,7 @@ class Uploads:
             if report["problems"]:
                 shown = "; ".join(report["problems"][:3])
                 raise ValidationFailed(
-                    f"the file is not a valid {report['format'] or 'dataset'} file: {shown}",
+                    f"the file is not a valid {report.get('format') or 'dataset'} file: {shown}",
                     errors=[{"field": "file", "reason": p} for p in report["problems"]],
                 )
             return self._register(name, staging, data_file, filename, report, overwrite, taken, in_use)
@@ -223,7 +297,13 @@ class Uploads:
 
     def _update_registry(self, change):
         with self.store.lock("_uploads_registry"):
-            registry = self.entries()
+            try:
+                registry = self._repaired()
+            except OSError as exc:  # never written over while damaged: that would drop every upload
+                raise Unavailable(
+                    f"the uploads registry {REGISTRY} is damaged and could not be rebuilt ({exc.strerror}); "
+                    "nothing was changed"
+                ) from exc
             change(registry)
             atomic_write_json(os.path.join(self.root, REGISTRY), registry)
 
@@ -255,7 +335,7 @@ class Uploads:
                 if name in (".staging", ".trash"):
                     if os.listdir(path):
                         return True
-                elif NAME.fullmatch(name) and os.path.isdir(path):
+                elif _is_dataset_dir(name, path):
                     if name not in registered or len(os.listdir(path)) > 1:
                         return True
         return False
@@ -275,7 +355,7 @@ class Uploads:
                 path = os.path.join(self.root, name)
                 if name in (".staging", ".trash"):
                     candidates = [os.path.join(path, n) for n in os.listdir(path)]
-                elif NAME.fullmatch(name) and os.path.isdir(path):
+                elif _is_dataset_dir(name, path):
                     candidates = [
                         os.path.join(path, v)
                         for v in os.listdir(path)
@@ -298,23 +378,44 @@ class Uploads:
     # -- the child process -----------------------------------------------------------------
 
     def _child(self, *args):
+        """Run the row checker on a file with the service's bounds; its JSON answer, or a refusal."""
+        settings = self.settings
         env = dict(os.environ, PYTHONPATH=PROJECT_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        argv = [settings.python, "-m", "imts_flask.dataset_rows"]
+        argv += ["--memory-mb", str(settings.check_memory_mb), "--cpu-s", str(int(settings.check_timeout_s))]
+        argv += ["--max-decoded-mb", str(settings.max_decoded_mb), *args]
+        too_long = ValidationFailed(
+            f"checking the file took longer than {settings.check_timeout_s:.0f} s (check_timeout_s)",
+            field="file",
+        )
         try:
             result = subprocess.run(
-                [self.settings.python, "-m", "imts_flask.dataset_rows", *args],
-                capture_output=True,
-                timeout=CHECK_TIMEOUT_S,
-                env=env,
-                check=False,
+                argv, capture_output=True, timeout=settings.check_timeout_s, env=env, check=False
             )
-            return json.loads(result.stdout)
         except subprocess.TimeoutExpired:
-            log.error("dataset %s of %s took over %d s", args[0], args[1], CHECK_TIMEOUT_S)
+            raise too_long from None
+        if result.returncode == -signal.SIGXCPU:
+            raise too_long
+        try:
+            return json.loads(result.stdout)
         except ValueError:
             log.error(
-                "dataset %s of %s failed: %s",
+                "dataset %s of %s failed (exit %s): %s",
                 args[0],
                 args[1],
+                result.returncode,
                 result.stderr.decode(errors="replace")[-2000:],
             )
         raise ApiError("the dataset could not be read; the service log has the details")
+
+
+def _is_dataset_dir(name, path):
+    """A directory of a dataset's versions (not the registry's own files, nor one moved aside)."""
+    return NAME.fullmatch(name) and not name.startswith(RESERVED_PREFIX) and os.path.isdir(path)
+
+
+def _layout(meta):
+    """How an uploaded version's rows are laid out, from the columns its meta.json records."""
+    columns = meta.get("columns") or []
+    layout = next((key for key in ("messages", "conversations") if key in columns), None)
+    return layout or ("text" if meta.get("format") == "text" else "alpaca")

@@ -399,6 +399,9 @@ class DatasetSchema(ResponseSchema):
     created_at = fields.String(allow_none=True)
     file = fields.String(metadata={"description": "the file jobs read, on the server"})
     preview = fields.List(fields.Dict(), metadata={"description": "with ?preview=N: the first N rows"})
+    preview_truncated = fields.Boolean(
+        metadata={"description": "a preview value was cut (texts past 1000 characters, deep or long lists)"}
+    )
 
 
 class DatasetListSchema(ResponseSchema):
@@ -452,6 +455,10 @@ class HealthSchema(ResponseSchema):
     service = fields.String()
     adapter_initialized = fields.Boolean()
     checks = fields.Dict(keys=fields.String(), values=fields.Dict())
+    degraded = fields.List(
+        fields.String(),
+        metadata={"description": "failing checks; shared ones (executor, uploads_registry) give no 503"},
+    )
 
 
 class FieldErrorSchema(ResponseSchema):

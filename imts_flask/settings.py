@@ -35,6 +35,11 @@ class Settings:
     # Datasets uploaded through the API (a data directory the service alone writes), and their limit.
     uploads_dir: str = "data/uploads"
     max_upload_mb: int = 1024
+    # The row checker (a child process per upload or preview): what the rows of one file may decode
+    # to (a compressed parquet can hold far more than it weighs), its address space, its time.
+    max_decoded_mb: int = 2048
+    check_memory_mb: int = 2048
+    check_timeout_s: float = 600.0
     host: str = "127.0.0.1"
     port: int = 8000
     llamafactory_cli: str = field(default_factory=_default_cli)
@@ -90,6 +95,12 @@ class Settings:
     webhook_attempts: int = 6
     webhook_backoff_s: float = 1.0
     webhook_timeout_s: float = 10.0
+    # Host names this service answers to, besides IP addresses, localhost and this machine's name
+    # (comma-separated; ".example.com" takes its subdomains; "*" any). Others get 421: a DNS-rebinding
+    # page names its own domain. Behind Nginx, list the public names it passes on.
+    allowed_hosts: str = ""
+    # Browser origins besides the service's own that may change things (e.g. https://ops.example.com).
+    allowed_origins: str = ""
     # Bearer-token auth, off when both are empty: tokens, or their SHA-256 hex digests, comma-separated.
     auth_tokens: str = ""
     auth_token_sha256: str = ""

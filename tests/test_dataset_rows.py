@@ -131,7 +131,7 @@ def test_bad_rows_are_named_with_their_number(tmp_path, rows, fmt, problem):
         (b'{"instruction": "a", "output": "b"}', "d.json", "must hold a JSON array"),
         (b'[{"instruction": "a", "output": "b"}] trailing', "d.json", "not valid JSON"),
         (b'{"instruction": "a", "output": "b"}\n{oops\n', "d.jsonl", "row 2: not valid JSON"),
-        (b"\xff\xfe[]", "d.json", "not valid JSON"),
+        (b"\xff\xfe[]", "d.json", "not UTF-8 text"),
         (b"not parquet at all", "d.parquet", "not a valid parquet file"),
         (b"instruction,output\na,b,c\n", "d.csv", "row 1: has more values than the header"),
     ],
@@ -156,7 +156,8 @@ def test_jsonl_blank_lines_are_skipped_and_named_by_line(tmp_path):
 
 def test_preview_reads_only_the_first_rows(tmp_path):
     path = _write(tmp_path / "d.jsonl", [{**ALPACA, "output": str(i)} for i in range(100)], "jsonl")
-    assert [r["output"] for r in preview(path, 3)] == ["0", "1", "2"]
+    shown = preview(path, 3)
+    assert [r["output"] for r in shown["rows"]] == ["0", "1", "2"] and shown["truncated"] is False
 
 
 @pytest.mark.parametrize(
