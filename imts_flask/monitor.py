@@ -20,6 +20,7 @@ import time
 
 import yaml
 
+from . import exports
 from .checkpoints import copy_checkpoint, discard_incomplete, disk_bytes, incomplete_reason, latest_complete
 from .executors import HOST
 from .executors.common import MONITOR_LOG_ENV, MONITOR_SETTINGS_ENV
@@ -53,6 +54,8 @@ _TRAINING_RECORDS = {
     "all_results.json",
     "train_results.json",
 }
+# The exporter writes into <job dir>/.export-staging-<token>; exports.publish moves it into place.
+EXPORT_STAGING = ".export-staging-"
 _ERROR_LINE = re.compile(r"^\w*(Error|Exception|error)\b.*|^.*Traceback")
 
 
@@ -337,19 +340,25 @@ class Monitor:
         if export.get("monitor") != self.me:
             return
         target = export["export_dir"]
-        partial = f"{target}.partial-{secrets.token_hex(4)}"
+        job_dir = self.store.path(self.job_id)
+        for name in os.listdir(job_dir):  # one export at a time: what an earlier one left is stale
+            if name.startswith(EXPORT_STAGING):
+                shutil.rmtree(os.path.join(job_dir, name), ignore_errors=True)
+        staged = os.path.join(job_dir, f"{EXPORT_STAGING}{secrets.token_hex(4)}")
         try:
-            rc = self._export_into(state, export, partial)
-            if rc == 0 and not os.path.isdir(partial):
+            rc = self._export_into(state, export, staged)
+            if rc == 0 and not os.path.isdir(staged):
                 rc, reason = 1, "the exporter wrote nothing"
             else:
                 reason = None
             if rc == 0:
-                self._replace_dir(partial, target)
+                exports.publish(staged, self.settings.path("exports_dir"), target)
+        except exports.ExportRefused as exc:
+            rc, reason = 1, f"not written: {exc}"
         except OSError as exc:
             rc, reason = 1, f"{type(exc).__name__}: {exc}"
         finally:
-            shutil.rmtree(partial, ignore_errors=True)
+            shutil.rmtree(staged, ignore_errors=True)
 
         def record(current):
             current_export = current.get("export") or {}
@@ -368,33 +377,22 @@ class Monitor:
 
         self.store.update(self.job_id, record)
 
-    def _export_into(self, state, export, partial):
+    def _export_into(self, state, export, staged):
         with open(state["paths"]["config"], encoding="utf-8") as handle:
             train_config = yaml.safe_load(handle)
         lora = train_config.get("finetuning_type") == "lora"
         if lora and not export["merge_lora"]:
             # The adapter alone: its weights, config and tokenizer files, without checkpoints and logs.
-            os.makedirs(partial)
+            os.makedirs(staged)
             for name in os.listdir(train_config["output_dir"]):
                 source = os.path.join(train_config["output_dir"], name)
                 if os.path.isfile(source) and name not in _TRAINING_RECORDS:
-                    shutil.copy2(source, os.path.join(partial, name))
+                    shutil.copy2(source, os.path.join(staged, name))
             return 0
-        config = build_export_config(train_config, partial)
+        config = build_export_config(train_config, staged)
         path = self.store.write_file(self.job_id, JobStore.EXPORT_CONFIG, config)
         proc = self._run([self.settings.llamafactory_cli, "export", path], JobStore.EXPORT_LOG)
         return self._wait(proc, start_ticks(proc.pid))
-
-    @staticmethod
-    def _replace_dir(partial, target):
-        """Move a finished export into place; an earlier export of the same job is replaced."""
-        old = None
-        if os.path.exists(target):
-            old = f"{target}.old-{secrets.token_hex(4)}"
-            os.rename(target, old)
-        os.rename(partial, target)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def main(argv=None):

@@ -8,6 +8,7 @@ import shutil
 import threading
 import time
 
+from . import exports
 from .catalog import Catalog
 from .checkpoints import list_checkpoints
 from .datasets import Uploads
@@ -204,7 +205,8 @@ class TrainingService:
         """Describe a dataset a job may name, with its first `preview` rows when asked."""
         described = self.catalog.dataset(name)
         if preview:
-            described["preview"] = self.uploads.preview(described["file"], preview)
+            shown = self.uploads.preview(described["file"], preview)
+            described.update(preview=shown["rows"], preview_truncated=shown["truncated"])
         return described
 
     def delete_dataset(self, name):
@@ -426,31 +428,6 @@ class TrainingService:
 
     # -- export ----------------------------------------------------------------------------
 
-    def resolve_export_dir(self, raw):
-        """Resolve a caller's relative export_dir inside the exports root, or refuse it.
-
-        "./models/exports/my_model" (relative to IMTS_HOME, as in the guide) and "my_model" (relative
-        to the exports root) name the same place. Absolute paths, ".." and symlinks out are refused.
-        """
-        root = os.path.realpath(self.settings.path("exports_dir"))
-        parts = raw.replace("\\", "/").split("/")
-        if "\x00" in raw or any(len(part) > 255 for part in parts):
-            raise ValidationFailed("export_dir is not a valid path", field="export_dir")
-        if os.path.isabs(raw) or ".." in parts:
-            raise ValidationFailed(
-                "export_dir must be a relative path without '..', such as ./models/exports/my_model",
-                field="export_dir",
-            )
-        exports = os.path.normpath(self.settings.path("exports_dir"))
-        under_home = os.path.normpath(os.path.join(self.settings.home, raw))
-        in_exports = os.path.commonpath([exports, under_home]) == exports
-        path = os.path.realpath(under_home if in_exports else os.path.join(exports, raw))
-        if path == root or os.path.commonpath([root, path]) != root:
-            raise ValidationFailed(
-                f"export_dir must name a directory inside the exports root {root}", field="export_dir"
-            )
-        return path
-
     def export_model(self, job_id, export_dir, merge_lora):
         """Start (or join) an export of a completed job; return (export state, finished)."""
         state = self.store.read(job_id)
@@ -459,7 +436,7 @@ class TrainingService:
                 f"job {job_id} is {state['status']}; only completed jobs can be exported",
                 extra={"job_status": state["status"]},
             )
-        target = self.resolve_export_dir(export_dir)
+        target = exports.resolve(self.settings.path("exports_dir"), self.settings.home, export_dir)
         started = []
 
         def mark(current):
@@ -493,7 +470,6 @@ class TrainingService:
 
         self.store.update(job_id, mark)
         if started:
-            os.makedirs(os.path.dirname(target), exist_ok=True)  # only once the export is on
             log.info("job %s: export to %s (merge_lora=%s) started", job_id, target, merge_lora)
             self.launcher.start_export(job_id)
         state = self.launcher.wait_for(
@@ -513,9 +489,11 @@ class TrainingService:
         free_mb = shutil.disk_usage(jobs).free // (1024 * 1024)
         executor_ok, executor = self.launcher.executor.health()
         gpus_ok, gpus = self.gpus.health()
+        registry_ok, registry = self.uploads.health()
         checks = {
             "llamafactory_cli": {"ok": os.path.isfile(cli) and os.access(cli, os.X_OK), "path": cli},
             "executor": {"ok": executor_ok, **executor},
+            "uploads_registry": {"ok": registry_ok, **registry},
             "gpus": {"ok": gpus_ok, **gpus},
             "jobs_dir_writable": {"ok": os.access(jobs, os.W_OK | os.X_OK), "path": jobs},
             "disk_free": {
@@ -524,10 +502,12 @@ class TrainingService:
                 "min_free_mb": self.settings.min_free_disk_mb,
             },
         }
-        # The executor's engine (Ray) is shared by every instance: its outage is reported, but it does
-        # not turn this instance unhealthy, or a load balancer would take every instance out of
-        # service, status reads and all.
-        return all(c["ok"] for name, c in checks.items() if name != "executor"), checks
+        # The executor's engine (Ray) and the uploads registry are shared by every instance: their
+        # trouble is reported (degraded), but it does not turn this instance unhealthy, or a load
+        # balancer would take every instance out of service, status reads and job creation all.
+        shared = ("executor", "uploads_registry")
+        healthy = all(c["ok"] for name, c in checks.items() if name not in shared)
+        return healthy, checks
 
 
 def _decode_whole_chars(data):

@@ -3,6 +3,7 @@
 Usage (as the service calls it): fake_trainer.py [options] train CONFIG.yaml
 Options: --steps N --interval S --exit CODE --fail-message TEXT --ignore-term --grandchild
          --save-every K (a checkpoint-N directory every K steps, laid out as transformers saves one)
+         --export-delay S (an export that takes S seconds before it writes)
 With resume_from_checkpoint in the config it goes on after that checkpoint's step, and with
 overwrite_output_dir it drops an old trainer_log.jsonl, as LLaMA Factory does.
 It is not LLaMA Factory; end-to-end tests use the real llamafactory-cli.
@@ -29,6 +30,7 @@ def main():
     parser.add_argument("--ignore-term", action="store_true")
     parser.add_argument("--grandchild", action="store_true")
     parser.add_argument("--save-every", type=int, default=0)
+    parser.add_argument("--export-delay", type=float, default=0.0)
     parser.add_argument("command")
     parser.add_argument("config")
     args = parser.parse_args()
@@ -75,6 +77,7 @@ def main():
     with open(spans, "a") as handle:
         handle.write(f"{os.path.basename(job_dir)} start {time.time()}\n")
     if args.command == "export":
+        time.sleep(args.export_delay)
         os.makedirs(config["export_dir"], exist_ok=True)
         with open(os.path.join(config["export_dir"], "config.json"), "w") as handle:
             json.dump({"fake": True}, handle)
