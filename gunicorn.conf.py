@@ -2,6 +2,13 @@
 
 Training runs in detached monitor processes, so workers can be recycled or restarted at any time
 without touching jobs. Every value can be overridden by an IMTS_* variable.
+
+Workers are gevent's: each connection is a greenlet, so a slow client (a header line every few
+seconds, a body a byte at a time) holds a few kilobytes, not one of a handful of threads; 1000
+connections a worker (IMTS_WORKER_CONNECTIONS). Blocking calls in the app (files, locks,
+subprocesses, sleeps while a stop is awaited) yield to the other connections once gevent has
+patched them, which gunicorn does when a worker starts. Behind Nginx (deploy/nginx.conf) slow
+clients never reach gunicorn at all, but make run serves without it.
 """
 
 import os
@@ -15,10 +22,18 @@ os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", os.path.join(_home, "cache", "
 
 from prometheus_client import multiprocess  # noqa: E402  (after the variable above)
 
+from imts_flask import server  # noqa: E402
+
+# gunicorn's own answers (a header too large, a URI too long, an unreadable request) in the
+# API's JSON error shape; and no secret-looking query parameter in the access log.
+server.install()
+logger_class = server.RedactingLogger
+
 bind = f"{os.environ.get('IMTS_HOST', '127.0.0.1')}:{os.environ.get('IMTS_PORT', '8000')}"
 workers = int(os.environ.get("IMTS_WORKERS", "3"))
-threads = int(os.environ.get("IMTS_THREADS", "4"))
-worker_class = "gthread"
+worker_class = os.environ.get("IMTS_WORKER_CLASS", "gevent")
+worker_connections = int(os.environ.get("IMTS_WORKER_CONNECTIONS", "1000"))
+threads = int(os.environ.get("IMTS_THREADS", "4"))  # for IMTS_WORKER_CLASS=gthread
 # Requests never wait on training; stop and export wait at most IMTS_STOP_WAIT_S / IMTS_EXPORT_WAIT_S.
 timeout = 60
 graceful_timeout = 30

@@ -29,6 +29,7 @@ def create_app(overrides=None):
     # Flask is imported here, not at module level, so the job monitor process stays light.
     from flask import Flask
 
+    from . import guard
     from .api import UploadRequest, bp, metrics_bp
     from .auth import TokenCheck
     from .dashboard import bp as dashboard_bp
@@ -49,6 +50,7 @@ def create_app(overrides=None):
     app.extensions["imts_settings"] = settings
     app.extensions["imts_auth"] = TokenCheck(settings)
     app.before_request(service.ensure_housekeeper)
+    guard.init_app(app, settings)
     app.register_blueprint(bp)
     app.register_blueprint(metrics_bp)
     app.register_blueprint(dashboard_bp)

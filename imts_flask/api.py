@@ -1,6 +1,8 @@
 """The blueprint: thin views over TrainingService, under /api/v1/training."""
 
 import functools
+import json
+import re
 import tempfile
 import time
 
@@ -8,7 +10,7 @@ from flask import Blueprint, Request, Response, current_app, g, request, send_fi
 from marshmallow import ValidationError
 
 from .catalog import installed_templates
-from .errors import ApiError, ValidationFailed
+from .errors import ApiError, UnsupportedMediaType, ValidationFailed
 from .openapi import doc
 from .schemas import (
     CheckpointListSchema,
@@ -85,24 +87,33 @@ def _load(schema, data):
 
 
 def _json_body():
+    """The request's JSON body: application/json only, at most MAX_DEPTH deep, text without surrogates."""
+    raw = _body()
+    if not raw:
+        raise ValidationFailed("the request body is empty; send a JSON object", field="body")
+    if not request.is_json:
+        raise UnsupportedMediaType(
+            f"send the body as Content-Type: application/json (not {request.mimetype or 'none'})",
+            field="Content-Type",
+        )
     try:
-        data = request.get_json(force=True, silent=True)
+        data = json.loads(raw)
     except RecursionError:
         data = _TOO_DEEP
-    if data is None:
-        if not request.get_data():
-            raise ValidationFailed("the request body is empty; send a JSON object", field="body")
-        raise ValidationFailed("the request body is not valid JSON", field="body")
+    except ValueError:
+        raise ValidationFailed("the request body is not valid JSON", field="body") from None
     if data is _TOO_DEEP or _depth(data) > MAX_DEPTH:
         raise ValidationFailed(f"the request body is nested more than {MAX_DEPTH} levels deep", field="body")
     return data
 
 
 _TOO_DEEP = object()
+# A lone UTF-16 surrogate ("\ud800" in JSON) is valid JSON but no valid text: no file could hold it.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _depth(value):
-    """Nesting depth of a parsed JSON value, without recursion."""
+    """Nesting depth of a parsed JSON value, without recursion; refuse text no file can hold."""
     deepest, stack = 0, [(value, 1)]
     while stack:
         item, level = stack.pop()
@@ -110,15 +121,27 @@ def _depth(value):
         if level > MAX_DEPTH:
             break
         if isinstance(item, dict):
+            stack.extend((k, level) for k in item)
             stack.extend((v, level + 1) for v in item.values())
         elif isinstance(item, list):
             stack.extend((v, level + 1) for v in item)
+        elif isinstance(item, str) and _SURROGATE.search(item):
+            raise ValidationFailed("the request body holds a lone UTF-16 surrogate: not text", field="body")
     return deepest
 
 
 def _optional_json_body():
     """The JSON body of a request whose body may be left out (no body, or an empty one, is {})."""
-    return _json_body() if request.get_data() else {}
+    return _json_body() if _body() else {}
+
+
+def _body():
+    """The request body; past max_content_length a 413, chunked bodies (no Content-Length) too."""
+    raw = request.get_data()  # a declared Content-Length over the limit is a 413 here
+    limit = request.max_content_length
+    if request.content_length is None and limit is not None and len(raw) >= limit:
+        request.stream.read(1)  # werkzeug's capped stream gave exactly `limit` bytes: more is a 413
+    return raw
 
 
 def _idempotency_key():
@@ -409,6 +432,7 @@ def health():
         "service": "training-api",
         "adapter_initialized": checks["llamafactory_cli"]["ok"],
         "checks": checks,
+        "degraded": [name for name, check in checks.items() if not check["ok"]],
     }
     return _schema(HealthSchema).dump(body), 200 if healthy else 503
 

@@ -6,7 +6,9 @@ are served without a token; every data call needs one when auth is on. A strict 
 Policy allows only this origin's scripts and styles, none inline.
 """
 
-from flask import Blueprint, redirect, render_template
+from flask import Blueprint, abort, redirect, render_template
+
+from .store import JOB_ID_PATTERN
 
 bp = Blueprint(
     "dashboard",
@@ -44,4 +46,6 @@ def jobs_page():
 @bp.get("/dashboard/jobs/<job_id>")
 def job_page(job_id):
     # The job id is read by the page's script from its own address; nothing of it is rendered here.
+    if not JOB_ID_PATTERN.fullmatch(job_id):
+        abort(404)
     return render_template("dashboard/job.html")

@@ -41,6 +41,11 @@ class Conflict(ApiError):
     code = "conflict"
 
 
+class UnsupportedMediaType(ApiError):
+    status = 415
+    code = "unsupported_media_type"
+
+
 class Unavailable(ApiError):
     """The service cannot serve the request now (lock timeout, store unwritable); retry later."""
 

@@ -20,6 +20,23 @@ def error_body(status, code, message, errors=None, **extra):
 DRAIN_CAP = 16 * 1024 * 1024
 
 
+def _too_large(request, exc):
+    """Say which limit a 413 is about: the body, a form's parts or a form field (werkzeug raises the
+    same exception for each; its multipart decoder, in the traceback, knows how many parts it read)."""
+    if request.mimetype.startswith("multipart/"):
+        traceback = exc.__traceback__
+        while traceback is not None:
+            decoder = traceback.tb_frame.f_locals.get("self")
+            most = getattr(decoder, "max_parts", None)
+            if most is not None and getattr(decoder, "_parts_decoded", 0) > most:
+                return f"the form has more than {most} parts"
+            traceback = traceback.tb_next
+        length, limit = request.content_length, request.max_content_length
+        if limit is None or (length or 0) <= limit:
+            return f"a form field (not the file) is larger than {request.max_form_memory_size} bytes"
+    return f"the request body is larger than {request.max_content_length} bytes"
+
+
 def _drain_body(environ):
     """Read and drop an unread request body (up to DRAIN_CAP) before answering.
 
@@ -36,6 +53,12 @@ def _drain_body(environ):
         if not chunk:
             break
         remaining -= len(chunk)
+
+
+def _is_framing_error(exc):
+    """An error of the WSGI server's HTTP parser raised while the app reads the body (gunicorn's
+    InvalidChunkSize, ChunkMissingTerminator, NoMoreData, ...): the client's fault, not ours."""
+    return any(cls.__module__.startswith("gunicorn.http") for cls in type(exc).__mro__)
 
 
 def register_error_handlers(app):
@@ -56,12 +79,15 @@ def register_error_handlers(app):
             allowed = ", ".join(exc.valid_methods or [])
             message = f"{request.method} is not allowed on {request.path}; allowed: {allowed}"
         elif exc.code == 413:
-            message = f"the request body is larger than {request.max_content_length} bytes"
+            message = _too_large(request, exc)
             _drain_body(request.environ)
         return error_body(exc.code, code, message)
 
     @app.errorhandler(Exception)
     def _unexpected(exc):
+        if _is_framing_error(exc):  # the server could not read the body it was sent (a bad chunk size)
+            log.info("%s %s -> 400: malformed body (%s)", request.method, request.path, exc)
+            return error_body(400, "bad_request", f"the request body is malformed: {exc}"[:300])
         incident = uuid.uuid4().hex[:12]
         log.exception("unexpected error %s on %s %s", incident, request.method, request.path)
         return error_body(

@@ -20,6 +20,8 @@ from .state import JobStatus, now_utc
 log = logging.getLogger(__name__)
 
 JOB_ID_PATTERN = re.compile(r"train_[0-9a-z]{8}")
+# What a sidecar lock may be called: a job id, a dataset, or one of the store's own names.
+_LOCK_NAME = re.compile(r"[A-Za-z0-9_.-]{1,160}")
 
 
 def new_job_id():
@@ -96,6 +98,8 @@ class JobStore:
     # -- locking ---------------------------------------------------------------------------
 
     def _lock_file(self, name, timeout):
+        if not _LOCK_NAME.fullmatch(name):  # callers validate first; a lock file is never made of input
+            raise ValidationFailed(f"{name[:80]!r} is not a name the store locks", field="name")
         return filelock.FileLock(os.path.join(self.root, self.LOCKS, name + ".lock"), timeout=timeout)
 
     @contextlib.contextmanager
@@ -418,6 +422,7 @@ class JobStore:
         out of jobs/ (so it is never listed half removed) and its log link dropped; the files are
         removed after the lock is released. Returns the state the job had.
         """
+        self._job_dir(job_id)  # a malformed id is a 400 before any file, its lock file included
         with self.lock(job_id):
             state = self.read(job_id)  # NotFound for an unknown job
             if not JobStatus(state["status"]).is_terminal():

@@ -35,6 +35,24 @@ SENDER_LOCK = "webhooks-"  # + the job id: held by the job's one sender at work
 JOB_FIELDS = ("model_name", "dataset", "stage", "error", "exit_code", "reason")
 
 
+def _opener():
+    """HTTP(S) only, and no redirect followed: a receiver answers 2xx where it was told to be.
+
+    urllib's default opener follows a 3xx to http, https or ftp, so a webhook URL could send the
+    service anywhere; without the redirect handler a 3xx is an HTTPError, recorded and not retried.
+    """
+    opener = urllib.request.OpenerDirector()
+    for handler in (
+        urllib.request.ProxyHandler(),
+        urllib.request.HTTPHandler(),
+        urllib.request.HTTPSHandler(),
+        urllib.request.HTTPDefaultErrorHandler(),
+        urllib.request.HTTPErrorProcessor(),
+    ):
+        opener.add_handler(handler)
+    return opener
+
+
 class Notifier:
     def __init__(self, settings):
         self.settings = settings
@@ -164,6 +182,7 @@ def deliver(message, event, job_dir):
     body = json.dumps(event, ensure_ascii=False).encode("utf-8")
     outcome = {"at": None, "sequence": event["sequence"], "status": event["status"]}
     outcome.update(delivered=False, attempts=0)
+    opener = _opener()
     for attempt in range(1, message["attempts"] + 1):
         outcome["attempts"] = attempt
         request = urllib.request.Request(
@@ -173,11 +192,14 @@ def deliver(message, event, job_dir):
             headers={"Content-Type": "application/json", "User-Agent": "imts-training-api-webhook"},
         )
         try:
-            with urllib.request.urlopen(request, timeout=message["timeout_s"]) as response:
+            with opener.open(request, timeout=message["timeout_s"]) as response:
                 outcome.update(response_code=response.status, delivered=True, error=None)
                 break
         except urllib.error.HTTPError as exc:
             outcome.update(response_code=exc.code, error=f"HTTP {exc.code}")
+            if 300 <= exc.code < 400:
+                where = str(exc.headers.get("Location", ""))[:200]
+                outcome["error"] = f"HTTP {exc.code}: redirects are not followed (Location: {where})"
             if exc.code < 500 and exc.code != 429:
                 break  # the receiver refused it; retrying will not help
         except (urllib.error.URLError, OSError) as exc:

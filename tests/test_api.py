@@ -179,10 +179,12 @@ def test_body_that_is_not_json_or_not_an_object(client):
     assert _jobs_on_disk(client.application) == []
 
 
-def test_json_without_content_type_is_accepted(make_app):
+def test_json_without_content_type_is_415(make_app):
+    # A body without a type is what a no-cors fetch of a Blob sends: JSON endpoints take application/json.
     client = make_app("--steps", "1").test_client()
     response = client.post(f"{BASE}/jobs", data=json.dumps(BODY), content_type=None)
-    assert response.status_code == 201
+    _assert_error(response, 415, "Content-Type")
+    assert _jobs_on_disk(client.application) == []
 
 
 def test_oversized_body_is_413(client):
