@@ -84,10 +84,14 @@ def kind_of(filename):
 
 
 def rows(path, kind, reader=None):
-    """Yield (row number, where, row) for every row of a file; raise FileProblem if it cannot be read.
+    """Yield (row number, line, row, size) for every row of a file; raise FileProblem if it cannot be read.
 
-    No row is held whole before its size is known: text formats are read a bounded line or value at
-    a time, and a parquet row group whose rows are too large on average is refused undecoded.
+    `line` is the row's line in a .jsonl file (blank lines are skipped), else the row number:
+    where(number, line) names it in a message.
+    `size` is what the row takes decoded (its text, as written, for the text formats). No row is held
+    whole before its size is known: text formats are read a bounded line or value at a time, and a
+    parquet row group whose rows are too large on average is refused undecoded. A row past
+    MAX_ROW_DEPTH (or, decoded, MAX_ROW_BYTES) comes as an _Unparseable with the reason.
     """
     if kind == "parquet":
         yield from _parquet_rows(path)
@@ -107,14 +111,15 @@ def rows(path, kind, reader=None):
 class _JsonText:
     """A window on a JSON text read a chunk at a time, from which values are decoded one by one."""
 
-    _SPACE = re.compile(r"[ \t\n\r]*")
+    SPACE = re.compile(r"[ \t\n\r]*")
 
     def __init__(self, source):
         self.text = io.TextIOWrapper(io.BufferedReader(source, _CHUNK), encoding="utf-8")
         self.buffer, self.pos, self.eof = "", 0, False
-        self.decoder = json.JSONDecoder()
+        self.decode = json.JSONDecoder().raw_decode
 
-    def _fill(self, at_least=_CHUNK):
+    def fill(self, at_least=_CHUNK):
+        """Drop what was read, read at least `at_least` more characters (or to the end)."""
         self.buffer, self.pos = self.buffer[self.pos :], 0
         more = self.text.read(max(_CHUNK, at_least))
         self.eof = not more
@@ -123,19 +128,22 @@ class _JsonText:
     def next_char(self):
         """Skip white space; return the next character (not consumed), or None at the end."""
         while True:
-            self.pos = self._SPACE.match(self.buffer, self.pos).end()
+            self.pos = self.SPACE.match(self.buffer, self.pos).end()
             if self.pos < len(self.buffer):
                 return self.buffer[self.pos]
             if self.eof:
                 return None
-            self._fill()
+            self.fill()
 
     def value(self, where):
-        """Decode the value at the current position; refuse one past MAX_ROW_BYTES or MAX_ROW_DEPTH."""
+        """Decode the value at the current position, reading on as far as MAX_ROW_BYTES to find its end.
+
+        Returns (value, where it starts in self.buffer); reading on moves it.
+        """
         while True:
             pending = len(self.buffer) - self.pos
             try:
-                value, end = self.decoder.raw_decode(self.buffer, self.pos)
+                value, end = self.decode(self.buffer, self.pos)
             except json.JSONDecodeError as exc:
                 if self.eof:
                     raise FileProblem(f"{where}: not valid JSON ({exc.msg})") from None
@@ -146,14 +154,29 @@ class _JsonText:
                 if end - self.pos > MAX_ROW_BYTES:
                     raise FileProblem(f"{where}: {_TOO_LARGE}")
                 if end < len(self.buffer) or self.eof or isinstance(value, (dict, list)):
-                    self.pos = end
-                    return value
+                    start, self.pos = self.pos, end
+                    return value, start
                 error = None  # a number or word at the very end of the chunk may go on
             if pending > MAX_ROW_BYTES:
-                raise FileProblem(
-                    f"{where}: {_TOO_LARGE}" + (f", or not valid JSON ({error})" if error else "")
-                )
-            self._fill(at_least=pending)  # at least doubles what is held: each row is decoded a few times
+                invalid = f", or not valid JSON ({error})" if error else ""
+                raise FileProblem(f"{where}: {_TOO_LARGE}{invalid}")
+            self.fill(at_least=pending)  # at least doubles what is held: each row is decoded a few times
+
+    def after_row(self, number):
+        """Consume the white space and comma after a row; False once the array's ']' is consumed."""
+        char = self.next_char()
+        if char not in (",", "]"):
+            raise FileProblem(f"not valid JSON after row {number} (',' or ']' expected)")
+        self.pos += 1
+        if char == "]":
+            return False
+        if self.next_char() is None:
+            raise FileProblem("not valid JSON (the array is not closed)")
+        return True
+
+
+# After a row of the array: white space and a comma, then the white space before the next row.
+_AFTER_ROW = re.compile(r"[ \t\n\r]*,[ \t\n\r]*")
 
 
 def _json_rows(source):
@@ -167,89 +190,157 @@ def _json_rows(source):
         if first != "[":
             raise FileProblem("not valid JSON (a .json file holds an array of rows: [{...}, {...}])")
         text.pos += 1
-        number = 0
-        while True:
-            char = text.next_char()
-            if char == "]":
-                text.pos += 1
-                break
-            if number:
-                if char != ",":
-                    raise FileProblem(f"not valid JSON after row {number} (',' or ']' expected)")
-                text.pos += 1
-                if text.next_char() is None:
-                    break
-            if char is None:
-                raise FileProblem("not valid JSON (the array is not closed)")
-            number += 1
-            yield number, f"row {number}", text.value(f"row {number}")
+        if text.next_char() == "]":
+            text.pos += 1
+        else:
+            yield from _json_array_rows(text)
         if text.next_char() is not None:
             raise FileProblem("not valid JSON (something follows the array)")
     except UnicodeDecodeError:
         raise FileProblem("not UTF-8 text") from None
 
 
-def _jsonl_rows(source):
-    buffered = io.BufferedReader(source, _CHUNK)
-    number = line_number = 0
+def _json_array_rows(text):
+    """The rows of an array whose first row starts at text.pos.
+
+    The common row, whole in the buffer and followed by a comma and the next row, is decoded
+    inline; anything else (a row across the chunk's end, the last row, an error) goes through
+    _JsonText, which reads on or says what is wrong.
+    """
+    after, decode, number = _AFTER_ROW.match, text.decode, 0
     while True:
-        line = buffered.readline(MAX_ROW_BYTES + 1)
-        if not line:
-            return
-        line_number += 1
-        if not line.strip():
-            continue
         number += 1
-        where = f"row {number}" if number == line_number else f"row {number} (line {line_number})"
-        if len(line.rstrip(b"\r\n")) > MAX_ROW_BYTES:
-            raise FileProblem(f"{where}: {_TOO_LARGE}")  # the rest of the line is not read
+        buffer, start = text.buffer, text.pos
         try:
-            yield number, where, json.loads(line)
-        except UnicodeDecodeError:
-            raise FileProblem(f"{where}: not UTF-8 text") from None
-        except RecursionError:
-            yield number, where, _Unparseable(_TOO_DEEP)
-        except ValueError as exc:
-            yield number, where, _Unparseable(f"not valid JSON ({exc.msg} at column {exc.colno})")
+            row, end = decode(buffer, start)
+            if buffer.startswith(", {", end):  # json.dumps writes rows so: no regex needed
+                following = end + 2
+            elif buffer.startswith(",{", end):
+                following = end + 1
+            else:
+                found = after(buffer, end)
+                following = found.end() if found is not None else len(buffer)
+            fast = following < len(buffer) and end - start <= MAX_ROW_BYTES
+        except (ValueError, RecursionError):
+            fast = False
+        if fast:
+            yield (
+                number,
+                number,
+                row
+                if end - start <= _SHORT_ROW
+                or buffer.count("{", start, end) + buffer.count("[", start, end) <= MAX_ROW_DEPTH
+                else _bounded(row, buffer, start, end),
+                end - start,
+            )
+            text.pos = following
+            continue
+        row, start = text.value(f"row {number}")
+        end, buffer = text.pos, text.buffer
+        yield number, number, _bounded(row, buffer, start, end), end - start
+        if not text.after_row(number):
+            return
+
+
+def _jsonl_rows(source):
+    """Rows of a .jsonl file. Each 1 MiB chunk is decoded once and its lines parsed with raw_decode
+    (json.loads would detect the encoding and wrap each line again: a third of the check's time)."""
+    buffered = io.BufferedReader(source, _CHUNK)
+    decode, space = json.JSONDecoder().raw_decode, _JsonText.SPACE.match
+    number = line_number = 0
+    tail = b""
+    while True:
+        chunk = buffered.read(_CHUNK)
+        data = tail + chunk
+        cut = data.rfind(b"\n") + 1 if chunk else len(data)
+        data, tail = data[:cut], data[cut:]
+        for line in _text_lines(data):
+            line_number += 1
+            if line is None:
+                raise FileProblem(f"{where(number + 1, line_number)}: not UTF-8 text")
+            if not line or line.isspace():
+                continue
+            number += 1
+            try:
+                row, end = decode(line, space(line).end())
+                if end < len(line) and not line[end:].isspace():
+                    raise json.JSONDecodeError("Extra data", line, end)
+                if len(line) > _SHORT_ROW and line.count("{") + line.count("[") > MAX_ROW_DEPTH:
+                    row = _bounded(row, line, 0, len(line))
+            except RecursionError:
+                row = _Unparseable(_TOO_DEEP)
+            except ValueError as exc:
+                row = _Unparseable(f"not valid JSON ({exc.msg} at column {exc.colno})")
+            yield number, line_number, row, len(line)
+        if len(tail) > MAX_ROW_BYTES:  # a line going on past the limit: the rest of it is never read
+            raise FileProblem(f"{where(number + 1, line_number + 1)}: {_TOO_LARGE}")
+        if not chunk:
+            return
+
+
+def _text_lines(data):
+    """The lines of whole lines of UTF-8 as text; a line that is no UTF-8 comes as None."""
+    try:
+        lines = data.decode("utf-8").split("\n")
+    except UnicodeDecodeError:
+        lines = [_utf8(piece) for piece in data.split(b"\n")]
+    if lines and lines[-1] == "":  # the data ends with a newline
+        lines.pop()
+    return lines
+
+
+def _utf8(data):
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 class _RecordTooLarge(Exception):
     pass
 
 
-class _CsvLines:
-    """The lines of a CSV file as text for csv.reader, counting what the current record has taken."""
+# A line as newline="" reads it: ended by \r\n, \r or \n, or the text's end.
+_CSV_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
+
+
+class _CsvText:
+    """The lines of a CSV file as text for csv.reader, decoded a chunk at a time. Reading on while
+    one record is pending (a line, or quoted newlines) past MAX_ROW_BYTES raises _RecordTooLarge."""
 
     def __init__(self, source):
         self.buffered = io.BufferedReader(source, _CHUNK)
-        self.record_bytes = 0
-        self.encoding = "utf-8-sig"  # the first line may start with a byte-order mark
+        self.read = self.record_start = 0  # bytes read in all; when the last record was complete
 
     def __iter__(self):
-        return self
-
-    def __next__(self):
-        line = self.buffered.readline(MAX_ROW_BYTES + 1)
-        if not line:
-            raise StopIteration
-        self.record_bytes += len(line)
-        if self.record_bytes > MAX_ROW_BYTES + 2:  # a line, or a record's quoted lines, past the limit
-            raise _RecordTooLarge
-        text, self.encoding = line.decode(self.encoding), "utf-8"
-        return text
+        tail, encoding = b"", "utf-8-sig"  # the first line may start with a byte-order mark
+        while True:
+            if self.read - self.record_start > MAX_ROW_BYTES:
+                raise _RecordTooLarge
+            chunk = self.buffered.read(_CHUNK)
+            self.read += len(chunk)
+            data = tail + chunk
+            cut = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1 if chunk else len(data)
+            data, tail = data[:cut], data[cut:]
+            if len(tail) > MAX_ROW_BYTES:
+                raise _RecordTooLarge
+            if data:
+                text, encoding = data.decode(encoding), "utf-8"
+                yield from _CSV_LINE.findall(text)
+            if not chunk:
+                return
 
 
 def _csv_rows(source):
     csv.field_size_limit(MAX_ROW_BYTES)  # this process checks one file: the default is 128 KB a field
-    lines = _CsvLines(source)
-    number = 0
+    text, counted, number = _CsvText(source), 0, 0
     try:
-        for number, row in enumerate(csv.DictReader(lines), 1):  # noqa: B007 (number is read below)
-            lines.record_bytes = 0
+        for number, row in enumerate(csv.DictReader(text), 1):  # noqa: B007 (number is read below)
+            size, counted = text.read - counted, text.read  # every value is text: one level deep
+            text.record_start = text.read
             if None in row:
-                yield number, f"row {number}", _Unparseable("has more values than the header has columns")
-            else:
-                yield number, f"row {number}", row
+                row = _Unparseable("has more values than the header has columns")
+            yield number, number, row, size
     except _RecordTooLarge:
         raise FileProblem(f"row {number + 1}: {_TOO_LARGE}") from None
     except UnicodeDecodeError:
@@ -271,19 +362,66 @@ def _parquet_rows(path):
                 raise FileProblem(f"row {number + 1}: {_TOO_LARGE} once decoded")
             number += group.num_rows
         number = 0
+        deep = _type_depth(parquet.schema_arrow) > MAX_ROW_DEPTH
         for batch in parquet.iter_batches(batch_size=256):
+            # The batch's decoded bytes bound each of its rows, and the schema their depth: rows are
+            # walked one by one only where either could pass its limit.
+            walk, share = deep or batch.nbytes > MAX_ROW_BYTES, batch.nbytes / max(1, batch.num_rows)
             for row in batch.to_pylist():
                 number += 1
-                yield number, f"row {number}", row
+                size, too_much = cost(row) if walk else (share, None)
+                yield number, number, _Unparseable(too_much) if too_much else row, size
     except ImportError:
         raise FileProblem("parquet files need pyarrow, which is not installed") from None
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
         raise FileProblem(f"not a valid parquet file ({exc})") from None
 
 
+def _type_depth(arrow_type):
+    """How deep a row of this Arrow type (a schema is a struct of its columns) nests, as cost() counts."""
+    import pyarrow as pa
+
+    if isinstance(arrow_type, pa.Schema):
+        return 1 + max((_type_depth(field.type) for field in arrow_type), default=0)
+    if pa.types.is_struct(arrow_type):
+        return 1 + max(
+            (_type_depth(arrow_type.field(i).type) for i in range(arrow_type.num_fields)), default=0
+        )
+    if pa.types.is_map(arrow_type):
+        return 2 + max(_type_depth(arrow_type.key_type), _type_depth(arrow_type.item_type))
+    if (
+        pa.types.is_list(arrow_type)
+        or pa.types.is_large_list(arrow_type)
+        or pa.types.is_fixed_size_list(arrow_type)
+    ):
+        return 1 + _type_depth(arrow_type.value_type)
+    return 0
+
+
 class _Unparseable:
     def __init__(self, reason):
         self.reason = reason
+
+
+def where(number, line):
+    """Name a row in a message: "row 3", or "row 3 (line 5)" where blank lines came before it."""
+    return f"row {number}" if number == line else f"row {number} (line {line})"
+
+
+# Each bracket opened is closed: a row's text this short cannot nest deeper than MAX_ROW_DEPTH.
+_SHORT_ROW = 2 * MAX_ROW_DEPTH
+
+
+def _bounded(row, text, start, end):
+    """The row, or an _Unparseable if it nests past MAX_ROW_DEPTH. Its text (text[start:end]) is
+    within MAX_ROW_BYTES already; a row with no more opening brackets than the limit cannot nest
+    deeper, so only the rare row with many is walked."""
+    opened = text.count("{" if isinstance(text, str) else b"{", start, end)
+    opened += text.count("[" if isinstance(text, str) else b"[", start, end)
+    if opened <= MAX_ROW_DEPTH:
+        return row
+    _size, too_much = cost(row)
+    return _Unparseable(too_much) if too_much else row
 
 
 def cost(value):
@@ -373,12 +511,31 @@ def _text(row, key, name):
         return [f"{name} is missing"]
     if not isinstance(value, str):
         return [f"{name} must be a string"]
-    if not value.strip():
+    if not value or value.isspace():
         return [f"{name} is empty"]
     return []
 
 
+_SFT_TARGETS, _PAIRWISE_TARGETS = ("output",), ("chosen", "rejected")
+
+
+def _filled(value):
+    return type(value) is str and value and not value.isspace()
+
+
 def _alpaca(row, fmt):
+    targets = _PAIRWISE_TARGETS if fmt == "pairwise" else _SFT_TARGETS
+    instruction, query = row.get("instruction"), row.get("input")
+    if (  # the common row, checked at once: text where text belongs, a prompt and targets, no extras
+        type(instruction) is str
+        and (query is None or type(query) is str)
+        and row.get("system") is None
+        and row.get("history") is None
+        and ((instruction and not instruction.isspace()) or (query and not query.isspace()))
+        and _filled(row.get(targets[0]))
+        and (len(targets) == 1 or _filled(row.get(targets[1])))
+    ):
+        return []
     found = []
     for key in ("instruction", "input", "system"):
         if row.get(key) is not None and not isinstance(row[key], str):
@@ -387,7 +544,6 @@ def _alpaca(row, fmt):
         found.append("instruction is missing")
     elif not any(isinstance(row.get(k), str) and row[k].strip() for k in ("instruction", "input")):
         found.append("instruction and input are both empty")
-    targets = ("chosen", "rejected") if fmt == "pairwise" else ("output",)
     for key in targets:
         found += _text(row, key, key)
     history = row.get("history")
@@ -452,21 +608,17 @@ def check(path, fmt=None, max_decoded=DEFAULT_MAX_DECODED):
         return handle["r"]
 
     try:
-        for number, where, row in rows(path, kind, reader):
-            if not isinstance(row, _Unparseable):
-                size, too_much = cost(row)
-                if too_much:
-                    row = _Unparseable(too_much)
-                else:
-                    decoded += size
-                    if decoded > max_decoded:
-                        report["problems"].append(
-                            f"{where}: the rows decode to more than {max_decoded // MIB} MiB (max_decoded_mb)"
-                        )
-                        break
+        for number, line, row, size in rows(path, kind, reader):
+            decoded += size or 0
+            if decoded > max_decoded:
+                report["problems"].append(
+                    f"{where(number, line)}: the rows decode to more than {max_decoded // MIB} MiB "
+                    "(max_decoded_mb)"
+                )
+                break
             if number == 1:
                 if isinstance(row, _Unparseable):
-                    report["problems"].append(f"{where}: {row.reason}")
+                    report["problems"].append(f"{where(number, line)}: {row.reason}")
                     break
                 if report["format"] is None:
                     report["format"] = detect(row)
@@ -475,7 +627,8 @@ def check(path, fmt=None, max_decoded=DEFAULT_MAX_DECODED):
                             ", ".join(sorted(map(str, row))) if isinstance(row, dict) else type(row).__name__
                         )
                         report["problems"].append(
-                            f"{where}: its columns ({_shown(keys, 200)}) fit none of {', '.join(FORMATS)}; "
+                            f"{where(number, line)}: its columns ({_shown(keys, 200)}) fit none of "
+                            f"{', '.join(FORMATS)}; "
                             "name the format"
                         )
                         break
@@ -489,7 +642,7 @@ def check(path, fmt=None, max_decoded=DEFAULT_MAX_DECODED):
                 report["columns"] = sorted(row) if isinstance(row, dict) else []
             report["rows"] = number
             for problem in problems_of(report["format"], report["layout"], row):
-                report["problems"].append(f"{where}: {problem}")
+                report["problems"].append(f"{where(number, line)}: {problem}")
             if len(report["problems"]) >= MAX_PROBLEMS:
                 break
     except FileProblem as exc:
@@ -515,7 +668,7 @@ def _sha256(path):
 def preview(path, count):
     """Return {"rows": the first `count` rows, their long values cut, "truncated": whether any was}."""
     found, truncated = [], False
-    for _number, _where, row in rows(path, kind_of(path)):
+    for _number, _line, row, _size in rows(path, kind_of(path)):
         shown, cut = clip(row if not isinstance(row, _Unparseable) else {"_unparseable": row.reason})
         found.append(shown)
         truncated = truncated or cut

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from imts_flask.dataset_rows import check, preview
+from imts_flask.dataset_rows import rows as read_rows
 from imts_flask.datasets import entry_for
 
 ALPACA = {"instruction": "Add two and three.", "input": "", "output": "five"}
@@ -76,6 +77,48 @@ def test_csv_holds_alpaca_pairwise_and_text_but_not_lists_or_booleans(tmp_path):
         assert report["problems"] == [] and report["format"] == fmt
     report = check(_write(tmp_path / "d.csv", [ALPACA], "csv"), "kto")
     assert "CSV cannot hold" in report["problems"][0]
+
+
+@pytest.mark.parametrize("kind", ["json", "jsonl"])
+def test_rows_across_chunk_boundaries_are_read_whole(tmp_path, kind):
+    rows = [{"text": f"{i} " + "w" * (i * 997 % 5000)} for i in range(2500)]  # ~6 MB: chunks of 1 MiB
+    rows.insert(1234, {"text": "big " + "b" * (2 * 1024 * 1024)})  # a row longer than a chunk
+    path = tmp_path / f"d.{kind}"
+    if kind == "json":
+        path.write_text("[\n" + ",\n  ".join(json.dumps(r) for r in rows) + "\n]\n")
+    else:
+        path.write_text("".join(json.dumps(r) + "\r\n" for r in rows))
+    read = list(read_rows(str(path), kind))
+    assert [row for _n, _w, row, _s in read] == rows
+    assert [n for n, _w, _r, _s in read] == list(range(1, len(rows) + 1))
+    assert read[1234][3] >= 2 * 1024 * 1024  # its size, as the decoded total counts it
+
+
+def test_csv_rows_across_chunk_boundaries_keep_quoted_newlines(tmp_path):
+    rows = [{"instruction": f"line one {i}\nline two", "output": "x" * (i * 389 % 3000)} for i in range(3000)]
+    path = tmp_path / "d.csv"
+    with open(path, "w", newline="", encoding="utf-8-sig") as handle:  # a BOM, \r\n line ends
+        writer = csv.DictWriter(handle, fieldnames=["instruction", "output"])
+        writer.writeheader()
+        writer.writerows(rows)
+    assert path.stat().st_size > 4 * 1024 * 1024
+    read = [row for _n, _l, row, _s in read_rows(str(path), "csv")]
+    assert read == rows
+    assert check(str(path))["problems"] == ["row 1: output is empty"]  # i = 0: an empty output
+
+
+def test_parquet_rows_past_the_bounds_are_found_in_their_batch(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    deep = tmp_path / "deep.parquet"
+    nested = json.loads("[" * 40 + "1" + "]" * 40)
+    pq.write_table(pa.Table.from_pylist([{**ALPACA, "meta": nested}]), deep)
+    assert check(str(deep))["problems"] == ["row 1: nested deeper than 32 levels"]
+    big = tmp_path / "big.parquet"  # one row group: its average row is small, one row is not
+    rows = [ALPACA, {**ALPACA, "output": "o" * (20 * 1024 * 1024)}, ALPACA]
+    pq.write_table(pa.Table.from_pylist(rows), big, compression="zstd")
+    assert check(str(big))["problems"] == ["row 2: larger than 16 MiB"]
 
 
 def test_the_sha256_is_of_the_whole_file(tmp_path):
