@@ -55,15 +55,35 @@ def list_checkpoints(output_dir):
                 "modified_at": entry.stat().st_mtime,
                 "complete": problem is None,
                 "problem": problem,
+                # The run's planned end as the trainer wrote it (transformers' max_steps), or None.
+                "max_steps": _max_steps(entry.path) if problem is None else None,
             }
         )
     return sorted(found, key=lambda c: c["step"])
 
 
-def latest_complete(output_dir):
-    """Return the newest complete checkpoint of `output_dir`, or None."""
-    complete = [c for c in list_checkpoints(output_dir) if c["complete"]]
-    return complete[-1] if complete else None
+def at_the_end(checkpoint):
+    """Whether a checkpoint is at (or past) its run's planned last step: nothing is left to train.
+
+    Resuming from one is never right: with a fractional epoch count transformers resumes inside
+    the unfinished epoch and trains one step past max_steps before it looks (LLAMAFACTORY_NOTES.md).
+    """
+    return checkpoint.get("max_steps") is not None and checkpoint["step"] >= checkpoint["max_steps"]
+
+
+def latest_resumable(output_dir):
+    """Return the newest complete checkpoint of `output_dir` before the run's end, or None."""
+    usable = [c for c in list_checkpoints(output_dir) if c["complete"] and not at_the_end(c)]
+    return usable[-1] if usable else None
+
+
+def _max_steps(path):
+    try:
+        with open(os.path.join(path, TRAINER_STATE), encoding="utf-8") as handle:
+            value = json.load(handle).get("max_steps")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and value > 0 else None
 
 
 def incomplete_reason(path, step):

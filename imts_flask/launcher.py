@@ -10,9 +10,10 @@ import time
 from .errors import Conflict
 from .executors import HOST, make_executor
 from .executors.common import MONITOR_SETTINGS_ENV  # noqa: F401 (the monitor reads it from here)
-from .procs import is_same_process, terminate_tree
+from .procs import boot_id, is_same_process, terminate_tree
 from .state import JobStatus, creation_order, now_utc, parse_time
 from .store import JobStore
+from .trainer import read_progress, run_complete
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,13 @@ def here(record):
     return (record or {}).get("host", HOST) == HOST
 
 
+def record_completed(state, output_dir, reason):
+    """Record a run found complete on disk whose monitor could not say so; return the history's details."""
+    progress = read_progress(output_dir)
+    state.update(status=JobStatus.COMPLETED.value, pid=None, final={**progress, "progress": 1.0})
+    return {"reason": reason}
+
+
 def monitor_alive(state):
     monitor = state.get("monitor") or {}
     return here(monitor) and is_same_process(monitor.get("pid"), monitor.get("start_ticks"))
@@ -141,6 +149,8 @@ class Launcher:
         monitor = state.get("monitor") or {}
         if not monitor.get("pid"):
             return None
+        if here(monitor) and monitor.get("boot") and monitor["boot"] != boot_id():
+            return "the job's monitor vanished with its host (the machine restarted)"
         if here(monitor) and not is_same_process(monitor.get("pid"), monitor.get("start_ticks")):
             return "the job's monitor process died without recording an outcome"
         age = self._heartbeat_age(state["job_id"])
@@ -194,8 +204,14 @@ class Launcher:
             if loss is None:
                 self._force_stop_if_overdue(state)
                 return state
-            killed = self._kill(state)
             monitor = state.get("monitor")
+            # The first worker to see the loss writes why before it kills anything: a worker that
+            # then finds the monitor dead (killed for its silence) settles it with the first cause.
+            state = self.store.update(state["job_id"], lambda current: _note_loss(current, monitor, loss))
+            if (state.get("lost") or {}).get("monitor") != monitor:
+                return state  # settled meanwhile
+            loss = state["lost"]["reason"]
+            killed = self._kill(state)
             state = self.store.update(
                 state["job_id"], lambda current: self._settle_lost(current, monitor, loss, killed)
             )
@@ -226,6 +242,14 @@ class Launcher:
         attempt = state.get("attempt") or 1
         limit = state.get("max_attempts") or self.settings.max_attempts
         state.update(pid=None, trainer=None)
+        state.pop("lost", None)  # its cause goes into the history entry
+        output_dir = (state.get("paths") or {}).get("output_dir") or ""
+        if run_complete(output_dir):
+            # The trainer had run to its end and saved its results: a new attempt would train
+            # past the plan (85 of 84) and fail. The job is complete, whoever was watching it.
+            details = record_completed(state, output_dir, f"completed: its trainer had finished; {loss}")
+            log.warning("job %s: %s, after its trainer finished; now completed", state["job_id"], loss)
+            return details
         if state.get("stop_requested_at"):
             state["status"] = JobStatus.STOPPED.value
             details = {"reason": f"stopped; {loss}"}
@@ -387,6 +411,16 @@ class Launcher:
             if done(state) or time.monotonic() >= deadline:
                 return state
             time.sleep(0.2)
+
+
+def _note_loss(state, monitor, loss):
+    """Write why a job's monitor is lost (the first cause seen) before it is killed."""
+    if JobStatus(state["status"]).is_terminal() or state.get("monitor") != monitor:
+        return False
+    if (state.get("lost") or {}).get("monitor") == monitor:
+        return False  # another worker saw it first: its cause stands
+    state["lost"] = {"reason": loss, "at": now_utc(), "monitor": monitor}
+    return None
 
 
 def _hand_out(launch):

@@ -6,6 +6,7 @@ its exit status. SIGTERM asks it to stop the trainer (SIGTERM to the trainer's g
 period, SIGKILL of survivors) and record the job as stopped.
 """
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -21,21 +22,22 @@ import time
 import yaml
 
 from . import exports
-from .checkpoints import copy_checkpoint, discard_incomplete, disk_bytes, incomplete_reason, latest_complete
+from .checkpoints import copy_checkpoint, discard_incomplete, disk_bytes, incomplete_reason, latest_resumable
 from .executors import HOST
 from .executors.common import MONITOR_LOG_ENV, MONITOR_SETTINGS_ENV
 from .gpus import Gpus
-from .launcher import Launcher, trainer_env
-from .procs import start_ticks, terminate_tree, tree_pids
+from .launcher import Launcher, record_completed, trainer_env
+from .procs import boot_id, start_ticks, terminate_tree, tree_pids
 from .settings import Settings
 from .state import JobStatus, now_utc
 from .store import JobStore
 from .trainer import (
+    FINAL_RESULTS,
     attempt_config,
     build_export_config,
-    read_progress,
+    outcome,
     resume_refusal,
-    training_finished,
+    run_complete,
     trim_log,
 )
 from .webhooks import Notifier
@@ -97,6 +99,10 @@ class _CannotStart(Exception):
     """This attempt cannot start its trainer; the message is the job's error."""
 
 
+class _AlreadyFinished(Exception):
+    """The run trained to its end before this attempt (its monitor was lost after the trainer ended)."""
+
+
 class Monitor:
     def __init__(self, settings, job_id):
         self.settings = settings
@@ -104,7 +110,8 @@ class Monitor:
         self.store = JobStore(settings.path("jobs_dir"), settings.lock_timeout_s, Notifier(settings))
         self._measured = 0.0
         self.gpus = Gpus(settings.gpu_ids)  # this host's, as the engine handed them
-        self.me = {"pid": os.getpid(), "start_ticks": start_ticks(os.getpid()), "host": HOST}
+        pid = os.getpid()
+        self.me = {"pid": pid, "start_ticks": start_ticks(pid), "host": HOST, "boot": boot_id()}
         self.stop = _StopFlag()
         self.launch = None
         self.torchrun = False
@@ -233,6 +240,12 @@ class Monitor:
             )
             Launcher(self.settings, self.store).schedule()  # its slot is free again
             return
+        except _AlreadyFinished:
+            output_dir = state["paths"]["output_dir"]
+            reason = "the run had already trained to its end and saved its results: nothing to resume"
+            self.store.update(self.job_id, self._owned(lambda s: record_completed(s, output_dir, reason)))
+            Launcher(self.settings, self.store).schedule()
+            return
         ticks = start_ticks(proc.pid)
 
         def mark_running(current):
@@ -284,11 +297,14 @@ class Monitor:
                     f"cannot resume: {source['checkpoint']} of job {source['job_id']}: {problem}"
                 )
             self.store.update(self.job_id, self._owned(lambda s: s.update(seeded_at=now_utc())))
+        if run_complete(output_dir):
+            raise _AlreadyFinished
         for name in discard_incomplete(output_dir):
             log.warning("removed the incomplete %s: it is never resumed from", name)
         with open(config_path, encoding="utf-8") as handle:
             config = yaml.safe_load(handle) or {}
-        checkpoint = None if resume_refusal(config) else latest_complete(output_dir)
+        # Never from a checkpoint at the run's end: transformers would train past it (85 of 84).
+        checkpoint = None if resume_refusal(config) else latest_resumable(output_dir)
         planned = attempt_config(config, checkpoint["path"] if checkpoint else None)
         if (state.get("launch") or {}).get("ray_workers"):
             planned["ray_num_workers"] = state["launch"]["ray_workers"]  # LLaMA Factory's own Ray training
@@ -296,23 +312,23 @@ class Monitor:
             self.store.write_file(self.job_id, JobStore.TRAIN_CONFIG, planned)
         if checkpoint:
             trim_log(output_dir, checkpoint["step"])
+            for name in FINAL_RESULTS:  # a stop's results, short of the end: this attempt writes its own
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(output_dir, name))
             log.info("attempt %s resumes from %s", state.get("attempt") or 1, checkpoint["name"])
         return checkpoint
 
     def _record_outcome(self, state, rc, used):
-        output_dir = state["paths"]["output_dir"]
-        progress = read_progress(output_dir)
-        reached_end = progress.get("current_step") is not None and progress.get(
-            "current_step"
-        ) == progress.get("total_steps")
-        finished = rc == 0 and training_finished(output_dir) and (reached_end or not progress)
+        status, progress = outcome(
+            rc, state["paths"]["output_dir"], self.stop.set or bool(state.get("stop_requested_at"))
+        )
         state.update(
             pid=None, exit_code=rc if rc >= 0 else None, signal=None, final=progress, disk_bytes=used
         )
-        if finished:
+        if status == JobStatus.COMPLETED.value:
             state["status"] = JobStatus.COMPLETED.value
             state["final"]["progress"] = 1.0
-        elif self.stop.set or state.get("stop_requested_at"):
+        elif status == JobStatus.STOPPED.value:
             state["status"] = JobStatus.STOPPED.value
         else:
             lines = _tail_lines(state["paths"]["log"], self.settings.log_tail_lines)

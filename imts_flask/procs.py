@@ -23,6 +23,15 @@ def start_ticks(pid):
     return int(fields[19])
 
 
+def boot_id():
+    """This boot of the machine (/proc/sys/kernel/random/boot_id): a pid of another boot means nothing."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
+
+
 def is_same_process(pid, ticks):
     """Tell whether `pid` is still the process that started at `ticks` (pids are reused)."""
     return bool(pid) and ticks is not None and start_ticks(pid) == ticks

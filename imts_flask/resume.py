@@ -11,7 +11,7 @@ import os
 
 import yaml
 
-from .checkpoints import list_checkpoints
+from .checkpoints import at_the_end, list_checkpoints
 from .errors import Conflict, ValidationFailed
 from .state import JobStatus
 from .store import JobStore
@@ -73,7 +73,10 @@ class ResumePlan:
                     + (f" ({checkpoints[-1]['name']}: {checkpoints[-1]['problem']})" if checkpoints else ""),
                     extra={"job_status": status},
                 )
-            return complete[-1]
+            before_end = [c for c in complete if not at_the_end(c)]
+            if not before_end:
+                raise Conflict(_at_the_end(job_id, complete[-1]), extra={"job_status": status})
+            return before_end[-1]
         found = next((c for c in checkpoints if c["name"] == name), None)
         if found is None:
             raise ValidationFailed(
@@ -84,6 +87,8 @@ class ResumePlan:
             )
         if not found["complete"]:
             raise Conflict(f"{name} of job {job_id} is incomplete ({found['problem']}); resume from another")
+        if at_the_end(found):
+            raise Conflict(_at_the_end(job_id, found), extra={"job_status": status})
         return found
 
     def _check_still_there(self):
@@ -114,3 +119,11 @@ class ResumePlan:
             # The loss history up to the checkpoint, so progress and series go on from there.
             os.path.join(JobStore.OUTPUT, TRAINER_LOG): self.history,
         }
+
+
+def _at_the_end(job_id, checkpoint):
+    return (
+        f"{checkpoint['name']} of job {job_id} is at the end of its run (step {checkpoint['step']} of "
+        f"{checkpoint['max_steps']}): nothing is left to train, and resuming there would train past "
+        "the plan; resume from an earlier checkpoint"
+    )

@@ -365,6 +365,10 @@ class CheckpointSchema(ResponseSchema):
     path = fields.String()
     modified_at = fields.String()
     complete = fields.Boolean(metadata={"description": "the save finished: it can be resumed from"})
+    max_steps = fields.Integer(
+        allow_none=True,
+        metadata={"description": "the run's planned last step; a checkpoint there is not resumed from"},
+    )
     problem = fields.String(allow_none=True, metadata={"description": "why it is not complete"})
 
 

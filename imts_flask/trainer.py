@@ -535,9 +535,41 @@ def _seconds(hms):
     return int(seconds)
 
 
+FINAL_RESULTS = ("all_results.json", "train_results.json")
+
+
 def training_finished(output_dir):
     """Tell whether LLaMA Factory wrote its final results (a graceful stop also exits 0)."""
-    return os.path.exists(os.path.join(output_dir, "all_results.json"))
+    return os.path.exists(os.path.join(output_dir, FINAL_RESULTS[0]))
+
+
+def reached_end(progress):
+    """Whether a run's log reached its planned last step (or past it: transformers may take one
+    more step when it resumes inside an unfinished epoch)."""
+    step, total = progress.get("current_step"), progress.get("total_steps")
+    return isinstance(step, int) and isinstance(total, int) and step >= total
+
+
+def run_complete(output_dir):
+    """Whether the run in `output_dir` trained to its end and saved its results, whoever watched it.
+
+    A stop with a checkpoint also writes the final results (and exits 0), short of the last step.
+    """
+    return training_finished(output_dir) and reached_end(read_progress(output_dir))
+
+
+def outcome(rc, output_dir, stop_requested):
+    """What a trainer's exit means: (status, progress) with status completed, stopped or failed.
+
+    completed: exit 0 with the final results, at the planned end or past it (or a run that logged
+    no steps at all); stopped: a stop was asked for; else failed (the caller says why).
+    """
+    progress = read_progress(output_dir)
+    if rc == 0 and training_finished(output_dir) and (reached_end(progress) or not progress):
+        return "completed", progress
+    if stop_requested:
+        return "stopped", progress
+    return "failed", progress
 
 
 def read_series(output_dir, since_step=0, limit=1000):

@@ -4,6 +4,9 @@ Usage (as the service calls it): fake_trainer.py [options] train CONFIG.yaml
 Options: --steps N --interval S --exit CODE --fail-message TEXT --ignore-term --grandchild
          --save-every K (a checkpoint-N directory every K steps, laid out as transformers saves one)
          --export-delay S (an export that takes S seconds before it writes)
+         --overshoot-on-resume (resumed at its last step, it takes one more, as transformers does with a
+           fractional epoch count: LLAMAFACTORY_NOTES.md, "Resuming at the last step")
+         --linger S (waits S seconds after its last step, before it writes its final results)
 With resume_from_checkpoint in the config it goes on after that checkpoint's step, and with
 overwrite_output_dir it drops an old trainer_log.jsonl, as LLaMA Factory does.
 It is not LLaMA Factory; end-to-end tests use the real llamafactory-cli.
@@ -31,6 +34,8 @@ def main():
     parser.add_argument("--grandchild", action="store_true")
     parser.add_argument("--save-every", type=int, default=0)
     parser.add_argument("--export-delay", type=float, default=0.0)
+    parser.add_argument("--overshoot-on-resume", action="store_true")
+    parser.add_argument("--linger", type=float, default=0.0)
     parser.add_argument("command")
     parser.add_argument("config")
     args = parser.parse_args()
@@ -94,7 +99,8 @@ def main():
     elif config.get("overwrite_output_dir") and os.path.exists(log_path):
         os.remove(log_path)
     started = time.time()
-    for step in range(first, args.steps + 1):
+    last = args.steps + 1 if args.overshoot_on_resume and first > args.steps else args.steps
+    for step in range(first, last + 1):
         time.sleep(args.interval)
         elapsed = max(1, int(time.time() - started))
         entry = {
@@ -112,17 +118,16 @@ def main():
         }
         with open(log_path, "a") as handle:
             handle.write(json.dumps(entry) + "\n")
-        if args.save_every and step % args.save_every == 0:
-            save_weights_and_state(os.path.join(output_dir, f"checkpoint-{step}"), step)
+        if args.save_every and (step % args.save_every == 0 or step > args.steps):
+            save_weights_and_state(os.path.join(output_dir, f"checkpoint-{step}"), step, args.steps)
+    time.sleep(args.linger)
     record_end()
     if args.exit != 0:
         print("Traceback (most recent call last):", flush=True)
         print(args.fail_message or "RuntimeError: fake failure", flush=True)
         return args.exit
     with open(log_path, "a") as handle:
-        handle.write(
-            json.dumps({"current_steps": args.steps, "total_steps": args.steps, "epoch": 1.0}) + "\n"
-        )
+        handle.write(json.dumps({"current_steps": last, "total_steps": args.steps, "epoch": 1.0}) + "\n")
     save_weights(output_dir)
     with open(os.path.join(output_dir, "all_results.json"), "w") as handle:
         json.dump({"train_loss": 0.5}, handle)
@@ -137,12 +142,12 @@ def save_weights(directory):
         handle.write(len(header).to_bytes(8, "little") + header + b"\0" * 8)
 
 
-def save_weights_and_state(directory, step):
+def save_weights_and_state(directory, step, max_steps):
     """A checkpoint as transformers saves one: the weights first, trainer_state.json last."""
     os.makedirs(directory, exist_ok=True)
     save_weights(directory)
     with open(os.path.join(directory, "trainer_state.json"), "w") as handle:
-        json.dump({"global_step": step}, handle)
+        json.dump({"global_step": step, "max_steps": max_steps}, handle)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ def _torch_file(path):
         archive.writestr("archive/data.pkl", b"\x80\x02}q\x00." * 50)
 
 
-def _checkpoint(output_dir, step, state=True):
+def _checkpoint(output_dir, step, state=True, max_steps=100):
     """Lay out a checkpoint in the order transformers saves one: weights, optimizer, rng, state last."""
     path = os.path.join(output_dir, f"checkpoint-{step}")
     os.makedirs(path)
@@ -31,7 +31,7 @@ def _checkpoint(output_dir, step, state=True):
         _torch_file(os.path.join(path, name))
     if state:
         with open(os.path.join(path, "trainer_state.json"), "w") as handle:
-            json.dump({"global_step": step, "log_history": []}, handle)
+            json.dump({"global_step": step, "max_steps": max_steps, "log_history": []}, handle)
     return path
 
 
@@ -82,15 +82,25 @@ def test_a_sharded_model_needs_every_shard(tmp_path):
     assert checkpoints.incomplete_reason(path, 10) is None
 
 
-def test_latest_complete_skips_a_newer_torn_one_and_discard_removes_it(tmp_path):
+def test_latest_resumable_skips_a_newer_torn_one_and_discard_removes_it(tmp_path):
     _checkpoint(tmp_path, 20)
     _checkpoint(tmp_path, 40)
     _checkpoint(tmp_path, 60, state=False)  # the host died while saving step 60
-    assert checkpoints.latest_complete(tmp_path)["name"] == "checkpoint-40"
+    assert checkpoints.latest_resumable(tmp_path)["name"] == "checkpoint-40"
     os.makedirs(tmp_path / ".copying-checkpoint-80-0a1b2c3d" / "x")  # a copy a crash cut short
     assert checkpoints.discard_incomplete(tmp_path) == ["checkpoint-60"]
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-20", "checkpoint-40"]
-    assert checkpoints.latest_complete(tmp_path / "nowhere") is None
+    assert checkpoints.latest_resumable(tmp_path / "nowhere") is None
+
+
+def test_a_checkpoint_at_or_past_the_planned_end_is_never_resumed_from(tmp_path):
+    _checkpoint(tmp_path, 80, max_steps=84)
+    _checkpoint(tmp_path, 84, max_steps=84)
+    _checkpoint(tmp_path, 85, max_steps=84)  # what resuming at the end of a fractional epoch saves
+    listed = {c["name"]: c for c in checkpoints.list_checkpoints(tmp_path)}
+    assert [checkpoints.at_the_end(listed[n]) for n in sorted(listed)] == [False, True, True]
+    assert listed["checkpoint-84"]["max_steps"] == 84
+    assert checkpoints.latest_resumable(tmp_path)["name"] == "checkpoint-80"
 
 
 def test_prune_keeps_the_newest_complete_ones(tmp_path):

@@ -190,6 +190,28 @@ def test_3b_kill9_of_the_monitor_on_the_last_attempt_is_lost_within_the_heartbea
 
 
 @pytest.mark.e2e
+@pytest.mark.parametrize("epochs", [1.4, 2.0])
+def test_3d_a_run_that_finished_under_a_frozen_monitor_completes_at_its_total_steps(real_service, epochs):
+    """The chaos soak's finding, with the real trainer: the monitor is frozen (SIGSTOP) past the
+    heartbeat timeout while its trainer runs to the end. The job completes at its planned total
+    (84 steps for 1.4 epochs, 120 for 2), attempt 1, never resumed past its end (85 of 84)."""
+    svc = real_service(heartbeat_s=1, heartbeat_timeout_s=6, housekeeping_s=1, stop_grace_s=3)
+    job_id = svc.create({**REAL, "epochs": epochs, "custom_config": {**FAST, "save_steps": 40}})
+    state_path = os.path.join(_job_dir(svc, job_id), "state.json")
+    state = wait_for(lambda: (s := json.load(open(state_path)))["status"] == "running" and s, timeout=120)
+    os.kill(state["monitor"]["pid"], signal.SIGSTOP)
+    output = state["paths"]["output_dir"]
+    wait_for(lambda: os.path.exists(os.path.join(output, "all_results.json")), timeout=300, interval=0.5)
+    # No API request from here: a worker's housekeeping notices the silent monitor on its own.
+    final = wait_for(lambda: (s := json.load(open(state_path)))["status"] != "running" and s, timeout=120)
+    status = svc.status(job_id)
+    assert final["status"] == "completed" and status["attempt"] == 1, final.get("error")
+    assert status["current_step"] == status["total_steps"] == int(60 * epochs)
+    assert "has not heartbeaten" in final["history"][-1]["reason"]
+    assert _trainer_starts(svc, job_id) == 1
+
+
+@pytest.mark.e2e
 def test_3c_kill9_of_everything_after_a_checkpoint_resumes_on_restart(real_service):
     """The host dies: gunicorn, the monitor and the trainer go at once, and a save is cut short."""
     svc = real_service(housekeeping_s=1)  # the default save_steps (100) and max_attempts (3)
@@ -283,6 +305,7 @@ def test_4_a_live_unrelated_pid_is_never_reported_running_nor_signalled(make_app
             forge(state)
             state.update(status="running", final=None, finished_at=None)
             open(path, "w").write(json.dumps(state))
+            os.remove(os.path.join(state["paths"]["output_dir"], "all_results.json"))  # mid-run again
             os.makedirs(os.path.join(service.store.root, ".active"), exist_ok=True)
             open(os.path.join(service.store.root, ".active", job_id), "w").close()
         read = client.get(f"{BASE}/jobs/{job_ids[0]}").get_json()

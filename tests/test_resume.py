@@ -8,6 +8,9 @@ directories with --save-every and goes on after the step of a resume_from_checkp
 import json
 import os
 import signal
+import threading
+
+import psutil
 
 from conftest import API, api_create, api_done, api_status, tree_digest, wait_for
 
@@ -232,3 +235,65 @@ def test_a_run_llamafactory_cannot_resume_is_not_offered(make_app):
     client.post(f"{API}/jobs/{job_id}/stop")
     response = client.post(f"{API}/jobs/{job_id}/resume")
     assert response.status_code == 409 and "cannot resume stage rm" in response.get_json()["message"]
+
+
+# -- a run that reached its end is never trained past it (the chaos soak's finding) ----------------
+
+END = ("--steps", "6", "--save-every", "3", "--overshoot-on-resume")
+
+
+def test_a_run_that_finished_while_its_monitor_was_silent_completes_without_a_new_attempt(make_app):
+    """The soak's case: the monitor froze (SIGSTOP) past the heartbeat timeout after its trainer
+    ran to the end. One worker kills the frozen monitor while another reads the job: the job is
+    completed at its planned last step, attempt 1, and the reason says the monitor went silent."""
+    app = make_app(*END, "--interval", "0.2", heartbeat_s=0.2, heartbeat_timeout_s=2)
+    client = app.test_client()
+    service = app.extensions["imts"]
+    job_id = api_create(client)
+    state = wait_for(lambda: (s := service.store.read(job_id))["status"] == "running" and s)
+    os.kill(state["monitor"]["pid"], signal.SIGSTOP)
+    output = state["paths"]["output_dir"]
+    wait_for(lambda: os.path.exists(os.path.join(output, "all_results.json")), timeout=30)
+    wait_for(lambda: service.launcher._loss(service.store.read(job_id)), timeout=30)  # silent now
+    other_worker = threading.Thread(target=lambda: service.launcher.reconcile(service.store.read(job_id)))
+    other_worker.start()
+    final = api_done(client, job_id, timeout=60)
+    other_worker.join()
+    assert final["status"] == "completed" and final["attempt"] == 1, final
+    assert final["current_step"] == final["total_steps"] == 6 and final["progress"] == 1.0
+    assert _resumes(client, job_id) == []  # no attempt resumed from checkpoint-6 (it would end 7 of 6)
+    events = client.get(f"{API}/jobs/{job_id}/events").get_json()["events"]
+    assert [e["status"] for e in events] == ["pending", "running", "completed"]
+    assert "has not heartbeaten" in events[-1]["reason"] and "trainer had finished" in events[-1]["reason"]
+    assert (
+        not psutil.pid_exists(state["monitor"]["pid"])
+        or psutil.Process(state["monitor"]["pid"]).status() == psutil.STATUS_ZOMBIE
+    )
+
+
+def test_a_lost_attempt_never_resumes_from_the_checkpoint_at_the_end(make_app):
+    """The host dies after the last checkpoint but before the final results: the next attempt goes
+    on from the checkpoint before it (resuming at the end would train one step past the plan)."""
+    client = make_app(*END, "--interval", "0.05", "--linger", "3").test_client()
+    job_id = api_create(client)
+    output = _output(client, job_id)
+    wait_for(lambda: os.path.isdir(os.path.join(output, "checkpoint-6")))
+    _kill_monitor_and_trainer(client, job_id)
+    final = api_done(client, job_id, timeout=60)
+    assert final["status"] == "completed" and final["attempt"] == 2
+    assert final["current_step"] == final["total_steps"] == 6
+    assert _resumes(client, job_id) == [os.path.join(output, "checkpoint-3")]
+
+
+def test_resume_refuses_a_checkpoint_at_the_end_of_the_run(make_app):
+    client = make_app(*END, "--exit", "1").test_client()  # fails after its last step and checkpoint
+    job_id = api_create(client)
+    assert api_done(client, job_id)["status"] == "failed"
+    named = client.post(f"{API}/jobs/{job_id}/resume", json={"checkpoint": "checkpoint-6"})
+    assert named.status_code == 409, named.get_json()
+    assert "at the end of its run (step 6 of 6)" in named.get_json()["message"]
+    default = client.post(f"{API}/jobs/{job_id}/resume")
+    assert default.status_code == 201 and default.get_json()["resumed_from"]["checkpoint"] == "checkpoint-3"
+    resumed = default.get_json()["job_id"]
+    api_done(client, resumed)  # this FAKE fails after its last step again, wherever it starts
+    assert _resumes(client, resumed) == [os.path.join(_output(client, resumed), "checkpoint-3")]

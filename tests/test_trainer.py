@@ -10,7 +10,9 @@ from imts_flask.schemas import TrainingJobRequestSchema
 from imts_flask.trainer import (
     build_export_config,
     build_train_config,
+    outcome,
     read_progress,
+    run_complete,
     validate_custom_config,
 )
 
@@ -152,3 +154,38 @@ def test_checkpoint_defaults_come_from_the_service_and_a_request_wins(make_app):
     assert "save_total_limit" not in build_train_config(
         REQUEST, model_path="/m", template="t", dataset_dir="/d", output_dir="/o", save_total_limit=0
     )
+
+
+def _ended(tmp_path, steps, total, results=True):
+    """An output_dir as LLaMA Factory leaves it: trainer_log.jsonl to `steps`, maybe all_results.json."""
+    lines = [
+        {"current_steps": s, "total_steps": total, "loss": 1.0, "epoch": s / total}
+        for s in range(1, steps + 1)
+    ]
+    (tmp_path / "trainer_log.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    if results:
+        (tmp_path / "all_results.json").write_text('{"train_loss": 0.5}')
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("rc", "steps", "results", "stop", "expected"),
+    [
+        (0, 84, True, False, "completed"),  # ran to its planned end
+        (0, 85, True, False, "completed"),  # resumed at the end of a fractional epoch: one step past it
+        (0, 84, True, True, "completed"),  # a stop that came too late: it had finished
+        (0, 50, True, True, "stopped"),  # a stop with its checkpoint save also writes the results
+        (0, 50, True, False, "failed"),  # exit 0 short of the end, nobody asked: a SIGTERM from elsewhere
+        (0, 84, False, False, "failed"),  # exit 0 without its results
+        (-9, 84, False, False, "failed"),  # killed
+        (1, 84, True, False, "failed"),  # an error after the results
+    ],
+)
+def test_the_outcome_of_each_way_a_run_ends(tmp_path, rc, steps, results, stop, expected):
+    assert outcome(rc, _ended(tmp_path, steps, 84, results), stop)[0] == expected
+
+
+def test_a_run_that_logged_nothing_completes_on_its_results(tmp_path):
+    (tmp_path / "all_results.json").write_text("{}")
+    assert outcome(0, str(tmp_path), False) == ("completed", {})
+    assert run_complete(str(tmp_path)) is False  # but found on disk, it proves nothing
