@@ -418,7 +418,9 @@ class TrainingService:
     def stop_job(self, job_id):
         """Stop a job and wait a bounded time for it; return (state, finished stopping)."""
         state = self.launcher.request_stop(job_id)
-        self.launcher.schedule()  # a stopped queued job may unblock the queue
+        # A stopped queued job may unblock the queue: started in the background, as after a create,
+        # so that the answer is about this stop (a full disk writing another job is not its failure).
+        self.start_queued_soon()
         if not JobStatus(state["status"]).is_terminal():
             state = self.launcher.wait_for(job_id, self.settings.stop_wait_s)
         done = JobStatus(state["status"]).is_terminal()

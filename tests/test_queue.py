@@ -8,6 +8,8 @@ import os
 import signal
 import time
 
+from imts_flask.errors import InsufficientStorage
+
 from conftest import max_overlap, wait_for
 
 BASE = "/api/v1/training"
@@ -150,3 +152,22 @@ def test_cpu_jobs_share_the_cores_instead_of_each_taking_all(home, monkeypatch):
     )
     gpu = trainer_env(load_settings({"home": home, "gpus": "0,1"}, environ={}), gpu_ids=["0"])
     assert gpu["CUDA_VISIBLE_DEVICES"] == "0" and gpu["OMP_NUM_THREADS"] == "3"
+
+
+def test_a_stop_answers_about_its_own_job_when_scheduling_others_fails(make_app, monkeypatch):
+    """Found by the chaos soak: with the disk full, a write to another job in the scheduling pass
+    that follows a stop failed, and its 507 (naming the other job) became the answer to the stop,
+    which had worked. Scheduling after a stop now runs in the background, as after a create."""
+    client = make_app("--steps", "400", "--interval", "0.05").test_client()
+    service = client.application.extensions["imts"]
+    job_id = _create(client)
+    wait_for(lambda: _status(client, job_id)["status"] == "running")
+    other = "train_00000000"
+
+    def full_disk_elsewhere():
+        raise InsufficientStorage(f"no space left on the device while updating job {other}")
+
+    monkeypatch.setattr(service.launcher, "schedule", full_disk_elsewhere)
+    response = client.post(f"{BASE}/jobs/{job_id}/stop")
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["job_id"] == job_id and response.get_json()["status"] == "stopped"
