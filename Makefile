@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: setup demo run test lint unit e2e bench bench-smoke gpu-check clean
+.PHONY: setup demo run test lint unit e2e bench bench-smoke soak gpu-check clean
 
 setup: $(VENV)/.installed demo
 
@@ -40,6 +40,11 @@ bench: setup
 
 bench-smoke: setup
 	$(BIN)/python tools/bench.py --smoke
+
+# The chaos soak: real jobs under faults, invariants checked (tools/soak.py). SOAK_ARGS="--minutes 3 --seed 1"
+SOAK_ARGS ?=
+soak: setup
+	$(BIN)/python tools/soak.py $(SOAK_ARGS)
 
 # On a GPU machine, with the interpreter that has torch (no venv is built: nothing is downloaded).
 # WHEELS=dir installs the packages that machine lacks from a directory of wheels first.

@@ -1,0 +1,816 @@
+"""Chaos soak: the service as deployed, a steady workload of real jobs, a fault every few seconds,
+and its guarantees checked all along and once everything has settled.
+
+    make soak                                     # 25 minutes, seed 1
+    make soak SOAK_ARGS="--minutes 3 --seed 7"    # what CI runs, with seed 1
+    .venv/bin/python tools/soak.py --minutes 30 --report soak.json
+
+The service is gunicorn as deployed (gunicorn.conf.py, 3 workers, capacity 1, heartbeat timeout
+20 s) in a scratch home, on a tmpfs where this machine lets the soak mount one (so a full disk can
+be made for real), training tiny-llama with the real llamafactory-cli. The workload creates jobs
+(fractional and whole epoch counts, Idempotency-Keys, uploaded datasets), stops, resumes and
+deletes them, and uploads and deletes datasets. The faults, one every 20-60 s (--fault-every),
+taken in a seeded order that meets each kind early:
+
+    gunicorn_kill    kill -9 of the gunicorn master and workers, then a restart
+    worker_kill      kill -9 of one worker (gunicorn starts another)
+    monitor_kill     kill -9 of a running job's monitor
+    trainer_kill     kill -9 of a running job's trainer
+    monitor_freeze   SIGSTOP of a monitor, left stopped past the heartbeat timeout
+    host_death       kill -9 of everything (gunicorn, monitors, trainers), then a restart
+    save_death       the same in the middle of a checkpoint save (caught as it happens, or a save
+                     cut short is left on disk as a host dying then would leave it)
+    burst            50 concurrent requests
+    full_disk        the home's filesystem filled for 15 s (only on the soak's tmpfs)
+
+Invariants, checked continuously: never more trainers than the capacity, no job with two trainers,
+every job answered 201 listed (once) until it is answered 204, no 5xx outside restart windows, a
+change during a full disk answered 507 or 503. Once the workload stops and every job is finished:
+every job terminal, completed jobs at their total_steps, a killed trainer's job failed with the
+signal, a lost monitor's job resumed from a complete checkpoint (or failed "lost" after
+max_attempts), every record readable, no process of the home left, nothing in staging or trash.
+The report has jobs by outcome, faults by kind, attempts, steps trained again per host death and
+the latency of /health. The exit status is 1 if any invariant was broken, 0 otherwise.
+"""
+
+import argparse
+import collections
+import concurrent.futures
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+
+import psutil
+import requests
+import yaml
+
+PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, PROJECT)
+from imts_flask.launcher import free_port  # noqa: E402
+from imts_flask.trainer import read_progress  # noqa: E402
+
+VENV_BIN = os.path.dirname(sys.executable)
+TERMINAL = ("completed", "failed", "stopped")
+FAULTS = (
+    "gunicorn_kill",
+    "worker_kill",
+    "monitor_kill",
+    "trainer_kill",
+    "monitor_freeze",
+    "host_death",
+    "save_death",
+    "burst",
+    "full_disk",
+)
+NEEDS_A_RUNNING_JOB = {"monitor_kill", "trainer_kill", "monitor_freeze", "save_death"}
+# Faults after which a job goes on in a new attempt (its monitor is gone).
+LOSSES = {"monitor_kill", "monitor_freeze", "host_death", "save_death"}
+# Leftovers younger than this may still belong to a write in flight (JobStore.clean_temp_files).
+LEFTOVER_AGE_S = 300
+
+
+class Soak:
+    def __init__(self, args):
+        self.args = args
+        self.rng = random.Random(args.seed)  # the workload's
+        self.chaos_rng = random.Random(args.seed + 1)  # the faults': each thread its own sequence
+        self.lock = threading.RLock()
+        self.done = threading.Event()
+        self.jobs = {}  # job_id -> what the soak knows and expects of it
+        self.violations = collections.Counter()  # each distinct violation, with how often it was seen
+        self.faults = collections.Counter()
+        self.fault_log = []
+        self.codes = collections.Counter()
+        self.windows = []  # [start, end]: the service was killed and not yet back
+        self.full_disk = []  # [start, end]
+        self.health = []
+        self.datasets = []
+        self.retrained = []  # steps trained again after each host death, per job
+        self.deaths = []  # (job_id, step reached when the host died)
+        self.home = None
+        self.mounted = False
+        self.proc = None
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}/api/v1/training"
+        self.started = time.monotonic()
+
+    # -- the service ------------------------------------------------------------------------
+
+    def prepare_home(self):
+        self.home = self.args.home or tempfile.mkdtemp(prefix="imts-soak-")
+        os.makedirs(self.home, exist_ok=True)
+        if not self.args.no_tmpfs and os.geteuid() == 0:
+            result = subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", f"size={self.args.tmpfs_mb}m", "tmpfs", self.home],
+                capture_output=True,
+                text=True,
+            )
+            self.mounted = result.returncode == 0
+            if not self.mounted:
+                self.note(f"full_disk will not run: no tmpfs could be mounted ({result.stderr.strip()})")
+        os.makedirs(os.path.join(self.home, "config"), exist_ok=True)
+        registry = {"models": {"tiny-llama": {"path": os.path.join(PROJECT, "models", "tiny-llama")}}}
+        with open(os.path.join(self.home, "config", "models.yaml"), "w") as handle:
+            yaml.safe_dump(registry, handle)
+
+    def env(self):
+        return {
+            **os.environ,
+            "IMTS_HOME": self.home,
+            "IMTS_DATA_DIR": os.path.join(PROJECT, "data"),
+            "IMTS_PORT": str(self.port),
+            "IMTS_WORKERS": str(self.args.workers),
+            "IMTS_MAX_CONCURRENT_JOBS": str(self.args.capacity),
+            "IMTS_HEARTBEAT_TIMEOUT_S": str(self.args.heartbeat_timeout),
+            "IMTS_HOUSEKEEPING_S": "2",
+            "IMTS_STOP_GRACE_S": "8",
+            "IMTS_STOP_WAIT_S": "15",
+            "IMTS_DEFAULT_SAVE_STEPS": "20",
+            "IMTS_MIN_FREE_DISK_MB": "64",  # the home is a 1 GB tmpfs: a full one is below it
+            "IMTS_ACCESS_LOG": os.path.join(self.home, "access.log"),
+            "PROMETHEUS_MULTIPROC_DIR": os.path.join(self.home, "cache", "prometheus"),
+        }
+
+    def start_service(self):
+        log = open(os.path.join(self.home, "gunicorn.log"), "ab")
+        self.proc = subprocess.Popen(
+            [os.path.join(VENV_BIN, "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
+            cwd=PROJECT,
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{self.base}/health", timeout=2).status_code in (200, 503):
+                    return
+            time.sleep(0.2)
+        raise RuntimeError("the service did not come up; see gunicorn.log in " + self.home)
+
+    def kill_service(self):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def restart(self, kind, kill_jobs=False):
+        """Kill the service (and with `kill_jobs` every process of the home) and start it again."""
+        window = [time.monotonic(), None]
+        with self.lock:
+            self.windows.append(window)
+        self.kill_service()
+        if kill_jobs:
+            for proc in self.home_processes():
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
+        time.sleep(self.chaos_rng.uniform(1, 3))
+        self.start_service()
+        window[1] = time.monotonic()
+        self.note(f"{kind}: the service was back after {window[1] - window[0]:.1f} s")
+
+    def home_processes(self):
+        """Monitors, trainers, webhook senders and row checkers working for this home."""
+        found = []
+        for proc in psutil.process_iter(["cmdline", "cwd"]):
+            with contextlib.suppress(psutil.Error):
+                cwd, cmdline = proc.info["cwd"] or "", " ".join(proc.info["cmdline"] or [])
+                if proc.pid != os.getpid() and (cwd.startswith(self.home) or f"{self.home}/" in cmdline):
+                    if "gunicorn" not in cmdline:
+                        found.append(proc)
+        return found
+
+    def trainers(self):
+        """{job_id: [live trainer processes]} (zombies and stopped ones do not train)."""
+        found = collections.defaultdict(list)
+        for proc in psutil.process_iter(["cmdline", "status"]):
+            with contextlib.suppress(psutil.Error):
+                cmdline = proc.info["cmdline"] or []
+                if proc.info["status"] in (psutil.STATUS_ZOMBIE, psutil.STATUS_STOPPED):
+                    continue
+                if any("llamafactory-cli" in part for part in cmdline[:2]) and "train" in cmdline:
+                    config = cmdline[-1]
+                    if config.startswith(f"{self.home}/jobs/"):
+                        found[config.split("/")[-2]].append(proc)
+        return found
+
+    def monitor_of(self, job_id):
+        for proc in psutil.process_iter(["cmdline"]):
+            with contextlib.suppress(psutil.Error):
+                cmdline = proc.info["cmdline"] or []
+                if "imts_flask.monitor" in cmdline and job_id in cmdline and "train" in cmdline:
+                    return proc
+        return None
+
+    # -- HTTP -------------------------------------------------------------------------------
+
+    def in_window(self, started, ended):
+        with self.lock:
+            windows = list(self.windows)
+        now = time.monotonic()
+        return any(s - 1 <= ended and started <= (e if e is not None else now) + 5 for s, e in windows)
+
+    def disk_full(self, started, ended):
+        with self.lock:
+            spans = list(self.full_disk)
+        now = time.monotonic()
+        return any(s - 1 <= ended and started <= (e if e is not None else now) + 3 for s, e in spans)
+
+    def call(self, method, path, timeout=30, **kwargs):
+        """(status, JSON body) of a request; (None, None) when the service could not be reached."""
+        started = time.monotonic()
+        try:
+            response = requests.request(method, self.base + path, timeout=timeout, **kwargs)
+        except requests.RequestException as exc:
+            if not self.in_window(started, time.monotonic()):
+                self.violate(f"{method} {path}: no answer outside a restart window ({exc})")
+            with self.lock:
+                self.codes["no answer"] += 1
+            return None, None
+        ended = time.monotonic()
+        with self.lock:
+            self.codes[f"{response.status_code // 100}xx"] += 1
+        try:
+            body = response.json() if response.content else None
+        except ValueError:
+            body = None
+            self.violate(f"{method} {path}: {response.status_code} with a body that is not JSON")
+        if response.status_code >= 500 and not self.in_window(started, ended):
+            allowed = response.status_code in (503, 507) and self.disk_full(started, ended)
+            if not allowed:
+                self.violate(f"{method} {path}: {response.status_code} outside a restart window: {body}")
+        return response.status_code, body
+
+    # -- bookkeeping ------------------------------------------------------------------------
+
+    def note(self, text):
+        line = f"[{time.monotonic() - self.started:7.1f}s] {text}"
+        print(line, flush=True)
+        with self.lock:
+            self.fault_log.append(line)
+
+    def violate(self, text):
+        with self.lock:
+            self.violations[text] += 1
+            first = self.violations[text] == 1
+        if first:
+            self.note("VIOLATION: " + text)
+
+    def track(self, job_id, **facts):
+        with self.lock:
+            job = self.jobs.setdefault(job_id, {"created": time.monotonic(), "faults": [], "deleted": None})
+            job.update(facts)
+            return job
+
+    def unfinished(self):
+        """Jobs not known to be finished (from the latest status read of each)."""
+        with self.lock:
+            return [
+                j for j, job in self.jobs.items() if not job["deleted"] and job.get("status") not in TERMINAL
+            ]
+
+    def running(self):
+        status, body = self.call("GET", "/jobs?status=running&limit=100")
+        return [j["job_id"] for j in body["jobs"]] if status == 200 else []
+
+    # -- the workload -----------------------------------------------------------------------
+
+    def request_body(self):
+        rng = self.rng
+        dataset = rng.choice(["demo_sft", "demo_sft", *self.datasets[-2:]])
+        return {
+            "model_name": "tiny-llama",
+            "dataset": dataset,
+            "epochs": rng.choice([1.0, 1.4, 2.0, 2.5]),
+            "learning_rate": 1e-3,
+            "custom_config": {
+                "template": "default",
+                "cutoff_len": 128,
+                "logging_steps": rng.choice([1, 2, 5]),
+                "save_steps": rng.choice([10, 20, 30]),
+            },
+        }
+
+    def create(self, body=None, key=None):
+        headers = {"Idempotency-Key": key} if key else {}
+        status, answer = self.call("POST", "/jobs", json=body or self.request_body(), headers=headers)
+        if status in (200, 201):
+            self.track(answer["job_id"], key=key)
+            return answer["job_id"]
+        if status is not None and status not in (409, 503, 507):
+            self.violate(f"create answered {status}: {answer}")
+        return None
+
+    def workload(self):
+        rng = self.rng
+        while not self.done.is_set():
+            self.refresh()
+            action = rng.random()
+            unfinished = self.unfinished()
+            if len(unfinished) < self.args.queue and action < 0.6:
+                key = uuid.uuid4().hex if rng.random() < 0.3 else None
+                body = self.request_body()
+                job_id = self.create(body, key)
+                if key and job_id and rng.random() < 0.5:  # a retry: the same job, never a second one
+                    status, again = self.call("POST", "/jobs", json=body, headers={"Idempotency-Key": key})
+                    if status == 200 and again["job_id"] != job_id:
+                        self.violate(f"an Idempotency-Key replay made {again['job_id']}, not {job_id}")
+            elif action < 0.7:
+                self.stop_one()
+            elif action < 0.8:
+                self.resume_one()
+            elif action < 0.9:
+                self.delete_one()
+            elif action < 0.95:
+                self.upload()
+            else:
+                self.delete_dataset()
+            self.check_listing()
+            self.done.wait(rng.uniform(1, 3))
+
+    def refresh(self):
+        status, body = self.call("GET", "/jobs?limit=1000")
+        if status != 200:
+            return
+        with self.lock:
+            for job in body["jobs"]:
+                if job["job_id"] in self.jobs:
+                    self.jobs[job["job_id"]]["status"] = job["status"]
+
+    def pick(self, statuses):
+        with self.lock:
+            ids = [j for j, job in self.jobs.items() if not job["deleted"] and job.get("status") in statuses]
+        return self.rng.choice(sorted(ids)) if ids else None
+
+    def stop_one(self):
+        job_id = self.pick(("pending", "running"))
+        if job_id:
+            self.track(job_id, stop_requested=True)
+            status, body = self.call("POST", f"/jobs/{job_id}/stop", timeout=60)
+            if status not in (None, 200, 202, 409, 503, 507):  # call() judges 503/507 by the full disk
+                self.violate(f"stop of {job_id} answered {status}: {body}")
+            elif status in (503, 507) and job_id not in body["message"]:
+                self.violate(f"stop of {job_id} answered about another job: {body['message']}")
+
+    def resume_one(self):
+        job_id = self.pick(("stopped", "failed"))
+        if job_id:
+            status, body = self.call("POST", f"/jobs/{job_id}/resume")
+            if status == 201:
+                self.track(body["job_id"], resumed_from=body["resumed_from"])
+            elif status not in (None, 409, 507, 503):
+                self.violate(f"resume of {job_id} answered {status}: {body}")
+
+    def delete_one(self):
+        job_id = self.pick(TERMINAL)
+        if job_id:
+            status, body = self.call("DELETE", f"/jobs/{job_id}")
+            if status in (204, 404):
+                self.track(job_id, deleted=time.monotonic())
+            elif status not in (None, 409, 503, 507):
+                self.violate(f"delete of {job_id} answered {status}: {body}")
+
+    def upload(self):
+        name = f"soak_{len(self.datasets)}_{self.rng.randrange(10**6)}"
+        rows = json.load(open(os.path.join(PROJECT, "data", "demo_sft.json")))[:40]
+        content = "".join(json.dumps(row) + "\n" for row in rows).encode()
+        status, body = self.call(
+            "POST", "/datasets", files={"file": ("d.jsonl", content)}, data={"name": name}
+        )
+        if status == 201:
+            self.datasets.append(name)
+        elif status not in (None, 503, 507):
+            self.violate(f"upload of {name} answered {status}: {body}")
+
+    def delete_dataset(self):
+        if self.datasets:
+            name = self.rng.choice(self.datasets)
+            status, body = self.call("DELETE", f"/datasets/{name}")
+            if status in (204, 404):
+                self.datasets.remove(name)
+            elif status not in (None, 409, 503, 507):
+                self.violate(f"delete of dataset {name} answered {status}: {body}")
+
+    def check_listing(self):
+        """Every job answered 201 is listed once until it is answered 204."""
+        asked = time.monotonic()
+        listed, offset = [], 0
+        while True:
+            status, body = self.call("GET", f"/jobs?limit=1000&offset={offset}")
+            if status != 200:
+                return
+            listed += [j["job_id"] for j in body["jobs"]]
+            offset += len(body["jobs"])
+            if offset >= body["total"] or not body["jobs"]:
+                break
+        twice = [j for j, n in collections.Counter(listed).items() if n > 1]
+        if twice:
+            self.violate(f"listed twice: {twice}")
+        with self.lock:
+            expected = {j for j, job in self.jobs.items() if job["created"] < asked and not job["deleted"]}
+            gone = {j for j, job in self.jobs.items() if job["deleted"] and job["deleted"] < asked}
+        missing, stale = expected - set(listed), gone & set(listed)
+        if missing:
+            self.violate(f"created but not listed: {sorted(missing)}")
+        if stale:
+            self.violate(f"deleted but still listed: {sorted(stale)}")
+
+    # -- the faults -------------------------------------------------------------------------
+
+    def fault_plan(self):
+        """The faults in a seeded order in which each kind comes once before any comes twice."""
+        while True:
+            kinds = [k for k in FAULTS if k != "full_disk" or self.mounted]
+            self.chaos_rng.shuffle(kinds)
+            yield from kinds
+
+    def chaos(self):
+        plan = self.fault_plan()
+        low, high = self.args.fault_every
+        while not self.done.wait(self.chaos_rng.uniform(low, high)):
+            kind = next(plan)
+            if kind in NEEDS_A_RUNNING_JOB:
+                job_id = self.wait_running(30)
+                if job_id is None:
+                    self.note(f"{kind}: no job ran within 30 s; skipped")
+                    continue
+            else:
+                job_id = None
+            if self.done.is_set():
+                return
+            with self.lock:
+                self.faults[kind] += 1
+            getattr(self, "fault_" + kind)(job_id)
+
+    def wait_running(self, seconds):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not self.done.is_set():
+            running = self.running()
+            for job_id in self.chaos_rng.sample(running, k=len(running)):
+                if self.monitor_of(job_id) and self.trainers().get(job_id):
+                    return job_id
+            time.sleep(0.5)
+        return None
+
+    def hit(self, job_id, kind, **facts):
+        """Note a fault that hit a job, with the step its trainer had reached and its attempt."""
+        job_dir = os.path.join(self.home, "jobs", job_id)
+        step = read_progress(os.path.join(job_dir, "output")).get("current_step")
+        attempt = None
+        with contextlib.suppress(OSError, ValueError):
+            attempt = json.load(open(os.path.join(job_dir, "state.json"))).get("attempt")
+        fault = {"kind": kind, "step": step, "attempt": attempt, "at": time.monotonic(), **facts}
+        with self.lock:
+            self.track(job_id)["faults"].append(fault)
+        return fault
+
+    def fault_gunicorn_kill(self, _job_id):
+        self.note("gunicorn_kill: kill -9 of gunicorn")
+        self.restart("gunicorn_kill")
+
+    def fault_worker_kill(self, _job_id):
+        workers = [p for p in psutil.Process(self.proc.pid).children() if "gunicorn" in " ".join(p.cmdline())]
+        if workers:
+            victim = self.chaos_rng.choice(workers)
+            self.note(f"worker_kill: kill -9 of worker {victim.pid}")
+            window = [time.monotonic(), None]
+            with self.lock:
+                self.windows.append(window)  # requests in flight on it may go unanswered
+            victim.kill()
+            time.sleep(1)
+            window[1] = time.monotonic()
+
+    def fault_monitor_kill(self, job_id):
+        monitor = self.monitor_of(job_id)
+        if monitor:
+            step = self.hit(job_id, "monitor_kill")["step"]
+            self.note(f"monitor_kill: kill -9 of the monitor of {job_id} at step {step}")
+            with contextlib.suppress(psutil.Error):
+                monitor.kill()
+
+    def fault_trainer_kill(self, job_id):
+        trainers = self.trainers().get(job_id) or []
+        for proc in trainers:
+            step = self.hit(job_id, "trainer_kill")["step"]
+            self.note(f"trainer_kill: kill -9 of the trainer of {job_id} at step {step}")
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+
+    def fault_monitor_freeze(self, job_id):
+        monitor = self.monitor_of(job_id)
+        if monitor:
+            step = self.hit(job_id, "monitor_freeze")["step"]
+            self.note(f"monitor_freeze: SIGSTOP of the monitor of {job_id} at step {step}")
+            with contextlib.suppress(psutil.Error):
+                monitor.suspend()
+
+    def fault_host_death(self, _job_id, kind="host_death"):
+        for job_id in self.running():
+            self.deaths.append((job_id, self.hit(job_id, kind)))
+        self.note(f"{kind}: kill -9 of everything ({len(self.deaths)} running jobs hit so far)")
+        self.restart(kind, kill_jobs=True)
+
+    def fault_save_death(self, job_id):
+        """Kill everything while a checkpoint is being saved: caught in the act, or left torn."""
+        output = os.path.join(self.home, "jobs", job_id, "output")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                for name in os.listdir(output):
+                    path = os.path.join(output, name)
+                    if name.startswith("checkpoint-") and not os.path.exists(
+                        os.path.join(path, "trainer_state.json")
+                    ):
+                        self.note(f"save_death: caught {job_id} saving {name}")
+                        return self.fault_host_death(None, "save_death")
+            time.sleep(0.01)
+        self.fault_host_death(None, "save_death")
+        checkpoints = (
+            sorted(
+                (n for n in os.listdir(output) if n.startswith("checkpoint-")),
+                key=lambda n: int(n.split("-")[1]),
+            )
+            if os.path.isdir(output)
+            else []
+        )
+        if checkpoints:  # what a save cut short leaves: trainer_state.json is written last
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(output, checkpoints[-1], "trainer_state.json"))
+            self.note(f"save_death: left {checkpoints[-1]} of {job_id} as a save cut short leaves it")
+            self.hit(job_id, "torn_checkpoint", checkpoint=checkpoints[-1])
+
+    def fault_burst(self, _job_id):
+        self.note("burst: 50 concurrent requests")
+        key = uuid.uuid4().hex
+        body = self.request_body()
+        calls = [("GET", "/jobs?limit=50", {})] * 20 + [("GET", "/health", {})] * 15
+        calls += [("POST", "/jobs", {"json": body, "headers": {"Idempotency-Key": key}})] * 10
+        calls += [("GET", f"/jobs/{j}", {}) for j in list(self.jobs)[-5:]]
+        with concurrent.futures.ThreadPoolExecutor(50) as pool:
+            answers = list(pool.map(lambda c: self.call(c[0], c[1], **c[2]), calls))
+        made = {
+            a[1]["job_id"]
+            for (m, _p, _k), a in zip(calls, answers, strict=True)
+            if m == "POST" and a[0] in (200, 201)
+        }
+        if len(made) > 1:
+            self.violate(f"one Idempotency-Key made {len(made)} jobs: {sorted(made)}")
+        for job_id in made:
+            self.track(job_id, key=key)
+
+    def fault_full_disk(self, _job_id):
+        filler = os.path.join(self.home, "soak-filler")
+        free = shutil.disk_usage(self.home).free
+        self.note(f"full_disk: filling the home's {free // 2**20} MB free for 15 s")
+        span = [time.monotonic(), None]
+        with self.lock:
+            self.full_disk.append(span)
+        for job_id in self.running():
+            self.hit(job_id, "full_disk")
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)  # unbuffered: no flush to fail at close
+        try:
+            with contextlib.suppress(OSError):
+                os.posix_fallocate(fd, 0, free)
+            with contextlib.suppress(OSError):  # what fallocate left: a page or two
+                while os.write(fd, b"\0" * 4096):
+                    pass
+            os.close(fd)
+            self.done.wait(15)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(filler)
+            span[1] = time.monotonic()
+
+    # -- invariants -------------------------------------------------------------------------
+
+    def watch(self):
+        """Capacity and single trainers, every half second; /health every second."""
+        next_health = 0.0
+        while not self.done.wait(0.5):
+            trainers = self.trainers()
+            live = sum(len(procs) for procs in trainers.values())
+            if live > self.args.capacity:
+                self.violate(f"{live} trainers at once (capacity {self.args.capacity}): {sorted(trainers)}")
+            for job_id, procs in trainers.items():
+                if len(procs) > 1:
+                    self.violate(f"job {job_id} has {len(procs)} trainers")
+            if time.monotonic() >= next_health:
+                next_health = time.monotonic() + 1
+                started = time.monotonic()
+                status, _ = self.call("GET", "/health", timeout=10)
+                if status is not None:
+                    self.health.append(time.monotonic() - started)
+
+    def settle(self):
+        """Wait until every job is finished; what never finishes is a violation."""
+        deadline = time.monotonic() + self.args.settle_minutes * 60
+        while time.monotonic() < deadline:
+            self.refresh()
+            if not self.unfinished():
+                return
+            time.sleep(2)
+        self.violate(f"never finished: {self.unfinished()}")
+
+    def final_checks(self):
+        settled_at = time.monotonic()
+        self.check_listing()
+        for job_id, job in sorted(self.jobs.items()):
+            if job["deleted"]:
+                continue
+            status, view = self.call("GET", f"/jobs/{job_id}")
+            if status != 200:
+                self.violate(f"{job_id}: GET answered {status}")
+                continue
+            job["final"] = view
+            self.check_job(job_id, job, view)
+        for path in self.records():
+            try:
+                json.load(open(path))
+            except (OSError, ValueError) as exc:
+                self.violate(f"{path}: the record cannot be read ({exc})")
+        while time.monotonic() < settled_at + 30 and self.home_processes():
+            time.sleep(1)
+        left = [" ".join(p.cmdline()[:4]) for p in self.home_processes() if p.is_running()]
+        if left:
+            self.violate(f"processes of the home left after every job finished: {left}")
+        for folder in ("jobs/.staging", "jobs/.trash", "data/uploads/.staging", "data/uploads/.trash"):
+            path = os.path.join(self.home, folder)
+            for name in os.listdir(path) if os.path.isdir(path) else []:
+                age = time.time() - os.lstat(os.path.join(path, name)).st_mtime
+                if age > LEFTOVER_AGE_S:
+                    self.violate(f"{folder}/{name} left behind ({age:.0f} s old)")
+                else:
+                    self.note(
+                        f"{folder}/{name}: a leftover {age:.0f} s old (removed after {LEFTOVER_AGE_S} s)"
+                    )
+        for job_id, fault in self.deaths:
+            after = self.resumed_step(job_id, (fault["attempt"] or 1) + 1)
+            if fault["step"] is not None and after is not None:
+                self.retrained.append(fault["step"] - after)
+
+    def check_job(self, job_id, job, view):
+        kinds = [f["kind"] for f in job["faults"]]
+        state = view["status"]
+        if state not in TERMINAL:
+            self.violate(f"{job_id}: {state} after settling")
+        if state == "completed" and view["current_step"] != view["total_steps"]:
+            self.violate(f"{job_id}: completed at step {view['current_step']} of {view['total_steps']}")
+        if "trainer_kill" in kinds and state == "failed" and view["signal"] != "SIGKILL":
+            if not self.lost_later(job, "trainer_kill"):
+                self.violate(f"{job_id}: its trainer was killed, yet it failed with {view['error']!r}")
+        losses = sum(k in LOSSES for k in kinds)
+        if "trainer_kill" in kinds and view["attempt"] > 1 + losses:
+            self.violate(f"{job_id}: a killed trainer was tried again (attempt {view['attempt']})")
+        if state == "failed" and view["reason"] == "lost" and view["attempt"] < view["max_attempts"]:
+            self.violate(f"{job_id}: failed lost at attempt {view['attempt']} of {view['max_attempts']}")
+        if state == "failed" and view["reason"] != "lost" and "trainer_kill" not in kinds:
+            if "full_disk" not in kinds and "torn_checkpoint" not in kinds:
+                self.violate(f"{job_id}: failed: {view['error']}")
+        if "torn_checkpoint" in kinds:
+            torn = next(f["checkpoint"] for f in job["faults"] if f["kind"] == "torn_checkpoint")
+            events = (self.call("GET", f"/jobs/{job_id}/events")[1] or {}).get("events", [])
+            if any(e.get("resumed_from") == torn for e in events):
+                self.violate(f"{job_id}: resumed from {torn}, a save cut short")
+
+    def lost_later(self, job, kind):
+        """Whether a fault after `kind` (a host death, say) explains the job's end instead."""
+        at = next(f["at"] for f in job["faults"] if f["kind"] == kind)
+        return any(f["at"] > at for f in job["faults"] if f["kind"] != kind)
+
+    def resumed_step(self, job_id, attempt):
+        """The step attempt `attempt` of a job started from: its checkpoint's, 0 starting over, or None."""
+        events = (self.call("GET", f"/jobs/{job_id}/events")[1] or {}).get("events", [])
+        for event in events:
+            if event["status"] == "running" and event.get("attempt") == attempt:
+                return int(event["resumed_from"].split("-")[1]) if event.get("resumed_from") else 0
+        return None
+
+    def records(self):
+        jobs = os.path.join(self.home, "jobs")
+        return [os.path.join(jobs, n, "state.json") for n in os.listdir(jobs) if n.startswith("train_")]
+
+    # -- the run and its report -------------------------------------------------------------
+
+    def run(self):
+        self.prepare_home()
+        self.start_service()
+        self.note(f"soak: {self.args.minutes} min, seed {self.args.seed}, home {self.home}")
+        threads = [threading.Thread(target=t, daemon=True) for t in (self.workload, self.chaos, self.watch)]
+        for thread in threads:
+            thread.start()
+        self.done.wait(self.args.minutes * 60)
+        self.done.set()
+        for thread in threads:
+            thread.join(timeout=120)
+        self.note("the workload and the faults stop; settling")
+        self.done.clear()
+        watcher = threading.Thread(target=self.watch, daemon=True)
+        watcher.start()
+        self.settle()
+        self.done.set()
+        watcher.join(timeout=30)
+        self.final_checks()
+        return self.report()
+
+    def report(self):
+        outcomes = collections.Counter(
+            (job.get("final") or {}).get("status", "deleted" if job["deleted"] else "?")
+            for job in self.jobs.values()
+        )
+        attempts = collections.Counter(
+            (job.get("final") or {}).get("attempt") for job in self.jobs.values() if job.get("final")
+        )
+        health = sorted(self.health) or [0.0]
+        report = {
+            "minutes": self.args.minutes,
+            "seed": self.args.seed,
+            "jobs": len(self.jobs),
+            "outcomes": dict(outcomes),
+            "attempts": {str(k): v for k, v in sorted(attempts.items())},
+            "faults": dict(self.faults),
+            "requests": dict(self.codes),
+            "steps_retrained_per_host_death": self.retrained,
+            "health_ms": {
+                "p50": 1000 * statistics.median(health),
+                "p99": 1000 * health[min(len(health) - 1, int(len(health) * 0.99))],
+                "max": 1000 * health[-1],
+                "samples": len(self.health),
+            },
+            "full_disk_fault": self.mounted,
+            "violations": [{"what": text, "times": n} for text, n in self.violations.items()],
+        }
+        print("\n== soak report ==")
+        print(
+            f"{report['minutes']} min, seed {report['seed']}: {report['jobs']} jobs, "
+            f"{sum(self.faults.values())} faults"
+        )
+        print("jobs by outcome:  " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
+        print("attempts:         " + ", ".join(f"{k}: {v}" for k, v in report["attempts"].items()))
+        print("faults by kind:   " + ", ".join(f"{k} {v}" for k, v in sorted(self.faults.items())))
+        print("requests:         " + ", ".join(f"{k} {v}" for k, v in sorted(self.codes.items())))
+        if self.retrained:
+            print(
+                f"steps trained again per host death: {self.retrained} "
+                f"(mean {statistics.mean(self.retrained):.1f})"
+            )
+        h = report["health_ms"]
+        print(
+            f"/health:          p50 {h['p50']:.1f} ms, p99 {h['p99']:.1f} ms, max {h['max']:.1f} ms "
+            f"({h['samples']} reads)"
+        )
+        print(f"violations:       {sum(self.violations.values())} ({len(self.violations)} distinct)")
+        for violation, times in self.violations.items():
+            print(f"  - {violation}" + (f" (x{times})" if times > 1 else ""))
+        if self.args.report:
+            with open(self.args.report, "w") as handle:
+                json.dump(report, handle, indent=2)
+        return 1 if self.violations else 0
+
+    def cleanup(self):
+        with contextlib.suppress(Exception):
+            self.kill_service()
+        for proc in self.home_processes():
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        if self.mounted and not self.args.keep:
+            time.sleep(1)
+            subprocess.run(["umount", "-l", self.home], check=False)
+        if not self.args.keep and not self.args.home:
+            shutil.rmtree(self.home, ignore_errors=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=25.0, help="how long the workload and faults run")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--fault-every", type=float, nargs=2, default=(20.0, 60.0), metavar=("MIN", "MAX"))
+    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--capacity", type=int, default=1)
+    parser.add_argument("--heartbeat-timeout", type=float, default=20.0)
+    parser.add_argument("--queue", type=int, default=3, help="unfinished jobs the workload keeps")
+    parser.add_argument("--settle-minutes", type=float, default=10.0)
+    parser.add_argument("--home", help="a home to use (default: a new temporary one)")
+    parser.add_argument("--no-tmpfs", action="store_true", help="do not mount a tmpfs (no full_disk)")
+    parser.add_argument("--tmpfs-mb", type=int, default=1024)
+    parser.add_argument("--keep", action="store_true", help="keep the home for a look afterwards")
+    parser.add_argument("--report", help="also write the report as JSON here")
+    args = parser.parse_args(argv)
+    soak = Soak(args)
+    try:
+        return soak.run()
+    finally:
+        soak.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
