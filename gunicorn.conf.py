@@ -22,7 +22,7 @@ os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", os.path.join(_home, "cache", "
 
 from prometheus_client import multiprocess  # noqa: E402  (after the variable above)
 
-from imts_flask import server  # noqa: E402
+from imts_flask.http import server  # noqa: E402
 
 # gunicorn's own answers (a header too large, a URI too long, an unreadable request) in the
 # API's JSON error shape; and no secret-looking query parameter in the access log.

@@ -29,11 +29,11 @@ def create_app(overrides=None):
     # Flask is imported here, not at module level, so the job monitor process stays light.
     from flask import Flask
 
-    from . import guard
-    from .api import UploadRequest, bp, metrics_bp
-    from .auth import TokenCheck
-    from .dashboard import bp as dashboard_bp
-    from .http_errors import register_error_handlers
+    from .http import guard
+    from .http.api import UploadRequest, bp, metrics_bp
+    from .http.auth import TokenCheck
+    from .http.dashboard import bp as dashboard_bp
+    from .http.errors import register_error_handlers
     from .service import TrainingService
     from .settings import load_settings
 

@@ -2,7 +2,6 @@
 
 import contextlib
 import functools
-import importlib.util
 import json
 import math
 import os
@@ -11,12 +10,12 @@ import re
 import yaml
 
 from .errors import NotFound, ValidationFailed
-from .trainer import parse_extra_keys
+from .llamafactory.allowlist import parse_extra_keys
+from .llamafactory.templates import installed_templates
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}")
 _LOCAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 _DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
-_TEMPLATE_CALL = re.compile(r"register_template\(\s*name\s*=\s*\"([^\"]+)\"")
 
 # What each stage needs from a dataset_info.json entry.
 _PREFERENCE_STAGES = ("rm", "dpo")
@@ -27,21 +26,6 @@ def _hf_hub_cache():
         return os.environ["HF_HUB_CACHE"]
     home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
     return os.path.join(home, "hub")
-
-
-@functools.lru_cache(maxsize=1)
-def installed_templates():
-    """Return LLaMA Factory's template names, read from its source without importing it (None if absent)."""
-    spec = importlib.util.find_spec("llamafactory")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = os.path.join(list(spec.submodule_search_locations)[0], "data", "template.py")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            names = _TEMPLATE_CALL.findall(handle.read())
-    except OSError:
-        return None
-    return sorted(set(names)) or None
 
 
 class Catalog:

@@ -8,22 +8,24 @@ import shutil
 import threading
 import time
 
-from . import exports
 from .catalog import Catalog
-from .checkpoints import list_checkpoints
-from .datasets import Uploads
+from .datasets.uploads import Uploads
 from .errors import Conflict, Forbidden, InsufficientStorage, NotFound, ValidationFailed
 from .fsio import filesystem_problems, read_tail
-from .gpus import Gpus
-from .launcher import Launcher, here
-from .lifecycle import Lifecycle
+from .jobs import exports
+from .jobs.checkpoints import list_checkpoints
+from .jobs.launcher import Launcher, here
+from .jobs.lifecycle import Lifecycle
+from .jobs.resume import RESUMED_FIELDS, ResumePlan
+from .jobs.store import JobStore
+from .jobs.views import job_view
+from .llamafactory.allowlist import validate_custom_config
+from .llamafactory.configs import build_train_config
+from .llamafactory.trainer_log import read_series
+from .observe.gpus import Gpus
+from .observe.webhooks import Notifier
 from .procs import tree_pids
-from .resume import RESUMED_FIELDS, ResumePlan
 from .state import TIME_FORMAT, JobStatus, creation_order, now_utc
-from .store import JobStore
-from .trainer import build_train_config, read_series, validate_custom_config
-from .views import job_view
-from .webhooks import Notifier
 
 log = logging.getLogger(__name__)
 

@@ -11,6 +11,12 @@ import yaml
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def package_pythonpath(environ=None):
+    """PYTHONPATH for a child `python -m imts_flask...` (a monitor, the row checker, a webhook sender)."""
+    environ = os.environ if environ is None else environ
+    return PROJECT_ROOT + os.pathsep + environ.get("PYTHONPATH", "")
+
+
 def _default_cli():
     """Find llamafactory-cli beside this interpreter first (the venv), else on PATH."""
     beside = os.path.join(os.path.dirname(sys.executable), "llamafactory-cli")

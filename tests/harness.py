@@ -11,7 +11,7 @@ import psutil
 import pytest
 import requests
 
-from imts_flask.launcher import free_port
+from imts_flask.llamafactory.environment import free_port
 
 from conftest import DEMO_DATA, PROJECT, SHARED_DATA, wait_for
 

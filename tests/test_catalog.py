@@ -5,8 +5,9 @@ import os
 
 import pytest
 
-from imts_flask.catalog import Catalog, installed_templates
+from imts_flask.catalog import Catalog
 from imts_flask.errors import ValidationFailed
+from imts_flask.llamafactory.templates import installed_templates
 from imts_flask.settings import load_settings
 
 

@@ -6,8 +6,9 @@ import zipfile
 
 import pytest
 
-from imts_flask import checkpoints
-from imts_flask.trainer import attempt_config, eta_after_resume, log_until, resume_refusal
+from imts_flask.jobs import checkpoints
+from imts_flask.llamafactory.configs import attempt_config, resume_refusal
+from imts_flask.llamafactory.trainer_log import eta_after_resume, log_until
 
 
 def _safetensors(path, values=4):

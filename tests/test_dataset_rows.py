@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from imts_flask.dataset_rows import check, preview
-from imts_flask.dataset_rows import rows as read_rows
-from imts_flask.datasets import entry_for
+from imts_flask.datasets.rows import check, preview
+from imts_flask.datasets.rows import rows as read_rows
+from imts_flask.datasets.uploads import entry_for
 
 ALPACA = {"instruction": "Add two and three.", "input": "", "output": "five"}
 MESSAGES = {

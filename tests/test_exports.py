@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from imts_flask import exports
+from imts_flask.jobs import exports
 
 
 def _staged(tmp_path, content="new"):

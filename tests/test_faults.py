@@ -19,7 +19,7 @@ import psutil
 import pytest
 import requests
 
-from imts_flask.trainer import _seconds
+from imts_flask.llamafactory.trainer_log import _seconds
 
 from conftest import PROJECT, fake_cli, make_home, max_overlap, wait_for
 from harness import Service, alive, tree_pids

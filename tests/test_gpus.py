@@ -9,9 +9,9 @@ import pytest
 from fake_nvml import FakeNvml
 from prometheus_client.parser import text_string_to_metric_families
 
-from imts_flask import gpus as gpus_module
-from imts_flask.gpus import Gpus
-from imts_flask.trainer import read_progress
+from imts_flask.llamafactory.trainer_log import read_progress
+from imts_flask.observe import gpus as gpus_module
+from imts_flask.observe.gpus import Gpus
 
 from conftest import API, PROJECT, api_create, api_done, api_status, wait_for
 

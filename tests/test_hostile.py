@@ -54,7 +54,7 @@ def _check_peak_mb(path):
     The peak is the child's own VmHWM: a forked child's ru_maxrss starts at its parent's size.
     """
     code = (
-        "import sys; from imts_flask.dataset_rows import main; main(sys.argv[1:]); "
+        "import sys; from imts_flask.datasets.rows import main; main(sys.argv[1:]); "
         "print(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')), file=sys.stderr)"
     )
     result = subprocess.run(

@@ -10,8 +10,8 @@ import requests
 from openapi_spec_validator import validate
 from prometheus_client.parser import text_string_to_metric_families
 
-from imts_flask.api import bp, metrics_bp
-from imts_flask.openapi import documented_rules
+from imts_flask.http.api import bp, metrics_bp
+from imts_flask.http.openapi import documented_rules
 from imts_flask.service import _decode_whole_chars
 
 from conftest import fake_cli, make_home, wait_for

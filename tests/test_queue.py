@@ -138,7 +138,7 @@ def test_the_housekeeper_settles_lost_jobs_and_starts_the_next_without_requests(
 
 
 def test_cpu_jobs_share_the_cores_instead_of_each_taking_all(home, monkeypatch):
-    from imts_flask.launcher import trainer_env
+    from imts_flask.llamafactory.environment import trainer_env
     from imts_flask.settings import load_settings
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)

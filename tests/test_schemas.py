@@ -3,7 +3,12 @@
 import pytest
 from marshmallow import ValidationError
 
-from imts_flask.schemas import ExportRequestSchema, ListQuerySchema, TrainingJobRequestSchema, flatten_errors
+from imts_flask.http.schemas import (
+    ExportRequestSchema,
+    ListQuerySchema,
+    TrainingJobRequestSchema,
+    flatten_errors,
+)
 
 from conftest import GUIDE_EXAMPLE
 

@@ -12,10 +12,10 @@ import time
 
 import pytest
 
+from imts_flask.jobs.store import JobStore
+from imts_flask.observe.webhooks import Notifier
 from imts_flask.settings import load_settings
 from imts_flask.state import now_utc
-from imts_flask.store import JobStore
-from imts_flask.webhooks import Notifier
 
 from conftest import wait_for
 
@@ -124,8 +124,8 @@ def test_failed_deliveries_are_retried_with_backoff(make_app, receiver):
 KILLED_AFTER_THE_WRITE = textwrap.dedent(
     """
     import os, signal, sys, types
-    from imts_flask import store
-    from imts_flask.webhooks import Notifier
+    from imts_flask.jobs import store
+    from imts_flask.observe.webhooks import Notifier
 
     write = store.atomic_write_json
     def write_and_die(path, obj):

@@ -24,7 +24,7 @@ import psutil
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from imts_flask.launcher import free_port, trainer_env  # noqa: E402
+from imts_flask.llamafactory.environment import free_port, trainer_env  # noqa: E402
 from imts_flask.procs import start_ticks  # noqa: E402
 from imts_flask.settings import load_settings  # noqa: E402
 
@@ -469,7 +469,7 @@ def bench_validation(root, rows):
     for kind, file in files.items():
         start = time.perf_counter()
         out = subprocess.run(
-            [sys.executable, "-m", "imts_flask.dataset_rows", "check", file],
+            [sys.executable, "-m", "imts_flask.datasets.rows", "check", file],
             cwd=PROJECT,
             capture_output=True,
             text=True,

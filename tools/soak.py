@@ -56,8 +56,8 @@ import yaml
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, PROJECT)
-from imts_flask.launcher import free_port  # noqa: E402
-from imts_flask.trainer import read_progress  # noqa: E402
+from imts_flask.llamafactory.environment import free_port  # noqa: E402
+from imts_flask.llamafactory.trainer_log import read_progress  # noqa: E402
 
 VENV_BIN = os.path.dirname(sys.executable)
 TERMINAL = ("completed", "failed", "stopped")
@@ -208,7 +208,7 @@ class Soak:
         for proc in psutil.process_iter(["cmdline"]):
             with contextlib.suppress(psutil.Error):
                 cmdline = proc.info["cmdline"] or []
-                if "imts_flask.monitor" in cmdline and job_id in cmdline and "train" in cmdline:
+                if "imts_flask.jobs.monitor" in cmdline and job_id in cmdline and "train" in cmdline:
                     return proc
         return None
 

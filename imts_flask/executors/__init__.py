@@ -6,7 +6,7 @@ the executor:
     queues_jobs        True when the engine queues jobs for resources (the service then submits
                        every queued job at once and hands out no slots or GPU ids of its own)
     start(job_id, args, launch)
-                       start `python -m imts_flask.monitor <args>` for the launch
+                       start `python -m imts_flask.jobs.monitor <args>` for the launch
     lost(launch, claimed)
                        what the engine knows of a launch: None while it may still run (or wait for
                        resources), else why it is gone

@@ -2,20 +2,20 @@
 
 import dataclasses
 import json
-import os
 
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ..settings import package_pythonpath
+
 MONITOR_SETTINGS_ENV = "IMTS_MONITOR_SETTINGS"
 MONITOR_LOG_ENV = "IMTS_MONITOR_LOG"
 
 
 def monitor_argv(settings, args):
-    return [settings.python, "-m", "imts_flask.monitor", *args]
+    return [settings.python, "-m", "imts_flask.jobs.monitor", *args]
 
 
 def monitor_env(settings):
     """The variables a monitor needs on any host: where the package is, and the service's settings."""
     return {
-        "PYTHONPATH": PROJECT_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "PYTHONPATH": package_pythonpath(),
         MONITOR_SETTINGS_ENV: json.dumps(dataclasses.asdict(settings)),
     }

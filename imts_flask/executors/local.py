@@ -4,8 +4,8 @@ import os
 import subprocess
 import time
 
+from ..jobs.store import JobStore
 from ..state import parse_time
-from ..store import JobStore
 from .common import monitor_argv, monitor_env
 
 

@@ -15,8 +15,8 @@ import time
 import urllib.error
 import urllib.request
 
+from ..jobs.store import JobStore
 from ..state import parse_time
-from ..store import JobStore
 from .common import MONITOR_LOG_ENV, monitor_argv, monitor_env
 
 log = logging.getLogger(__name__)

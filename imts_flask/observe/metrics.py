@@ -12,8 +12,8 @@ from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from .launcher import _gpus_of, _queued, _waiting
-from .state import JobStatus, parse_time
+from ..jobs.launcher import _gpus_of, _queued, _waiting
+from ..state import JobStatus, parse_time
 
 REQUESTS = Counter("imts_http_requests_total", "HTTP requests answered", ["method", "endpoint", "status"])
 LATENCY = Histogram(

@@ -12,9 +12,9 @@ import os
 import time
 
 from .checkpoints import disk_bytes, prune
-from .errors import ApiError, Conflict, NotFound
-from .fsio import read_json
-from .state import JobStatus, parse_time
+from ..errors import ApiError, Conflict, NotFound
+from ..fsio import read_json
+from ..state import JobStatus, parse_time
 from .store import JobStore
 
 log = logging.getLogger(__name__)

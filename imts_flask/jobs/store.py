@@ -13,9 +13,9 @@ import time
 
 import filelock
 
-from .errors import ApiError, Conflict, InsufficientStorage, NotFound, Unavailable, ValidationFailed
-from .fsio import TMP_PREFIX, atomic_write_json, atomic_write_yaml, fsync_dir, read_json, write_tree
-from .state import JobStatus, now_utc
+from ..errors import ApiError, Conflict, InsufficientStorage, NotFound, Unavailable, ValidationFailed
+from ..fsio import TMP_PREFIX, atomic_write_json, atomic_write_yaml, fsync_dir, read_json, write_tree
+from ..state import JobStatus, now_utc
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from marshmallow import (
     validates,
 )
 
-from .dataset_rows import FORMATS as DATASET_FORMATS
-from .state import JobStatus
-from .trainer import FINETUNING_TYPES, PPO_REASON, STAGES
+from ..datasets.rows import FORMATS as DATASET_FORMATS
+from ..llamafactory.allowlist import FINETUNING_TYPES, PPO_REASON, STAGES
+from ..state import JobStatus
 
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 MAX_DATASETS = 8

@@ -3,7 +3,7 @@
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
-from .dataset_rows import FORMATS as DATASET_FORMATS
+from ..datasets.rows import FORMATS as DATASET_FORMATS
 from .schemas import ErrorSchema
 
 _ERRORS = {
@@ -156,7 +156,7 @@ def documented_rules(app, blueprints):
 def build_spec(app, blueprints):
     """Return the OpenAPI document of the blueprints' routes (built once per app)."""
     if "imts_openapi" not in app.extensions:
-        from . import __version__
+        from .. import __version__
 
         spec = APISpec(
             title="IMTS training API",

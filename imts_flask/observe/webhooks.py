@@ -2,7 +2,7 @@
 
 The events are the job's `history` in state.json: event N is its N-th status change. After a
 change, the store calls Notifier.notify, which starts a detached sender (`python -m
-imts_flask.webhooks`). The sender posts, in order, every event of the job that webhooks.log does not
+imts_flask.observe.webhooks`). The sender posts, in order, every event of the job that webhooks.log does not
 record yet, retrying with exponential backoff on errors and 5xx/429 answers, and appends each outcome
 (with its sequence) to webhooks.log. One sender per job works at a time (a sidecar lock); a sender
 that finds the lock taken leaves its events to the holder.
@@ -22,13 +22,13 @@ import time
 import urllib.error
 import urllib.request
 
-from .errors import NotFound, Unavailable
-from .state import now_utc
-from .store import JobStore
+from ..errors import NotFound, Unavailable
+from ..jobs.store import JobStore
+from ..settings import package_pythonpath
+from ..state import now_utc
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DELIVERY_LOG = "webhooks.log"
 SWEEP_LOCK = "_webhook-sweep"
 SENDER_LOCK = "webhooks-"  # + the job id: held by the job's one sender at work
@@ -72,10 +72,10 @@ class Notifier:
             "backoff_s": self.settings.webhook_backoff_s,
             "timeout_s": self.settings.webhook_timeout_s,
         }
-        env = dict(os.environ, PYTHONPATH=PROJECT_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env = dict(os.environ, PYTHONPATH=package_pythonpath())
         try:
             sender = subprocess.Popen(
-                [self.settings.python, "-m", "imts_flask.webhooks", job_dir],
+                [self.settings.python, "-m", "imts_flask.observe.webhooks", job_dir],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,

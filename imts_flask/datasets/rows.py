@@ -1,6 +1,6 @@
 """Read a dataset file row by row and check every row against a LLaMA Factory format.
 
-Run in a child process (`python -m imts_flask.dataset_rows check FILE [FORMAT]` or `preview FILE N`),
+Run in a child process (`python -m imts_flask.datasets.rows check FILE [FORMAT]` or `preview FILE N`),
 so that parsing a 1 GiB upload, or importing pyarrow for a parquet file, never grows an API worker.
 It prints one JSON object. Files are read as a stream: memory stays flat whatever their size.
 
@@ -711,7 +711,7 @@ def _limit(memory_mb, cpu_s):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m imts_flask.dataset_rows")
+    parser = argparse.ArgumentParser(prog="python -m imts_flask.datasets.rows")
     parser.add_argument("--memory-mb", type=int, default=0, help="address space limit (0: none)")
     parser.add_argument("--cpu-s", type=int, default=0, help="CPU seconds limit (0: none)")
     parser.add_argument("--max-decoded-mb", type=int, default=DEFAULT_MAX_DECODED // MIB)

@@ -16,7 +16,7 @@ import ipaddress
 import socket
 from urllib.parse import urlsplit
 
-from .errors import ApiError, Forbidden
+from ..errors import ApiError, Forbidden
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _DEFAULT_PORTS = {"http": 80, "https": 443}

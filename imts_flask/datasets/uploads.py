@@ -26,15 +26,15 @@ import subprocess
 import tempfile
 import time
 
-from .dataset_rows import EXTENSIONS, FORMATS, STAGES, kind_of
-from .errors import ApiError, Conflict, NotFound, Unavailable, ValidationFailed
-from .fsio import atomic_write_json, fsync_dir, read_json
-from .state import now_utc
-from .store import JobStore, storage_error
+from ..errors import ApiError, Conflict, NotFound, Unavailable, ValidationFailed
+from ..fsio import atomic_write_json, fsync_dir, read_json
+from ..jobs.store import JobStore, storage_error
+from ..settings import package_pythonpath
+from ..state import now_utc
+from .rows import EXTENSIONS, FORMATS, STAGES, kind_of
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 REGISTRY = "dataset_info.json"
 META = "meta.json"
@@ -380,8 +380,8 @@ class Uploads:
     def _child(self, *args):
         """Run the row checker on a file with the service's bounds; its JSON answer, or a refusal."""
         settings = self.settings
-        env = dict(os.environ, PYTHONPATH=PROJECT_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        argv = [settings.python, "-m", "imts_flask.dataset_rows"]
+        env = dict(os.environ, PYTHONPATH=package_pythonpath())
+        argv = [settings.python, "-m", "imts_flask.datasets.rows"]
         argv += ["--memory-mb", str(settings.check_memory_mb), "--cpu-s", str(int(settings.check_timeout_s))]
         argv += ["--max-decoded-mb", str(settings.max_decoded_mb), *args]
         too_long = ValidationFailed(

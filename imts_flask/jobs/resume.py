@@ -12,10 +12,11 @@ import os
 import yaml
 
 from .checkpoints import at_the_end, list_checkpoints
-from .errors import Conflict, ValidationFailed
-from .state import JobStatus
+from ..errors import Conflict, ValidationFailed
+from ..state import JobStatus
 from .store import JobStore
-from .trainer import TRAINER_LOG, log_until, resume_refusal
+from ..llamafactory.trainer_log import TRAINER_LOG, log_until
+from ..llamafactory.configs import resume_refusal
 
 # What a resumed job takes over from the job it continues.
 RESUMED_FIELDS = (

@@ -1,6 +1,6 @@
 """The per-job monitor: runs llamafactory-cli, waits for it, and records the outcome.
 
-Started detached by the launcher (`python -m imts_flask.monitor train|export <job_id>`) in its own
+Started detached by the launcher (`python -m imts_flask.jobs.monitor train|export <job_id>`) in its own
 session, so that web workers can come and go. It is the trainer's parent, so it alone can read
 its exit status. SIGTERM asks it to stop the trainer (SIGTERM to the trainer's group, a grace
 period, SIGKILL of survivors) and record the job as stopped.
@@ -23,24 +23,18 @@ import yaml
 
 from . import exports
 from .checkpoints import copy_checkpoint, discard_incomplete, disk_bytes, incomplete_reason, latest_resumable
-from .executors import HOST
-from .executors.common import MONITOR_LOG_ENV, MONITOR_SETTINGS_ENV
-from .gpus import Gpus
-from .launcher import Launcher, record_completed, trainer_env
-from .procs import boot_id, start_ticks, terminate_tree, tree_pids
-from .settings import Settings
-from .state import JobStatus, now_utc
+from ..executors import HOST
+from ..executors.common import MONITOR_LOG_ENV, MONITOR_SETTINGS_ENV
+from ..observe.gpus import Gpus
+from .launcher import Launcher, record_completed
+from ..llamafactory.environment import trainer_env
+from ..procs import boot_id, start_ticks, terminate_tree, tree_pids
+from ..settings import Settings
+from ..state import JobStatus, now_utc
 from .store import JobStore
-from .trainer import (
-    FINAL_RESULTS,
-    attempt_config,
-    build_export_config,
-    outcome,
-    resume_refusal,
-    run_complete,
-    trim_log,
-)
-from .webhooks import Notifier
+from ..llamafactory.trainer_log import FINAL_RESULTS, outcome, run_complete, trim_log
+from ..llamafactory.configs import attempt_config, build_export_config, resume_refusal
+from ..observe.webhooks import Notifier
 
 log = logging.getLogger("imts.monitor")
 
@@ -71,7 +65,7 @@ class _StopFlag:
 
 
 def _tail_lines(path, count):
-    from .fsio import read_tail
+    from ..fsio import read_tail
 
     lines = [line for line in read_tail(path, 64 * 1024).splitlines() if line.strip()]
     # Progress bars redraw with carriage returns; keep what the terminal would show last.
@@ -414,7 +408,7 @@ class Monitor:
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if not ((argv[:1] == ["train"] and len(argv) == 3) or (argv[:1] == ["export"] and len(argv) == 2)):
-        print("usage: python -m imts_flask.monitor train JOB_ID LAUNCH_ID | export JOB_ID", file=sys.stderr)
+        print("usage: python -m imts_flask.jobs.monitor train JOB_ID LAUNCH_ID | export JOB_ID", file=sys.stderr)
         return 2
     action, job_id, *extra = argv
     if os.environ.get(MONITOR_LOG_ENV):

@@ -16,7 +16,7 @@ import secrets
 import shutil
 import stat
 
-from .errors import ValidationFailed
+from ..errors import ValidationFailed
 
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 

@@ -4,8 +4,8 @@ No disk but the tail of the trainer's log; no Flask. The fields are JobStatusSch
 (the view goes out as it is, and tests/test_fuzz.py checks it against the OpenAPI document).
 """
 
-from .state import JobStatus
-from .trainer import eta_after_resume, read_progress
+from ..state import JobStatus
+from ..llamafactory.trainer_log import eta_after_resume, read_progress
 
 EXPORT_FIELDS = ("status", "export_dir", "merge_lora", "model_path", "requested_at", "finished_at", "error")
 

@@ -6,7 +6,7 @@ import uuid
 from flask import request
 from werkzeug.exceptions import HTTPException
 
-from .errors import ApiError
+from ..errors import ApiError
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,9 @@ import time
 from flask import Blueprint, Request, Response, current_app, g, request, send_file
 from marshmallow import ValidationError
 
-from .catalog import installed_templates
-from .errors import ApiError, UnsupportedMediaType, ValidationFailed
+from ..errors import ApiError, UnsupportedMediaType, ValidationFailed
+from ..jobs.store import storage_error
+from ..llamafactory.templates import installed_templates
 from .openapi import doc
 from .schemas import (
     CheckpointListSchema,
@@ -40,7 +41,6 @@ from .schemas import (
     TrainingJobRequestSchema,
     flatten_errors,
 )
-from .store import storage_error
 
 bp = Blueprint("training", __name__, url_prefix="/api/v1/training")
 MIB = 1024 * 1024
@@ -462,7 +462,7 @@ def _authenticate():
 
 @metrics_bp.after_app_request
 def _count_request(response):
-    from . import metrics
+    from ..observe import metrics
 
     endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
     started = g.get("imts_started", time.perf_counter())
@@ -477,6 +477,6 @@ def _count_request(response):
 )
 def prometheus_metrics():
     """Prometheus text format: requests by endpoint and status, jobs by state, queue, slots, disk."""
-    from . import metrics
+    from ..observe import metrics
 
     return Response(metrics.render(_service()), mimetype=metrics.CONTENT_TYPE)

@@ -4,7 +4,7 @@ import hashlib
 import hmac
 import re
 
-from .errors import ApiError
+from ..errors import ApiError
 
 _BEARER = re.compile(r"Bearer ([A-Za-z0-9._~+/=-]{1,512})")
 
