@@ -10,13 +10,14 @@ import time
 
 from .catalog import Catalog
 from .datasets.uploads import Uploads
-from .errors import Conflict, Forbidden, InsufficientStorage, NotFound, ValidationFailed
+from .errors import Conflict, Forbidden, InsufficientStorage, NotFound
 from .fsio import filesystem_problems, read_tail
-from .jobs import exports
+from .jobs import exports, record
 from .jobs.checkpoints import list_checkpoints
-from .jobs.launcher import Launcher, here
+from .jobs.launcher import Launcher
 from .jobs.lifecycle import Lifecycle
-from .jobs.resume import RESUMED_FIELDS, ResumePlan
+from .jobs.liveness import here
+from .jobs.resume import ResumePlan
 from .jobs.store import JobStore
 from .jobs.views import job_view
 from .llamafactory.allowlist import validate_custom_config
@@ -62,7 +63,7 @@ class TrainingService:
         self.launcher = Launcher(settings, self.store)
         self.lifecycle = Lifecycle(settings, self.store, self.uploads)
         # The GPUs this service hands out (with Ray they are the cluster's, read on its nodes).
-        self.gpus = Gpus([] if self.launcher.executor.queues_jobs else settings.gpu_ids)
+        self.gpus = Gpus(self.launcher.executor.gpu_ids())
         # Read once: a bad config/custom_config.yaml stops the service at start, not a request later.
         self.extra_custom_keys = self.catalog.extra_custom_keys()
         self._housekeeper_pid = None
@@ -80,7 +81,7 @@ class TrainingService:
             deepspeed_templates=self.catalog.deepspeed_templates(),
             trust_remote_code=self.settings.allow_trust_remote_code,
         )
-        gpus = self._gpus_for(request.get("gpus"))
+        gpus = self.launcher.executor.gpus_for(request.get("gpus"))
         model_path, default_template = self.catalog.resolve_model(request["model_name"])
         template = request["custom_config"].get("template") or default_template or "default"
         self.catalog.check_template(template)
@@ -123,32 +124,17 @@ class TrainingService:
 
     def _new_state(self, job_id, paths, described):
         created = now_utc()
-        return {
-            "job_id": job_id,
-            "status": JobStatus.PENDING.value,
-            "created_at": created,
-            "created_ns": time.time_ns(),  # orders jobs created within the same second
-            "started_at": None,
-            "finished_at": None,
-            "updated_at": created,
-            "pid": None,
+        return record.new_record(
+            job_id=job_id,
+            created_at=created,
+            created_ns=time.time_ns(),  # orders jobs created within the same second
+            updated_at=created,
             **described,
-            "launch": None,
-            "attempt": 1,
-            "max_attempts": max(1, self.settings.max_attempts),
-            "exit_code": None,
-            "signal": None,
-            "error": None,
-            "stop_requested_at": None,
-            "paths": paths,
-            "trainer": None,
-            "monitor": None,
-            "final": None,
-            "export": None,
-            "disk_bytes": None,
-            "history": [{"status": JobStatus.PENDING.value, "at": created, "attempt": 1}],
-            "about": ABOUT,
-        }
+            max_attempts=max(1, self.settings.max_attempts),
+            paths=paths,
+            history=[{"status": JobStatus.PENDING.value, "at": created, "attempt": 1}],
+            about=ABOUT,
+        )
 
     def _create(self, make_files, fingerprinted, idempotency_key):
         """Write a new job (once per idempotency key), announce it and start the queue; (state, replayed)."""
@@ -179,9 +165,10 @@ class TrainingService:
 
         def make_files(new_id, job_dir):
             paths = _job_paths(job_dir)
-            described = {key: plan.source.get(key) for key in RESUMED_FIELDS}
-            state = self._new_state(new_id, paths, {**described, "resumed_from": plan.resumed_from})
-            state["seeded_at"] = None
+            described = record.pick(plan.source, record.RESUMED)
+            state = self._new_state(
+                new_id, paths, {**described, "resumed_from": plan.resumed_from, "seeded_at": None}
+            )
             return plan.files(paths, state)
 
         asked = {"resume": job_id, "checkpoint": checkpoint}
@@ -230,28 +217,6 @@ class TrainingService:
         """Delete a finished job's directory (its exports stay)."""
         self.lifecycle.delete(job_id)
 
-    def _gpus_for(self, asked):
-        """Return how many GPUs a job gets: as asked (default 1 where GPUs exist), if that can ever fit."""
-        if self.launcher.executor.queues_jobs:
-            most = self.settings.ray_max_gpus
-            if asked is not None and asked > most:
-                raise ValidationFailed(
-                    f"asks for {asked} GPUs but the Ray cluster offers at most {most} (ray_max_gpus)",
-                    field="gpus",
-                )
-            return (1 if most else 0) if asked is None else asked
-        available = self.settings.gpu_ids
-        if asked is None:
-            return 1 if available else 0
-        if asked > len(available):
-            where = (
-                f"this service hands out {len(available)} ({','.join(available)})"
-                if available
-                else ("this service has no GPUs")
-            )
-            raise ValidationFailed(f"asks for {asked} GPUs but {where}", field="gpus")
-        return asked
-
     def start_queued_soon(self):
         """Start queued jobs in the background, so the request that queued one answers at once.
 
@@ -298,8 +263,8 @@ class TrainingService:
     # -- read ------------------------------------------------------------------------------
 
     def job(self, job_id):
-        """Return the current view of one job."""
-        view = self.view(self.launcher.reconcile(self.store.read(job_id)))
+        """Return the current view of one job (a read: it settles nothing, the scheduler does)."""
+        view = self.view(self.store.read(job_id))
         if view["status"] == JobStatus.PENDING.value and not view["gpu_ids"]:
             view["queue_position"] = self.launcher.queue_position(job_id)
         return view
@@ -399,11 +364,6 @@ class TrainingService:
     def list_jobs(self, status=None, limit=100, offset=0):
         """Return (total matching, one page of job views), newest first."""
         summaries = self.store.summaries()
-        if any(s.get("status") in (JobStatus.PENDING.value, JobStatus.RUNNING.value) for s in summaries):
-            # Settle unfinished jobs whose monitor is gone before counting by status.
-            for state in self.store.active_states():
-                self.launcher.reconcile(state)
-            summaries = self.store.summaries()
         if status:
             summaries = [s for s in summaries if s.get("status") == status]
         summaries.sort(key=creation_order, reverse=True)
@@ -452,10 +412,10 @@ class TrainingService:
             same = previous.get("export_dir") == target and previous.get("merge_lora") == merge_lora
             if previous.get("status") == "running":
                 if same:
-                    return False
+                    return record.UNCHANGED
                 raise Conflict(f"an export of job {job_id} to {previous['export_dir']} is still running")
             if same and previous.get("status") == "completed" and os.path.isdir(target):
-                return False
+                return record.UNCHANGED
             if os.path.exists(target) and previous.get("export_dir") != target:
                 raise Conflict(
                     f"export_dir {target} already exists; choose another directory or remove it",
@@ -471,6 +431,7 @@ class TrainingService:
                 "error": None,
             }
             started.append(True)
+            return record.CHANGED
 
         self.store.update(job_id, mark)
         if started:

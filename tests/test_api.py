@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from imts_flask.jobs.record import setter
+
 from conftest import wait_for
 
 BASE = "/api/v1/training"
@@ -275,7 +277,10 @@ def test_full_disk_refuses_new_jobs_with_507(make_app):
 
 
 def test_a_job_whose_monitor_died_on_its_last_attempt_is_lost_and_its_trainer_killed(make_app):
-    client = make_app("--steps", "1000", "--interval", "0.05", max_attempts=1).test_client()
+    # Housekeeping notices a lost monitor (reads never settle anything).
+    client = make_app(
+        "--steps", "1000", "--interval", "0.05", max_attempts=1, housekeeping_s=0.3
+    ).test_client()
     job_id = _create(client)
     running = wait_for(lambda: (s := _status(client, job_id))["status"] == "running" and s)
     state = client.application.extensions["imts"].store.read(job_id)
@@ -307,7 +312,7 @@ def test_an_export_whose_monitor_died_does_not_block_the_next(make_app):
     dead.wait()
     service.store.update(
         job_id,
-        lambda s: s.update(
+        setter(
             export={
                 "status": "running",
                 "export_dir": "/nowhere",

@@ -6,6 +6,7 @@ import json
 import os
 import shlex
 import sys
+import time
 
 import pytest
 import requests
@@ -96,7 +97,7 @@ def test_a_stop_reaches_a_monitor_on_another_host_through_the_record(ray_app):
 
 
 def test_a_dead_node_sends_the_job_to_another_attempt_on_another_node(ray_app):
-    client, ray = ray_app(*RUNS, nodes=("fake-node-a", "fake-node-b"), heartbeat_s=0.5)
+    client, ray = ray_app(*RUNS, nodes=("fake-node-a", "fake-node-b"), heartbeat_s=0.5, housekeeping_s=0.3)
     job_id = api_create(client)
     output = api_status(client, job_id)["output_dir"]
     wait_for(lambda: os.path.isdir(os.path.join(output, "checkpoint-10")))
@@ -121,6 +122,7 @@ def test_an_unreachable_ray_leaves_jobs_pending_until_it_answers(ray_app):
     health = client.get(f"{API}/health")
     assert health.status_code == 200 and health.get_json()["checks"]["executor"]["ok"] is False
     ray.down = False
+    time.sleep(1.5)  # past launch_timeout_s
     service.housekeep()  # the launch Ray never got is queued again and submitted
     assert api_done(client, job_id)["status"] == "completed"
 
@@ -165,9 +167,9 @@ def test_ray_places_the_gpus_and_the_trainer_keeps_them(home, monkeypatch):
 
 def test_the_executor_setting_is_checked_at_start(home):
     with pytest.raises(ValueError, match="ray_address"):
-        make_executor(load_settings({"home": home, "executor": "ray"}, environ={}), None)
+        make_executor(load_settings({"home": home, "executor": "ray"}, environ={}))
     with pytest.raises(ValueError, match="'local' or 'ray'"):
-        make_executor(load_settings({"home": home, "executor": "slurm"}, environ={}), None)
+        make_executor(load_settings({"home": home, "executor": "slurm"}, environ={}))
 
 
 def test_the_job_store_needs_locks_that_exclude(tmp_path, monkeypatch):

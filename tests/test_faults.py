@@ -292,25 +292,24 @@ def test_4_a_live_unrelated_pid_is_never_reported_running_nor_signalled(make_app
     for job_id in job_ids:
         wait_for(lambda j=job_id: service.store.read(j)["status"] == "completed")
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    try:
-        for job_id in job_ids:
-            # The record names a process that lives, but is not the one that was started (reused pid).
-            def forge(s, pid=bystander.pid):
-                s.update(
-                    monitor={"pid": pid, "start_ticks": 1}, trainer={"pid": pid, "start_ticks": 1}, pid=pid
-                )
 
-            path = service.store.path(job_id, "state.json")
-            state = json.load(open(path))
-            forge(state)
-            state.update(status="running", final=None, finished_at=None)
-            open(path, "w").write(json.dumps(state))
-            os.remove(os.path.join(state["paths"]["output_dir"], "all_results.json"))  # mid-run again
-            os.makedirs(os.path.join(service.store.root, ".active"), exist_ok=True)
-            open(os.path.join(service.store.root, ".active", job_id), "w").close()
+    def forge(job_id, pid=bystander.pid):
+        """The record names a process that lives, but is not the one that was started (a reused pid)."""
+        path = service.store.path(job_id, "state.json")
+        state = json.load(open(path))
+        state.update(monitor={"pid": pid, "start_ticks": 1}, trainer={"pid": pid, "start_ticks": 1}, pid=pid)
+        state.update(status="running", final=None, finished_at=None)
+        open(path, "w").write(json.dumps(state))
+        os.remove(os.path.join(state["paths"]["output_dir"], "all_results.json"))  # mid-run again
+        open(os.path.join(service.store.root, ".active", job_id), "w").close()
+
+    try:
+        forge(job_ids[0])
+        service.housekeep()  # a worker's housekeeping: the pid lives, but it is not the monitor
         read = client.get(f"{BASE}/jobs/{job_ids[0]}").get_json()
         assert read["status"] == "failed" and read["reason"] == "lost" and read["pid"] is None
-        stop = client.post(f"{BASE}/jobs/{job_ids[1]}/stop")
+        forge(job_ids[1])
+        stop = client.post(f"{BASE}/jobs/{job_ids[1]}/stop")  # a stop settles the job it stops
         assert stop.status_code == 200 and stop.get_json()["status"] == "stopped"
         assert bystander.poll() is None, "the unrelated process must not have been signalled"
     finally:

@@ -8,6 +8,8 @@ import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from imts_flask.jobs.record import setter
+
 from conftest import API, api_create, api_done, api_status, wait_for
 
 SAVING = ("--steps", "40", "--interval", "0.01", "--save-every", "10")
@@ -25,7 +27,7 @@ def _age(client, job_id, days):
     """Make a finished job look as if it ended `days` ago (as an operator's clock would see it)."""
     service = client.application.extensions["imts"]
     ended = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - days * 86400))
-    service.store.update(job_id, lambda s: s.update(finished_at=ended))
+    service.store.update(job_id, setter(finished_at=ended))
 
 
 def _imts_log(client):
@@ -176,7 +178,7 @@ def test_disk_use_is_in_the_status_and_in_metrics(make_app):
     assert sample.value == final["disk_bytes"]
     assert families["imts_jobs_disk_bytes"].samples[0].value == final["disk_bytes"]
     # A record written before disk use was measured gets it from the next cleanup round.
-    client.application.extensions["imts"].store.update(job_id, lambda s: s.update(disk_bytes=None))
+    client.application.extensions["imts"].store.update(job_id, setter(disk_bytes=None))
     assert client.application.extensions["imts"].lifecycle.run()["measured"] == [job_id]
     assert api_status(client, job_id)["disk_bytes"] == final["disk_bytes"]
 

@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from imts_flask.http.api import bp, metrics_bp
 from imts_flask.http.openapi import documented_rules
+from imts_flask.jobs.record import setter
 from imts_flask.service import _decode_whole_chars
 
 from conftest import fake_cli, make_home, wait_for
@@ -122,7 +123,7 @@ def test_unchanged_status_answers_304(finished):
     etag = first.headers["ETag"]
     again = client.get(f"{BASE}/jobs/{job_id}", headers={"If-None-Match": etag})
     assert again.status_code == 304 and again.data == b""
-    client.application.extensions["imts"].store.update(job_id, lambda s: s.update(error="note"))
+    client.application.extensions["imts"].store.update(job_id, setter(error="note"))
     changed = client.get(f"{BASE}/jobs/{job_id}", headers={"If-None-Match": etag})
     assert changed.status_code == 200 and changed.headers["ETag"] != etag
     listing = client.get(f"{BASE}/jobs")

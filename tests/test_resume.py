@@ -158,7 +158,7 @@ def _kill_monitor_and_trainer(client, job_id):
 
 
 def test_a_lost_job_is_queued_again_and_resumes_from_its_last_complete_checkpoint(make_app):
-    client = make_app(*SAVING).test_client()
+    client = make_app(*SAVING, housekeeping_s=0.3).test_client()
     job_id = api_create(client)
     output = _output(client, job_id)
     wait_for(lambda: os.path.isdir(os.path.join(output, "checkpoint-30")))
@@ -169,7 +169,7 @@ def test_a_lost_job_is_queued_again_and_resumes_from_its_last_complete_checkpoin
     os.makedirs(torn)
     open(os.path.join(torn, "adapter_model.safetensors"), "wb").write(b"\x10\x00")
 
-    final = api_done(client, job_id)  # status reads notice the dead monitor
+    final = api_done(client, job_id)  # housekeeping notices the dead monitor
     assert final["status"] == "completed" and final["attempt"] == 2 and final["max_attempts"] == 3
     assert final["current_step"] == final["total_steps"] == 200
     assert _resumes(client, job_id) == [os.path.join(output, f"checkpoint-{newest}")]
@@ -196,7 +196,9 @@ def test_a_lost_job_is_queued_again_and_resumes_from_its_last_complete_checkpoin
 
 
 def test_a_lost_job_without_a_checkpoint_starts_over(make_app):
-    client = make_app("--steps", "100", "--interval", "0.02").test_client()  # saves no checkpoint
+    client = make_app(
+        "--steps", "100", "--interval", "0.02", housekeeping_s=0.3
+    ).test_client()  # no checkpoint
     job_id = api_create(client)
     wait_for(lambda: (api_status(client, job_id)["current_step"] or 0) >= 20)
     _kill_monitor_and_trainer(client, job_id)
@@ -207,7 +209,7 @@ def test_a_lost_job_without_a_checkpoint_starts_over(make_app):
 
 
 def test_the_last_attempt_ends_failed_lost(make_app):
-    client = make_app(*SAVING, max_attempts=2).test_client()
+    client = make_app(*SAVING, max_attempts=2, housekeeping_s=0.3).test_client()
     job_id = api_create(client)
     for attempt in (1, 2):
         wait_for(
@@ -246,7 +248,7 @@ def test_a_run_that_finished_while_its_monitor_was_silent_completes_without_a_ne
     """The soak's case: the monitor froze (SIGSTOP) past the heartbeat timeout after its trainer
     ran to the end. One worker kills the frozen monitor while another reads the job: the job is
     completed at its planned last step, attempt 1, and the reason says the monitor went silent."""
-    app = make_app(*END, "--interval", "0.2", heartbeat_s=0.2, heartbeat_timeout_s=2)
+    app = make_app(*END, "--interval", "0.2", heartbeat_s=0.2, heartbeat_timeout_s=2, housekeeping_s=0.3)
     client = app.test_client()
     service = app.extensions["imts"]
     job_id = api_create(client)
@@ -254,8 +256,9 @@ def test_a_run_that_finished_while_its_monitor_was_silent_completes_without_a_ne
     os.kill(state["monitor"]["pid"], signal.SIGSTOP)
     output = state["paths"]["output_dir"]
     wait_for(lambda: os.path.exists(os.path.join(output, "all_results.json")), timeout=30)
-    wait_for(lambda: service.launcher._loss(service.store.read(job_id)), timeout=30)  # silent now
-    other_worker = threading.Thread(target=lambda: service.launcher.reconcile(service.store.read(job_id)))
+    liveness = service.launcher.liveness
+    wait_for(lambda: liveness.loss(service.store.read(job_id)), timeout=30)  # silent now
+    other_worker = threading.Thread(target=lambda: liveness.reconcile(service.store.read(job_id)))
     other_worker.start()
     final = api_done(client, job_id, timeout=60)
     other_worker.join()
@@ -274,7 +277,7 @@ def test_a_run_that_finished_while_its_monitor_was_silent_completes_without_a_ne
 def test_a_lost_attempt_never_resumes_from_the_checkpoint_at_the_end(make_app):
     """The host dies after the last checkpoint but before the final results: the next attempt goes
     on from the checkpoint before it (resuming at the end would train one step past the plan)."""
-    client = make_app(*END, "--interval", "0.05", "--linger", "3").test_client()
+    client = make_app(*END, "--interval", "0.05", "--linger", "3", housekeeping_s=0.3).test_client()
     job_id = api_create(client)
     output = _output(client, job_id)
     wait_for(lambda: os.path.isdir(os.path.join(output, "checkpoint-6")))

@@ -9,6 +9,7 @@ import pytest
 
 from imts_flask import fsio
 from imts_flask.errors import Conflict, InsufficientStorage, NotFound, Unavailable, ValidationFailed
+from imts_flask.jobs.record import CHANGED, changed, setter
 from imts_flask.jobs.store import JOB_ID_PATTERN, JobStore
 from imts_flask.state import creation_order
 
@@ -81,23 +82,28 @@ def test_unknown_and_malformed_ids(store):
 
 def test_terminal_status_never_changes(store):
     job_id = _create(store)
-    store.update(job_id, lambda s: s.update(status="running"))
-    store.update(job_id, lambda s: s.update(status="stopped"))
+    store.update(job_id, setter(status="running"))
+    store.update(job_id, setter(status="stopped"))
     finished = store.read(job_id)["finished_at"]
-    state = store.update(job_id, lambda s: s.update(status="completed"))
+    state = store.update(job_id, setter(status="completed"))
     assert state["status"] == "stopped"
     assert store.read(job_id)["status"] == "stopped"
     assert store.read(job_id)["finished_at"] == finished
     assert [h["status"] for h in state["history"]] == ["running", "stopped"]
 
 
+def _bump(state):
+    state["counter"] += 1
+    return CHANGED
+
+
 def test_concurrent_updates_lose_nothing(store):
     job_id = _create(store)
-    store.update(job_id, lambda s: s.update(counter=0))
+    store.update(job_id, setter(counter=0))
 
     def bump():
         for _ in range(20):
-            store.update(job_id, lambda s: s.update(counter=s["counter"] + 1))
+            store.update(job_id, _bump)
 
     threads = [threading.Thread(target=bump) for _ in range(5)]
     for t in threads:
@@ -112,7 +118,7 @@ def test_a_held_lock_times_out_as_503(store):
     slow = JobStore(store.root, lock_timeout=0.2)
     with store.lock(job_id):
         with pytest.raises(Unavailable):
-            slow.update(job_id, lambda s: s.update(x=1))
+            slow.update(job_id, setter(x=1))
 
 
 def test_enospc_during_update_keeps_the_old_state(store, monkeypatch):
@@ -125,7 +131,7 @@ def test_enospc_during_update_keeps_the_old_state(store, monkeypatch):
 
     monkeypatch.setattr(fsio.os, "replace", failing_replace)
     with pytest.raises(InsufficientStorage):
-        store.update(job_id, lambda s: s.update(status="running"))
+        store.update(job_id, setter(status="running"))
     monkeypatch.setattr(fsio.os, "replace", real_replace)
     assert open(store.path(job_id, JobStore.STATE), "rb").read() == before
     assert [n for n in os.listdir(store.path(job_id)) if n.startswith(fsio.TMP_PREFIX)] == []
@@ -167,7 +173,7 @@ def test_a_status_change_keeps_its_details_in_history(store):
 
     def requeue(state):
         state.update(status="running", attempt=2)
-        return {"reason": "lost: the monitor died"}
+        return changed(reason="lost: the monitor died")
 
     state = store.update(job_id, requeue)
     assert state["history"][-1] == {
@@ -186,7 +192,7 @@ def test_delete_renames_out_then_removes_and_refuses_unfinished_jobs(tmp_path):
     with pytest.raises(Conflict):
         store.delete(job_id)  # pending
     assert os.path.isdir(store.path(job_id))
-    store.update(job_id, lambda s: s.update(status="stopped"))
+    store.update(job_id, setter(status="stopped"))
     refusals = []
 
     def veto(state):
@@ -205,7 +211,7 @@ def test_delete_renames_out_then_removes_and_refuses_unfinished_jobs(tmp_path):
 
 def test_a_crash_in_the_middle_of_a_delete_leaves_no_listed_half_job(store):
     job_id = _create(store)
-    store.update(job_id, lambda s: s.update(status="failed"))
+    store.update(job_id, setter(status="failed"))
     # As if the process died after the rename, before the removal finished.
     half = os.path.join(store.root, JobStore.TRASH, job_id + "-dead")
     os.rename(store.path(job_id), half)
@@ -217,13 +223,22 @@ def test_a_crash_in_the_middle_of_a_delete_leaves_no_listed_half_job(store):
 def test_every_worker_sees_a_change_to_a_finished_job(store):
     job_id, other = _create(store), _create(store)
     for done in (job_id, other):
-        store.update(done, lambda s: s.update(status="completed", disk_bytes=100))
+        store.update(done, setter(status="completed", disk_bytes=100))
     worker = JobStore(store.root, lock_timeout=2)  # another process keeping its own summaries
     assert {s["disk_bytes"] for s in worker.summaries()} == {100}
-    store.update(job_id, lambda s: s.update(disk_bytes=40))  # a pruning, in the cleanup worker
+    store.update(job_id, setter(disk_bytes=40))  # a pruning, in the cleanup worker
     by_id = {s["job_id"]: s["disk_bytes"] for s in worker.summaries()}
     assert by_id == {job_id: 40, other: 100}
     reads = []
     worker.read = lambda j: reads.append(j) or JobStore.read(worker, j)
     worker.summaries()
     assert reads == []  # unchanged finished jobs are not read again
+
+
+@pytest.mark.parametrize("answer", [None, False, {"reason": "x"}, True])
+def test_a_change_must_say_what_it_did(store, answer):
+    job_id = _create(store)
+    before = store.read(job_id)
+    with pytest.raises(TypeError, match="record.Change"):
+        store.update(job_id, lambda state: answer)
+    assert store.read(job_id) == before

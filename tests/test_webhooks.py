@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from imts_flask.jobs.record import setter
 from imts_flask.jobs.store import JobStore
 from imts_flask.observe.webhooks import Notifier
 from imts_flask.settings import load_settings
@@ -77,7 +78,16 @@ def test_each_state_change_is_posted_in_order(make_app, receiver):
 
 def test_a_new_attempt_after_a_lost_monitor_is_posted_with_its_reason(make_app, receiver):
     hook = receiver()
-    client = make_app("--steps", "200", "--interval", "0.02", "--save-every", "10", webhook_backoff_s=0.1)
+    client = make_app(
+        "--steps",
+        "200",
+        "--interval",
+        "0.02",
+        "--save-every",
+        "10",
+        webhook_backoff_s=0.1,
+        housekeeping_s=0.3,
+    )
     client = client.test_client()
     job_id = client.post(f"{BASE}/jobs", json={**BODY, "webhook_url": hook.url}).get_json()["job_id"]
     state = wait_for(lambda: (s := client.application.extensions["imts"].store.read(job_id))["trainer"] and s)
@@ -125,6 +135,7 @@ KILLED_AFTER_THE_WRITE = textwrap.dedent(
     """
     import os, signal, sys, types
     from imts_flask.jobs import store
+    from imts_flask.jobs.record import setter
     from imts_flask.observe.webhooks import Notifier
 
     write = store.atomic_write_json
@@ -133,7 +144,7 @@ KILLED_AFTER_THE_WRITE = textwrap.dedent(
         os.kill(os.getpid(), signal.SIGKILL)
     store.atomic_write_json = write_and_die
     jobs = store.JobStore(sys.argv[1], 5, Notifier(types.SimpleNamespace(webhook_url="")))
-    jobs.update(sys.argv[2], lambda state: state.update(status="running"))
+    jobs.update(sys.argv[2], setter(status="running"))
     """
 )
 
@@ -167,7 +178,7 @@ def test_a_change_whose_writer_died_before_sending_is_sent_by_the_sweep(tmp_path
     ]
     wait_for(lambda: (notifier.sweep(store), store.webhooks_due() == [])[1], timeout=30)
 
-    store.update(job_id, lambda state: state.update(status="completed"))  # a change that sends itself
+    store.update(job_id, setter(status="completed"))  # a change that sends itself
     wait_for(lambda: len(hook.events) == 3, timeout=30)
     notifier.sweep(store)
     time.sleep(1)

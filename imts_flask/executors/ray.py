@@ -15,7 +15,8 @@ import time
 import urllib.error
 import urllib.request
 
-from ..jobs.store import JobStore
+from ..errors import ValidationFailed
+from ..jobs import queue
 from ..state import parse_time
 from .common import MONITOR_LOG_ENV, monitor_argv, monitor_env
 
@@ -44,11 +45,9 @@ class RayUnavailable(OSError):
 
 class RayExecutor:
     name = "ray"
-    queues_jobs = True  # Ray holds a job until a node has its resources free
 
-    def __init__(self, settings, store: JobStore):
+    def __init__(self, settings):
         self.settings = settings
-        self.store = store
         self.base = settings.ray_address.rstrip("/")
         self.resources = json.loads(settings.ray_resources or "{}")
         if not isinstance(self.resources, dict):
@@ -89,17 +88,62 @@ class RayExecutor:
         self._seen[submission_id] = (time.monotonic(), info)
         return info
 
-    # -- the interface ---------------------------------------------------------------------
+    # -- the queue: Ray holds a job until a node has its resources free -----------------------
 
-    def start(self, job_id, args, launch):
+    def gpu_ids(self):
+        """None of the service's own: Ray picks a job's GPUs on the node it places it on."""
+        return []
+
+    def capacity(self):
+        """(jobs that may run at once: Ray's to say, GPUs a job may ask for at most), for the metrics."""
+        return float("nan"), self.settings.ray_max_gpus
+
+    def gpus_for(self, asked):
+        """How many GPUs a job asks Ray for: as asked, within ray_max_gpus (default 1 if any)."""
+        most = self.settings.ray_max_gpus
+        if asked is not None and asked > most:
+            raise ValidationFailed(
+                f"asks for {asked} GPUs but the Ray cluster offers at most {most} (ray_max_gpus)",
+                field="gpus",
+            )
+        return (1 if most else 0) if asked is None else asked
+
+    def waits(self, state):
+        """Whether a job waits: submitted or not, its monitor has not started (it is in Ray's queue)."""
+        return queue.waiting(state)
+
+    def place(self, state, slots, free_gpus):
+        """Every queued job goes to Ray at once, with the GPUs it asks for: Ray places it."""
+        need = state.get("gpus") or 0
+        placement = {"gpus": None, "num_gpus": need}
+        if self.settings.ray_gpus_per_node and need > self.settings.ray_gpus_per_node:
+            # More GPUs than a node has: LLaMA Factory's Ray workers claim them across nodes.
+            placement.update(num_gpus=0, ray_workers=need)
+        return placement, free_gpus
+
+    def name_launch(self, state, launch):
+        """Ray's name for the launch: the job's id the first time (`ray job status train_xxx` finds
+        it), then one per launch, since Ray keeps the names it has seen."""
+        count = state.get("engine_launches") or 0
+        launch["submission_id"] = state["job_id"] if not count else f"{state['job_id']}-{launch['id']}"
+        state["engine_launches"] = count + 1
+
+    def withdraw(self, launch):
+        """Take a job that was stopped while waiting out of Ray's queue."""
+        self.stop(launch)
+
+    # -- monitors ------------------------------------------------------------------------------
+
+    def start(self, args, launch, job_dir, log_path):
         """Submit the monitor as Ray job `launch['submission_id']`; a repeated submit is harmless.
 
         Returns None when Ray cannot be reached now: the launch then expires and is submitted again.
         """
+        job_id = os.path.basename(job_dir)
         env = {
             **{k: os.environ[k] for k in _TRAVELS if k in os.environ},
             **monitor_env(self.settings),
-            MONITOR_LOG_ENV: self.store.path(job_id, JobStore.MONITOR_LOG),
+            MONITOR_LOG_ENV: log_path,
         }
         body = {
             "submission_id": launch["submission_id"],

@@ -16,6 +16,7 @@ from marshmallow import (
 )
 
 from ..datasets.rows import FORMATS as DATASET_FORMATS
+from ..jobs import record
 from ..llamafactory.allowlist import FINETUNING_TYPES, PPO_REASON, STAGES
 from ..state import JobStatus
 
@@ -260,55 +261,32 @@ class ExportStateSchema(ResponseSchema):
     log_tail = fields.List(fields.String())
 
 
-class JobStatusSchema(ResponseSchema):
-    job_id = fields.String()
-    status = fields.String()
-    pid = fields.Integer(allow_none=True)
-    config_path = fields.String(allow_none=True)
-    progress = fields.Float()
-    current_loss = fields.Float(allow_none=True)
-    current_step = fields.Integer(allow_none=True)
-    total_steps = fields.Integer(allow_none=True)
-    epoch = fields.Float(allow_none=True)
-    learning_rate = fields.Float(allow_none=True)
-    eta_seconds = fields.Integer(allow_none=True)
-    created_at = fields.String(allow_none=True)
-    started_at = fields.String(allow_none=True)
-    finished_at = fields.String(allow_none=True)
-    model_name = fields.String(allow_none=True)
-    dataset = fields.String(allow_none=True)
-    stage = fields.String(allow_none=True)
-    finetuning_type = fields.String(allow_none=True)
-    gpus = fields.Integer(allow_none=True)
-    gpu_ids = fields.List(fields.String(), allow_none=True)
-    queue_position = fields.Integer(allow_none=True)
-    gpu_memory_mb = fields.Integer(
-        allow_none=True,
-        metadata={"description": "GPU memory its processes hold (running; null without GPUs)"},
-    )
-    tokens_per_second = fields.Float(
-        allow_none=True, metadata={"description": "input tokens a second, lately"}
-    )
-    samples_per_second = fields.Float(allow_none=True, metadata={"description": "training samples a second"})
-    attempt = fields.Integer(
-        metadata={"description": "1, then 2, ... each time the job resumes after its host died"}
-    )
-    max_attempts = fields.Integer()
-    resumed_from = fields.Nested(
-        ResumedFromSchema,
-        allow_none=True,
-        metadata={"description": "the job and checkpoint this job continues"},
-    )
-    disk_bytes = fields.Integer(allow_none=True, metadata={"description": "bytes the job directory takes"})
-    stop_requested = fields.Boolean()
-    exit_code = fields.Integer(allow_none=True)
-    signal = fields.String(allow_none=True)
-    reason = fields.String(allow_none=True)
-    error = fields.String(allow_none=True)
-    log_tail = fields.List(fields.String())
-    output_dir = fields.String(allow_none=True)
-    log_path = fields.String(allow_none=True)
-    export = fields.Nested(ExportStateSchema, allow_none=True)
+_WIRE_TYPES = {
+    "string": fields.String,
+    "integer": fields.Integer,
+    "number": fields.Float,
+    "boolean": fields.Boolean,
+}
+# The status view's objects, by field name.
+_NESTED = {"resumed_from": ResumedFromSchema, "export": ExportStateSchema}
+
+
+def _status_field(field):
+    """The marshmallow field of a status field, from the record's table (jobs/record.py)."""
+    options = {"allow_none": field.nullable}
+    if field.about:
+        options["metadata"] = {"description": field.about}
+    if field.name in _NESTED:
+        return fields.Nested(_NESTED[field.name], **options)
+    if field.kind == "strings":
+        return fields.List(fields.String(), **options)
+    return _WIRE_TYPES[field.kind](**options)
+
+
+# GET /jobs/{id}: one field for each of the record's shown fields, in the table's order.
+JobStatusSchema = ResponseSchema.from_dict(
+    {field.name: _status_field(field) for field in record.FIELDS if field.shown}, name="JobStatusSchema"
+)
 
 
 class JobListSchema(ResponseSchema):

@@ -15,6 +15,7 @@ from .checkpoints import disk_bytes, prune
 from ..errors import ApiError, Conflict, NotFound
 from ..fsio import read_json
 from ..state import JobStatus, parse_time
+from .record import setter
 from .store import JobStore
 
 log = logging.getLogger(__name__)
@@ -130,9 +131,7 @@ class Lifecycle:
 
     def _measure(self, job_id):
         used = disk_bytes(self.store.path(job_id))
-        self.store.update(
-            job_id, lambda s: False if s.get("disk_bytes") == used else s.update(disk_bytes=used)
-        )
+        self.store.update(job_id, setter(disk_bytes=used))
 
 
 def _mtime(path):

@@ -26,7 +26,9 @@ from .checkpoints import copy_checkpoint, discard_incomplete, disk_bytes, incomp
 from ..executors import HOST
 from ..executors.common import MONITOR_LOG_ENV, MONITOR_SETTINGS_ENV
 from ..observe.gpus import Gpus
-from .launcher import Launcher, record_completed
+from .liveness import record_completed
+from .record import CHANGED, UNCHANGED, changed, setter
+from .scheduler import Scheduler
 from ..llamafactory.environment import trainer_env
 from ..procs import boot_id, start_ticks, terminate_tree, tree_pids
 from ..settings import Settings
@@ -175,7 +177,7 @@ class Monitor:
 
     def _owned(self, change):
         """Wrap a state change so that it applies only while this monitor owns the job's attempt."""
-        return lambda current: change(current) if current.get("monitor") == self.me else False
+        return lambda current: change(current) if current.get("monitor") == self.me else UNCHANGED
 
     def _measure(self, trainer):
         """Now and then, record the job directory's disk use (a walk of it, not on every status read)
@@ -188,10 +190,7 @@ class Monitor:
             figures["gpu_memory_bytes"] = self.gpus.memory_of(
                 tree_pids(trainer.pid, start_ticks(trainer.pid))
             )
-        self.store.update(
-            self.job_id,
-            lambda s: False if all(s.get(k) == v for k, v in figures.items()) else s.update(figures),
-        )
+        self.store.update(self.job_id, setter(**figures))
 
     # -- training --------------------------------------------------------------------------
 
@@ -202,8 +201,9 @@ class Monitor:
                 current["status"] != JobStatus.PENDING.value
                 or (current.get("launch") or {}).get("id") != launch_id
             ):
-                return False
+                return UNCHANGED
             current["monitor"] = self.me
+            return CHANGED
 
         state = self.store.update(self.job_id, claim)
         if state.get("monitor") != self.me:
@@ -229,22 +229,20 @@ class Monitor:
                 ) from exc
         except _CannotStart as exc:
             error = str(exc)
-            self.store.update(
-                self.job_id, self._owned(lambda s: s.update(status=JobStatus.FAILED.value, error=error))
-            )
-            Launcher(self.settings, self.store).schedule()  # its slot is free again
+            self.store.update(self.job_id, self._owned(setter(status=JobStatus.FAILED.value, error=error)))
+            Scheduler(self.settings, self.store).schedule()  # its slot is free again
             return
         except _AlreadyFinished:
             output_dir = state["paths"]["output_dir"]
             reason = "the run had already trained to its end and saved its results: nothing to resume"
             self.store.update(self.job_id, self._owned(lambda s: record_completed(s, output_dir, reason)))
-            Launcher(self.settings, self.store).schedule()
+            Scheduler(self.settings, self.store).schedule()
             return
         ticks = start_ticks(proc.pid)
 
         def mark_running(current):
             if current["status"] != JobStatus.PENDING.value or current.get("monitor") != self.me:
-                return False
+                return UNCHANGED
             current.update(
                 status=JobStatus.RUNNING.value,
                 pid=proc.pid,
@@ -253,7 +251,7 @@ class Monitor:
                 monitor=self.me,
                 resumed_at_step=resume["step"] if resume else None,
             )
-            return {"resumed_from": resume["name"]} if resume else None
+            return changed(resumed_from=resume["name"]) if resume else CHANGED
 
         state = self.store.update(self.job_id, mark_running)
         if state.get("pid") != proc.pid:
@@ -265,7 +263,7 @@ class Monitor:
         log.info("trainer exited: %s", rc)
         used = disk_bytes(self.store.path(self.job_id))
         self.store.update(self.job_id, self._owned(lambda s: self._record_outcome(s, rc, used)))
-        Launcher(self.settings, self.store).schedule()  # a slot is free: start the next queued job
+        Scheduler(self.settings, self.store).schedule()  # a slot is free: start the next queued job
 
     def _prepare_attempt(self, state, config_path):
         """Put output_dir in order for this attempt and write its config; return the checkpoint resumed from.
@@ -290,7 +288,7 @@ class Monitor:
                 raise _CannotStart(
                     f"cannot resume: {source['checkpoint']} of job {source['job_id']}: {problem}"
                 )
-            self.store.update(self.job_id, self._owned(lambda s: s.update(seeded_at=now_utc())))
+            self.store.update(self.job_id, self._owned(setter(seeded_at=now_utc())))
         if run_complete(output_dir):
             raise _AlreadyFinished
         for name in discard_incomplete(output_dir):
@@ -335,6 +333,7 @@ class Monitor:
                 reason, state["signal"] = _describe_exit(rc)
                 reason = f"{reason}: {_failure_reason(lines, 'see log_tail')}"
             state.update(status=JobStatus.FAILED.value, error=reason, log_tail=lines)
+        return CHANGED
 
     # -- export ----------------------------------------------------------------------------
 
@@ -342,8 +341,9 @@ class Monitor:
         def claim(current):
             export = current.get("export") or {}
             if export.get("status") != "running" or export.get("monitor"):
-                return False
+                return UNCHANGED
             export["monitor"] = self.me
+            return CHANGED
 
         state = self.store.update(self.job_id, claim)
         export = state.get("export") or {}
@@ -373,7 +373,7 @@ class Monitor:
         def record(current):
             current_export = current.get("export") or {}
             if current_export.get("export_dir") != target:
-                return False
+                return UNCHANGED
             current_export["finished_at"] = now_utc()
             if rc == 0:
                 current_export.update(status="completed", model_path=target, error=None)
@@ -384,6 +384,7 @@ class Monitor:
                 detail = reason or (_describe_exit(rc)[0] + ": " + _failure_reason(lines, "see export.log"))
                 current_export.update(status="failed", error=detail, log_tail=lines)
             current["export"] = current_export
+            return CHANGED
 
         self.store.update(self.job_id, record)
 
@@ -428,14 +429,7 @@ def main(argv=None):
         log.exception("monitor failed")
         if action == "train":
             error = "the job's monitor failed unexpectedly; see monitor.log"
-            monitor.store.update(
-                job_id,
-                lambda s: (
-                    s.update(status=JobStatus.FAILED.value, pid=None, error=error)
-                    if s.get("monitor") == monitor.me
-                    else False
-                ),
-            )
+            monitor.store.update(job_id, monitor._owned(setter(status=JobStatus.FAILED.value, pid=None, error=error)))
         return 1
     return 0
 

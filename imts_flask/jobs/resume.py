@@ -18,18 +18,6 @@ from .store import JobStore
 from ..llamafactory.trainer_log import TRAINER_LOG, log_until
 from ..llamafactory.configs import resume_refusal
 
-# What a resumed job takes over from the job it continues.
-RESUMED_FIELDS = (
-    "model_name",
-    "dataset",
-    "stage",
-    "finetuning_type",
-    "gpus",
-    "webhook_url",
-    "samples_per_step",
-)
-
-
 class ResumePlan:
     """The checkpoint of `job_id` to go on from (`name`, else the newest complete one), or a refusal."""
 

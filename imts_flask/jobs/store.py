@@ -16,6 +16,7 @@ import filelock
 from ..errors import ApiError, Conflict, InsufficientStorage, NotFound, Unavailable, ValidationFailed
 from ..fsio import TMP_PREFIX, atomic_write_json, atomic_write_yaml, fsync_dir, read_json, write_tree
 from ..state import JobStatus, now_utc
+from . import record
 
 log = logging.getLogger(__name__)
 
@@ -176,17 +177,17 @@ class JobStore:
         path = os.path.join(self.root, self.IDEMPOTENCY, digest + ".json")
         with self.lock("idempotency-" + digest[:40]):
             try:
-                record = read_json(path)
+                claim = read_json(path)
             except (FileNotFoundError, ValueError):
-                record = None
-            if record and self.exists(record["job_id"]):
-                if record["fingerprint"] != fingerprint:
+                claim = None
+            if claim and self.exists(claim["job_id"]):
+                if claim["fingerprint"] != fingerprint:
                     raise Conflict(
-                        f"this Idempotency-Key was used for job {record['job_id']} with a different request",
+                        f"this Idempotency-Key was used for job {claim['job_id']} with a different request",
                         field="Idempotency-Key",
-                        extra={"job_id": record["job_id"]},
+                        extra={"job_id": claim["job_id"]},
                     )
-                return record["job_id"], True
+                return claim["job_id"], True
             job_id = self.create(make_files)
             try:
                 atomic_write_json(
@@ -199,12 +200,12 @@ class JobStore:
     # -- read and update -------------------------------------------------------------------
 
     def read(self, job_id):
-        """Return a job's state; a job whose state.json cannot be read is reported as broken."""
+        """Return a job's record (upgraded to the current version); an unreadable one reads as broken."""
         job_dir = self._job_dir(job_id)
         path = os.path.join(job_dir, self.STATE)
         for attempt in range(2):
             try:
-                return read_json(path)
+                return record.upgrade(read_json(path))
             except FileNotFoundError:
                 if not os.path.isdir(job_dir):
                     raise NotFound(f"job {job_id} does not exist", field="job_id") from None
@@ -216,24 +217,21 @@ class JobStore:
 
     def _broken(self, job_id, reason):
         log.warning("job %s: %s", job_id, reason)
-        return {
-            "job_id": job_id,
-            "status": JobStatus.FAILED.value,
-            "error": f"job record is damaged: {reason}",
-            "broken": True,
-        }
+        damaged = {"job_id": job_id, "status": JobStatus.FAILED.value, "broken": True}
+        return record.upgrade({**damaged, "error": f"job record is damaged: {reason}"})
 
     def update(self, job_id, change):
         """Apply `change(state)` under the job's lock and write the result atomically.
 
-        `change` mutates the state in place and may return False to skip the write, or a dict of
-        details (a reason, say) to keep with the status change in `history`. A terminal status never
-        changes: an attempt to change it is ignored. Returns the state as stored.
+        `change` mutates the record in place and returns a record.Change: UNCHANGED (nothing is
+        written), CHANGED, or changed(reason=...) whose details go with a status change into
+        `history`. A terminal status never changes: an attempt to change it is ignored. Returns
+        the record as stored.
         """
         path = self.path(job_id, self.STATE)
         with self.lock(job_id):
             try:
-                state = read_json(path)
+                state = record.upgrade(read_json(path))
             except FileNotFoundError:
                 if not os.path.isdir(self._job_dir(job_id)):
                     raise NotFound(f"job {job_id} does not exist", field="job_id") from None
@@ -243,8 +241,10 @@ class JobStore:
                     f"job {job_id} has a damaged state.json ({exc}); it cannot be changed"
                 ) from None
             before = state.get("status")
-            details = change(state)
-            if details is False:
+            result = change(state)
+            if not isinstance(result, record.Change):
+                raise TypeError(f"a change of a job record returns a record.Change, not {result!r}")
+            if not result.write:
                 return state
             after = state.get("status")
             if before != after:
@@ -255,7 +255,7 @@ class JobStore:
                     event = {"status": after, "at": now_utc()}
                     if state.get("attempt"):
                         event["attempt"] = state["attempt"]
-                    event.update(details or {})
+                    event.update(result.details or {})
                     state.setdefault("history", []).append(event)
                     if JobStatus(after).is_terminal() and not state.get("finished_at"):
                         state["finished_at"] = now_utc()
@@ -322,7 +322,7 @@ class JobStore:
         marker = os.path.join(self.root, self.WEBHOOKS_DUE, job_id)
         with self.lock(job_id):
             try:
-                state = read_json(self.path(job_id, self.STATE))
+                state = record.upgrade(read_json(self.path(job_id, self.STATE)))
             except (OSError, ValueError):
                 state = None  # deleted or damaged: nothing will be sent for it
             if state is None or settled(state):
@@ -351,19 +351,8 @@ class JobStore:
                         self._drop_active(job_id)
         return states
 
-    SUMMARY_FIELDS = (
-        "job_id",
-        "status",
-        "created_at",
-        "created_ns",
-        "started_at",
-        "finished_at",
-        "disk_bytes",
-        "broken",
-    )
-
     def summaries(self):
-        """Return a small summary of every job (fields SUMMARY_FIELDS), for listing and metrics.
+        """Return a small summary of every job (record.SUMMARY's fields), for listing and metrics.
 
         A finished job is read once per process, and again only after a change to its record (a
         pruning, say) is noted in CHANGES; unfinished jobs are read each time. So the cost of a
@@ -379,7 +368,7 @@ class JobStore:
                     state = self.read(job_id)
                 except NotFound:
                     continue  # removed while we listed
-                summary = {key: state.get(key) for key in self.SUMMARY_FIELDS}
+                summary = record.pick(state, record.SUMMARY)
                 if not state.get("broken") and JobStatus(state["status"]).is_terminal():
                     self._finished[job_id] = summary
             found.append(summary)

@@ -1,79 +1,102 @@
 """What GET /jobs/{id} answers: a job's record turned into its status, live progress included.
 
-No disk but the tail of the trainer's log; no Flask. The fields are JobStatusSchema's, in its order
-(the view goes out as it is, and tests/test_fuzz.py checks it against the OpenAPI document).
+The fields and their order are record.FIELDS' shown ones: each is the record's own value, or, for
+the few the view works out (progress from the tail of the trainer's log, the GPUs handed out,
+paths, ...), the function of that name below. No disk but the tail of the trainer's log; no Flask.
+The schema of the answer derives from the same table (http/schemas.py), and tests/test_fuzz.py
+checks the two against each other.
 """
 
-from ..state import JobStatus
 from ..llamafactory.trainer_log import eta_after_resume, read_progress
+from ..state import JobStatus
+from . import record
 
 EXPORT_FIELDS = ("status", "export_dir", "merge_lora", "model_path", "requested_at", "finished_at", "error")
+_LEFT_OUT = object()
+
+
+class _Job:
+    """What the computed fields read: the record, its progress, and what the caller measured."""
+
+    def __init__(self, state, gpu_memory, detail):
+        self.state, self.gpu_memory, self.detail = state, gpu_memory, detail
+        self.status = state.get("status")
+        self.running = self.status == JobStatus.RUNNING.value
+        self.paths = state.get("paths") or {}
+        if state.get("final") is not None:
+            self.progress = dict(state["final"])
+        elif self.paths.get("output_dir"):
+            # Pending jobs too: a job queued again after its host died, or a resumed one, shows
+            # where it stands (a new job has no trainer_log.jsonl yet: one failed open).
+            self.progress = read_progress(self.paths["output_dir"])
+        else:
+            self.progress = {}
 
 
 def job_view(state, gpu_memory=None, detail=True):
     """The status of a job from its record; `gpu_memory` (bytes) is read by the caller where it can be."""
-    status = state.get("status")
-    paths = state.get("paths") or {}
-    if state.get("final") is not None:
-        progress = dict(state["final"])
-    elif paths.get("output_dir"):
-        # Pending jobs too: a job queued again after its host died, or a resumed one, shows where
-        # it stands (a new job has no trainer_log.jsonl yet: one failed open).
-        progress = read_progress(paths["output_dir"])
-    else:
-        progress = {}
-    fraction = 1.0 if status == JobStatus.COMPLETED.value else (progress.get("progress") or 0.0)
-    running = status == JobStatus.RUNNING.value
-    eta = progress.get("eta_seconds") if running else None
-    if running and state.get("resumed_at_step") is not None:
-        eta = eta_after_resume(progress, state["resumed_at_step"])
-    view = {
-        "job_id": state.get("job_id"),
-        "status": status,
-        "pid": state.get("pid") if running else None,
-        "config_path": paths.get("config"),
-        "progress": round(fraction, 6),
-        "current_loss": progress.get("current_loss"),
-        "current_step": progress.get("current_step"),
-        "total_steps": progress.get("total_steps"),
-        "epoch": progress.get("epoch"),
-        "learning_rate": progress.get("learning_rate"),
-        "eta_seconds": eta,
-        "created_at": state.get("created_at"),
-        "started_at": state.get("started_at"),
-        "finished_at": state.get("finished_at"),
-        "model_name": state.get("model_name"),
-        "dataset": state.get("dataset"),
-        "stage": state.get("stage"),
-        "finetuning_type": state.get("finetuning_type"),
-        "gpus": state.get("gpus"),
-        "gpu_ids": (state.get("launch") or {}).get("gpus"),
-        "queue_position": None,
-        "gpu_memory_mb": gpu_memory // 2**20 if running and gpu_memory is not None else None,
-        # LLaMA Factory's own average counts the tokens seen before a resume: not for a resumed run.
-        "tokens_per_second": _rounded(
-            progress.get("tokens_per_second")
-            or (None if state.get("resumed_at_step") else progress.get("tokens_average"))
-        ),
-        "samples_per_second": _rounded(
-            (progress.get("steps_per_second") or 0) * (state.get("samples_per_step") or 0) or None
-        ),
-        "attempt": state.get("attempt") or 1,
-        "max_attempts": state.get("max_attempts") or 1,
-        "resumed_from": state.get("resumed_from"),
-        "disk_bytes": state.get("disk_bytes"),
-        "stop_requested": bool(state.get("stop_requested_at")),
-        "exit_code": state.get("exit_code"),
-        "signal": state.get("signal"),
-        "reason": state.get("reason"),
-        "error": state.get("error"),
-        "output_dir": paths.get("output_dir"),
-        "log_path": paths.get("log"),
-        "export": export_view(state.get("export")),
-    }
-    if detail and status == JobStatus.FAILED.value:
-        view["log_tail"] = state.get("log_tail") or []
+    job = _Job(state, gpu_memory, detail)
+    view = {}
+    for field in record.FIELDS:
+        if field.shown:
+            compute = _COMPUTED.get(field.name)
+            value = compute(job) if compute else state.get(field.name)
+            if value is not _LEFT_OUT:
+                view[field.name] = value
     return view
+
+
+def _eta(job):
+    if not job.running:
+        return None
+    if job.state.get("resumed_at_step") is not None:
+        return eta_after_resume(job.progress, job.state["resumed_at_step"])
+    return job.progress.get("eta_seconds")
+
+
+def _progress(job):
+    fraction = 1.0 if job.status == JobStatus.COMPLETED.value else (job.progress.get("progress") or 0.0)
+    return round(fraction, 6)
+
+
+def _tokens_per_second(job):
+    # LLaMA Factory's own average counts the tokens seen before a resume: not for a resumed run.
+    average = None if job.state.get("resumed_at_step") else job.progress.get("tokens_average")
+    return _rounded(job.progress.get("tokens_per_second") or average)
+
+
+def _samples_per_second(job):
+    steps = job.progress.get("steps_per_second") or 0
+    return _rounded(steps * (job.state.get("samples_per_step") or 0) or None)
+
+
+def _log_tail(job):
+    if job.detail and job.status == JobStatus.FAILED.value:
+        return job.state.get("log_tail") or []
+    return _LEFT_OUT
+
+
+_COMPUTED = {
+    "pid": lambda job: job.state.get("pid") if job.running else None,
+    "config_path": lambda job: job.paths.get("config"),
+    "progress": _progress,
+    "current_loss": lambda job: job.progress.get("current_loss"),
+    "current_step": lambda job: job.progress.get("current_step"),
+    "total_steps": lambda job: job.progress.get("total_steps"),
+    "epoch": lambda job: job.progress.get("epoch"),
+    "learning_rate": lambda job: job.progress.get("learning_rate"),
+    "eta_seconds": _eta,
+    "gpu_ids": lambda job: (job.state.get("launch") or {}).get("gpus"),
+    "queue_position": lambda job: None,  # the service fills it in for a waiting job
+    "gpu_memory_mb": lambda job: job.gpu_memory // 2**20 if job.running and job.gpu_memory is not None else None,
+    "tokens_per_second": _tokens_per_second,
+    "samples_per_second": _samples_per_second,
+    "stop_requested": lambda job: bool(job.state.get("stop_requested_at")),
+    "output_dir": lambda job: job.paths.get("output_dir"),
+    "log_path": lambda job: job.paths.get("log"),
+    "export": lambda job: export_view(job.state.get("export")),
+    "log_tail": _log_tail,
+}
 
 
 def export_view(export):

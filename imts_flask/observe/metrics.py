@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from ..jobs.launcher import _gpus_of, _queued, _waiting
+from ..jobs import queue
 from ..state import JobStatus, parse_time
 
 REQUESTS = Counter("imts_http_requests_total", "HTTP requests answered", ["method", "endpoint", "status"])
@@ -39,20 +39,19 @@ class JobsCollector:
         self.service = service
 
     def collect(self):
-        settings = self.service.settings
         states = [s for s in self.service.store.summaries() if not s.get("broken")]
         by_state = GaugeMetricFamily("imts_jobs", "Jobs by state", labels=["state"])
         for status in JobStatus:
             by_state.add_metric([status.value], sum(s.get("status") == status.value for s in states))
         yield by_state
         active = self.service.store.active_states()
-        engine = self.service.launcher.executor.queues_jobs  # Ray: the cluster's capacity, not ours
-        queued = _waiting if engine else _queued  # with Ray, submitted jobs wait in Ray's queue
-        holding = [s for s in active if not queued(s)]
+        executor = self.service.launcher.executor
+        waits = executor.waits  # with Ray, submitted jobs wait in Ray's queue
+        holding = [s for s in active if not waits(s)]
         yield GaugeMetricFamily(
-            "imts_queue_length", "Pending jobs waiting for capacity", value=sum(map(queued, active))
+            "imts_queue_length", "Pending jobs waiting for capacity", value=sum(map(waits, active))
         )
-        slots = float("nan") if engine else settings.capacity
+        slots, gpus = executor.capacity()  # Ray: the cluster's to say (NaN), and the most a job may ask
         yield GaugeMetricFamily("imts_job_slots_total", "Jobs that may run at once", value=slots)
         yield GaugeMetricFamily("imts_job_slots_in_use", "Jobs running or starting", value=len(holding))
         executor_up, _ = self.service.launcher.executor.health()
@@ -61,12 +60,11 @@ class JobsCollector:
             "1 while the executor can start jobs (Ray's job server answers)",
             value=executor_up,
         )
-        gpus = settings.ray_max_gpus if engine else len(settings.gpu_ids)
         yield GaugeMetricFamily("imts_gpus_total", "GPUs this service hands out", value=gpus)
         yield GaugeMetricFamily(
             "imts_gpus_in_use",
             "GPUs handed to jobs",
-            value=sum(len(_gpus_of(s)) or (s.get("launch") or {}).get("num_gpus") or 0 for s in holding),
+            value=sum(len(queue.gpus_of(s)) or (s.get("launch") or {}).get("num_gpus") or 0 for s in holding),
         )
         yield GaugeMetricFamily(
             "imts_disk_free_bytes",

@@ -23,6 +23,7 @@ import urllib.error
 import urllib.request
 
 from ..errors import NotFound, Unavailable
+from ..jobs import record
 from ..jobs.store import JobStore
 from ..settings import package_pythonpath
 from ..state import now_utc
@@ -32,7 +33,6 @@ log = logging.getLogger(__name__)
 DELIVERY_LOG = "webhooks.log"
 SWEEP_LOCK = "_webhook-sweep"
 SENDER_LOCK = "webhooks-"  # + the job id: held by the job's one sender at work
-JOB_FIELDS = ("model_name", "dataset", "stage", "error", "exit_code", "reason")
 
 
 def _opener():
@@ -125,7 +125,7 @@ def _event(state, history, sequence):
         "attempt": change.get("attempt") or 1,
         "reason": change.get("reason"),
         # The job as it is when the event is sent.
-        "job": {key: state.get(key) for key in JOB_FIELDS},
+        "job": record.pick(state, record.WEBHOOK),
     }
 
 

@@ -1,0 +1,178 @@
+"""The job record (state.json): every field in one table, the record's version on disk, and the
+one way a change to a record says what it did.
+
+The status view (GET /jobs/{id}) and its schema, the listing summaries, what a resumed job takes
+over and what a webhook event carries all derive from FIELDS: adding a field is a row here, plus
+its tests. Fields the view computes (progress, gpu_ids, ...) are rows too, marked `stored=False`,
+so the table is also the view's order.
+
+Versions: a record without `schema_version` was written before this table (version 1, the same
+layout); reading fills what an older record lacks with each field's default, and the next write
+stores it as the current version.
+"""
+
+import typing
+from dataclasses import dataclass
+
+from ..state import JobStatus
+
+SCHEMA_VERSION = 2
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    kind: str  # the wire type: string, integer, number, boolean, object, strings, objects
+    about: str = ""  # its description in the OpenAPI document
+    default: object = None  # a new record's value, and an older record's where it lacks the field
+    stored: bool = True  # kept in state.json (False: computed for the status view only)
+    shown: bool = False  # in the status view (GET /jobs/{id}) and its schema
+    summary: bool = False  # in the listing summaries
+    resumed: bool = False  # a job resumed from this one takes it over
+    webhook: bool = False  # in each webhook event's "job"
+    optional: bool = False  # written only when set (a new record leaves it out)
+    nullable: bool = True  # may read null in the status view
+
+
+def _view(name, kind, about="", nullable=True):
+    return Field(name, kind, about, stored=False, shown=True, nullable=nullable)
+
+
+# In the order of the status view; the fields only state.json holds come last.
+FIELDS = (
+    Field("job_id", "string", shown=True, summary=True, nullable=False),
+    Field("status", "string", "pending, running, completed, failed or stopped", JobStatus.PENDING.value, nullable=False,
+          shown=True, summary=True),
+    Field("pid", "integer", "the trainer's process id while it runs", shown=True),
+    _view("config_path", "string", "the file llamafactory-cli reads"),
+    _view("progress", "number", "0..1; 1.0 when completed", nullable=False),
+    _view("current_loss", "number"),
+    _view("current_step", "integer"),
+    _view("total_steps", "integer"),
+    _view("epoch", "number"),
+    _view("learning_rate", "number"),
+    _view("eta_seconds", "integer"),
+    Field("created_at", "string", shown=True, summary=True),
+    Field("started_at", "string", shown=True, summary=True),
+    Field("finished_at", "string", shown=True, summary=True),
+    Field("model_name", "string", shown=True, resumed=True, webhook=True),
+    Field("dataset", "string", "names separated by commas", shown=True, resumed=True, webhook=True),
+    Field("stage", "string", shown=True, resumed=True, webhook=True),
+    Field("finetuning_type", "string", shown=True, resumed=True),
+    Field("gpus", "integer", "GPUs the job asked for", shown=True, resumed=True),
+    _view("gpu_ids", "strings", "the GPU ids handed out once it has a slot"),
+    _view("queue_position", "integer", "a waiting job's place in the queue (1 = next)"),
+    _view("gpu_memory_mb", "integer", "GPU memory its processes hold (running; null without GPUs)"),
+    _view("tokens_per_second", "number", "input tokens a second, lately"),
+    _view("samples_per_second", "number", "training samples a second"),
+    Field("attempt", "integer", "1, then 2, ... each time the job resumes after its host died", 1, shown=True,
+          nullable=False),
+    Field("max_attempts", "integer", "", 1, shown=True, nullable=False),
+    Field("resumed_from", "object", "the job and checkpoint this job continues", shown=True),
+    Field("disk_bytes", "integer", "bytes the job directory takes", shown=True, summary=True),
+    _view("stop_requested", "boolean", nullable=False),
+    Field("exit_code", "integer", shown=True, webhook=True),
+    Field("signal", "string", shown=True),
+    Field("reason", "string", shown=True, webhook=True),
+    Field("error", "string", shown=True, webhook=True),
+    _view("output_dir", "string"),
+    _view("log_path", "string"),
+    Field("export", "object", "the job's last export", shown=True),
+    Field("log_tail", "strings", "the last lines of training.log, when failed", shown=True, optional=True,
+          nullable=False),
+    # state.json only
+    Field("schema_version", "integer", default=SCHEMA_VERSION),
+    Field("created_ns", "integer", "orders jobs created within the same second", summary=True),
+    Field("updated_at", "string"),
+    Field("webhook_url", "string", resumed=True),
+    Field("samples_per_step", "integer", "samples a step takes, all processes together", resumed=True),
+    Field("launch", "object", "the slot handed out: its id, time and GPUs"),
+    Field("stop_requested_at", "string"),
+    Field("paths", "object", "config, output_dir, log, request, dataset_info"),
+    Field("trainer", "object", "pid, start_ticks, pgid of the trainer while it runs"),
+    Field("monitor", "object", "pid, start_ticks, host, boot of the job's monitor"),
+    Field("final", "object", "progress when the trainer ended"),
+    Field("history", "objects", "each status change: status, at, attempt, reason", default=()),
+    Field("about", "string"),
+    Field("seeded_at", "string", "when a resumed job copied its checkpoint", optional=True),
+    Field("resumed_at_step", "integer", "the step this attempt resumed from", optional=True),
+    Field("engine_launches", "integer", "submissions to an engine (Ray) so far", optional=True),
+    Field("stop_forced_at", "string", "when a stop overdue was forced through the executor", optional=True),
+    Field("lost", "object", "why its monitor is lost, written before it is killed", optional=True),
+    Field("gpu_memory_bytes", "integer", "GPU memory as the monitor last read it", optional=True),
+    Field("broken", "boolean", "the record could not be read", summary=True, optional=True),
+)
+BY_NAME = {field.name: field for field in FIELDS}
+STORED = tuple(f for f in FIELDS if f.stored)
+SHOWN = tuple(f.name for f in FIELDS if f.shown)
+SUMMARY = tuple(f.name for f in FIELDS if f.summary)
+RESUMED = tuple(f.name for f in FIELDS if f.resumed)
+WEBHOOK = tuple(f.name for f in FIELDS if f.webhook)
+
+_PY_TYPES = {"string": str, "integer": int, "number": float, "boolean": bool, "object": dict}
+# The record as a type: state.json's fields with their Python types (the store keeps dicts).
+Job = typing.TypedDict(
+    "Job", {f.name: _PY_TYPES.get(f.kind, list) | None for f in STORED}, total=False
+)
+
+
+def _default(field):
+    return list(field.default) if isinstance(field.default, tuple) else field.default
+
+
+def new_record(**values):
+    """A new job's record: every stored field in the table's order, `values` over the defaults."""
+    unknown = set(values) - set(BY_NAME)
+    if unknown:
+        raise ValueError(f"not fields of a job record: {sorted(unknown)}")
+    return {
+        f.name: values.get(f.name, _default(f))
+        for f in STORED
+        if not f.optional or f.name in values
+    }
+
+
+def upgrade(record):
+    """Bring a record of an earlier version up to this one, in place; return it."""
+    if record.get("schema_version") == SCHEMA_VERSION:
+        return record
+    for field in STORED:
+        if field.name not in record and field.default is not None and not field.optional:
+            record[field.name] = _default(field)
+    record["schema_version"] = SCHEMA_VERSION
+    return record
+
+
+def pick(record, names):
+    """The named fields of a record (None where it has none)."""
+    return {name: record.get(name) for name in names}
+
+
+@dataclass(frozen=True)
+class Change:
+    """What a change to a record did: JobStore.update writes the record only when `write`, and a
+    status change keeps `details` (a reason, say) in its history entry."""
+
+    write: bool
+    details: dict | None = None
+
+
+UNCHANGED = Change(False)
+CHANGED = Change(True)
+
+
+def changed(**details):
+    """The record changed; `details` go with its status change into the history."""
+    return Change(True, details or None)
+
+
+def setter(**values):
+    """A change that sets `values`; it writes the record only if that changes something."""
+
+    def change(state):
+        if all(state.get(key) == value for key, value in values.items()):
+            return UNCHANGED
+        state.update(values)
+        return CHANGED
+
+    return change

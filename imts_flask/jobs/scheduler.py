@@ -1,0 +1,100 @@
+"""Handing out slots: queued jobs start, first come first served, while capacity and GPUs remain.
+
+There is no scheduler daemon: a pass runs on the events that can free or fill a slot (a job
+created, stopped or ending, a lost monitor settled) and in every worker's housekeeping. A pass
+first settles unfinished jobs whose monitor is gone (jobs/liveness.py), then, under one global
+lock so that two workers never hand out the same slot or GPU, gives queued jobs a launch as the
+executor places them; the monitors are started after the lock is released. Each launch has an id
+its monitor must match, so a job is never started twice.
+"""
+
+import logging
+import secrets
+
+from ..executors import make_executor
+from ..state import JobStatus, now_utc
+from . import queue
+from .liveness import Liveness
+from .record import CHANGED, UNCHANGED
+from .store import JobStore
+
+log = logging.getLogger(__name__)
+
+SCHEDULER_LOCK = "_scheduler"
+
+
+class Scheduler:
+    def __init__(self, settings, store: JobStore, executor=None, liveness=None):
+        self.settings = settings
+        self.store = store
+        self.executor = executor or make_executor(settings)
+        self.liveness = liveness or Liveness(settings, store, self.executor)
+
+    def schedule(self):
+        """Settle lost jobs, then start queued jobs while the executor can place them; their ids."""
+        for state in self.store.active_states():
+            self.liveness.reconcile(state)
+        to_start = []
+        with self.store.lock(SCHEDULER_LOCK):
+            states = self.store.active_states()
+            holding = [s for s in states if not queue.queued(s)]
+            taken = {gpu for s in holding for gpu in queue.gpus_of(s)}
+            free_gpus = [g for g in self.executor.gpu_ids() if g not in taken]
+            slots = self.settings.capacity - len(holding)
+            for state in queue.in_order(filter(queue.queued, states)):
+                placement, free_gpus = self.executor.place(state, slots, free_gpus)
+                if placement is None:
+                    break
+                launch = {"id": secrets.token_hex(4), "at": now_utc(), **placement}
+                updated = self.store.update(state["job_id"], self._hand_out(launch))
+                if (updated.get("launch") or {}).get("id") == launch["id"]:
+                    slots -= 1
+                    to_start.append((state["job_id"], updated["launch"]))
+        for job_id, launch in to_start:
+            self._start(job_id, launch)
+        return [job_id for job_id, _ in to_start]
+
+    def _hand_out(self, launch):
+        def change(state):
+            if not queue.queued(state):
+                return UNCHANGED
+            self.executor.name_launch(state, launch)
+            state["launch"] = launch
+            return CHANGED
+
+        return change
+
+    def queue_position(self, job_id):
+        """A waiting job's 1-based place in the queue (ours, or the engine's), else None."""
+        return queue.position(self.store.active_states(), job_id, self.executor.waits)
+
+    def _start(self, job_id, launch):
+        """Start the monitor of a job handed a slot; a failure to start marks the job failed.
+
+        The monitor records itself when it claims the launch; one that never does (a worker that
+        died before spawning it, an engine that dropped it) leaves the launch to expire, and the job
+        is queued again. An engine that cannot be reached now (start returns None) is retried so.
+        """
+        try:
+            started = self.start_monitor(job_id, ["train", job_id, launch["id"]], launch)
+        except OSError as exc:
+            log.exception("job %s: could not start its monitor", job_id)
+            self.store.update(job_id, _failed(f"could not start the job's monitor: {exc}"))
+            return
+        if started:
+            log.info("job %s: monitor started (%s)", job_id, started)
+        else:
+            log.warning("job %s: its monitor could not be started now; the launch will be retried", job_id)
+
+    def start_monitor(self, job_id, args, launch):
+        """Start `python -m imts_flask.jobs.monitor <args>` for a job, where the executor runs it."""
+        job_dir = self.store.path(job_id)
+        return self.executor.start(args, launch, job_dir, self.store.path(job_id, JobStore.MONITOR_LOG))
+
+
+def _failed(error):
+    def change(state):
+        state.update(status=JobStatus.FAILED.value, error=error)
+        return CHANGED
+
+    return change
