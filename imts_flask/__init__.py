@@ -25,34 +25,18 @@ def _configure_logging(settings):
 
 
 def create_app(overrides=None):
-    """Build the Flask app: settings -> service (store, catalog, launcher) -> blueprint -> errors."""
+    """Build the Flask app: settings -> service (store, catalog, launcher, ...) -> the HTTP layer."""
     # Flask is imported here, not at module level, so the job monitor process stays light.
     from flask import Flask
 
-    from .http import guard
-    from .http.api import UploadRequest, bp, metrics_bp
-    from .http.auth import TokenCheck
-    from .http.dashboard import bp as dashboard_bp
-    from .http.errors import register_error_handlers
+    from . import http
     from .service import TrainingService
     from .settings import load_settings
 
     settings = load_settings(overrides)
     _configure_logging(settings)
-    app = Flask(__name__)
-    app.request_class = UploadRequest
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length
-    app.json.ensure_ascii = False
-    app.json.sort_keys = False
     service = TrainingService(settings)
     service.store.clean_temp_files()
-    app.extensions["imts"] = service
-    app.extensions["imts_settings"] = settings
-    app.extensions["imts_auth"] = TokenCheck(settings)
-    app.before_request(service.ensure_housekeeper)
-    guard.init_app(app, settings)
-    app.register_blueprint(bp)
-    app.register_blueprint(metrics_bp)
-    app.register_blueprint(dashboard_bp)
-    register_error_handlers(app)
+    app = Flask(__name__)
+    http.init_app(app, service)
     return app

@@ -1,5 +1,6 @@
 """What each endpoint does, below HTTP: create, read, list, stop, export, health."""
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -18,10 +19,11 @@ from .jobs.launcher import Launcher
 from .jobs.lifecycle import Lifecycle
 from .jobs.liveness import here
 from .jobs.resume import ResumePlan
-from .jobs.store import JobStore
+from .jobs.store import JobStore, storage_error
 from .jobs.views import job_view
 from .llamafactory.allowlist import validate_custom_config
 from .llamafactory.configs import build_train_config
+from .llamafactory.templates import installed_templates
 from .llamafactory.trainer_log import read_series
 from .observe.gpus import Gpus
 from .observe.webhooks import Notifier
@@ -189,6 +191,28 @@ class TrainingService:
             in_use=self._jobs_using,
         )
         return self.catalog.dataset(name)
+
+    def datasets(self):
+        """Every dataset a job may name: the operator's and the uploads."""
+        return self.catalog.datasets()
+
+    def models(self):
+        """Every model a job may name, with its template, architecture, parameters and size."""
+        return self.catalog.models()
+
+    def templates(self):
+        """The chat templates a job may name (those of the installed LLaMA Factory)."""
+        return installed_templates() or []
+
+    @contextlib.contextmanager
+    def receiving_upload(self):
+        """Yield (a fresh directory for an incoming file, the most bytes it may take); a full disk
+        while the file streams in is a 507, and the directory goes when the upload is done."""
+        with self.uploads.receiving() as staging:
+            try:
+                yield staging, self.settings.max_upload_mb * 1024 * 1024
+            except OSError as exc:
+                raise storage_error(exc, "receiving the upload") from exc
 
     def dataset(self, name, preview=0):
         """Describe a dataset a job may name, with its first `preview` rows when asked."""

@@ -224,7 +224,7 @@ def test_export_of_a_completed_job(make_app):
     assert response.status_code == 200, response.get_json()
     body = response.get_json()
     assert body["message"] == "模型导出成功"
-    exports_root = client.application.extensions["imts_settings"].path("exports_dir")
+    exports_root = client.application.extensions["imts"].settings.path("exports_dir")
     assert body["model_path"] == os.path.join(exports_root, "my_model")
     assert os.path.exists(os.path.join(body["model_path"], "config.json"))
     assert _status(client, job_id)["export"]["status"] == "completed"

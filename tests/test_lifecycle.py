@@ -20,7 +20,7 @@ def _job_dir(client, job_id):
 
 
 def _link(client, job_id):
-    return os.path.join(client.application.extensions["imts_settings"].log_links_dir, job_id)
+    return os.path.join(client.application.extensions["imts"].settings.log_links_dir, job_id)
 
 
 def _age(client, job_id, days):
@@ -31,7 +31,7 @@ def _age(client, job_id, days):
 
 
 def _imts_log(client):
-    settings = client.application.extensions["imts_settings"]
+    settings = client.application.extensions["imts"].settings
     return open(os.path.join(settings.path("logs_dir"), "imts.log")).read()
 
 

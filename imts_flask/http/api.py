@@ -4,14 +4,12 @@ import functools
 import json
 import re
 import tempfile
-import time
 
-from flask import Blueprint, Request, Response, current_app, g, request, send_file
+from flask import Blueprint, Request, current_app, request, send_file
 from marshmallow import ValidationError
 
 from ..errors import ApiError, UnsupportedMediaType, ValidationFailed
-from ..jobs.store import storage_error
-from ..llamafactory.templates import installed_templates
+from . import get_service
 from .openapi import doc
 from .schemas import (
     CheckpointListSchema,
@@ -43,7 +41,6 @@ from .schemas import (
 )
 
 bp = Blueprint("training", __name__, url_prefix="/api/v1/training")
-MIB = 1024 * 1024
 
 
 class UploadRequest(Request):
@@ -58,9 +55,6 @@ class UploadRequest(Request):
         return tempfile.NamedTemporaryFile(dir=self.upload_dir, prefix="part-", delete=False)
 
 
-# /metrics lives at the root, where Prometheus looks by default.
-metrics_bp = Blueprint("metrics", __name__)
-
 CREATED_MESSAGE = "训练任务已创建，正在启动..."  # the guide's wording
 MAX_IDEMPOTENCY_KEY = 255
 MAX_DEPTH = 8  # a request body is an object of fields whose values nest at most a few levels
@@ -70,10 +64,6 @@ MAX_DEPTH = 8  # a request body is an object of fields whose values nest at most
 def _schema(cls):
     """One instance per schema: building one deep-copies its fields, and they hold no request state."""
     return cls()
-
-
-def _service():
-    return current_app.extensions["imts"]
 
 
 def _load(schema, data):
@@ -178,7 +168,7 @@ def create_job():
     body = _json_body()
     key = _idempotency_key()
     job_request = _load(_schema(TrainingJobRequestSchema), body)
-    state, replayed = _service().create_job(job_request, body, idempotency_key=key)
+    state, replayed = get_service().create_job(job_request, body, idempotency_key=key)
     return _created(JobCreatedSchema, state, replayed)
 
 
@@ -203,7 +193,7 @@ def _created(schema, state, replayed):
 def resume_job(job_id):
     body = _load(_schema(ResumeRequestSchema), _optional_json_body())
     key = _idempotency_key()
-    state, replayed = _service().resume_job(job_id, body.get("checkpoint"), idempotency_key=key)
+    state, replayed = get_service().resume_job(job_id, body.get("checkpoint"), idempotency_key=key)
     return _created(JobResumedSchema, state, replayed)
 
 
@@ -214,7 +204,7 @@ def resume_job(job_id):
     errors=(400, 404, 409, 503),
 )
 def delete_job(job_id):
-    _service().delete_job(job_id)
+    get_service().delete_job(job_id)
     return "", 204
 
 
@@ -222,7 +212,7 @@ def delete_job(job_id):
 @doc("List jobs, newest first", query=ListQuerySchema, responses={200: JobListSchema}, errors=(400,))
 def list_jobs():
     query = _load(_schema(ListQuerySchema), request.args.to_dict())
-    total, jobs = _service().list_jobs(**query)
+    total, jobs = get_service().list_jobs(**query)
     # The views are built field for field as JobListSchema documents them: no second pass through it.
     return {"total": total, "limit": query["limit"], "offset": query["offset"], "jobs": jobs}
 
@@ -232,7 +222,7 @@ def list_jobs():
 def get_job(job_id):
     # The hottest read (every client polls it): the view is built field for field as JobStatusSchema
     # documents it, so it goes out as it is; tests/test_fuzz.py checks it against the document.
-    return _service().job(job_id)
+    return get_service().job(job_id)
 
 
 @bp.post("/jobs/<job_id>/stop")
@@ -240,7 +230,7 @@ def get_job(job_id):
     "Stop a job (no body needed)", responses={200: MessageSchema, 202: MessageSchema}, errors=(400, 404, 409)
 )
 def stop_job(job_id):
-    view, done = _service().stop_job(job_id)
+    view, done = get_service().stop_job(job_id)
     if done:
         message = (
             f"任务 {job_id} 已停止"
@@ -265,7 +255,7 @@ def export_model(job_id):
         raise ValidationFailed(
             f"job_id in the body ({body['job_id']}) differs from the path ({job_id})", field="job_id"
         )
-    export, done = _service().export_model(job_id, body["export_dir"], body["merge_lora"])
+    export, done = get_service().export_model(job_id, body["export_dir"], body["merge_lora"])
     payload = {
         "job_id": job_id,
         "model_path": export["export_dir"],
@@ -292,19 +282,15 @@ def export_model(job_id):
     errors=(400, 409, 413, 503, 507),
 )
 def upload_dataset():
-    service = _service()
+    service = get_service()
     overwrite = _load(_schema(OverwriteQuerySchema), request.args.to_dict())["overwrite"]
     if request.mimetype != "multipart/form-data":
         raise ValidationFailed(
             "send multipart/form-data with a file part named 'file' and a name", field="body"
         )
-    with service.uploads.receiving() as staging:
-        request.upload_dir = staging
-        request.max_content_length = service.settings.max_upload_mb * MIB
-        try:
-            form, files = request.form.to_dict(), request.files
-        except OSError as exc:  # a full disk while the file streams in
-            raise storage_error(exc, "receiving the upload") from exc
+    with service.receiving_upload() as (staging, most):
+        request.upload_dir, request.max_content_length = staging, most
+        form, files = request.form.to_dict(), request.files  # a full disk here is the service's 507
         fields = _load(_schema(DatasetUploadSchema), form)
         upload = files.get("file")
         if upload is None or not upload.filename:
@@ -323,7 +309,7 @@ def upload_dataset():
 @bp.get("/datasets")
 @doc("Every dataset a job may name: the operator's and uploads", responses={200: DatasetListSchema})
 def list_datasets():
-    return _schema(DatasetListSchema).dump({"datasets": _service().catalog.datasets()})
+    return _schema(DatasetListSchema).dump({"datasets": get_service().datasets()})
 
 
 @bp.get("/datasets/<name>")
@@ -335,13 +321,13 @@ def list_datasets():
 )
 def get_dataset(name):
     preview = _load(_schema(PreviewQuerySchema), request.args.to_dict())["preview"]
-    return _schema(DatasetSchema).dump(_service().dataset(name, preview))
+    return _schema(DatasetSchema).dump(get_service().dataset(name, preview))
 
 
 @bp.delete("/datasets/<name>")
 @doc("Delete an uploaded dataset", responses={204: None}, errors=(400, 403, 404, 409, 503))
 def delete_dataset(name):
-    _service().delete_dataset(name)
+    get_service().delete_dataset(name)
     return "", 204
 
 
@@ -351,13 +337,13 @@ def delete_dataset(name):
     responses={200: ModelListSchema},
 )
 def list_models():
-    return _schema(ModelListSchema).dump({"models": _service().catalog.models()})
+    return _schema(ModelListSchema).dump({"models": get_service().models()})
 
 
 @bp.get("/templates")
 @doc("The chat templates a job may name (custom_config.template)", responses={200: TemplateListSchema})
 def list_templates():
-    return _schema(TemplateListSchema).dump({"templates": installed_templates() or []})
+    return _schema(TemplateListSchema).dump({"templates": get_service().templates()})
 
 
 @bp.get("/gpus")
@@ -366,7 +352,7 @@ def list_templates():
     responses={200: GpuListSchema},
 )
 def list_gpus():
-    return _schema(GpuListSchema).dump(_service().gpu_figures())
+    return _schema(GpuListSchema).dump(get_service().gpu_figures())
 
 
 @bp.get("/jobs/<job_id>/logs")
@@ -378,7 +364,7 @@ def list_gpus():
 )
 def job_logs(job_id):
     query = _load(_schema(LogQuerySchema), request.args.to_dict())
-    return _schema(LogSliceSchema).dump(_service().job_log(job_id, **query))
+    return _schema(LogSliceSchema).dump(get_service().job_log(job_id, **query))
 
 
 @bp.get("/jobs/<job_id>/metrics")
@@ -390,19 +376,19 @@ def job_logs(job_id):
 )
 def job_metrics(job_id):
     query = _load(_schema(MetricsQuerySchema), request.args.to_dict())
-    return _schema(MetricsSeriesSchema).dump(_service().job_metrics(job_id, **query))
+    return _schema(MetricsSeriesSchema).dump(get_service().job_metrics(job_id, **query))
 
 
 @bp.get("/jobs/<job_id>/events")
 @doc("The job's state transitions with their times", responses={200: EventListSchema}, errors=(400, 404))
 def job_events(job_id):
-    return _schema(EventListSchema).dump(_service().job_events(job_id))
+    return _schema(EventListSchema).dump(get_service().job_events(job_id))
 
 
 @bp.get("/jobs/<job_id>/checkpoints")
 @doc("Checkpoints saved so far", responses={200: CheckpointListSchema}, errors=(400, 404))
 def job_checkpoints(job_id):
-    return _schema(CheckpointListSchema).dump(_service().job_checkpoints(job_id))
+    return _schema(CheckpointListSchema).dump(get_service().job_checkpoints(job_id))
 
 
 @bp.get("/jobs/<job_id>/artifacts/training_loss.png")
@@ -413,7 +399,7 @@ def job_checkpoints(job_id):
 )
 def loss_plot(job_id):
     return send_file(
-        _service().artifact_path(job_id, "training_loss.png"),
+        get_service().artifact_path(job_id, "training_loss.png"),
         mimetype="image/png",
         etag=True,
         conditional=True,
@@ -426,7 +412,7 @@ def loss_plot(job_id):
     responses={200: HealthSchema, 503: HealthSchema},
 )
 def health():
-    healthy, checks = _service().health()
+    healthy, checks = get_service().health()
     body = {
         "status": "healthy" if healthy else "unhealthy",
         "service": "training-api",
@@ -442,41 +428,4 @@ def health():
 def openapi():
     from .openapi import build_spec
 
-    return build_spec(current_app, [bp, metrics_bp])
-
-
-@metrics_bp.before_app_request
-def _start_timer():
-    g.imts_started = time.perf_counter()
-
-
-@metrics_bp.before_app_request
-def _authenticate():
-    """With tokens configured, every endpoint but health needs one (unknown paths too: 401, not 404)."""
-    tokens = current_app.extensions["imts_auth"]
-    # Health for load balancers, and the dashboard's pages and files, which hold no data (their
-    # scripts' data calls need the token), are open.
-    if tokens.enabled and request.endpoint != "training.health" and request.blueprint != "dashboard":
-        tokens.check(request.headers.get("Authorization"))
-
-
-@metrics_bp.after_app_request
-def _count_request(response):
-    from ..observe import metrics
-
-    endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
-    started = g.get("imts_started", time.perf_counter())
-    metrics.observe_request(request.method, endpoint, response.status_code, time.perf_counter() - started)
-    return response
-
-
-@metrics_bp.get("/metrics")
-@doc(
-    "Prometheus metrics of every worker: requests, jobs by state, queue, slots, GPUs, disk, durations",
-    responses={200: "text/plain"},
-)
-def prometheus_metrics():
-    """Prometheus text format: requests by endpoint and status, jobs by state, queue, slots, disk."""
-    from ..observe import metrics
-
-    return Response(metrics.render(_service()), mimetype=metrics.CONTENT_TYPE)
+    return build_spec(current_app)

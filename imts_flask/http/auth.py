@@ -44,3 +44,20 @@ class TokenCheck:
                 field="Authorization",
                 headers={"WWW-Authenticate": 'Bearer realm="imts-training-api"'},
             )
+
+
+def init_app(app, settings):
+    """With tokens configured, every endpoint but health needs one (unknown paths too: 401, not 404).
+
+    Health for load balancers, and the dashboard's pages and files, which hold no data (their
+    scripts' data calls need the token), are open.
+    """
+    from flask import request
+
+    tokens = TokenCheck(settings)
+    app.extensions["imts_auth"] = tokens
+
+    @app.before_request
+    def _authenticate():
+        if tokens.enabled and request.endpoint != "training.health" and request.blueprint != "dashboard":
+            tokens.check(request.headers.get("Authorization"))

@@ -139,10 +139,13 @@ def _operation(rule, meta):
     return operation
 
 
-def documented_rules(app, blueprints):
-    """Return (openapi path, method, rule, metadata or None) for every route of the blueprints."""
+DOCUMENTED_BLUEPRINTS = ("training", "metrics")  # the API and /metrics; the dashboard's pages are not API
+
+
+def documented_rules(app):
+    """Return (openapi path, method, rule, metadata or None) for every route of the API and /metrics."""
     found = []
-    names = tuple(blueprint.name + "." for blueprint in blueprints)
+    names = tuple(name + "." for name in DOCUMENTED_BLUEPRINTS)
     for rule in app.url_map.iter_rules():
         if not rule.endpoint.startswith(names):
             continue
@@ -153,8 +156,8 @@ def documented_rules(app, blueprints):
     return found
 
 
-def build_spec(app, blueprints):
-    """Return the OpenAPI document of the blueprints' routes (built once per app)."""
+def build_spec(app):
+    """Return the OpenAPI document of the API's routes and /metrics (built once per app)."""
     if "imts_openapi" not in app.extensions:
         from .. import __version__
 
@@ -167,7 +170,7 @@ def build_spec(app, blueprints):
         )
         spec.components.schema("Error", schema=ErrorSchema)
         spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
-        for path, method, rule, meta in documented_rules(app, blueprints):
+        for path, method, rule, meta in documented_rules(app):
             if meta is not None:
                 spec.path(path=path, operations={method.lower(): _operation(rule, meta)})
         app.extensions["imts_openapi"] = spec.to_dict()
