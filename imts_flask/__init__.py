@@ -4,7 +4,7 @@ import logging
 import logging.handlers
 import os
 
-__version__ = "0.1.0"
+from .settings import VERSION as __version__  # noqa: F401 (the package's version)
 
 log = logging.getLogger("imts")
 

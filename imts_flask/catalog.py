@@ -9,13 +9,14 @@ import re
 
 import yaml
 
+from .datasets.uploads import NAME as DATASET_NAME
 from .errors import NotFound, ValidationFailed
+from .fsio import safetensors_header
 from .llamafactory.allowlist import parse_extra_keys
 from .llamafactory.templates import installed_templates
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}")
 _LOCAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
-_DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 
 # What each stage needs from a dataset_info.json entry.
 _PREFERENCE_STAGES = ("rm", "dpo")
@@ -253,7 +254,7 @@ class Catalog:
         entries = self._dataset_entries()
         resolved, errors = {}, []
         for name in names:
-            if not _DATASET_NAME.fullmatch(name) or name not in entries:
+            if not DATASET_NAME.fullmatch(name) or name not in entries:
                 errors.append({"field": "dataset", "reason": f"unknown dataset '{name}'"})
                 continue
             data_dir, entry, _source = entries[name]
@@ -317,16 +318,10 @@ def _weights(path):
 
 def _safetensors_parameters(path):
     try:
-        with open(path, "rb") as handle:
-            length = int.from_bytes(handle.read(8), "little")
-            if length > 100 * 1024 * 1024:
-                return None
-            header = json.loads(handle.read(length))
+        tensors, _length, _size = safetensors_header(path)
     except (OSError, ValueError):
         return None
-    return sum(
-        math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)
-    )
+    return sum(math.prod(t["shape"]) for t in tensors.values())
 
 
 UPLOAD_FIELDS = ("format", "stages", "rows", "bytes", "sha256", "columns", "created_at")

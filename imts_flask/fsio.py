@@ -81,6 +81,19 @@ def atomic_write_yaml(path, obj):
     atomic_write_bytes(path, encode(".yaml", obj))
 
 
+def move_aside(path, directory, prefix):
+    """Rename `path` to `directory`/<prefix>-<token> (a rename: atomic, on one filesystem); return it.
+
+    How the store, the uploads and the checkpoints remove a directory: out of sight at once (never
+    listed or resumed half removed), then removed at leisure; a crash leaves only the renamed one,
+    which housekeeping removes.
+    """
+    os.makedirs(directory, exist_ok=True)
+    doomed = os.path.join(directory, f"{prefix}-{secrets.token_hex(4)}")
+    os.rename(path, doomed)
+    return doomed
+
+
 def read_json(path):
     """Read a JSON object from `path`; raise ValueError if it is empty, torn or not an object."""
     with open(path, "rb") as handle:
@@ -94,6 +107,27 @@ def read_json(path):
     if not isinstance(obj, dict):
         raise ValueError("not a JSON object")
     return obj
+
+
+SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024
+
+
+def safetensors_header(path):
+    """Read a safetensors file's header (never its tensors): return (header, header length, file size).
+
+    The format is 8 bytes of header length, a JSON header, then the tensors it lists. Raises
+    OSError when unreadable, ValueError when the header is cut short, too large or not JSON.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        if size < 8 or length > min(size - 8, SAFETENSORS_MAX_HEADER):
+            raise ValueError("cut short (its header runs past the end)")
+        header = json.loads(handle.read(length))
+    if not isinstance(header, dict):
+        raise ValueError("not a safetensors header")
+    tensors = {k: t for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)}
+    return tensors, length, size
 
 
 def read_tail(path, max_bytes):

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
+VERSION = "0.1.0"
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -46,8 +47,6 @@ class Settings:
     max_decoded_mb: int = 2048
     check_memory_mb: int = 2048
     check_timeout_s: float = 600.0
-    host: str = "127.0.0.1"
-    port: int = 8000
     llamafactory_cli: str = field(default_factory=_default_cli)
     python: str = sys.executable
     # Seconds between SIGTERM to the trainer and SIGKILL of whatever survives.

@@ -58,7 +58,7 @@ def test_a_job_is_submitted_as_a_ray_job_running_its_monitor(ray_app):
     [body] = ray.submissions
     assert body["submission_id"] == job_id  # `ray job status train_xxx` finds it
     argv = shlex.split(body["entrypoint"])
-    assert argv[:3] == [sys.executable, "-m", "imts_flask.jobs.monitor"] and argv[3:5] == ["train", job_id]
+    assert argv[:3] == [sys.executable, "-m", "imts_flask.monitor"] and argv[3:5] == ["train", job_id]
     assert body["entrypoint_num_gpus"] == 0 and body["entrypoint_num_cpus"] == 1.0
     assert body["entrypoint_resources"] == {"imts": 1}
     env = body["runtime_env"]["env_vars"]

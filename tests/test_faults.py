@@ -19,8 +19,6 @@ import psutil
 import pytest
 import requests
 
-from imts_flask.llamafactory.trainer_log import _seconds
-
 from conftest import PROJECT, fake_cli, make_home, max_overlap, wait_for
 from harness import Service, alive, tree_pids
 
@@ -257,10 +255,10 @@ def test_3c_kill9_of_everything_after_a_checkpoint_resumes_on_restart(real_servi
         ("completed", 2),
     ]
     assert events[3]["resumed_from"] == f"checkpoint-{checkpoint}"  # never the torn one
-    logged = {e["current_steps"]: e for e in _log_entries(log_path)}
-    # A new trainer took over after the checkpoint's step (its clock starts again), not at step 0.
-    elapsed = [_seconds(logged[s]["elapsed_time"]) for s in (checkpoint, checkpoint + 1)]
-    assert elapsed[1] < elapsed[0], elapsed
+    # A new trainer took over at the checkpoint's step, not at step 0: it says so. (Its whole-second
+    # clock, which an earlier version compared, reads 0:00:00 throughout on an idle machine.)
+    training_log = open(os.path.join(_job_dir(svc, job_id), "training.log"), errors="replace").read()
+    assert f"Resuming training from checkpoint with epoch 1 and global step {checkpoint}" in training_log
     series = requests.get(f"{svc.base}/jobs/{job_id}/metrics?limit=10000", timeout=30).json()["points"]
     assert [p["step"] for p in series] == list(range(1, 241))
     assert _trainer_starts(svc, job_id) == 2

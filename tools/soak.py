@@ -75,6 +75,8 @@ FAULTS = (
 NEEDS_A_RUNNING_JOB = {"monitor_kill", "trainer_kill", "monitor_freeze", "save_death"}
 # Faults after which a job goes on in a new attempt (its monitor is gone).
 LOSSES = {"monitor_kill", "monitor_freeze", "host_death", "save_death"}
+# The workload leaves a job a fault hit alone this long, so that its recovery is seen whole.
+RECOVERY_S = 120
 # Leftovers younger than this may still belong to a write in flight (JobStore.clean_temp_files).
 LEFTOVER_AGE_S = 300
 
@@ -96,6 +98,7 @@ class Soak:
         self.health = []
         self.datasets = []
         self.retrained = []  # steps trained again after each host death, per job
+        self.resumed_after_death = 0
         self.deaths = []  # (job_id, step reached when the host died)
         self.home = None
         self.mounted = False
@@ -208,7 +211,7 @@ class Soak:
         for proc in psutil.process_iter(["cmdline"]):
             with contextlib.suppress(psutil.Error):
                 cmdline = proc.info["cmdline"] or []
-                if "imts_flask.jobs.monitor" in cmdline and job_id in cmdline and "train" in cmdline:
+                if "imts_flask.monitor" in cmdline and job_id in cmdline and "train" in cmdline:
                     return proc
         return None
 
@@ -325,9 +328,9 @@ class Soak:
                     status, again = self.call("POST", "/jobs", json=body, headers={"Idempotency-Key": key})
                     if status == 200 and again["job_id"] != job_id:
                         self.violate(f"an Idempotency-Key replay made {again['job_id']}, not {job_id}")
-            elif action < 0.7:
+            elif action < 0.66:
                 self.stop_one()
-            elif action < 0.8:
+            elif action < 0.78:
                 self.resume_one()
             elif action < 0.9:
                 self.delete_one()
@@ -348,8 +351,17 @@ class Soak:
                     self.jobs[job["job_id"]]["status"] = job["status"]
 
     def pick(self, statuses):
+        """A job in one of `statuses` for the workload to act on; not one a fault hit lately, so that
+        its recovery is seen whole."""
+        recent = time.monotonic() - RECOVERY_S
         with self.lock:
-            ids = [j for j, job in self.jobs.items() if not job["deleted"] and job.get("status") in statuses]
+            ids = [
+                j
+                for j, job in self.jobs.items()
+                if not job["deleted"]
+                and job.get("status") in statuses
+                and not any(f["at"] > recent for f in job["faults"])
+            ]
         return self.rng.choice(sorted(ids)) if ids else None
 
     def stop_one(self):
@@ -655,8 +667,10 @@ class Soak:
                     )
         for job_id, fault in self.deaths:
             after = self.resumed_step(job_id, (fault["attempt"] or 1) + 1)
-            if fault["step"] is not None and after is not None:
-                self.retrained.append(fault["step"] - after)
+            if after is not None:
+                self.resumed_after_death += 1
+                if fault["step"] is not None:  # it had logged a step before the host died
+                    self.retrained.append(fault["step"] - after)
 
     def check_job(self, job_id, job, view):
         kinds = [f["kind"] for f in job["faults"]]
@@ -739,6 +753,8 @@ class Soak:
             "attempts": {str(k): v for k, v in sorted(attempts.items())},
             "faults": dict(self.faults),
             "requests": dict(self.codes),
+            "running_jobs_hit_by_host_deaths": len(self.deaths),
+            "of_them_resumed": self.resumed_after_death,
             "steps_retrained_per_host_death": self.retrained,
             "health_ms": {
                 "p50": 1000 * statistics.median(health),
@@ -758,6 +774,7 @@ class Soak:
         print("attempts:         " + ", ".join(f"{k}: {v}" for k, v in report["attempts"].items()))
         print("faults by kind:   " + ", ".join(f"{k} {v}" for k, v in sorted(self.faults.items())))
         print("requests:         " + ", ".join(f"{k} {v}" for k, v in sorted(self.codes.items())))
+        print(f"host deaths hit:  {len(self.deaths)} running jobs, {self.resumed_after_death} resumed after")
         if self.retrained:
             print(
                 f"steps trained again per host death: {self.retrained} "

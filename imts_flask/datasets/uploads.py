@@ -27,7 +27,7 @@ import tempfile
 import time
 
 from ..errors import ApiError, Conflict, NotFound, Unavailable, ValidationFailed
-from ..fsio import atomic_write_json, fsync_dir, read_json
+from ..fsio import atomic_write_json, fsync_dir, move_aside, read_json
 from ..jobs.store import JobStore, storage_error
 from ..settings import package_pythonpath
 from ..state import now_utc
@@ -35,7 +35,9 @@ from .rows import EXTENSIONS, FORMATS, STAGES, kind_of
 
 log = logging.getLogger(__name__)
 
+# A dataset's name, uploaded or the operator's: the one definition (schemas, catalog, OpenAPI use it).
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+NAME_RULE = "1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit"
 REGISTRY = "dataset_info.json"
 META = "meta.json"
 # Names a dataset may not take: the registry's own file and what is moved aside beside it.
@@ -100,10 +102,7 @@ class Uploads:
 
     def _dir(self, name):
         if not isinstance(name, str) or not NAME.fullmatch(name):
-            raise ValidationFailed(
-                "name must be 1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit",
-                field="name",
-            )
+            raise ValidationFailed(f"name must be {NAME_RULE}", field="name")
         if name.startswith(RESERVED_PREFIX):
             raise ValidationFailed(
                 f"names starting with '{RESERVED_PREFIX}' are reserved for the registry's own files",
@@ -318,9 +317,7 @@ class Uploads:
             _refuse_in_use(name, in_use, "deleted")
             try:
                 self._update_registry(lambda registry: registry.pop(name, None))
-                os.makedirs(os.path.join(self.root, ".trash"), exist_ok=True)
-                doomed = os.path.join(self.root, ".trash", f"{name}-{secrets.token_hex(4)}")
-                os.rename(self._dir(name), doomed)
+                doomed = move_aside(self._dir(name), os.path.join(self.root, ".trash"), name)
             except OSError as exc:
                 raise storage_error(exc, f"deleting dataset '{name}'") from exc
         shutil.rmtree(doomed, ignore_errors=True)

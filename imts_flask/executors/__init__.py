@@ -14,7 +14,7 @@ branch on the executor; where it matters, they ask it:
                        name a launch as the engine knows it (Ray: a submission id)
     withdraw(launch)   take a job stopped while waiting out of the engine's queue
     start(args, launch, job_dir, log_path)
-                       start `python -m imts_flask.jobs.monitor <args>` for the launch
+                       start `python -m imts_flask.monitor <args>` for the launch
     lost(launch, claimed)
                        what the engine knows of a launch: None while it may still run (or wait for
                        resources), else why it is gone

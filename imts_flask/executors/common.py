@@ -10,7 +10,7 @@ MONITOR_LOG_ENV = "IMTS_MONITOR_LOG"
 
 
 def monitor_argv(settings, args):
-    return [settings.python, "-m", "imts_flask.jobs.monitor", *args]
+    return [settings.python, "-m", "imts_flask.monitor", *args]
 
 
 def monitor_env(settings):

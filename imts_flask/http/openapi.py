@@ -4,6 +4,9 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
 from ..datasets.rows import FORMATS as DATASET_FORMATS
+from ..datasets.uploads import NAME as DATASET_NAME
+from ..jobs.store import JOB_ID_PATTERN
+from ..settings import VERSION
 from .schemas import ErrorSchema
 
 _ERRORS = {
@@ -25,8 +28,8 @@ _DESCRIPTIONS = {
     503: "Unhealthy",
 }
 _PATH_PARAMS = {
-    "job_id": {"type": "string", "pattern": "^train_[0-9a-z]{8}$", "example": "train_a1b2c3d4"},
-    "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", "example": "my_sft_data"},
+    "job_id": {"type": "string", "pattern": f"^{JOB_ID_PATTERN.pattern}$", "example": "train_a1b2c3d4"},
+    "name": {"type": "string", "pattern": f"^{DATASET_NAME.pattern}$", "example": "my_sft_data"},
 }
 _HEADERS = {
     "Idempotency-Key": "A retry with the same key and body returns the original job (200), never a second"
@@ -159,11 +162,9 @@ def documented_rules(app):
 def build_spec(app):
     """Return the OpenAPI document of the API's routes and /metrics (built once per app)."""
     if "imts_openapi" not in app.extensions:
-        from .. import __version__
-
         spec = APISpec(
             title="IMTS training API",
-            version=__version__,
+            version=VERSION,
             openapi_version="3.0.3",
             info={"description": "Fine-tune LLMs with LLaMA Factory over HTTP (see README.md)."},
             plugins=[MarshmallowPlugin()],

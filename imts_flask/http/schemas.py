@@ -16,6 +16,8 @@ from marshmallow import (
 )
 
 from ..datasets.rows import FORMATS as DATASET_FORMATS
+from ..datasets.uploads import NAME as DATASET_NAME
+from ..datasets.uploads import NAME_RULE as DATASET_NAME_RULE
 from ..jobs import record
 from ..llamafactory.allowlist import FINETUNING_TYPES, PPO_REASON, STAGES
 from ..state import JobStatus
@@ -163,10 +165,7 @@ class DatasetUploadSchema(RequestSchema):
     name = fields.String(
         required=True,
         error_messages=_REQUIRED,
-        validate=validate.Regexp(
-            r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
-            error="must be 1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit",
-        ),
+        validate=validate.Regexp(f"^{DATASET_NAME.pattern}$", error=f"must be {DATASET_NAME_RULE}"),
         metadata={"example": "my_sft_data"},
     )
     format = fields.String(

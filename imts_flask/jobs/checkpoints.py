@@ -16,6 +16,8 @@ import re
 import secrets
 import shutil
 
+from ..fsio import move_aside, safetensors_header
+
 CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 TRAINER_STATE = "trainer_state.json"
 # Any one of these means the checkpoint holds model weights (LoRA adapter, full model, DeepSpeed).
@@ -130,19 +132,14 @@ def _file_problem(path):
 
 
 def _safetensors_problem(path):
-    """A safetensors file is 8 bytes of header length, a JSON header, then the tensors it lists."""
+    """A safetensors file must be as long as its header says: the tensors end where it says."""
     try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as handle:
-            length = int.from_bytes(handle.read(8), "little")
-            if size < 8 or length > min(size - 8, _MAX_HEADER):
-                return "is cut short (its header runs past the end)"
-            header = json.loads(handle.read(length))
+        tensors, length, size = safetensors_header(path)
     except OSError as exc:
         return f"is unreadable ({exc.strerror})"
-    except ValueError:
-        return "has a damaged header"
-    ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)]
+    except ValueError as exc:
+        return "is cut short (its header runs past the end)" if "cut short" in str(exc) else "has a damaged header"
+    ends = [t["data_offsets"][1] for t in tensors.values()]
     expected = 8 + length + max(ends, default=0)
     if size != expected:
         return f"is {size} bytes where its header says {expected}: cut short"
@@ -203,11 +200,8 @@ def prune(output_dir, keep):
 
 def remove_dir(path):
     """Rename a directory to a hidden name beside it, then remove it: it never lingers half-removed."""
-    doomed = os.path.join(
-        os.path.dirname(path), f"{_REMOVING}{os.path.basename(path)}-{secrets.token_hex(4)}"
-    )
     try:
-        os.rename(path, doomed)
+        doomed = move_aside(path, os.path.dirname(path), _REMOVING + os.path.basename(path))
     except FileNotFoundError:
         return
     shutil.rmtree(doomed, ignore_errors=True)

@@ -15,7 +15,7 @@ from ..executors import HOST
 from ..llamafactory.trainer_log import read_progress, run_complete
 from ..procs import boot_id, is_same_process, terminate_tree
 from ..state import JobStatus, now_utc, parse_time
-from . import queue
+from .. import queue
 from .record import CHANGED, UNCHANGED, changed
 from .store import JobStore
 

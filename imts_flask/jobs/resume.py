@@ -23,14 +23,10 @@ class ResumePlan:
 
     def __init__(self, store: JobStore, job_id, name=None):
         self.source = store.read(job_id)
+        self.config = store.read_file(job_id, JobStore.TRAIN_CONFIG) if not self.source.get("broken") else {}
         self.checkpoint = self._choose(store, name)
-        source_dir = store.path(job_id)
-        with open(os.path.join(source_dir, JobStore.TRAIN_CONFIG), encoding="utf-8") as handle:
-            self.config = yaml.safe_load(handle) or {}
-        with open(os.path.join(source_dir, JobStore.DATASET_INFO), encoding="utf-8") as handle:
-            self.datasets = json.load(handle)
-        with open(os.path.join(source_dir, JobStore.REQUEST), "rb") as handle:
-            self.request = json.load(handle)
+        self.datasets = store.read_file(job_id, JobStore.DATASET_INFO)
+        self.request = store.read_file(job_id, JobStore.REQUEST)
         self._check_still_there()
         self.history = log_until(self.source["paths"]["output_dir"], self.checkpoint["step"])
         self.resumed_from = {
@@ -49,8 +45,7 @@ class ResumePlan:
                 f"job {job_id} is {status}; only stopped or failed jobs can be resumed",
                 extra={"job_status": status},
             )
-        with open(store.path(job_id, JobStore.TRAIN_CONFIG), encoding="utf-8") as handle:
-            refusal = resume_refusal(yaml.safe_load(handle) or {})
+        refusal = resume_refusal(self.config)
         if refusal:
             raise Conflict(f"job {job_id} cannot be resumed: {refusal}")
         checkpoints = list_checkpoints(source["paths"]["output_dir"])

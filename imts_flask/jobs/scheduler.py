@@ -13,7 +13,7 @@ import secrets
 
 from ..executors import make_executor
 from ..state import JobStatus, now_utc
-from . import queue
+from .. import queue
 from .liveness import Liveness
 from .record import CHANGED, UNCHANGED
 from .store import JobStore
@@ -87,7 +87,7 @@ class Scheduler:
             log.warning("job %s: its monitor could not be started now; the launch will be retried", job_id)
 
     def start_monitor(self, job_id, args, launch):
-        """Start `python -m imts_flask.jobs.monitor <args>` for a job, where the executor runs it."""
+        """Start `python -m imts_flask.monitor <args>` for a job, where the executor runs it."""
         job_dir = self.store.path(job_id)
         return self.executor.start(args, launch, job_dir, self.store.path(job_id, JobStore.MONITOR_LOG))
 

@@ -3,6 +3,7 @@
 import contextlib
 import errno
 import hashlib
+import json
 import logging
 import os
 import re
@@ -12,9 +13,10 @@ import tempfile
 import time
 
 import filelock
+import yaml
 
 from ..errors import ApiError, Conflict, InsufficientStorage, NotFound, Unavailable, ValidationFailed
-from ..fsio import TMP_PREFIX, atomic_write_json, atomic_write_yaml, fsync_dir, read_json, write_tree
+from ..fsio import TMP_PREFIX, atomic_write_json, atomic_write_yaml, fsync_dir, move_aside, read_json, write_tree
 from ..state import JobStatus, now_utc
 from . import record
 
@@ -274,6 +276,11 @@ class JobStore:
             self.notifier.notify(self.path(job_id), state)  # outside the lock: it spawns
         return state
 
+    def read_file(self, job_id, name):
+        """Read a YAML/JSON file of a job (its training config, say): safe_load, or JSON."""
+        with open(self.path(job_id, name), encoding="utf-8") as handle:
+            return (json.load(handle) if name.endswith(".json") else yaml.safe_load(handle)) or {}
+
     def write_file(self, job_id, name, obj):
         """Write a YAML/JSON file of a job atomically (an export config, say)."""
         path = self.path(job_id, name)
@@ -422,9 +429,8 @@ class JobStore:
             if check is not None:
                 check(state)
             self._unlink(job_id)
-            doomed = os.path.join(self.root, self.TRASH, f"{job_id}-{secrets.token_hex(4)}")
             try:
-                os.rename(self._job_dir(job_id), doomed)
+                doomed = move_aside(self._job_dir(job_id), os.path.join(self.root, self.TRASH), job_id)
                 fsync_dir(self.root)
             except OSError as exc:
                 self._link(job_id)

@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from ..jobs import queue
+from .. import queue
 from ..state import JobStatus, parse_time
 
 REQUESTS = Counter("imts_http_requests_total", "HTTP requests answered", ["method", "endpoint", "status"])

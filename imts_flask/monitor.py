@@ -1,6 +1,6 @@
 """The per-job monitor: runs llamafactory-cli, waits for it, and records the outcome.
 
-Started detached by the launcher (`python -m imts_flask.jobs.monitor train|export <job_id>`) in its own
+Started detached by the launcher (`python -m imts_flask.monitor train|export <job_id>`) in its own
 session, so that web workers can come and go. It is the trainer's parent, so it alone can read
 its exit status. SIGTERM asks it to stop the trainer (SIGTERM to the trainer's group, a grace
 period, SIGKILL of survivors) and record the job as stopped.
@@ -19,24 +19,28 @@ import subprocess
 import sys
 import time
 
-import yaml
-
-from . import exports
-from .checkpoints import copy_checkpoint, discard_incomplete, disk_bytes, incomplete_reason, latest_resumable
-from ..executors import HOST
-from ..executors.common import MONITOR_LOG_ENV, MONITOR_SETTINGS_ENV
-from ..observe.gpus import Gpus
-from .liveness import record_completed
-from .record import CHANGED, UNCHANGED, changed, setter
-from .scheduler import Scheduler
-from ..llamafactory.environment import trainer_env
-from ..procs import boot_id, start_ticks, terminate_tree, tree_pids
-from ..settings import Settings
-from ..state import JobStatus, now_utc
-from .store import JobStore
-from ..llamafactory.trainer_log import FINAL_RESULTS, outcome, run_complete, trim_log
-from ..llamafactory.configs import attempt_config, build_export_config, resume_refusal
-from ..observe.webhooks import Notifier
+from .executors import HOST
+from .executors.common import MONITOR_LOG_ENV, MONITOR_SETTINGS_ENV
+from .jobs import exports
+from .jobs.checkpoints import (
+    copy_checkpoint,
+    discard_incomplete,
+    disk_bytes,
+    incomplete_reason,
+    latest_resumable,
+)
+from .jobs.liveness import record_completed
+from .jobs.record import CHANGED, UNCHANGED, changed, setter
+from .jobs.scheduler import Scheduler
+from .jobs.store import JobStore
+from .llamafactory.configs import attempt_config, build_export_config, resume_refusal
+from .llamafactory.environment import trainer_env
+from .llamafactory.trainer_log import FINAL_RESULTS, outcome, run_complete, trim_log
+from .observe.gpus import Gpus
+from .observe.webhooks import Notifier
+from .procs import boot_id, start_ticks, terminate_tree, tree_pids
+from .settings import Settings
+from .state import JobStatus, now_utc
 
 log = logging.getLogger("imts.monitor")
 
@@ -67,7 +71,7 @@ class _StopFlag:
 
 
 def _tail_lines(path, count):
-    from ..fsio import read_tail
+    from .fsio import read_tail
 
     lines = [line for line in read_tail(path, 64 * 1024).splitlines() if line.strip()]
     # Progress bars redraw with carriage returns; keep what the terminal would show last.
@@ -218,9 +222,8 @@ class Monitor:
         self.launch = state["launch"]
         config_path = self.store.path(self.job_id, JobStore.TRAIN_CONFIG)
         try:
-            resume = self._prepare_attempt(state, config_path)
-            with open(config_path, encoding="utf-8") as handle:
-                self.torchrun = "deepspeed" in (yaml.safe_load(handle) or {})
+            resume, config = self._prepare_attempt(state)
+            self.torchrun = "deepspeed" in config
             try:
                 proc = self._run([self.settings.llamafactory_cli, "train", config_path], JobStore.TRAIN_LOG)
             except OSError as exc:
@@ -265,8 +268,9 @@ class Monitor:
         self.store.update(self.job_id, self._owned(lambda s: self._record_outcome(s, rc, used)))
         Scheduler(self.settings, self.store).schedule()  # a slot is free: start the next queued job
 
-    def _prepare_attempt(self, state, config_path):
-        """Put output_dir in order for this attempt and write its config; return the checkpoint resumed from.
+    def _prepare_attempt(self, state):
+        """Put output_dir in order for this attempt and write its config; return (the checkpoint
+        resumed from or None, the attempt's config).
 
         A job resumed from another job's checkpoint gets its own copy of it first. Incomplete
         checkpoints (a save cut short when the host died) are removed, never resumed from; the
@@ -293,8 +297,7 @@ class Monitor:
             raise _AlreadyFinished
         for name in discard_incomplete(output_dir):
             log.warning("removed the incomplete %s: it is never resumed from", name)
-        with open(config_path, encoding="utf-8") as handle:
-            config = yaml.safe_load(handle) or {}
+        config = self.store.read_file(self.job_id, JobStore.TRAIN_CONFIG)
         # Never from a checkpoint at the run's end: transformers would train past it (85 of 84).
         checkpoint = None if resume_refusal(config) else latest_resumable(output_dir)
         planned = attempt_config(config, checkpoint["path"] if checkpoint else None)
@@ -308,7 +311,7 @@ class Monitor:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(output_dir, name))
             log.info("attempt %s resumes from %s", state.get("attempt") or 1, checkpoint["name"])
-        return checkpoint
+        return checkpoint, planned
 
     def _record_outcome(self, state, rc, used):
         status, progress = outcome(
@@ -389,8 +392,7 @@ class Monitor:
         self.store.update(self.job_id, record)
 
     def _export_into(self, state, export, staged):
-        with open(state["paths"]["config"], encoding="utf-8") as handle:
-            train_config = yaml.safe_load(handle)
+        train_config = self.store.read_file(self.job_id, JobStore.TRAIN_CONFIG)
         lora = train_config.get("finetuning_type") == "lora"
         if lora and not export["merge_lora"]:
             # The adapter alone: its weights, config and tokenizer files, without checkpoints and logs.
@@ -409,7 +411,7 @@ class Monitor:
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if not ((argv[:1] == ["train"] and len(argv) == 3) or (argv[:1] == ["export"] and len(argv) == 2)):
-        print("usage: python -m imts_flask.jobs.monitor train JOB_ID LAUNCH_ID | export JOB_ID", file=sys.stderr)
+        print("usage: python -m imts_flask.monitor train JOB_ID LAUNCH_ID | export JOB_ID", file=sys.stderr)
         return 2
     action, job_id, *extra = argv
     if os.environ.get(MONITOR_LOG_ENV):
@@ -429,7 +431,9 @@ def main(argv=None):
         log.exception("monitor failed")
         if action == "train":
             error = "the job's monitor failed unexpectedly; see monitor.log"
-            monitor.store.update(job_id, monitor._owned(setter(status=JobStatus.FAILED.value, pid=None, error=error)))
+            monitor.store.update(
+                job_id, monitor._owned(setter(status=JobStatus.FAILED.value, pid=None, error=error))
+            )
         return 1
     return 0
 

@@ -4,7 +4,7 @@ Pure functions of records, for the scheduler that hands out slots, the executors
 job waits, the status view's queue_position and the metrics.
 """
 
-from ..state import JobStatus, creation_order
+from .state import JobStatus, creation_order
 
 
 def queued(state):
