@@ -249,13 +249,14 @@ class Catalog:
             described.update({k: meta.get(k, described[k]) for k in UPLOAD_FIELDS})
         return described
 
-    def resolve_datasets(self, names, stage):
-        """Return dataset_info.json entries for `names`, with file_name made absolute."""
+    def resolve_datasets(self, names, stage, field="dataset"):
+        """Return dataset_info.json entries for `names`, with file_name made absolute; an unknown or
+        unfit name is a 400 on `field`."""
         entries = self._dataset_entries()
         resolved, errors = {}, []
         for name in names:
             if not DATASET_NAME.fullmatch(name) or name not in entries:
-                errors.append({"field": "dataset", "reason": f"unknown dataset '{name}'"})
+                errors.append({"field": field, "reason": f"unknown dataset '{name}'"})
                 continue
             data_dir, entry, _source = entries[name]
             reason = self._unfit(data_dir, entry, stage)
@@ -263,7 +264,7 @@ class Catalog:
                 path = os.path.realpath(os.path.join(data_dir, entry["file_name"]))
                 resolved[name] = {**entry, "file_name": path}
             else:
-                errors.append({"field": "dataset", "reason": f"dataset '{name}' cannot be used: {reason}"})
+                errors.append({"field": field, "reason": f"dataset '{name}' cannot be used: {reason}"})
         if errors:
             available = self.available_datasets(stage)
             raise ValidationFailed(

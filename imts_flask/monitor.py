@@ -3,7 +3,8 @@
 Started detached by the launcher (`python -m imts_flask.monitor train|export <job_id>`) in its own
 session, so that web workers can come and go. It is the trainer's parent, so it alone can read
 its exit status. SIGTERM asks it to stop the trainer (SIGTERM to the trainer's group, a grace
-period, SIGKILL of survivors) and record the job as stopped.
+period, SIGKILL of survivors) and record the job as stopped. An evaluation's run id
+(<job>/<evaluation>) goes through `train` too, and runs its phases (evaluations/runner.py).
 """
 
 import contextlib
@@ -19,10 +20,14 @@ import subprocess
 import sys
 import time
 
+from .evaluations import record as evaluation_record
+from .evaluations.runner import run_evaluation
 from .executors import HOST
 from .executors.common import MONITOR_LOG_ENV, MONITOR_SETTINGS_ENV
 from .jobs import exports
 from .jobs.checkpoints import (
+    CHECKPOINT_STATE,
+    FINAL,
     copy_checkpoint,
     discard_incomplete,
     disk_bytes,
@@ -33,9 +38,11 @@ from .jobs.liveness import record_completed
 from .jobs.record import CHANGED, UNCHANGED, changed, setter
 from .jobs.scheduler import Scheduler
 from .jobs.store import JobStore
+from .jobs.validation import ValidationWatch
 from .llamafactory.configs import attempt_config, build_export_config, resume_refusal
 from .llamafactory.environment import trainer_env
 from .llamafactory.trainer_log import FINAL_RESULTS, outcome, run_complete, trim_log
+from .llamafactory.trainer_state import validation_figures
 from .observe.gpus import Gpus
 from .observe.webhooks import Notifier
 from .procs import boot_id, start_ticks, terminate_tree, tree_pids
@@ -115,6 +122,7 @@ class Monitor:
         self.stop = _StopFlag()
         self.launch = None
         self.torchrun = False
+        self.ending_early = False  # the monitor ended the run: min_delta's patience ran out
         self._looked = 0.0
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self.stop)
@@ -149,20 +157,24 @@ class Monitor:
             )
 
     def _wait(self, proc, ticks, on_beat=None):
-        """Wait for the child, heartbeating; on a stop request terminate its tree. Return its code."""
+        """Wait for the child, heartbeating; on a stop request terminate its tree. Return its code.
+
+        `on_beat()` runs with each heartbeat; when it returns True the run is ended the same way.
+        """
         stopping = False
         last_beat = 0.0
         while proc.poll() is None:
             self._look_for_stop()
-            if self.stop.set and not stopping:
+            if (self.stop.set or self.ending_early) and not stopping:
                 stopping = True
                 terminate_tree(proc.pid, ticks, self.settings.stop_grace_s, popen=proc)
                 continue
             now = time.monotonic()
             if now - last_beat >= self.settings.heartbeat_s:
                 self._heartbeat()
-                if on_beat is not None:
-                    on_beat()
+                if on_beat is not None and on_beat() and not self.ending_early:
+                    log.info("eval_loss stalled (early_stopping's min_delta): ending the run")
+                    self.ending_early = True
                 last_beat = now
             time.sleep(0.2)
         return proc.returncode
@@ -178,6 +190,12 @@ class Monitor:
                 self.stop.set = True
         except Exception:  # a record being replaced, a lock: the next look will do
             log.debug("could not read the job's record", exc_info=True)
+
+    def failure(self, log_path, rc, fallback):
+        """Why a llamafactory-cli run failed: (reason, signal name or None, the log's last lines)."""
+        lines = _tail_lines(log_path, self.settings.log_tail_lines)
+        reason, signal_name = _describe_exit(rc)
+        return f"{reason}: {_failure_reason(lines, fallback)}", signal_name, lines
 
     def _owned(self, change):
         """Wrap a state change so that it applies only while this monitor owns the job's attempt."""
@@ -220,6 +238,10 @@ class Monitor:
             return
         self._heartbeat()
         self.launch = state["launch"]
+        if state.get("kind") == evaluation_record.KIND:
+            run_evaluation(self, state)
+            Scheduler(self.settings, self.store).schedule()  # its slot is free again
+            return
         config_path = self.store.path(self.job_id, JobStore.TRAIN_CONFIG)
         try:
             resume, config = self._prepare_attempt(state)
@@ -262,11 +284,26 @@ class Monitor:
             terminate_tree(proc.pid, ticks, 0, popen=proc)
             return
         log.info("trainer started: pid %s", proc.pid)
-        rc = self._wait(proc, ticks, on_beat=lambda: self._measure(proc))
+        watch = None
+        if state.get("validation"):
+            watch = ValidationWatch(state["paths"]["output_dir"], state.get("early_stopping"))
+
+        def on_beat():
+            self._measure(proc)
+            return watch is not None and self._watch_validation(watch)
+
+        rc = self._wait(proc, ticks, on_beat=on_beat)
         log.info("trainer exited: %s", rc)
         used = disk_bytes(self.store.path(self.job_id))
         self.store.update(self.job_id, self._owned(lambda s: self._record_outcome(s, rc, used)))
         Scheduler(self.settings, self.store).schedule()  # a slot is free: start the next queued job
+
+    def _watch_validation(self, watch):
+        """Record the evaluations logged since the last beat; return whether the run should end."""
+        figures = watch.read()
+        if figures:
+            self.store.update(self.job_id, self._owned(setter(**figures)))
+        return watch.should_end()
 
     def _prepare_attempt(self, state):
         """Put output_dir in order for this attempt and write its config; return (the checkpoint
@@ -314,12 +351,18 @@ class Monitor:
         return checkpoint, planned
 
     def _record_outcome(self, state, rc, used):
+        output_dir = state["paths"]["output_dir"]
         status, progress = outcome(
-            rc, state["paths"]["output_dir"], self.stop.set or bool(state.get("stop_requested_at"))
+            rc, output_dir, self.stop.set or bool(state.get("stop_requested_at")), self.ending_early
         )
         state.update(
             pid=None, exit_code=rc if rc >= 0 else None, signal=None, final=progress, disk_bytes=used
         )
+        if state.get("validation"):
+            figures = {k: v for k, v in validation_figures(output_dir).items() if v is not None}
+            if status == JobStatus.COMPLETED.value and self.ending_early:
+                figures["stopped_early"] = True
+            state.update(figures)
         if status == JobStatus.COMPLETED.value:
             state["status"] = JobStatus.COMPLETED.value
             state["final"]["progress"] = 1.0
@@ -394,15 +437,24 @@ class Monitor:
     def _export_into(self, state, export, staged):
         train_config = self.store.read_file(self.job_id, JobStore.TRAIN_CONFIG)
         lora = train_config.get("finetuning_type") == "lora"
+        checkpoint = export.get("checkpoint") or FINAL
+        weights = train_config["output_dir"]
+        if checkpoint != FINAL:
+            weights = os.path.join(weights, checkpoint)
         if lora and not export["merge_lora"]:
-            # The adapter alone: its weights, config and tokenizer files, without checkpoints and logs.
+            # The adapter alone: its weights, config and tokenizer files, without checkpoints, logs
+            # and a checkpoint's optimizer state.
             os.makedirs(staged)
-            for name in os.listdir(train_config["output_dir"]):
-                source = os.path.join(train_config["output_dir"], name)
-                if os.path.isfile(source) and name not in _TRAINING_RECORDS:
+            for name in os.listdir(weights):
+                source = os.path.join(weights, name)
+                if (
+                    os.path.isfile(source)
+                    and name not in _TRAINING_RECORDS
+                    and not name.startswith(CHECKPOINT_STATE)
+                ):
                     shutil.copy2(source, os.path.join(staged, name))
             return 0
-        config = build_export_config(train_config, staged)
+        config = build_export_config(train_config, staged, weights)
         path = self.store.write_file(self.job_id, JobStore.EXPORT_CONFIG, config)
         proc = self._run([self.settings.llamafactory_cli, "export", path], JobStore.EXPORT_LOG)
         return self._wait(proc, start_ticks(proc.pid))

@@ -12,9 +12,10 @@ import time
 from .catalog import Catalog
 from .datasets.uploads import Uploads
 from .errors import Conflict, Forbidden, InsufficientStorage, NotFound
+from .evaluations.service import Evaluations
 from .fsio import filesystem_problems, read_tail
 from .jobs import exports, record
-from .jobs.checkpoints import list_checkpoints
+from .jobs.checkpoints import FINAL, choose_weights, list_checkpoints
 from .jobs.launcher import Launcher
 from .jobs.lifecycle import Lifecycle
 from .jobs.liveness import here
@@ -25,6 +26,7 @@ from .llamafactory.allowlist import validate_custom_config
 from .llamafactory.configs import build_train_config
 from .llamafactory.templates import installed_templates
 from .llamafactory.trainer_log import read_series
+from .llamafactory.trainer_state import checkpoint_evaluation
 from .observe.gpus import Gpus
 from .observe.webhooks import Notifier
 from .procs import tree_pids
@@ -64,6 +66,9 @@ class TrainingService:
         self.catalog = Catalog(settings, self.uploads)
         self.launcher = Launcher(settings, self.store)
         self.lifecycle = Lifecycle(settings, self.store, self.uploads)
+        self.evaluations = Evaluations(
+            settings, self.store, self.catalog, self.launcher, self.start_queued_soon
+        )
         # The GPUs this service hands out (with Ray they are the cluster's, read on its nodes).
         self.gpus = Gpus(self.launcher.executor.gpu_ids())
         # Read once: a bad config/custom_config.yaml stops the service at start, not a request later.
@@ -88,6 +93,11 @@ class TrainingService:
         template = request["custom_config"].get("template") or default_template or "default"
         self.catalog.check_template(template)
         datasets = self.catalog.resolve_datasets(request["dataset"], request["stage"])
+        validation = request.get("validation")
+        if validation and validation.get("dataset"):
+            datasets.update(
+                self.catalog.resolve_datasets(validation["dataset"], request["stage"], "validation.dataset")
+            )
         self._check_disk()
 
         def make_files(job_id, job_dir):
@@ -110,6 +120,7 @@ class TrainingService:
                 "finetuning_type": request["finetuning_type"],
                 "gpus": gpus,
                 "webhook_url": request.get("webhook_url"),
+                **_validation_described(config, validation, request.get("early_stopping")),
                 # Samples a step takes, all processes together: samples_per_second from steps a second.
                 "samples_per_step": config["per_device_train_batch_size"]
                 * config["gradient_accumulation_steps"]
@@ -375,6 +386,10 @@ class TrainingService:
             checkpoints[-1]["problem"] = "being saved"  # the trainer is writing it right now
         for checkpoint in checkpoints:
             checkpoint["modified_at"] = time.strftime(TIME_FORMAT, time.gmtime(checkpoint["modified_at"]))
+            if state.get("validation") and checkpoint["complete"]:
+                figures = checkpoint_evaluation(checkpoint["path"], checkpoint["step"]) or {}
+                checkpoint.update(eval_loss=figures.get("eval_loss"), eval_metrics=figures or None)
+                checkpoint["best"] = checkpoint["name"] == state.get("best_checkpoint")
         return {"job_id": job_id, "checkpoints": checkpoints}
 
     def artifact_path(self, job_id, name):
@@ -416,8 +431,9 @@ class TrainingService:
 
     # -- export ----------------------------------------------------------------------------
 
-    def export_model(self, job_id, export_dir, merge_lora):
-        """Start (or join) an export of a completed job; return (export state, finished)."""
+    def export_model(self, job_id, export_dir, merge_lora, checkpoint=None):
+        """Start (or join) an export of a completed job's weights (the final ones, "best" or a
+        checkpoint-N); return (export state, finished)."""
         state = self.store.read(job_id)
         if state["status"] != JobStatus.COMPLETED.value:
             raise Conflict(
@@ -425,6 +441,8 @@ class TrainingService:
                 extra={"job_status": state["status"]},
             )
         target = exports.resolve(self.settings.path("exports_dir"), self.settings.home, export_dir)
+        output_dir = (state.get("paths") or {}).get("output_dir", "")
+        checkpoint, _path = choose_weights(output_dir, checkpoint, state.get("best_checkpoint"))
         started = []
 
         def mark(current):
@@ -433,7 +451,11 @@ class TrainingService:
                 previous.update(
                     status="failed", error="lost: the export's monitor process died", finished_at=now_utc()
                 )
-            same = previous.get("export_dir") == target and previous.get("merge_lora") == merge_lora
+            same = (
+                previous.get("export_dir") == target
+                and previous.get("merge_lora") == merge_lora
+                and (previous.get("checkpoint") or FINAL) == checkpoint
+            )
             if previous.get("status") == "running":
                 if same:
                     return record.UNCHANGED
@@ -449,6 +471,7 @@ class TrainingService:
                 "status": "running",
                 "export_dir": target,
                 "merge_lora": merge_lora,
+                "checkpoint": checkpoint,
                 "model_path": None,
                 "requested_at": now_utc(),
                 "finished_at": None,
@@ -459,7 +482,9 @@ class TrainingService:
 
         self.store.update(job_id, mark)
         if started:
-            log.info("job %s: export to %s (merge_lora=%s) started", job_id, target, merge_lora)
+            log.info(
+                "job %s: export of %s to %s (merge_lora=%s) started", job_id, checkpoint, target, merge_lora
+            )
             self.launcher.start_export(job_id)
         state = self.launcher.wait_for(
             job_id,
@@ -497,6 +522,26 @@ class TrainingService:
         shared = ("executor", "uploads_registry")
         healthy = all(c["ok"] for name, c in checks.items() if name not in shared)
         return healthy, checks
+
+
+def _validation_described(config, validation, early_stopping):
+    """The job record's validation and early_stopping, as the trainer's config runs them."""
+    if not validation:
+        return {}
+    names = validation.get("dataset")
+    described = {
+        "validation": {
+            "val_size": validation.get("val_size"),
+            "dataset": ",".join(names) if names else None,
+            "eval_steps": config["eval_steps"],
+        }
+    }
+    if early_stopping:
+        described["early_stopping"] = {
+            "patience": early_stopping["patience"],
+            "min_delta": early_stopping.get("min_delta") or 0.0,
+        }
+    return described
 
 
 def _decode_whole_chars(data):

@@ -41,7 +41,18 @@ def test_a_record_of_the_first_format_reads_and_shows_as_it_did(tmp_path, name):
     assert {key: read[key] for key in written} == written  # nothing it held changes
     view = views.job_view(read)
     expected = {k: v for k, v in fixture["view"].items() if k != "queue_position"}  # the service's to fill
-    assert {k: v for k, v in view.items() if k != "queue_position"} == expected
+    if expected.get("export"):  # the first format exported the final weights: the view now says so
+        expected["export"] = {**expected["export"], "checkpoint": "final"}
+        expected["export"] = {
+            k: expected["export"][k] for k in views.EXPORT_FIELDS if k in expected["export"]
+        }
+    assert {k: view[k] for k in expected} == expected  # every field it showed, as it showed it
+    # ... and the fields added since, as a job without them has them: no validation, not stopped early.
+    added = {k: view[k] for k in view if k not in fixture["view"]}
+    assert added == {
+        "validation": None, "early_stopping": None, "eval_loss": None, "best_eval_loss": None,
+        "best_checkpoint": None, "stopped_early": False,
+    }  # fmt: skip
     store.update(written["job_id"], setter(disk_bytes=12345))  # the next write stores the new version
     on_disk = json.load(open(os.path.join(job_dir, "state.json")))
     assert on_disk["schema_version"] == record.SCHEMA_VERSION and on_disk["history"] == written["history"]
@@ -63,7 +74,8 @@ def test_what_derives_from_the_table_is_what_the_readme_documents():
         "job_id", "status", "created_at", "started_at", "finished_at", "disk_bytes", "created_ns", "broken"
     )  # fmt: skip
     assert record.RESUMED == (
-        "model_name", "dataset", "stage", "finetuning_type", "gpus", "webhook_url", "samples_per_step"
+        "model_name", "dataset", "stage", "finetuning_type", "gpus", "validation", "early_stopping",
+        "webhook_url", "samples_per_step",
     )  # fmt: skip
     assert record.WEBHOOK == ("model_name", "dataset", "stage", "exit_code", "reason", "error")
     assert list(JobStatusSchema().fields) == list(record.SHOWN)
@@ -78,6 +90,8 @@ def test_every_field_the_view_computes_has_its_function_and_the_rest_are_stored(
 def test_a_new_record_holds_every_stored_field_but_the_optional_ones():
     new = record.new_record(job_id="train_00000001", about="x")
     assert list(new) == [f.name for f in record.STORED if not f.optional]
-    assert new["status"] == "pending" and new["attempt"] == 1 and new["schema_version"] == 2
+    assert (
+        new["status"] == "pending" and new["attempt"] == 1 and new["schema_version"] == record.SCHEMA_VERSION
+    )
     with pytest.raises(ValueError, match="not fields"):
         record.new_record(priorty="high")  # a misspelt field is refused, not stored

@@ -16,6 +16,9 @@ from .schemas import (
     DatasetListSchema,
     DatasetSchema,
     DatasetUploadSchema,
+    EvaluationListSchema,
+    EvaluationRequestSchema,
+    EvaluationSchema,
     EventListSchema,
     ExportRequestSchema,
     ExportResponseSchema,
@@ -33,8 +36,11 @@ from .schemas import (
     MetricsSeriesSchema,
     ModelListSchema,
     OverwriteQuerySchema,
+    PageQuerySchema,
     PreviewQuerySchema,
     ResumeRequestSchema,
+    SampleListSchema,
+    SamplesQuerySchema,
     TemplateListSchema,
     TrainingJobRequestSchema,
     flatten_errors,
@@ -255,12 +261,15 @@ def export_model(job_id):
         raise ValidationFailed(
             f"job_id in the body ({body['job_id']}) differs from the path ({job_id})", field="job_id"
         )
-    export, done = get_service().export_model(job_id, body["export_dir"], body["merge_lora"])
+    export, done = get_service().export_model(
+        job_id, body["export_dir"], body["merge_lora"], body.get("checkpoint")
+    )
     payload = {
         "job_id": job_id,
         "model_path": export["export_dir"],
         "export_status": export["status"],
         "merge_lora": export["merge_lora"],
+        "checkpoint": export.get("checkpoint") or "final",
     }
     if not done:
         message = f"模型导出中; poll GET {bp.url_prefix}/jobs/{job_id} until export.status is completed"
@@ -389,6 +398,71 @@ def job_events(job_id):
 @doc("Checkpoints saved so far", responses={200: CheckpointListSchema}, errors=(400, 404))
 def job_checkpoints(job_id):
     return _schema(CheckpointListSchema).dump(get_service().job_checkpoints(job_id))
+
+
+@bp.post("/jobs/<job_id>/evaluations")
+@doc(
+    "Evaluate a job's weights on a dataset (with baseline: its base model too), queued like a job",
+    body=EvaluationRequestSchema,
+    responses={202: EvaluationSchema, 200: EvaluationSchema},
+    headers=["Idempotency-Key"],
+    errors=(400, 404, 409, 503, 507),
+)
+def create_evaluation(job_id):
+    body = _load(_schema(EvaluationRequestSchema), _json_body())
+    key = _idempotency_key()
+    view, replayed = get_service().evaluations.create(job_id, body, idempotency_key=key)
+    headers = {"Location": f"{bp.url_prefix}/jobs/{job_id}/evaluations/{view['evaluation_id']}"}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return _schema(EvaluationSchema).dump(view), 200 if replayed else 202, headers
+
+
+@bp.get("/jobs/<job_id>/evaluations")
+@doc(
+    "A job's evaluations, newest first",
+    query=PageQuerySchema,
+    responses={200: EvaluationListSchema},
+    errors=(400, 404),
+)
+def list_evaluations(job_id):
+    query = _load(_schema(PageQuerySchema), request.args.to_dict())
+    total, evaluations = get_service().evaluations.list(job_id, query["limit"], query["offset"])
+    page = {"job_id": job_id, "total": total, "limit": query["limit"], "offset": query["offset"]}
+    return _schema(EvaluationListSchema).dump({**page, "evaluations": evaluations})
+
+
+@bp.get("/jobs/<job_id>/evaluations/<evaluation_id>")
+@doc(
+    "An evaluation: its status and the figures of the tuned and the base model side by side",
+    responses={200: EvaluationSchema},
+    errors=(400, 404),
+)
+def get_evaluation(job_id, evaluation_id):
+    return _schema(EvaluationSchema).dump(get_service().evaluations.get(job_id, evaluation_id))
+
+
+@bp.get("/jobs/<job_id>/evaluations/<evaluation_id>/samples")
+@doc(
+    "Page through an evaluation's rows: prompt, label, the tuned and the base model's answers",
+    query=SamplesQuerySchema,
+    responses={200: SampleListSchema},
+    errors=(400, 404),
+)
+def evaluation_samples(job_id, evaluation_id):
+    query = _load(_schema(SamplesQuerySchema), request.args.to_dict())
+    return _schema(SampleListSchema).dump(get_service().evaluations.samples(job_id, evaluation_id, **query))
+
+
+@bp.post("/jobs/<job_id>/evaluations/<evaluation_id>/stop")
+@doc(
+    "Stop an evaluation (no body needed)",
+    responses={200: EvaluationSchema, 202: EvaluationSchema},
+    errors=(400, 404, 409),
+)
+def stop_evaluation(job_id, evaluation_id):
+    view, done = get_service().evaluations.stop(job_id, evaluation_id)
+    return _schema(EvaluationSchema).dump(view), 200 if done else 202
 
 
 @bp.get("/jobs/<job_id>/artifacts/training_loss.png")

@@ -5,7 +5,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 
 from ..datasets.rows import FORMATS as DATASET_FORMATS
 from ..datasets.uploads import NAME as DATASET_NAME
-from ..jobs.store import JOB_ID_PATTERN
+from ..jobs.store import EVALUATION_ID_PATTERN, JOB_ID_PATTERN
 from ..settings import VERSION
 from .schemas import ErrorSchema
 
@@ -13,7 +13,7 @@ _ERRORS = {
     400: "Bad input: the errors name each field and the reason",
     403: "Not the API's to change (an operator's dataset)",
     401: "A valid bearer token is required (when the service is configured with tokens)",
-    404: "No such job",
+    404: "No such job (or evaluation)",
     409: "Conflicts with the job's state (or an Idempotency-Key reused with another body)",
     413: "Request body too large",
     500: "Unexpected error (with an incident id), or the export failed",
@@ -23,13 +23,18 @@ _ERRORS = {
 _DESCRIPTIONS = {
     200: "OK",
     201: "Created",
-    202: "Accepted, still working: poll the job",
+    202: "Accepted, still working: poll the job (or evaluation)",
     204: "Done; no content",
     503: "Unhealthy",
 }
 _PATH_PARAMS = {
     "job_id": {"type": "string", "pattern": f"^{JOB_ID_PATTERN.pattern}$", "example": "train_a1b2c3d4"},
     "name": {"type": "string", "pattern": f"^{DATASET_NAME.pattern}$", "example": "my_sft_data"},
+    "evaluation_id": {
+        "type": "string",
+        "pattern": f"^{EVALUATION_ID_PATTERN.pattern}$",
+        "example": "eval_a1b2c3d4",
+    },
 }
 _HEADERS = {
     "Idempotency-Key": "A retry with the same key and body returns the original job (200), never a second"
@@ -79,7 +84,7 @@ def _content(kind):
 
 def _tag(path):
     """The resource an operation belongs to, so generated clients get JobsApi, HealthApi, ..."""
-    for tag in ("jobs", "datasets", "models", "gpus", "health", "metrics"):
+    for tag in ("evaluations", "jobs", "datasets", "models", "gpus", "health", "metrics"):
         if f"/{tag}" in path:
             return tag
     return "models" if path.endswith("/templates") else "meta"

@@ -13,6 +13,7 @@ from marshmallow import (
     pre_load,
     validate,
     validates,
+    validates_schema,
 )
 
 from ..datasets.rows import FORMATS as DATASET_FORMATS
@@ -36,10 +37,12 @@ class RequestSchema(Schema):
     class Meta:
         unknown = RAISE
 
+    NOT_AN_OBJECT = "the request body must be a JSON object"
+
     @pre_load
     def _normalise(self, data, **kwargs):
         if not isinstance(data, dict):
-            raise ValidationError("the request body must be a JSON object", field_name="body")
+            raise ValidationError(self.NOT_AN_OBJECT)
         out = {}
         for key, value in data.items():
             name = _snake(key) if isinstance(key, str) else key
@@ -80,6 +83,60 @@ class DatasetField(fields.Field):
         if len(set(names)) != len(names):
             raise ValidationError("names a dataset twice")
         return names
+
+
+class NestedRequestSchema(RequestSchema):
+    NOT_AN_OBJECT = "must be a JSON object"
+
+
+class ValidationSchema(NestedRequestSchema):
+    """`validation`: evaluate on held-out data during training (a share of the data, or a dataset)."""
+
+    val_size = fields.Float(
+        allow_none=True,
+        validate=validate.Range(0, 1, min_inclusive=False, max_inclusive=False),
+        metadata={"description": "the share of the training rows held out, 0..1", "example": 0.1},
+    )
+    dataset = DatasetField(
+        allow_none=True, metadata={"description": "a dataset (or names) to evaluate on, checked like dataset"}
+    )
+    eval_steps = fields.Integer(
+        strict=True,
+        allow_none=True,
+        validate=validate.Range(1, 10**9),
+        metadata={"description": "evaluate every N steps (default: the job's save_steps)"},
+    )
+
+    @validates_schema
+    def _one_source(self, data, **kwargs):
+        given = [name for name in ("val_size", "dataset") if data.get(name) is not None]
+        if len(given) != 1:
+            raise ValidationError("give either val_size or dataset (one of them)")
+
+
+class EarlyStoppingSchema(NestedRequestSchema):
+    """`early_stopping`: end after `patience` evaluations without improvement, on the best weights."""
+
+    patience = fields.Integer(
+        strict=True,
+        required=True,
+        error_messages=_REQUIRED,
+        validate=validate.Range(1, 1000),
+        metadata={"description": "evaluations in a row without a better eval_loss", "example": 2},
+    )
+    min_delta = fields.Float(
+        load_default=0.0,
+        allow_none=True,
+        validate=validate.Range(0, 10**6),
+        metadata={"description": "how much lower eval_loss must be to count as better (default 0)"},
+    )
+
+
+# What a stage's trainer cannot do at the end of an early-stopped run (LLaMA Factory's parser).
+EARLY_STOPPING_REFUSED = {
+    "rm": "LLaMA Factory's rm stage cannot end on its best checkpoint (load_best_model_at_end): "
+    "early stopping works with sft, pt, dpo and kto; rm jobs can still use validation",
+}
 
 
 class TrainingJobRequestSchema(RequestSchema):
@@ -127,6 +184,11 @@ class TrainingJobRequestSchema(RequestSchema):
     webhook_url = fields.Url(
         allow_none=True, schemes={"http", "https"}, require_tld=False, validate=validate.Length(max=2048)
     )
+    # Not in the guide: evaluation on held-out data while training, and stopping when it stalls.
+    validation = fields.Nested(ValidationSchema, allow_none=True, metadata={"example": {"val_size": 0.1}})
+    early_stopping = fields.Nested(
+        EarlyStoppingSchema, allow_none=True, metadata={"example": {"patience": 3}}
+    )
 
     @validates("stage")
     def _stage(self, value, **kwargs):
@@ -134,6 +196,26 @@ class TrainingJobRequestSchema(RequestSchema):
             raise ValidationError(PPO_REASON)
         if value is not None and value not in STAGES:
             raise ValidationError(f"must be one of {', '.join(STAGES)}")
+
+    @validates_schema
+    def _early_stopping(self, data, **kwargs):
+        if not data.get("early_stopping"):
+            return
+        if not data.get("validation"):
+            raise ValidationError(
+                "needs validation: it stops on the held-out eval_loss (give validation: {val_size: 0.1})",
+                field_name="early_stopping",
+            )
+        refused = EARLY_STOPPING_REFUSED.get(data.get("stage") or "sft")
+        if refused:
+            raise ValidationError(refused, field_name="early_stopping")
+        custom = data.get("custom_config") or {}
+        if custom.get("save_strategy") not in (None, "steps") or "save_steps" in custom:
+            raise ValidationError(
+                "with early_stopping a checkpoint is saved at each evaluation (its best is kept): "
+                "set validation.eval_steps instead of save_strategy/save_steps",
+                field_name="custom_config",
+            )
 
 
 class ExportRequestSchema(RequestSchema):
@@ -147,6 +229,14 @@ class ExportRequestSchema(RequestSchema):
         metadata={"example": "my_model"},
     )
     merge_lora = fields.Boolean(load_default=True, allow_none=True)
+    checkpoint = fields.String(
+        allow_none=True,
+        validate=validate.Regexp(
+            r"^(final|best|checkpoint-[0-9]{1,12})$",
+            error="must be final, best or a name like checkpoint-500",
+        ),
+        metadata={"description": "the weights to export: final (default), best, or a checkpoint's name"},
+    )
 
 
 class ResumeRequestSchema(RequestSchema):
@@ -157,6 +247,61 @@ class ResumeRequestSchema(RequestSchema):
         validate=validate.Regexp(r"^checkpoint-[0-9]{1,12}$", error="must be a name like checkpoint-500"),
         metadata={"example": "checkpoint-500"},
     )
+
+
+class GenerationSchema(NestedRequestSchema):
+    """`generation` of an evaluation: how the predictions of an sft model are generated."""
+
+    max_new_tokens = fields.Integer(
+        strict=True,
+        allow_none=True,
+        validate=validate.Range(1, 4096),
+        metadata={"description": "default 128"},
+    )
+    temperature = fields.Float(
+        allow_none=True,
+        validate=validate.Range(0, 2),
+        metadata={"description": "0 (default): greedy, the same output every time"},
+    )
+    top_p = fields.Float(allow_none=True, validate=validate.Range(0, 1, min_inclusive=False))
+    top_k = fields.Integer(strict=True, allow_none=True, validate=validate.Range(0, 1000))
+    repetition_penalty = fields.Float(allow_none=True, validate=validate.Range(0, 10, min_inclusive=False))
+
+
+class EvaluationRequestSchema(RequestSchema):
+    """POST /jobs/{id}/evaluations: judge a job's weights (and its base model) on a dataset."""
+
+    dataset = DatasetField(required=True, error_messages=_REQUIRED, metadata={"example": "demo_sft"})
+    checkpoint = fields.String(
+        load_default="final",
+        allow_none=True,
+        validate=validate.Regexp(
+            r"^(final|best|checkpoint-[0-9]{1,12})$",
+            error="must be final, best or a name like checkpoint-500",
+        ),
+        metadata={"description": "the weights judged: final (default), best, or a checkpoint's name"},
+    )
+    max_samples = fields.Integer(
+        strict=True, load_default=200, allow_none=True, validate=validate.Range(1, 10_000),
+        metadata={"description": "rows of the dataset used, at most (default 200)"},
+    )  # fmt: skip
+    baseline = fields.Boolean(
+        load_default=False, allow_none=True,
+        metadata={"description": "judge the base model too, on the same rows, for the comparison"},
+    )  # fmt: skip
+    generation = fields.Nested(
+        GenerationSchema, allow_none=True, metadata={"example": {"max_new_tokens": 64}}
+    )
+
+
+class SamplesQuerySchema(Schema):
+    """GET .../evaluations/{id}/samples query: a page of rows."""
+
+    class Meta:
+        unknown = RAISE
+
+    offset = fields.Integer(load_default=0, validate=validate.Range(0, 10**6))
+    limit = fields.Integer(load_default=20, validate=validate.Range(1, 100))
 
 
 class DatasetUploadSchema(RequestSchema):
@@ -189,17 +334,22 @@ class PreviewQuerySchema(Schema):
     preview = fields.Integer(load_default=0, validate=validate.Range(0, 20))
 
 
-class ListQuerySchema(Schema):
-    """GET /jobs query: optional status filter and paging."""
+class PageQuerySchema(Schema):
+    """A page of a listing: at most `limit` items after the first `offset`."""
 
     class Meta:
         unknown = RAISE
 
+    limit = fields.Integer(load_default=100, validate=validate.Range(1, 1000))
+    offset = fields.Integer(load_default=0, validate=validate.Range(0))
+
+
+class ListQuerySchema(PageQuerySchema):
+    """GET /jobs query: optional status filter and paging."""
+
     status = fields.String(
         validate=validate.OneOf([s.value for s in JobStatus], error="must be one of {choices}")
     )
-    limit = fields.Integer(load_default=100, validate=validate.Range(1, 1000))
-    offset = fields.Integer(load_default=0, validate=validate.Range(0))
 
 
 class LogQuerySchema(Schema):
@@ -253,11 +403,23 @@ class ExportStateSchema(ResponseSchema):
     status = fields.String()
     export_dir = fields.String()
     merge_lora = fields.Boolean()
+    checkpoint = fields.String(allow_none=True, metadata={"description": "final, or the checkpoint exported"})
     model_path = fields.String(allow_none=True)
     requested_at = fields.String()
     finished_at = fields.String(allow_none=True)
     error = fields.String(allow_none=True)
     log_tail = fields.List(fields.String())
+
+
+class ValidationStateSchema(ResponseSchema):
+    val_size = fields.Float(allow_none=True)
+    dataset = fields.String(allow_none=True, metadata={"description": "names separated by commas"})
+    eval_steps = fields.Integer()
+
+
+class EarlyStoppingStateSchema(ResponseSchema):
+    patience = fields.Integer()
+    min_delta = fields.Float()
 
 
 _WIRE_TYPES = {
@@ -267,7 +429,12 @@ _WIRE_TYPES = {
     "boolean": fields.Boolean,
 }
 # The status view's objects, by field name.
-_NESTED = {"resumed_from": ResumedFromSchema, "export": ExportStateSchema}
+_NESTED = {
+    "resumed_from": ResumedFromSchema,
+    "export": ExportStateSchema,
+    "validation": ValidationStateSchema,
+    "early_stopping": EarlyStoppingStateSchema,
+}
 
 
 def _status_field(field):
@@ -347,6 +514,11 @@ class CheckpointSchema(ResponseSchema):
         metadata={"description": "the run's planned last step; a checkpoint there is not resumed from"},
     )
     problem = fields.String(allow_none=True, metadata={"description": "why it is not complete"})
+    eval_loss = fields.Float(allow_none=True, metadata={"description": "the held-out loss at its step"})
+    eval_metrics = fields.Dict(
+        allow_none=True, metadata={"description": "every eval_* figure the trainer logged at its step"}
+    )
+    best = fields.Boolean(metadata={"description": "the checkpoint with the lowest eval_loss"})
 
 
 class CheckpointListSchema(ResponseSchema):
@@ -366,6 +538,78 @@ class ExportResponseSchema(ResponseSchema):
     job_id = fields.String()
     export_status = fields.String()
     merge_lora = fields.Boolean()
+    checkpoint = fields.String(allow_none=True)
+
+
+class FiguresSchema(ResponseSchema):
+    bleu_4 = fields.Float(
+        allow_none=True, metadata={"description": "BLEU-4 of the generated answers, 0..100"}
+    )
+    rouge_1 = fields.Float(allow_none=True, metadata={"description": "ROUGE-1 F, 0..100"})
+    rouge_2 = fields.Float(allow_none=True, metadata={"description": "ROUGE-2 F, 0..100"})
+    rouge_l = fields.Float(allow_none=True, metadata={"description": "ROUGE-L F, 0..100"})
+    loss = fields.Float(allow_none=True, metadata={"description": "the mean loss on the rows' answers"})
+    perplexity = fields.Float(allow_none=True, metadata={"description": "exp(loss)"})
+    accuracy = fields.Float(
+        allow_none=True, metadata={"description": "rm: chosen scored above rejected, 0..1"}
+    )
+
+
+class ComparisonSchema(ResponseSchema):
+    tuned = fields.Nested(FiguresSchema, allow_none=True)
+    base = fields.Nested(FiguresSchema, allow_none=True, metadata={"description": "with baseline"})
+    difference = fields.Nested(FiguresSchema, allow_none=True, metadata={"description": "tuned minus base"})
+
+
+class EvaluationSchema(ResponseSchema):
+    evaluation_id = fields.String()
+    job_id = fields.String()
+    status = fields.String(metadata={"description": "pending, running, completed, failed or stopped"})
+    stage = fields.String()
+    dataset = fields.String()
+    checkpoint = fields.String(metadata={"description": "final, or the checkpoint judged"})
+    max_samples = fields.Integer()
+    baseline = fields.Boolean()
+    generation = fields.Dict(allow_none=True)
+    phases = fields.List(fields.String(), metadata={"description": "each llamafactory-cli run, in order"})
+    phase = fields.String(allow_none=True, metadata={"description": "the one running now"})
+    phases_done = fields.List(fields.String())
+    results = fields.Nested(ComparisonSchema)
+    samples = fields.Integer(allow_none=True, metadata={"description": "predictions to page through"})
+    queue_position = fields.Integer(allow_none=True)
+    attempt = fields.Integer()
+    created_at = fields.String()
+    started_at = fields.String(allow_none=True)
+    finished_at = fields.String(allow_none=True)
+    error = fields.String(allow_none=True)
+    log_path = fields.String()
+    output_dir = fields.String()
+    log_tail = fields.List(fields.String())
+
+
+class EvaluationListSchema(ResponseSchema):
+    job_id = fields.String()
+    total = fields.Integer()
+    limit = fields.Integer()
+    offset = fields.Integer()
+    evaluations = fields.List(fields.Nested(EvaluationSchema))
+
+
+class SampleSchema(ResponseSchema):
+    index = fields.Integer()
+    prompt = fields.String(allow_none=True)
+    label = fields.String(allow_none=True, metadata={"description": "the dataset's answer"})
+    tuned = fields.String(allow_none=True, metadata={"description": "the tuned model's answer"})
+    base = fields.String(allow_none=True, metadata={"description": "the base model's answer (baseline)"})
+
+
+class SampleListSchema(ResponseSchema):
+    evaluation_id = fields.String()
+    job_id = fields.String()
+    total = fields.Integer(allow_none=True)
+    offset = fields.Integer()
+    limit = fields.Integer()
+    samples = fields.List(fields.Nested(SampleSchema))
 
 
 class DatasetSchema(ResponseSchema):
@@ -460,7 +704,7 @@ def flatten_errors(messages, prefix=""):
     out = []
     if isinstance(messages, dict):
         for key, value in messages.items():
-            name = "body" if key == "_schema" else (f"{prefix}.{key}" if prefix else str(key))
+            name = (prefix or "body") if key == "_schema" else (f"{prefix}.{key}" if prefix else str(key))
             out.extend(flatten_errors(value, name))
     elif isinstance(messages, list) and all(isinstance(m, str) for m in messages):
         out.extend({"field": prefix or "body", "reason": m} for m in messages)

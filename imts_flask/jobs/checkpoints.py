@@ -16,6 +16,7 @@ import re
 import secrets
 import shutil
 
+from ..errors import Conflict, ValidationFailed
 from ..fsio import move_aside, safetensors_header
 
 CHECKPOINT = re.compile(r"checkpoint-(\d+)")
@@ -179,8 +180,9 @@ def discard_incomplete(output_dir):
     return removed
 
 
-def prune(output_dir, keep):
-    """Keep the newest `keep` complete checkpoints, remove the others (incomplete ones too); return names.
+def prune(output_dir, keep, protected=lambda: ()):
+    """Keep the newest `keep` complete checkpoints and the `protected()` ones (the best, those an
+    evaluation reads), remove the others (incomplete ones too); return their names.
 
     Nothing is opened while there are no more than `keep` checkpoint directories.
     """
@@ -192,7 +194,9 @@ def prune(output_dir, keep):
         return []  # the common case in a cleanup round: decided by names alone, no file opened
     checkpoints = list_checkpoints(output_dir)
     complete = [c for c in checkpoints if c["complete"]]
-    doomed = [c for c in checkpoints if not c["complete"]] + complete[: max(0, len(complete) - keep)]
+    kept = set(protected())
+    old = [c for c in complete[: max(0, len(complete) - keep)] if c["name"] not in kept]
+    doomed = [c for c in checkpoints if not c["complete"]] + old
     for checkpoint in doomed:
         remove_dir(checkpoint["path"])
     return [c["name"] for c in doomed]
@@ -236,3 +240,46 @@ def disk_bytes(path):
             with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
     return total
+
+
+FINAL, BEST = "final", "best"
+# What a checkpoint holds besides the weights: the optimizer's and scheduler's state, RNG states.
+CHECKPOINT_STATE = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state")
+
+
+def has_weights(directory):
+    """Whether a directory holds model weights (a LoRA adapter, a full model)."""
+    return any(os.path.exists(os.path.join(directory, name)) for name in _WEIGHTS)
+
+
+def choose_weights(output_dir, choice, best_checkpoint, field="checkpoint"):
+    """The weights a request names: "final" (output_dir), "best" (the checkpoint with the lowest
+    eval_loss) or "checkpoint-N"; return (its name, its path), or raise a 400 / 409 that says why."""
+    choice = choice or FINAL
+    if choice == FINAL:
+        if not has_weights(output_dir):
+            raise Conflict(
+                "the job has no final weights (it stopped before its end without a final save): "
+                "name one of its checkpoints",
+                field=field,
+            )
+        return FINAL, output_dir
+    if choice == BEST:
+        if not best_checkpoint:
+            raise ValidationFailed(
+                "the job has no best checkpoint: it ran without validation, or evaluated before any save",
+                field=field,
+            )
+        choice = best_checkpoint
+    match = CHECKPOINT.fullmatch(choice)
+    path = os.path.join(output_dir, choice)
+    if not match or not os.path.isdir(path):
+        names = [c["name"] for c in list_checkpoints(output_dir) if c["complete"]]
+        raise ValidationFailed(
+            f"the job has no checkpoint {choice!r}; it has: {', '.join(['final', *names]) or 'none'}",
+            field=field,
+        )
+    problem = incomplete_reason(path, int(match.group(1)))
+    if problem:
+        raise ValidationFailed(f"{choice} cannot be used: {problem}", field=field)
+    return choice, path

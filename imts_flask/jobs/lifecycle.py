@@ -39,6 +39,13 @@ class Lifecycle:
             export = state.get("export") or {}
             if export.get("status") == "running":
                 raise Conflict(f"job {job_id} is exporting to {export.get('export_dir')}; wait for it to end")
+            evaluating = self.store.active_evaluations(job_id)
+            if evaluating:
+                raise Conflict(
+                    f"job {job_id} has an evaluation that has not ended ({evaluating[0]}); "
+                    "stop it or wait for it, then delete the job",
+                    extra={"evaluations": [run.split("/")[1] for run in evaluating]},
+                )
             waiting = self._resumes_waiting_on(job_id)
             if waiting:
                 raise Conflict(
@@ -106,12 +113,14 @@ class Lifecycle:
         return self.uploads.collect(self.dataset_files_in_use())
 
     def dataset_files_in_use(self):
-        """The data files that jobs' dataset_info.json name (absolute paths)."""
+        """The data files that jobs' and their evaluations' dataset_info.json name (absolute paths)."""
         referenced = set()
         for job_id in self.store.job_ids():
-            with contextlib.suppress(OSError, ValueError):
-                info = read_json(self.store.path(job_id, JobStore.DATASET_INFO))
-                referenced |= {str(e.get("file_name")) for e in info.values() if isinstance(e, dict)}
+            runs = [job_id] + [f"{job_id}/{e}" for e in self.store.evaluation_ids(job_id)]
+            for run_id in runs:
+                with contextlib.suppress(OSError, ValueError):
+                    info = read_json(self.store.path(run_id, JobStore.DATASET_INFO))
+                    referenced |= {str(e.get("file_name")) for e in info.values() if isinstance(e, dict)}
         return referenced
 
     def _expired(self, summary, now):
@@ -120,14 +129,25 @@ class Lifecycle:
         return days > 0 and finished is not None and now - finished.timestamp() > days * 86400
 
     def prune(self, job_id):
-        """Prune a completed job's checkpoints to the newest keep_checkpoints; the final weights stay."""
+        """Prune a completed job's checkpoints to the newest keep_checkpoints; the final weights and
+        the best checkpoint (validation's lowest eval_loss) stay."""
         keep = self.settings.keep_checkpoints
-        removed = prune(self.store.path(job_id, JobStore.OUTPUT), keep)
+        removed = prune(
+            self.store.path(job_id, JobStore.OUTPUT), keep, lambda: self._checkpoints_in_use(job_id)
+        )
         for name in removed:
             log.info("job %s: removed %s (keep_checkpoints=%d)", job_id, name, keep)
         if removed:
             self._measure(job_id)
         return removed
+
+    def _checkpoints_in_use(self, job_id):
+        """The best checkpoint, and those that unfinished evaluations of the job read."""
+        names = {self.store.read(job_id).get("best_checkpoint")}
+        for run_id in self.store.active_evaluations(job_id):
+            with contextlib.suppress(NotFound):
+                names.add(self.store.read(run_id).get("checkpoint"))
+        return names - {None}
 
     def _measure(self, job_id):
         used = disk_bytes(self.store.path(job_id))

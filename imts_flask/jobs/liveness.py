@@ -13,6 +13,7 @@ import time
 
 from ..executors import HOST
 from ..llamafactory.trainer_log import read_progress, run_complete
+from ..llamafactory.trainer_state import validation_figures
 from ..procs import boot_id, is_same_process, terminate_tree
 from ..state import JobStatus, now_utc, parse_time
 from .. import queue
@@ -39,6 +40,8 @@ def record_completed(state, output_dir, reason):
     """Record a run found complete on disk whose monitor could not say so."""
     progress = read_progress(output_dir)
     state.update(status=JobStatus.COMPLETED.value, pid=None, final={**progress, "progress": 1.0})
+    if state.get("validation"):
+        state.update({k: v for k, v in validation_figures(output_dir).items() if v is not None})
     return changed(reason=reason)
 
 

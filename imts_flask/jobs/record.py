@@ -7,8 +7,8 @@ its tests. Fields the view computes (progress, gpu_ids, ...) are rows too, marke
 so the table is also the view's order.
 
 Versions: a record without `schema_version` was written before this table (version 1, the same
-layout); reading fills what an older record lacks with each field's default, and the next write
-stores it as the current version.
+layout); version 3 added the validation fields. Reading fills what an older record lacks with each
+field's default, and the next write stores it as the current version.
 """
 
 import typing
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from ..state import JobStatus
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,16 @@ FIELDS = (
     _view("gpu_memory_mb", "integer", "GPU memory its processes hold (running; null without GPUs)"),
     _view("tokens_per_second", "number", "input tokens a second, lately"),
     _view("samples_per_second", "number", "training samples a second"),
+    Field("validation", "object", "held-out data evaluated during training: val_size or dataset, eval_steps",
+          shown=True, resumed=True),
+    Field("early_stopping", "object", "patience and min_delta of the stop on a stalled eval_loss", shown=True,
+          resumed=True),
+    Field("eval_loss", "number", "the latest evaluation's loss on the held-out data", shown=True),
+    Field("best_eval_loss", "number", "the lowest eval_loss so far", shown=True),
+    Field("best_checkpoint", "string", "the checkpoint with the lowest eval_loss (export it by name, or 'best')",
+          shown=True),
+    Field("stopped_early", "boolean", "ended by early stopping before its last step (current_step: where)",
+          False, shown=True, nullable=False),
     Field("attempt", "integer", "1, then 2, ... each time the job resumes after its host died", 1, shown=True,
           nullable=False),
     Field("max_attempts", "integer", "", 1, shown=True, nullable=False),
@@ -133,8 +143,9 @@ def new_record(**values):
 
 
 def upgrade(record):
-    """Bring a record of an earlier version up to this one, in place; return it."""
-    if record.get("schema_version") == SCHEMA_VERSION:
+    """Bring a job record of an earlier version up to this one, in place; return it (an evaluation's
+    record has its own table: evaluations/record.py)."""
+    if record.get("schema_version") == SCHEMA_VERSION or record.get("kind") == "evaluation":
         return record
     for field in STORED:
         if field.name not in record and field.default is not None and not field.optional:

@@ -23,13 +23,31 @@ from . import record
 log = logging.getLogger(__name__)
 
 JOB_ID_PATTERN = re.compile(r"train_[0-9a-z]{8}")
-# What a sidecar lock may be called: a job id, a dataset, or one of the store's own names.
+EVALUATION_ID_PATTERN = re.compile(r"eval_[0-9a-z]{8}")
+# A run is a job, or an evaluation of one (train_x/eval_y): each has a record, a lock, a monitor.
+RUN_ID_PATTERN = re.compile(r"(train_[0-9a-z]{8})(?:/(eval_[0-9a-z]{8}))?")
+# Lock and marker names of runs: "/" is no file name character.
+_RUN_KEY = re.compile(r"train_[0-9a-z]{8}(?:\.eval_[0-9a-z]{8})?")
+# What a sidecar lock may be called: a run's key, a dataset, or one of the store's own names.
 _LOCK_NAME = re.compile(r"[A-Za-z0-9_.-]{1,160}")
 
 
 def new_job_id():
     """Return a fresh server-generated job id such as train_a1b2c3d4."""
     return "train_" + secrets.token_hex(4)
+
+
+def evaluation_run(job_id, evaluation_id):
+    """The run id of a job's evaluation: the store's key of its record."""
+    return f"{job_id}/{evaluation_id}"
+
+
+def _key(run_id):
+    return run_id.replace("/", ".")
+
+
+def _run_id(key):
+    return key.replace(".", "/")
 
 
 def storage_error(exc, what):
@@ -83,12 +101,19 @@ class JobStore:
 
     # -- paths -----------------------------------------------------------------------------
 
+    EVALUATIONS = "evaluations"
+
     def _job_dir(self, job_id):
-        if not isinstance(job_id, str) or not JOB_ID_PATTERN.fullmatch(job_id):
+        """The directory of a run: jobs/<job_id>, or jobs/<job_id>/evaluations/<evaluation_id>."""
+        match = RUN_ID_PATTERN.fullmatch(job_id) if isinstance(job_id, str) else None
+        if not match:
             raise ValidationFailed(
                 "job_id must look like train_ followed by 8 lowercase letters or digits",
                 field="job_id",
             )
+        job, evaluation = match.groups()
+        if evaluation:
+            return os.path.join(self.root, job, self.EVALUATIONS, evaluation)
         return os.path.join(self.root, job_id)
 
     def path(self, job_id, name=""):
@@ -101,6 +126,7 @@ class JobStore:
     # -- locking ---------------------------------------------------------------------------
 
     def _lock_file(self, name, timeout):
+        name = _key(name)  # an evaluation's run id
         if not _LOCK_NAME.fullmatch(name):  # callers validate first; a lock file is never made of input
             raise ValidationFailed(f"{name[:80]!r} is not a name the store locks", field="name")
         return filelock.FileLock(os.path.join(self.root, self.LOCKS, name + ".lock"), timeout=timeout)
@@ -146,31 +172,73 @@ class JobStore:
             final = self._job_dir(job_id)
             if os.path.exists(final):
                 continue
-            files = make_files(job_id, final)
-            staging = None
-            try:
-                # The marker goes first: a crash before the rename leaves a marker without a job,
-                # which housekeeping drops, never a job that housekeeping cannot see.
-                open(self._active_marker(job_id), "w").close()
-                staging = tempfile.mkdtemp(prefix=job_id + "-", dir=os.path.join(self.root, self.STAGING))
-                write_tree(staging, files)
-                os.rename(staging, final)
-                staging = None
-                fsync_dir(self.root)
+            if self._write_new(job_id, final, make_files(job_id, final), "creating the job"):
                 self._link(job_id)
-            except OSError as exc:
-                self._drop_active(job_id)
-                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                    continue
-                raise storage_error(exc, "creating the job") from exc
-            finally:
-                if staging:
-                    shutil.rmtree(staging, ignore_errors=True)
-            return job_id
+                return job_id
         raise ApiError("could not allocate a unique job id")
 
-    def create_once(self, key, fingerprint, make_files):
-        """Create a job once per idempotency key; return (job_id, True if it already existed).
+    def create_evaluation(self, job_id, make_files, check):
+        """Create an evaluation of a job atomically under the job's lock; return its run id.
+
+        `check(job_state)` may raise to refuse (the job is gone, running, deleted meanwhile);
+        `make_files(run_id, run_dir, job_state)` returns the files as for create. The evaluation's
+        directory is jobs/<job_id>/evaluations/<evaluation_id>/, renamed into place whole.
+        """
+        with self.lock(job_id):
+            state = self.read(job_id)
+            check(state)
+            parent = os.path.join(self._job_dir(job_id), self.EVALUATIONS)
+            for _ in range(16):
+                run_id = evaluation_run(job_id, "eval_" + secrets.token_hex(4))
+                final = self._job_dir(run_id)
+                if os.path.exists(final):
+                    continue
+                try:
+                    os.makedirs(parent, exist_ok=True)
+                except OSError as exc:
+                    raise storage_error(exc, "creating the evaluation") from exc
+                if self._write_new(run_id, final, make_files(run_id, final, state), "creating the evaluation"):
+                    return run_id
+        raise ApiError("could not allocate a unique evaluation id")
+
+    def _write_new(self, run_id, final, files, what):
+        """Write a new run's files into staging and rename it into place; False if the name was taken."""
+        staging = None
+        try:
+            # The marker goes first: a crash before the rename leaves a marker without a run,
+            # which housekeeping drops, never a run that housekeeping cannot see.
+            open(self._active_marker(run_id), "w").close()
+            staging = tempfile.mkdtemp(prefix=_key(run_id) + "-", dir=os.path.join(self.root, self.STAGING))
+            write_tree(staging, files)
+            os.rename(staging, final)
+            staging = None
+            fsync_dir(os.path.dirname(final))
+        except OSError as exc:
+            self._drop_active(run_id)
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                return False
+            raise storage_error(exc, what) from exc
+        finally:
+            if staging:
+                shutil.rmtree(staging, ignore_errors=True)
+        return True
+
+    def evaluation_ids(self, job_id):
+        """The ids of a job's evaluations (no particular order)."""
+        try:
+            names = os.listdir(os.path.join(self._job_dir(job_id), self.EVALUATIONS))
+        except FileNotFoundError:
+            return []
+        return [name for name in names if EVALUATION_ID_PATTERN.fullmatch(name)]
+
+    def active_evaluations(self, job_id):
+        """The run ids of a job's evaluations not finished (by their markers)."""
+        prefix = _key(job_id) + ".eval_"
+        return [_run_id(n) for n in os.listdir(os.path.join(self.root, self.ACTIVE)) if n.startswith(prefix)]
+
+    def create_once(self, key, fingerprint, make_files, create=None):
+        """Create a job (or with `create(make_files)`, another run) once per idempotency key; return
+        (its id, True if it already existed).
 
         A retry with the same key and the same request `fingerprint` gets the original job; the
         same key with another request is a 409. Concurrent retries wait on the key's lock.
@@ -190,7 +258,7 @@ class JobStore:
                         extra={"job_id": claim["job_id"]},
                     )
                 return claim["job_id"], True
-            job_id = self.create(make_files)
+            job_id = (create or self.create)(make_files)
             try:
                 atomic_write_json(
                     path, {"job_id": job_id, "fingerprint": fingerprint, "created_at": now_utc()}
@@ -305,7 +373,7 @@ class JobStore:
         return ids
 
     def _active_marker(self, job_id):
-        return os.path.join(self.root, self.ACTIVE, job_id)
+        return os.path.join(self.root, self.ACTIVE, _key(job_id))
 
     def _drop_active(self, job_id):
         with contextlib.suppress(FileNotFoundError):
@@ -339,9 +407,10 @@ class JobStore:
     def active_states(self, min_age_s=60):
         """Read the jobs marked as not finished; drop markers of finished or vanished jobs."""
         states = []
-        for job_id in os.listdir(os.path.join(self.root, self.ACTIVE)):
-            if not JOB_ID_PATTERN.fullmatch(job_id):
+        for key in os.listdir(os.path.join(self.root, self.ACTIVE)):
+            if not _RUN_KEY.fullmatch(key):
                 continue
+            job_id = _run_id(key)  # a job, or an evaluation of one
             marker = self._active_marker(job_id)
             try:
                 state = self.read(job_id)
@@ -494,9 +563,14 @@ class JobStore:
         ]
         for job_id in self.job_ids():
             job_dir = os.path.join(self.root, job_id)
-            candidates += [
-                (os.path.join(job_dir, n), False) for n in os.listdir(job_dir) if n.startswith(TMP_PREFIX)
-            ]
+            names = os.listdir(job_dir)
+            candidates += [(os.path.join(job_dir, n), False) for n in names if n.startswith(TMP_PREFIX)]
+            if self.EVALUATIONS in names:
+                for evaluation_id in self.evaluation_ids(job_id):
+                    run_dir = os.path.join(job_dir, self.EVALUATIONS, evaluation_id)
+                    candidates += [
+                        (os.path.join(run_dir, n), False) for n in os.listdir(run_dir) if n.startswith(TMP_PREFIX)
+                    ]
         for path, is_dir in candidates:
             with contextlib.suppress(FileNotFoundError):
                 if os.lstat(path).st_mtime > cutoff:

@@ -11,7 +11,9 @@ from ..llamafactory.trainer_log import eta_after_resume, read_progress
 from ..state import JobStatus
 from . import record
 
-EXPORT_FIELDS = ("status", "export_dir", "merge_lora", "model_path", "requested_at", "finished_at", "error")
+EXPORT_FIELDS = (
+    "status", "export_dir", "merge_lora", "checkpoint", "model_path", "requested_at", "finished_at", "error"
+)  # fmt: skip
 _LEFT_OUT = object()
 
 
@@ -104,6 +106,7 @@ def export_view(export):
     if not export:
         return None
     view = {key: export.get(key) for key in EXPORT_FIELDS}
+    view["checkpoint"] = view["checkpoint"] or "final"  # exports before checkpoints could be named
     if export.get("log_tail"):
         view["log_tail"] = export["log_tail"]
     return view

@@ -66,7 +66,6 @@ CUSTOM_KEYS = {
     "enable_thinking": _BOOL,
     "cutoff_len": _int(1, 1_048_576),
     "max_samples": _int(1, 10**9),
-    "val_size": _num(0, 10**9),
     "packing": _BOOL,
     "neat_packing": _BOOL,
     "train_on_prompt": _BOOL,
@@ -108,8 +107,6 @@ CUSTOM_KEYS = {
     "save_strategy": _choice("no", "steps", "epoch"),
     "save_total_limit": _int(1, 1000),
     "save_only_model": _BOOL,
-    "eval_strategy": _choice("no", "steps", "epoch"),
-    "eval_steps": _int(1, 10**9),
     "per_device_eval_batch_size": _int(1, 4096),
     "plot_loss": _BOOL,
     "include_num_input_tokens_seen": _BOOL,
@@ -140,10 +137,26 @@ _OWNED = "set by the service from the job"
 
 
 _TOP_LEVEL = "set it with the top-level request field '{}'"
+# Keys of the evaluation during training: the request's `validation` and `early_stopping` set them.
+VALIDATION_KEYS = {
+    "val_size": "validation",
+    "eval_dataset": "validation",
+    "eval_strategy": "validation",
+    "eval_steps": "validation",
+    "metric_for_best_model": "validation",
+    "greater_is_better": "validation",
+    "load_best_model_at_end": "early_stopping",
+    "early_stopping_steps": "early_stopping",
+}
 
 
 REFUSED_KEYS = {
     **{key: _TOP_LEVEL.format(field) for field, key in FIELD_KEYS.items()},
+    **{key: _TOP_LEVEL.format(field) for key, field in VALIDATION_KEYS.items()},
+    **dict.fromkeys(
+        ["do_eval", "do_predict", "predict_with_generate"],
+        "set by the service (evaluations: POST .../evaluations)",
+    ),
     **dict.fromkeys(
         [
             "do_train",
@@ -151,7 +164,6 @@ REFUSED_KEYS = {
             "overwrite_output_dir",
             "logging_dir",
             "dataset_dir",
-            "eval_dataset",
             "report_to",
             "run_name",
             "enable_jit_checkpoint",

@@ -61,7 +61,39 @@ def build_train_config(
         # SIGTERM then makes the trainer save a checkpoint before exiting (LLAMAFACTORY_NOTES.md).
         config["enable_jit_checkpoint"] = True
     config.update(custom)
+    _validation(config, request.get("validation"), request.get("early_stopping"), request["batch_size"])
     return config
+
+
+def _validation(config, validation, early_stopping, batch_size):
+    """Evaluate on held-out data during training: every eval_steps (default: at each save), the
+    best checkpoint tracked by eval_loss; with early_stopping, stop after `patience` evaluations
+    without improvement and end on the best weights (LLaMA Factory's early_stopping_steps)."""
+    if not validation:
+        return
+    if validation.get("dataset"):
+        config["eval_dataset"] = ",".join(validation["dataset"])
+    else:
+        config["val_size"] = validation["val_size"]
+    config.update(
+        eval_strategy="steps",
+        eval_steps=validation.get("eval_steps") or config["save_steps"],
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+    )
+    config.setdefault("per_device_eval_batch_size", batch_size)
+    if early_stopping:
+        # The best model is loaded at the end from a checkpoint: a save at every evaluation.
+        config.update(
+            early_stopping_steps=early_stopping["patience"],
+            load_best_model_at_end=True,
+            save_strategy="steps",
+            save_steps=config["eval_steps"],
+        )
+        if early_stopping.get("min_delta"):
+            # LLaMA Factory's callback counts any improvement; the monitor stops the run when the
+            # improvements stay under min_delta, through the graceful stop a SIGTERM gives.
+            config["enable_jit_checkpoint"] = True
 
 
 def resume_refusal(config):
@@ -90,9 +122,10 @@ def attempt_config(config, checkpoint_path):
     return config
 
 
-def build_export_config(train_config, export_dir):
-    """Return the dict for llamafactory-cli export that merges a job's output into export_dir."""
-    output_dir = train_config["output_dir"]
+def build_export_config(train_config, export_dir, weights=None):
+    """Return the dict for llamafactory-cli export that merges a job's weights (its output_dir, or
+    one of its checkpoints: `weights`) into export_dir."""
+    output_dir = weights or train_config["output_dir"]
     config = {"template": train_config.get("template", "default"), "trust_remote_code": False}
     if train_config.get("finetuning_type") == "lora":
         config.update(

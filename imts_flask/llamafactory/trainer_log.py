@@ -7,6 +7,7 @@ import json
 import os
 
 from ..fsio import atomic_write_bytes, read_tail
+from .trainer_state import early_stopped, read_state
 
 TRAINER_LOG = "trainer_log.jsonl"
 
@@ -187,30 +188,36 @@ def reached_end(progress):
 
 
 def run_complete(output_dir):
-    """Whether the run in `output_dir` trained to its end and saved its results, whoever watched it.
-
-    A stop with a checkpoint also writes the final results (and exits 0), short of the last step.
+    """Whether the run in `output_dir` trained to its end (or to an early stop) and saved its results,
+    whoever watched it. A stop with a checkpoint also writes the final results (and exits 0), short of
+    the last step.
     """
-    return training_finished(output_dir) and reached_end(read_progress(output_dir))
+    if not training_finished(output_dir):
+        return False
+    return reached_end(read_progress(output_dir)) or early_stopped(read_state(output_dir))
 
 
-def outcome(rc, output_dir, stop_requested):
+def outcome(rc, output_dir, stop_requested, ended_early=False):
     """What a trainer's exit means: (status, progress) with status completed, stopped or failed.
 
-    completed: exit 0 with the final results, at the planned end or past it (or a run that logged
-    no steps at all); stopped: a stop was asked for; else failed (the caller says why).
+    completed: exit 0 with the final results, at the planned end or past it, or ended early on a
+    stalled eval_loss (LLaMA Factory's early stopping, or the monitor's `ended_early` with min_delta),
+    or a run that logged no steps at all; stopped: a stop was asked for; else failed (the caller
+    says why).
     """
     progress = read_progress(output_dir)
-    if rc == 0 and training_finished(output_dir) and (reached_end(progress) or not progress):
-        return "completed", progress
+    if rc == 0 and training_finished(output_dir):
+        if reached_end(progress) or not progress or ended_early or early_stopped(read_state(output_dir)):
+            return "completed", progress
     if stop_requested:
         return "stopped", progress
     return "failed", progress
 
 
 def read_series(output_dir, since_step=0, limit=1000):
-    """Return trainer_log.jsonl entries after `since_step`, one per step (the last wins after a resume)."""
-    by_step = {}
+    """Return the points of trainer_log.jsonl after `since_step`, one per step (the last wins after a
+    resume): the training loss, and eval_loss at the steps the held-out data was evaluated."""
+    by_step, evals = {}, {}
     try:
         with open(os.path.join(output_dir, TRAINER_LOG), encoding="utf-8", errors="replace") as handle:
             for line in handle:
@@ -219,19 +226,56 @@ def read_series(output_dir, since_step=0, limit=1000):
                 except ValueError:
                     continue
                 step = entry.get("current_steps") if isinstance(entry, dict) else None
-                if isinstance(step, int) and step > since_step and "loss" in entry:
-                    by_step[step] = entry
+                if isinstance(step, int) and step > since_step:
+                    if "loss" in entry:
+                        by_step[step] = entry
+                    elif "eval_loss" in entry:
+                        evals[step] = entry  # an evaluation: its own line, at a step also logged or not
     except FileNotFoundError:
         return []
-    points = [
-        {
-            "step": step,
-            "loss": e.get("loss"),
-            "learning_rate": e.get("lr"),
-            "epoch": e.get("epoch"),
-            "eval_loss": e.get("eval_loss"),
-            "elapsed_seconds": _seconds(e.get("elapsed_time")),
-        }
-        for step, e in sorted(by_step.items())
-    ]
+    points = []
+    for step in sorted(by_step.keys() | evals.keys()):
+        e, evaluation = by_step.get(step) or {}, evals.get(step) or {}
+        points.append(
+            {
+                "step": step,
+                "loss": e.get("loss"),
+                "learning_rate": e.get("lr"),
+                "epoch": e.get("epoch", evaluation.get("epoch")),
+                "eval_loss": evaluation.get("eval_loss", e.get("eval_loss")),
+                "elapsed_seconds": _seconds((e or evaluation).get("elapsed_time")),
+            }
+        )
     return points[:limit]
+
+
+class EvalLossReader:
+    """The eval_loss entries of a running trainer's log, read on from where the last read ended."""
+
+    def __init__(self, output_dir):
+        self.path = os.path.join(output_dir, TRAINER_LOG)
+        self.offset = 0
+        self.points = []  # (step, eval_loss), in the log's order
+
+    def read(self):
+        """Read the lines appended since the last call; return the new (step, eval_loss) points."""
+        try:
+            with open(self.path, "rb") as handle:
+                handle.seek(self.offset)
+                data = handle.read()
+        except FileNotFoundError:
+            return []
+        whole = data.rfind(b"\n") + 1  # a line being written is read next time
+        self.offset += whole
+        new = []
+        for line in data[:whole].splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and isinstance(entry.get("current_steps"), int):
+                loss = entry.get("eval_loss")
+                if isinstance(loss, (int, float)) and not isinstance(loss, bool):
+                    new.append((entry["current_steps"], float(loss)))
+        self.points.extend(new)
+        return new

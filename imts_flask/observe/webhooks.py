@@ -58,7 +58,9 @@ class Notifier:
         self.settings = settings
 
     def url(self, state):
-        """Return where this job's events go, or "" when nowhere."""
+        """Return where this job's events go, or "" when nowhere (an evaluation sends none)."""
+        if state.get("kind") == "evaluation":
+            return ""
         return state.get("webhook_url") or self.settings.webhook_url
 
     def notify(self, job_dir, state):
