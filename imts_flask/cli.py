@@ -81,6 +81,13 @@ def _request_body(args):
         "webhook_url": args.webhook_url,
     }
     body.update({k: v for k, v in flags.items() if v is not None})
+    if args.val_size is not None or args.val_dataset:
+        validation = (
+            {"val_size": args.val_size} if args.val_size is not None else {"dataset": args.val_dataset}
+        )
+        body["validation"] = {**validation, **({"eval_steps": args.eval_steps} if args.eval_steps else {})}
+    if args.patience:
+        body["early_stopping"] = {"patience": args.patience, "min_delta": args.min_delta}
     for item in args.set or []:
         key, _, value = item.partition("=")
         body.setdefault("custom_config", {})[key] = yaml.safe_load(value)
@@ -269,8 +276,79 @@ def cmd_datasets(client, args):
     return 0
 
 
+def cmd_evaluate(client, args):
+    """Queue an evaluation of a job; with --watch wait for it and print the comparison table."""
+    body = {"dataset": args.dataset, "checkpoint": args.checkpoint, "baseline": args.baseline}
+    if args.max_samples:
+        body["max_samples"] = args.max_samples
+    if args.max_new_tokens:
+        body["generation"] = {"max_new_tokens": args.max_new_tokens}
+    _, evaluation, _ = client.call("POST", f"/jobs/{args.job_id}/evaluations", body)
+    if not args.watch:
+        print(json.dumps(evaluation, ensure_ascii=False) if args.json else evaluation["evaluation_id"])
+        return 0
+    path = f"/jobs/{args.job_id}/evaluations/{evaluation['evaluation_id']}"
+    while evaluation["status"] not in TERMINAL:
+        time.sleep(args.interval)
+        _, evaluation, _ = client.call("GET", path)
+        phase = evaluation.get("phase") or evaluation["status"]
+        print(f"\r{evaluation['evaluation_id']}: {phase:<16}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    return _print_evaluation(evaluation, args.json)
+
+
+def cmd_evaluation(client, args):
+    """Show one evaluation's comparison table, and with --samples N its first N rows."""
+    path = f"/jobs/{args.job_id}/evaluations/{args.evaluation_id}"
+    _, evaluation, _ = client.call("GET", path)
+    code = _print_evaluation(evaluation, args.json)
+    if args.samples:
+        _, page, _ = client.call("GET", f"{path}/samples?limit={args.samples}")
+        for sample in page["samples"]:
+            print(f"\n#{sample['index']} {sample['prompt']!r}")
+            for who in ("label", "tuned", "base"):
+                if sample.get(who) is not None:
+                    print(f"  {who:>5}: {sample[who]!r}")
+    return code
+
+
+def _print_evaluation(evaluation, as_json):
+    if as_json:
+        print(json.dumps(evaluation, ensure_ascii=False, indent=2))
+        return 0 if evaluation["status"] == "completed" else 1
+    print(
+        f"{evaluation['evaluation_id']} of {evaluation['job_id']} ({evaluation['checkpoint']} on "
+        f"{evaluation['dataset']}, at most {evaluation['max_samples']} rows): {evaluation['status']}"
+        + (f" ({evaluation['error']})" if evaluation.get("error") else "")
+    )
+    print(comparison_table(evaluation["results"]))
+    return 0 if evaluation["status"] == "completed" else 1
+
+
+def comparison_table(results):
+    """The figures of the tuned model, its base and the difference, one metric a line."""
+    tuned, base, difference = (results.get(k) or {} for k in ("tuned", "base", "difference"))
+    lines = [f"{'METRIC':12} {'TUNED':>12} {'BASE':>12} {'DIFFERENCE':>12}"]
+    for metric in tuned:
+        cells = [
+            _figure(tuned.get(metric)),
+            _figure(base.get(metric)),
+            _figure(difference.get(metric), sign=True),
+        ]
+        lines.append(f"{metric:12} {cells[0]:>12} {cells[1]:>12} {cells[2]:>12}")
+    return "\n".join(lines)
+
+
+def _figure(value, sign=False):
+    if value is None:
+        return "-"
+    return f"{value:+.4f}" if sign else f"{value:.4f}"
+
+
 def cmd_export(client, args):
     body = {"export_dir": args.dir, "merge_lora": not args.no_merge}
+    if args.checkpoint:
+        body["checkpoint"] = args.checkpoint
     status, result, _ = client.call("POST", f"/jobs/{args.job_id}/export", body)
     while status == 202:
         time.sleep(args.interval)
@@ -304,6 +382,11 @@ def parser():
     submit.add_argument("--lora-alpha", type=int)
     submit.add_argument("--gpus", type=int)
     submit.add_argument("--webhook-url")
+    submit.add_argument("--val-size", type=float, help="validation: hold out this share of the rows (0..1)")
+    submit.add_argument("--val-dataset", help="validation: evaluate on this dataset")
+    submit.add_argument("--eval-steps", type=int, help="validation: every N steps (default: save_steps)")
+    submit.add_argument("--patience", type=int, help="early stopping after N evaluations without improvement")
+    submit.add_argument("--min-delta", type=float, default=0.0, help="early stopping: the least improvement")
     submit.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="a custom_config entry (repeatable)"
     )
@@ -359,7 +442,25 @@ def parser():
     export.add_argument("job_id")
     export.add_argument("--dir", required=True, help="export_dir, e.g. ./models/exports/my_model")
     export.add_argument("--no-merge", action="store_true", help="copy the LoRA adapter instead of merging")
+    export.add_argument("--checkpoint", help="final (default), best, or a name like checkpoint-500")
     export.add_argument("--interval", type=float, default=2.0)
+
+    evaluate = sub.add_parser("evaluate", help="judge a job's weights on a dataset; --watch prints the table")
+    evaluate.add_argument("job_id")
+    evaluate.add_argument("--dataset", required=True)
+    evaluate.add_argument("--checkpoint", default="final", help="final (default), best, or checkpoint-N")
+    evaluate.add_argument("--baseline", action="store_true", help="judge the base model too, side by side")
+    evaluate.add_argument("--max-samples", type=int, help="rows used, at most (default 200)")
+    evaluate.add_argument("--max-new-tokens", type=int, help="the longest generated answer (default 128)")
+    evaluate.add_argument("--watch", action="store_true", help="wait for it, then print the comparison")
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.add_argument("--interval", type=float, default=2.0)
+
+    evaluation = sub.add_parser("evaluation", help="an evaluation's comparison table (and --samples N rows)")
+    evaluation.add_argument("job_id")
+    evaluation.add_argument("evaluation_id")
+    evaluation.add_argument("--samples", type=int, default=0)
+    evaluation.add_argument("--json", action="store_true")
     return main
 
 

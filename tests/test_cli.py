@@ -122,3 +122,36 @@ def test_datasets_upload_with_progress_list_show_delete(service, tmp_path):
     bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c"}\n')
     refused = cli(service, "datasets", "upload", str(bad), "--name", "bad", check=False)
     assert refused.returncode == 2 and "file: row 2: output is missing" in refused.stderr
+
+
+def test_validation_flags_evaluate_with_watch_and_the_comparison_table(service):
+    result = cli(
+        service, "submit", "--model", "tiny-llama", "--dataset", "demo_sft", "--val-size", "0.2",
+        "--eval-steps", "10", "--patience", "3", "--watch", "--interval", "0.2",
+    )  # fmt: skip
+    job_id = result.stdout.splitlines()[0]
+    status = service.status(job_id)
+    assert status["validation"] == {"val_size": 0.2, "dataset": None, "eval_steps": 10}
+    assert status["early_stopping"] == {"patience": 3, "min_delta": 0.0}
+
+    result = cli(service, "evaluate", job_id, "--dataset", "demo_sft", "--baseline", "--max-samples", "4",
+                 "--watch", "--interval", "0.2")  # fmt: skip
+    lines = result.stdout.splitlines()
+    assert lines[0].endswith(": completed") and "final on demo_sft, at most 4 rows" in lines[0]
+    assert lines[1].split() == ["METRIC", "TUNED", "BASE", "DIFFERENCE"]
+    assert lines[2].split() == ["bleu_4", "60.0000", "5.0000", "+55.0000"]  # the FAKE trainer's figures
+    assert [line.split()[0] for line in lines[2:]] == [
+        "bleu_4",
+        "rouge_1",
+        "rouge_2",
+        "rouge_l",
+        "loss",
+        "perplexity",
+    ]
+
+    evaluation_id = lines[0].split()[0]
+    result = cli(service, "evaluation", job_id, evaluation_id, "--samples", "1")
+    assert "#0 " in result.stdout and "label:" in result.stdout and "base: 'I do not know.'" in result.stdout
+
+    result = cli(service, "evaluate", job_id, "--dataset", "nope", check=False)
+    assert result.returncode == 2 and "dataset: unknown dataset 'nope'" in result.stderr

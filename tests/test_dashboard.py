@@ -247,3 +247,46 @@ def test_the_page_works_behind_nginx(browser, service, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_the_job_page_shows_eval_loss_and_evaluations_side_by_side_with_samples(browser, service):
+    body = {**REAL, "epochs": 2.0, "validation": {"val_size": 0.2, "eval_steps": 16}}
+    job_id = service.create(body)
+    assert service.wait_done(job_id)["status"] == "completed"
+    browser.get_log("browser")
+    browser.get(f"{service.root}/dashboard/jobs/{job_id}")
+    chart = _find(browser, "#chart[data-eval-points]")
+    wait_for(lambda: int(chart.get_attribute("data-eval-points")) >= 5, timeout=30)  # steps 16..80 and 96
+    wait_for(lambda: "★ best" in _text(browser, "#checkpoints"), timeout=30)
+
+    form = _find(browser, "#evaluate")
+    form.find_element("css selector", "[name=dataset]").send_keys("demo_sft")
+    samples = form.find_element("css selector", "[name=max_samples]")
+    samples.clear()
+    samples.send_keys("4")
+    form.find_element("css selector", "button[type=submit]").click()
+    wait_for(lambda: "queued" in _text(browser, "#notice"), timeout=30)
+    done = '#evaluations [data-status="completed"]'
+    card = wait_for(lambda: (c := browser.find_elements("css selector", done)) and c[0], timeout=240)
+    rows = [r.text.split() for r in card.find_elements("css selector", ".figures tbody tr")]
+    assert [r[0] for r in rows] == ["bleu_4", "rouge_1", "rouge_2", "rouge_l", "loss", "perplexity"]
+    assert all(len(r) == 4 for r in rows)  # tuned, base and the difference for each
+
+    # Whatever a model generates is text on the page, never markup.
+    evaluation_id = card.get_attribute("data-evaluation")
+    predictions = os.path.join(
+        service.home, "jobs", job_id, "evaluations", evaluation_id, "output", "base-predict",
+        "generated_predictions.jsonl",
+    )  # fmt: skip
+    lines = open(predictions).read().splitlines()
+    hostile = '<img src=x onerror="window.__pwned = 1">'
+    lines[0] = json.dumps({**json.loads(lines[0]), "predict": hostile})
+    open(predictions, "w").write("\n".join(lines) + "\n")
+    card.find_element("css selector", "button.samples").click()
+    first = _find(browser, '#samples .sample[data-index="0"]')
+    assert hostile in first.find_element("css selector", ".base dd").text
+    assert first.find_element("css selector", ".label dd").text.strip()
+    assert browser.execute_script("return window.__pwned") is None
+    assert len(browser.find_elements("css selector", "#samples .sample")) == 4
+    browser.save_screenshot(os.path.join(SCREENSHOTS, "dashboard-evaluations.png"))
+    _no_console_errors(browser)

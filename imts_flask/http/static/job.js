@@ -1,9 +1,11 @@
-// One job: status and progress, the loss curve (and learning rate) from its metrics series, events,
-// checkpoints, the export, and training.log followed by offset like `tail -f`; stop, resume and
-// export buttons that ask first and show the API's own answer.
+// One job: status and progress, the loss curve (with the held-out eval loss, and the learning
+// rate) from its metrics series, events, checkpoints, the export, its evaluations
+// (evaluations.js), and training.log followed by offset like `tail -f`; stop, resume and export
+// buttons that ask first and show the API's own answer.
 
 import { api } from "./api.js";
 import { bytes, duration, el, every, failed, notice, number, setProgress, statusBadge, tokenGate } from "./common.js";
+import { evaluationsPanel } from "./evaluations.js";
 import uPlot from "./vendor/uplot-1.6.32/uPlot.esm.js";
 
 const jobId = decodeURIComponent(location.pathname.split("/").pop());
@@ -26,6 +28,8 @@ function drawStatus(state) {
   document.getElementById("facts").replaceChildren(
     ...fact("model / dataset / stage", [state.model_name, state.dataset, state.stage, state.finetuning_type].join(" / ")),
     ...fact("loss", number(state.current_loss)),
+    ...fact("eval loss (best)", state.eval_loss === null ? "" : `${number(state.eval_loss)} (${number(state.best_eval_loss)} at ${state.best_checkpoint || "-"})`),
+    ...fact("stopped early", state.stopped_early ? `yes, at step ${state.current_step}` : ""),
     ...fact("learning rate", number(state.learning_rate, 3)),
     ...fact("epoch", number(state.epoch, 3)),
     ...fact("tokens / s", state.tokens_per_second),
@@ -47,9 +51,11 @@ function drawStatus(state) {
   document.getElementById("stop").disabled = !["pending", "running"].includes(state.status);
   document.getElementById("resume").disabled = !["stopped", "failed"].includes(state.status);
   document.getElementById("export").disabled = state.status !== "completed";
+  const choice = document.getElementById("export-checkpoint");
+  if (state.best_checkpoint && choice.options.length === 1) choice.append(el("option", { value: "best" }, `best (${state.best_checkpoint})`));
   const exported = state.export;
   document.getElementById("export-state").textContent = exported
-    ? `${exported.status}: ${exported.model_path || exported.export_dir}${exported.error ? ` (${exported.error})` : ""}`
+    ? `${exported.status}: ${exported.checkpoint} to ${exported.model_path || exported.export_dir}${exported.error ? ` (${exported.error})` : ""}`
     : "none yet";
 }
 
@@ -60,7 +66,7 @@ async function refreshStatus() {
 
 // -- the loss curve --------------------------------------------------------------------------
 
-const series = [[], [], []]; // steps, loss, learning rate
+const series = [[], [], [], []]; // steps, loss, learning rate, eval loss (at evaluation steps)
 let lastStep = 0;
 let chart = null;
 
@@ -87,6 +93,7 @@ function makeChart() {
         { label: "step" },
         { label: "loss", stroke: "#c0392b", width: 2 },
         { label: "learning rate", stroke: "#2c7be5", scale: "lr", dash: [4, 4] },
+        { label: "eval loss", stroke: "#16a34a", width: 2, spanGaps: true, points: { show: true, size: 6 } },
       ],
     },
     series,
@@ -96,17 +103,22 @@ function makeChart() {
 }
 
 async function refreshSeries() {
-  const page = await api(`/jobs/${encodeURIComponent(jobId)}/metrics?since_step=${lastStep}&limit=10000`);
+  // The last step is read again: its evaluation is logged after its training loss.
+  const since = Math.max(0, lastStep - 1);
+  const page = await api(`/jobs/${encodeURIComponent(jobId)}/metrics?since_step=${since}&limit=10000`);
   if (!page.points.length) return;
+  while (series[0].length && series[0][series[0].length - 1] > since) series.forEach((s) => s.pop());
   for (const point of page.points) {
     series[0].push(point.step);
     series[1].push(point.loss);
     series[2].push(point.learning_rate);
+    series[3].push(point.eval_loss);
   }
   lastStep = page.next_since_step;
   if (!chart) makeChart();
   else chart.setData(series);
   document.getElementById("chart").dataset.points = String(series[0].length);
+  document.getElementById("chart").dataset.evalPoints = String(series[3].filter((v) => v !== null && v !== undefined).length);
 }
 
 // -- events, checkpoints ---------------------------------------------------------------------
@@ -130,7 +142,15 @@ async function refreshCheckpoints() {
   checkpointsShown = page;
   document.querySelector("#checkpoints tbody").replaceChildren(
     ...page.checkpoints.map((c) =>
-      el("tr", {}, el("td", {}, c.name), el("td", { className: "num" }, c.step), el("td", {}, c.complete ? "yes" : c.problem || "no"), el("td", {}, c.modified_at)),
+      el(
+        "tr",
+        { dataset: { checkpoint: c.name } },
+        el("td", {}, c.name, c.best ? " ★ best" : ""),
+        el("td", { className: "num" }, c.step),
+        el("td", { className: "num" }, c.eval_loss === null || c.eval_loss === undefined ? "-" : number(c.eval_loss)),
+        el("td", {}, c.complete ? "yes" : c.problem || "no"),
+        el("td", {}, c.modified_at),
+      ),
     ),
   );
 }
@@ -176,13 +196,16 @@ document.getElementById("resume").addEventListener("click", async () => {
 });
 document.getElementById("export").addEventListener("click", () => {
   const dir = document.getElementById("export-dir").value.trim() || jobId;
-  act(`Export job ${jobId} to models/exports/${dir}, merging the LoRA adapter?`, () =>
-    api(`/jobs/${encodeURIComponent(jobId)}/export`, { method: "POST", body: { export_dir: dir, merge_lora: true } }),
+  const checkpoint = document.getElementById("export-checkpoint").value;
+  act(`Export the ${checkpoint} weights of job ${jobId} to models/exports/${dir}, merging the LoRA adapter?`, () =>
+    api(`/jobs/${encodeURIComponent(jobId)}/export`, { method: "POST", body: { export_dir: dir, merge_lora: true, checkpoint } }),
   ).then(refreshStatus);
 });
 
+const evaluations = evaluationsPanel(jobId);
 tokenGate(() => {
   job = eventsShown = checkpointsShown = null;
+  evaluations.reset();
 });
 // The page is served only for a well-formed job id (the server checks it): fetch its parts.
 every(2000, refreshStatus);
@@ -190,3 +213,4 @@ every(2000, refreshSeries);
 every(1000, followLog);
 every(4000, refreshEvents);
 every(5000, refreshCheckpoints);
+every(3000, evaluations.refresh);
