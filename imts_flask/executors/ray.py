@@ -125,7 +125,8 @@ class RayExecutor:
         """Ray's name for the launch: the job's id the first time (`ray job status train_xxx` finds
         it), then one per launch, since Ray keeps the names it has seen."""
         count = state.get("engine_launches") or 0
-        launch["submission_id"] = state["job_id"] if not count else f"{state['job_id']}-{launch['id']}"
+        name = state["job_id"].replace("/", "-")  # an evaluation's run id: Ray's ids go into its URLs
+        launch["submission_id"] = name if not count else f"{name}-{launch['id']}"
         state["engine_launches"] = count + 1
 
     def withdraw(self, launch):
@@ -139,7 +140,9 @@ class RayExecutor:
 
         Returns None when Ray cannot be reached now: the launch then expires and is submitted again.
         """
-        job_id = os.path.basename(job_dir)
+        parent, job_id = os.path.split(job_dir)
+        if os.path.basename(parent) == "evaluations":  # jobs/<job>/evaluations/<eval>: its run id
+            job_id = f"{os.path.basename(os.path.dirname(parent))}/{job_id}"
         env = {
             **{k: os.environ[k] for k in _TRAVELS if k in os.environ},
             **monitor_env(self.settings),

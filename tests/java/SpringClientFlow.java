@@ -3,6 +3,7 @@
 // service's snake_case JSON through @JsonNaming. Usage: java SpringClientFlow BASE_URL
 // Exits non-zero with a message on the first thing that is not as the guide says.
 
+import com.fasterxml.jackson.annotation.JsonProperty;
 import com.fasterxml.jackson.databind.DeserializationFeature;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.PropertyNamingStrategies;
@@ -65,6 +66,57 @@ public class SpringClientFlow {
     @JsonNaming(PropertyNamingStrategies.SnakeCaseStrategy.class)
     public static class JobResumeResponse extends TrainingJobResponse {
         public Map<String, Object> resumedFrom;
+    }
+
+    // -- validation and evaluations (not in the guide): camelCase in, snake_case out -----------
+
+    public static class Validation {
+        public Double valSize;
+        public Integer evalSteps;
+    }
+
+    public static class ValidatedJobRequest extends TrainingJobRequest {
+        public Validation validation;
+    }
+
+    @JsonNaming(PropertyNamingStrategies.SnakeCaseStrategy.class)
+    public static class ValidatedJobStatus extends JobStatusResponse {
+        public Double evalLoss;
+        public Double bestEvalLoss;
+        public String bestCheckpoint;
+        public Boolean stoppedEarly;
+    }
+
+    public static class EvaluationRequest {
+        public String dataset;
+        public String checkpoint;
+        public Integer maxSamples;
+        public Boolean baseline;
+        public Map<String, Object> generation;
+    }
+
+    public static class Figures {  // Jackson's snake_case puts no "_" before a digit: named here
+        @JsonProperty("bleu_4") public Double bleu4;
+        @JsonProperty("rouge_1") public Double rouge1;
+        @JsonProperty("rouge_l") public Double rougeL;
+        public Double loss;
+        public Double perplexity;
+    }
+
+    @JsonNaming(PropertyNamingStrategies.SnakeCaseStrategy.class)
+    public static class Comparison {
+        public Figures tuned;
+        public Figures base;
+        public Figures difference;
+    }
+
+    @JsonNaming(PropertyNamingStrategies.SnakeCaseStrategy.class)
+    public static class EvaluationResponse {
+        public String evaluationId;
+        public String jobId;
+        public String status;
+        public String checkpoint;
+        public Comparison results;
     }
 
     public static class ModelExportRequest {
@@ -169,6 +221,45 @@ public class SpringClientFlow {
         check("completed".equals(done.status) && done.progress == 1.0 && done.currentLoss != null
               && done.pid == null && done.configPath.endsWith("training_config.yaml"), "poll to completion");
         check("completed".equals(waitFor(rest, api, created.getBody().jobId).status), "the snake_case job completes");
+
+        // Validation during training, then an evaluation of the best checkpoint next to the base model.
+        ValidatedJobRequest validated = new ValidatedJobRequest();
+        validated.modelName = "tiny-llama";
+        validated.dataset = "demo_sft";
+        validated.epochs = 1.0;
+        validated.learningRate = 1e-3;
+        validated.customConfig = fast();
+        validated.validation = new Validation();
+        validated.validation.valSize = 0.2;
+        validated.validation.evalSteps = 16;
+        TrainingJobResponse validatedJob = rest.postForObject(api + "/jobs", validated, TrainingJobResponse.class);
+        waitFor(rest, api, validatedJob.jobId);
+        ValidatedJobStatus judged = rest.getForObject(api + "/jobs/{id}", ValidatedJobStatus.class, validatedJob.jobId);
+        check("completed".equals(judged.status) && judged.evalLoss != null && judged.bestEvalLoss != null
+              && judged.bestCheckpoint.startsWith("checkpoint-") && !judged.stoppedEarly,
+              "create with validation (camelCase valSize) and read eval_loss and the best checkpoint");
+        EvaluationRequest evaluate = new EvaluationRequest();
+        evaluate.dataset = "demo_sft";
+        evaluate.checkpoint = "best";
+        evaluate.maxSamples = 4;
+        evaluate.baseline = true;
+        evaluate.generation = new HashMap<>();
+        evaluate.generation.put("max_new_tokens", 16);
+        ResponseEntity<EvaluationResponse> queued = rest.postForEntity(
+            api + "/jobs/{id}/evaluations", evaluate, EvaluationResponse.class, validatedJob.jobId);
+        check(queued.getStatusCode() == HttpStatus.ACCEPTED && queued.getBody().evaluationId.startsWith("eval_"),
+              "post an evaluation: 202 with its id");
+        EvaluationResponse evaluation = queued.getBody();
+        for (int i = 0; i < 600 && !Arrays.asList("completed", "failed", "stopped").contains(evaluation.status); i++) {
+            Thread.sleep(500);
+            evaluation = rest.getForObject(api + "/jobs/{id}/evaluations/{eid}", EvaluationResponse.class,
+                                           validatedJob.jobId, queued.getBody().evaluationId);
+        }
+        Comparison figures = evaluation.results;
+        check("completed".equals(evaluation.status) && judged.bestCheckpoint.equals(evaluation.checkpoint)
+              && figures.tuned.bleu4 != null && figures.base.bleu4 != null && figures.tuned.rougeL != null
+              && Math.abs(figures.difference.loss - (figures.tuned.loss - figures.base.loss)) < 1e-4,
+              "read the evaluation's figures, tuned and base side by side");
 
         // Upload a dataset as multipart (a FileSystemResource in a MultiValueMap), then train on it.
         File data = File.createTempFile("spring-upload", ".jsonl");
