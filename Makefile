@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: setup demo run test lint unit e2e bench bench-smoke soak gpu-check clean
+.PHONY: setup demo run test lint unit e2e bench bench-smoke soak gpu-check mlflow clean
 
 setup: $(VENV)/.installed demo
 
@@ -34,6 +34,15 @@ unit: setup
 e2e: setup
 	$(BIN)/python -m pytest -v -m e2e $(PYTEST_ARGS)
 
+# A real MLflow tracking server for tests/test_tracking.py, in its own venv: the service speaks
+# MLflow's REST API and never imports mlflow (MLFLOW_VENV/bin/mlflow server ...).
+MLFLOW_VENV ?= .venv-mlflow
+mlflow: $(MLFLOW_VENV)/.installed
+$(MLFLOW_VENV)/.installed:
+	$(PYTHON) -m venv $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/pip install --quiet --disable-pip-version-check mlflow==3.17.2
+	touch $@
+
 # Needs wrk (apt-get install wrk). Writes bench-results/bench-<time>.md and .json.
 bench: setup
 	$(BIN)/python tools/bench.py
@@ -53,4 +62,4 @@ gpu-check:
 	$(GPU_PYTHON) tools/gpu_check.py $(if $(WHEELS),--wheels $(WHEELS)) $(GPU_CHECK_ARGS)
 
 clean:
-	rm -rf $(VENV) models/tiny-llama data
+	rm -rf $(VENV) $(MLFLOW_VENV) models/tiny-llama data

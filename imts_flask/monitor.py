@@ -39,11 +39,13 @@ from .jobs.record import CHANGED, UNCHANGED, changed, setter
 from .jobs.scheduler import Scheduler
 from .jobs.store import JobStore
 from .jobs.validation import ValidationWatch
+from .jobs.views import tensorboard_dir
 from .llamafactory.configs import attempt_config, build_export_config, resume_refusal
 from .llamafactory.environment import trainer_env
 from .llamafactory.trainer_log import FINAL_RESULTS, outcome, run_complete, trim_log
 from .llamafactory.trainer_state import validation_figures
 from .observe.gpus import Gpus
+from .observe.tracking import JobTracking
 from .observe.webhooks import Notifier
 from .procs import boot_id, start_ticks, terminate_tree, tree_pids
 from .settings import Settings
@@ -123,6 +125,7 @@ class Monitor:
         self.launch = None
         self.torchrun = False
         self.ending_early = False  # the monitor ended the run: min_delta's patience ran out
+        self.extra_env = {}  # for the trainer, besides its GPUs: where TensorBoard writes
         self._looked = 0.0
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self.stop)
@@ -147,13 +150,16 @@ class Monitor:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 close_fds=True,
-                env=trainer_env(
-                    self.settings,
-                    launch.get("gpus"),
-                    self.torchrun,
-                    engine="gpus" in launch and launch["gpus"] is None,  # placed by Ray, with its GPUs
-                    ray_workers=launch.get("ray_workers") or 0,
-                ),
+                env={
+                    **trainer_env(
+                        self.settings,
+                        launch.get("gpus"),
+                        self.torchrun,
+                        engine="gpus" in launch and launch["gpus"] is None,  # placed by Ray, with its GPUs
+                        ray_workers=launch.get("ray_workers") or 0,
+                    ),
+                    **self.extra_env,
+                },
             )
 
     def _wait(self, proc, ticks, on_beat=None):
@@ -243,6 +249,8 @@ class Monitor:
             Scheduler(self.settings, self.store).schedule()  # its slot is free again
             return
         config_path = self.store.path(self.job_id, JobStore.TRAIN_CONFIG)
+        if state.get("tensorboard"):
+            self.extra_env["TENSORBOARD_LOGGING_DIR"] = tensorboard_dir(state["paths"])
         try:
             resume, config = self._prepare_attempt(state)
             self.torchrun = "deepspeed" in config
@@ -287,16 +295,28 @@ class Monitor:
         watch = None
         if state.get("validation"):
             watch = ValidationWatch(state["paths"]["output_dir"], state.get("early_stopping"))
+        tracking = JobTracking(self.settings, state["paths"]["output_dir"])
 
         def on_beat():
             self._measure(proc)
+            self._track(tracking, state, config)
             return watch is not None and self._watch_validation(watch)
 
         rc = self._wait(proc, ticks, on_beat=on_beat)
         log.info("trainer exited: %s", rc)
         used = disk_bytes(self.store.path(self.job_id))
-        self.store.update(self.job_id, self._owned(lambda s: self._record_outcome(s, rc, used)))
+        final = self.store.update(self.job_id, self._owned(lambda s: self._record_outcome(s, rc, used)))
+        self._track(tracking, state, config)
+        tracking.end(final["status"])
         Scheduler(self.settings, self.store).schedule()  # a slot is free: start the next queued job
+
+    def _track(self, tracking, state, config):
+        """Start the job's MLflow run once (its id goes into the record), then log the new metrics."""
+        if tracking.on and not tracking.run_id:
+            run_id = tracking.start(state, config)
+            if run_id and run_id != state.get("mlflow_run_id"):
+                self.store.update(self.job_id, self._owned(setter(mlflow_run_id=run_id)))
+        tracking.beat()
 
     def _watch_validation(self, watch):
         """Record the evaluations logged since the last beat; return whether the run should end."""

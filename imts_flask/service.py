@@ -112,6 +112,7 @@ class TrainingService:
                 deepspeed_dir=self.catalog.deepspeed_dir,
                 save_steps=self.settings.default_save_steps,
                 save_total_limit=self.settings.default_save_total_limit,
+                tensorboard=request["tensorboard"],
             )
             described = {
                 "model_name": request["model_name"],
@@ -120,6 +121,7 @@ class TrainingService:
                 "finetuning_type": request["finetuning_type"],
                 "gpus": gpus,
                 "webhook_url": request.get("webhook_url"),
+                "tensorboard": request["tensorboard"],
                 **_validation_described(config, validation, request.get("early_stopping")),
                 # Samples a step takes, all processes together: samples_per_second from steps a second.
                 "samples_per_step": config["per_device_train_batch_size"]

@@ -100,6 +100,10 @@ class Settings:
     webhook_attempts: int = 6
     webhook_backoff_s: float = 1.0
     webhook_timeout_s: float = 10.0
+    # Tracking (off when empty): each job logs its parameters and metrics as a run on this MLflow
+    # tracking server, in this experiment; evaluations log their figures to the job's run.
+    mlflow_tracking_uri: str = ""
+    mlflow_experiment: str = "imts"
     # Host names this service answers to, besides IP addresses, localhost and this machine's name
     # (comma-separated; ".example.com" takes its subdomains; "*" any). Others get 421: a DNS-rebinding
     # page names its own domain. Behind Nginx, list the public names it passes on.

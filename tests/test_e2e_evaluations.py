@@ -140,3 +140,19 @@ def test_killing_the_service_and_the_evaluations_processes_does_not_lose_it(serv
     runs = [line for line in open(os.path.join(run_dir, "evaluation.log")) if "imts monitor" in line]
     assert sum("tuned-eval.yaml" in line for line in runs) == 1  # finished before: not run again
     assert sum("tuned-predict.yaml" in line for line in runs) == 2  # cut short: run again
+
+
+def test_tensorboard_writes_event_files_into_the_jobs_directory(service):
+    body = {
+        "model_name": "tiny-llama",
+        "dataset": "demo_sft",
+        "epochs": 1.0,
+        "custom_config": FAST,
+        "tensorboard": True,
+    }
+    final = service.wait_done(service.create(body))
+    assert final["status"] == "completed", final.get("error")
+    assert final["tensorboard"] is True
+    assert final["tensorboard_dir"] == os.path.join(os.path.dirname(final["config_path"]), "tensorboard")
+    events = [name for _, _, names in os.walk(final["tensorboard_dir"]) for name in names]
+    assert any(name.startswith("events.out.tfevents.") for name in events), events

@@ -51,7 +51,8 @@ def test_a_record_of_the_first_format_reads_and_shows_as_it_did(tmp_path, name):
     added = {k: view[k] for k in view if k not in fixture["view"]}
     assert added == {
         "validation": None, "early_stopping": None, "eval_loss": None, "best_eval_loss": None,
-        "best_checkpoint": None, "stopped_early": False,
+        "best_checkpoint": None, "stopped_early": False, "tensorboard": False, "tensorboard_dir": None,
+        "mlflow_run_id": None,
     }  # fmt: skip
     store.update(written["job_id"], setter(disk_bytes=12345))  # the next write stores the new version
     on_disk = json.load(open(os.path.join(job_dir, "state.json")))
@@ -75,7 +76,7 @@ def test_what_derives_from_the_table_is_what_the_readme_documents():
     )  # fmt: skip
     assert record.RESUMED == (
         "model_name", "dataset", "stage", "finetuning_type", "gpus", "validation", "early_stopping",
-        "webhook_url", "samples_per_step",
+        "tensorboard", "webhook_url", "samples_per_step",
     )  # fmt: skip
     assert record.WEBHOOK == ("model_name", "dataset", "stage", "exit_code", "reason", "error")
     assert list(JobStatusSchema().fields) == list(record.SHOWN)

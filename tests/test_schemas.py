@@ -39,6 +39,7 @@ def test_defaults_match_the_guide():
         "lora_rank": 8,
         "lora_alpha": 16,
         "custom_config": {},
+        "tensorboard": False,  # not in the guide: off unless asked
     }
 
 

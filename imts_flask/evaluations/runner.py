@@ -10,9 +10,10 @@ import logging
 import os
 
 from ..jobs.record import CHANGED, UNCHANGED, changed, setter
+from ..observe.tracking import log_evaluation
 from ..procs import start_ticks, terminate_tree
 from ..state import JobStatus, now_utc
-from .results import phase_done, phase_figures
+from .results import comparison, phase_done, phase_figures
 
 log = logging.getLogger("imts.monitor")
 
@@ -52,19 +53,25 @@ def run_evaluation(monitor, state):
             if rc == 0:
                 reason = f"llamafactory-cli wrote no results for phase {phase}"
             error = f"phase {phase}: {reason}"
-            store.update(
-                run_id,
-                monitor._owned(
-                    setter(status=JobStatus.FAILED.value, pid=None, trainer=None, error=error,
-                           exit_code=rc if rc >= 0 else None, signal=signal_name, log_tail=lines)
-                ),
-            )  # fmt: skip
+            failed = setter(
+                status=JobStatus.FAILED.value,
+                pid=None,
+                trainer=None,
+                error=error,
+                exit_code=rc if rc >= 0 else None,
+                signal=signal_name,
+                log_tail=lines,
+            )
+            store.update(run_id, monitor._owned(failed))
             return
         _record_phase(monitor, phase, phase_dir)
     else:
-        store.update(run_id, monitor._owned(setter(status=JobStatus.COMPLETED.value, pid=None, trainer=None,
-                                                   phase=None, exit_code=0)))  # fmt: skip
+        ended = setter(status=JobStatus.COMPLETED.value, pid=None, trainer=None, phase=None, exit_code=0)
+        done = store.update(run_id, monitor._owned(ended))
         log.info("evaluation completed")
+        job = store.read(done["training_job_id"])
+        results = comparison(done.get("results"), done.get("baseline"))
+        log_evaluation(monitor.settings, job.get("mlflow_run_id"), done["evaluation_id"], results)
         return
     store.update(run_id, monitor._owned(_stopped))
 

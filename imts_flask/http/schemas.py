@@ -189,6 +189,11 @@ class TrainingJobRequestSchema(RequestSchema):
     early_stopping = fields.Nested(
         EarlyStoppingSchema, allow_none=True, metadata={"example": {"patience": 3}}
     )
+    tensorboard = fields.Boolean(
+        load_default=False,
+        allow_none=True,
+        metadata={"description": "write TensorBoard event files into the job's directory (tensorboard_dir)"},
+    )
 
     @validates("stage")
     def _stage(self, value, **kwargs):

@@ -88,6 +88,11 @@ FIELDS = (
     _view("output_dir", "string"),
     _view("log_path", "string"),
     Field("export", "object", "the job's last export", shown=True),
+    Field("tensorboard", "boolean", "the trainer writes TensorBoard event files", False, shown=True, resumed=True,
+          nullable=False),
+    _view("tensorboard_dir", "string", "where they are (with tensorboard: true)"),
+    Field("mlflow_run_id", "string", "the job's run on the MLflow tracking server (mlflow_tracking_uri)",
+          shown=True),
     Field("log_tail", "strings", "the last lines of training.log, when failed", shown=True, optional=True,
           nullable=False),
     # state.json only

@@ -7,10 +7,13 @@ The schema of the answer derives from the same table (http/schemas.py), and test
 checks the two against each other.
 """
 
+import os
+
 from ..llamafactory.trainer_log import eta_after_resume, read_progress
 from ..state import JobStatus
 from . import record
 
+TENSORBOARD = "tensorboard"
 EXPORT_FIELDS = (
     "status", "export_dir", "merge_lora", "checkpoint", "model_path", "requested_at", "finished_at", "error"
 )  # fmt: skip
@@ -97,8 +100,14 @@ _COMPUTED = {
     "output_dir": lambda job: job.paths.get("output_dir"),
     "log_path": lambda job: job.paths.get("log"),
     "export": lambda job: export_view(job.state.get("export")),
+    "tensorboard_dir": lambda job: tensorboard_dir(job.paths) if job.state.get("tensorboard") else None,
     "log_tail": _log_tail,
 }
+
+
+def tensorboard_dir(paths):
+    """Where a job's trainer writes TensorBoard event files: <job dir>/tensorboard."""
+    return os.path.join(os.path.dirname(paths.get("config") or ""), TENSORBOARD)
 
 
 def export_view(export):

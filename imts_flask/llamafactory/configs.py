@@ -14,6 +14,7 @@ def build_train_config(
     deepspeed_dir=None,
     save_steps=100,
     save_total_limit=0,
+    tensorboard=False,
 ):
     """Return the exact dict that llamafactory-cli train reads for a validated request.
 
@@ -60,6 +61,10 @@ def build_train_config(
     if jit_checkpoint:
         # SIGTERM then makes the trainer save a checkpoint before exiting (LLAMAFACTORY_NOTES.md).
         config["enable_jit_checkpoint"] = True
+    if tensorboard:
+        # Into the job's directory: the monitor sets TENSORBOARD_LOGGING_DIR (transformers 5 ignores
+        # logging_dir).
+        config["report_to"] = "tensorboard"
     config.update(custom)
     _validation(config, request.get("validation"), request.get("early_stopping"), request["batch_size"])
     return config

@@ -249,16 +249,15 @@ def read_series(output_dir, since_step=0, limit=1000):
     return points[:limit]
 
 
-class EvalLossReader:
-    """The eval_loss entries of a running trainer's log, read on from where the last read ended."""
+class NewEntries:
+    """The entries of a running trainer's log, read on from where the last read ended."""
 
     def __init__(self, output_dir):
         self.path = os.path.join(output_dir, TRAINER_LOG)
         self.offset = 0
-        self.points = []  # (step, eval_loss), in the log's order
 
     def read(self):
-        """Read the lines appended since the last call; return the new (step, eval_loss) points."""
+        """Return the entries (dicts with an integer current_steps) appended since the last call."""
         try:
             with open(self.path, "rb") as handle:
                 handle.seek(self.offset)
@@ -267,15 +266,30 @@ class EvalLossReader:
             return []
         whole = data.rfind(b"\n") + 1  # a line being written is read next time
         self.offset += whole
-        new = []
+        entries = []
         for line in data[:whole].splitlines():
             try:
                 entry = json.loads(line)
             except ValueError:
                 continue
             if isinstance(entry, dict) and isinstance(entry.get("current_steps"), int):
-                loss = entry.get("eval_loss")
-                if isinstance(loss, (int, float)) and not isinstance(loss, bool):
-                    new.append((entry["current_steps"], float(loss)))
+                entries.append(entry)
+        return entries
+
+
+class EvalLossReader:
+    """The eval_loss entries of a running trainer's log, read on from where the last read ended."""
+
+    def __init__(self, output_dir):
+        self.entries = NewEntries(output_dir)
+        self.points = []  # (step, eval_loss), in the log's order
+
+    def read(self):
+        """Read the lines appended since the last call; return the new (step, eval_loss) points."""
+        new = []
+        for entry in self.entries.read():
+            loss = entry.get("eval_loss")
+            if isinstance(loss, (int, float)) and not isinstance(loss, bool):
+                new.append((entry["current_steps"], float(loss)))
         self.points.extend(new)
         return new
