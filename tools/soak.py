@@ -235,8 +235,13 @@ class Soak:
         try:
             response = requests.request(method, self.base + path, timeout=timeout, **kwargs)
         except requests.RequestException as exc:
-            if not self.in_window(started, time.monotonic()):
+            ended = time.monotonic()
+            if not self.in_window(started, ended):
                 self.violate(f"{method} {path}: no answer outside a restart window ({exc})")
+                self.note(
+                    f"  that {method} was sent at {started - self.started:.1f}s and failed "
+                    f"after {ended - started:.1f} s"
+                )
             with self.lock:
                 self.codes["no answer"] += 1
             return None, None
@@ -788,10 +793,23 @@ class Soak:
         print(f"violations:       {sum(self.violations.values())} ({len(self.violations)} distinct)")
         for violation, times in self.violations.items():
             print(f"  - {violation}" + (f" (x{times})" if times > 1 else ""))
+        if self.violations:
+            print("what gunicorn said about its workers (gunicorn.log):")
+            for line in self.gunicorn_events()[-40:]:
+                print("  " + line)
         if self.args.report:
             with open(self.args.report, "w") as handle:
                 json.dump(report, handle, indent=2)
         return 1 if self.violations else 0
+
+    def gunicorn_events(self):
+        """The arbiter's and workers' lines about workers and errors: why a request went unanswered."""
+        wanted = ("WORKER TIMEOUT", "was sent", "Worker exiting", "Booting worker", "[ERROR]", "[CRITICAL]")
+        try:
+            with open(os.path.join(self.home, "gunicorn.log"), errors="replace") as handle:
+                return [line.rstrip() for line in handle if any(w in line for w in wanted)]
+        except OSError:
+            return []
 
     def cleanup(self):
         with contextlib.suppress(Exception):
