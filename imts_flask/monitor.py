@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 
+from .deployments import record as deployment_record
+from .deployments.runner import run_deployment
 from .evaluations import record as evaluation_record
 from .evaluations.runner import run_evaluation
 from .executors import HOST
@@ -28,6 +30,7 @@ from .jobs import exports
 from .jobs.checkpoints import (
     CHECKPOINT_STATE,
     FINAL,
+    TRAINING_RECORDS,
     copy_checkpoint,
     discard_incomplete,
     disk_bytes,
@@ -56,15 +59,6 @@ log = logging.getLogger("imts.monitor")
 # How often a running job's disk use and GPU memory are measured again.
 MEASURE_EVERY_S = 60.0
 
-# Files in output_dir that record the training run rather than make up the adapter.
-_TRAINING_RECORDS = {
-    "trainer_log.jsonl",
-    "training_args.bin",
-    "training_loss.png",
-    "trainer_state.json",
-    "all_results.json",
-    "train_results.json",
-}
 # The exporter writes into <job dir>/.export-staging-<token>; exports.publish moves it into place.
 EXPORT_STAGING = ".export-staging-"
 _ERROR_LINE = re.compile(r"^\w*(Error|Exception|error)\b.*|^.*Traceback")
@@ -94,14 +88,14 @@ def _failure_reason(lines, fallback):
     return fallback
 
 
-def _describe_exit(rc):
+def _describe_exit(rc, what="llamafactory-cli"):
     if rc < 0:
         try:
             name = signal.Signals(-rc).name
         except ValueError:
             name = f"signal {-rc}"
-        return f"llamafactory-cli was killed by signal {-rc} ({name})", name
-    return f"llamafactory-cli exited with code {rc}", None
+        return f"{what} was killed by signal {-rc} ({name})", name
+    return f"{what} exited with code {rc}", None
 
 
 class _CannotStart(Exception):
@@ -116,7 +110,12 @@ class Monitor:
     def __init__(self, settings, job_id):
         self.settings = settings
         self.job_id = job_id
-        self.store = JobStore(settings.path("jobs_dir"), settings.lock_timeout_s, Notifier(settings))
+        self.store = JobStore(
+            settings.path("jobs_dir"),
+            settings.lock_timeout_s,
+            Notifier(settings),
+            deployments_root=settings.path("deployments_dir"),
+        )
         self._measured = 0.0
         self.gpus = Gpus(settings.gpu_ids)  # this host's, as the engine handed them
         pid = os.getpid()
@@ -165,7 +164,7 @@ class Monitor:
     def _wait(self, proc, ticks, on_beat=None):
         """Wait for the child, heartbeating; on a stop request terminate its tree. Return its code.
 
-        `on_beat()` runs with each heartbeat; when it returns True the run is ended the same way.
+        `on_beat()` runs with each heartbeat; when it returns a reason the run is ended the same way.
         """
         stopping = False
         last_beat = 0.0
@@ -178,8 +177,9 @@ class Monitor:
             now = time.monotonic()
             if now - last_beat >= self.settings.heartbeat_s:
                 self._heartbeat()
-                if on_beat is not None and on_beat() and not self.ending_early:
-                    log.info("eval_loss stalled (early_stopping's min_delta): ending the run")
+                reason = on_beat() if on_beat is not None else None
+                if reason and not self.ending_early:
+                    log.info("ending the run: %s", reason)
                     self.ending_early = True
                 last_beat = now
             time.sleep(0.2)
@@ -197,10 +197,10 @@ class Monitor:
         except Exception:  # a record being replaced, a lock: the next look will do
             log.debug("could not read the job's record", exc_info=True)
 
-    def failure(self, log_path, rc, fallback):
+    def failure(self, log_path, rc, fallback, what="llamafactory-cli"):
         """Why a llamafactory-cli run failed: (reason, signal name or None, the log's last lines)."""
         lines = _tail_lines(log_path, self.settings.log_tail_lines)
-        reason, signal_name = _describe_exit(rc)
+        reason, signal_name = _describe_exit(rc, what)
         return f"{reason}: {_failure_reason(lines, fallback)}", signal_name, lines
 
     def _owned(self, change):
@@ -246,6 +246,10 @@ class Monitor:
         self.launch = state["launch"]
         if state.get("kind") == evaluation_record.KIND:
             run_evaluation(self, state)
+            Scheduler(self.settings, self.store).schedule()  # its slot is free again
+            return
+        if state.get("kind") == deployment_record.KIND:
+            run_deployment(self, state)
             Scheduler(self.settings, self.store).schedule()  # its slot is free again
             return
         config_path = self.store.path(self.job_id, JobStore.TRAIN_CONFIG)
@@ -300,7 +304,9 @@ class Monitor:
         def on_beat():
             self._measure(proc)
             self._track(tracking, state, config)
-            return watch is not None and self._watch_validation(watch)
+            if watch is not None and self._watch_validation(watch):
+                return "eval_loss stalled (early_stopping's min_delta)"
+            return None
 
         rc = self._wait(proc, ticks, on_beat=on_beat)
         log.info("trainer exited: %s", rc)
@@ -469,7 +475,7 @@ class Monitor:
                 source = os.path.join(weights, name)
                 if (
                     os.path.isfile(source)
-                    and name not in _TRAINING_RECORDS
+                    and name not in TRAINING_RECORDS
                     and not name.startswith(CHECKPOINT_STATE)
                 ):
                     shutil.copy2(source, os.path.join(staged, name))

@@ -11,6 +11,7 @@ import time
 
 from .catalog import Catalog
 from .datasets.uploads import Uploads
+from .deployments.service import Deployments
 from .errors import Conflict, Forbidden, InsufficientStorage, NotFound
 from .evaluations.service import Evaluations
 from .fsio import filesystem_problems, read_tail
@@ -30,6 +31,7 @@ from .llamafactory.trainer_state import checkpoint_evaluation
 from .observe.gpus import Gpus
 from .observe.webhooks import Notifier
 from .procs import tree_pids
+from .registry.service import Registry, is_reference
 from .state import TIME_FORMAT, JobStatus, creation_order, now_utc
 
 log = logging.getLogger(__name__)
@@ -57,7 +59,11 @@ class TrainingService:
         self.settings = settings
         self.notifier = Notifier(settings)
         self.store = JobStore(
-            settings.path("jobs_dir"), settings.lock_timeout_s, self.notifier, settings.log_links_dir
+            settings.path("jobs_dir"),
+            settings.lock_timeout_s,
+            self.notifier,
+            settings.log_links_dir,
+            deployments_root=settings.path("deployments_dir"),
         )
         problems = filesystem_problems(self.store.root)
         if problems:  # a store whose locks do not lock would lose jobs quietly: refuse to start
@@ -68,6 +74,12 @@ class TrainingService:
         self.lifecycle = Lifecycle(settings, self.store, self.uploads)
         self.evaluations = Evaluations(
             settings, self.store, self.catalog, self.launcher, self.start_queued_soon
+        )
+        self.registry = Registry(
+            settings, self.store, in_use=lambda name, v: self.deployments.serving(name, v)
+        )
+        self.deployments = Deployments(
+            settings, self.store, self.catalog, self.launcher, self.registry.versions, self.start_queued_soon
         )
         # The GPUs this service hands out (with Ray they are the cluster's, read on its nodes).
         self.gpus = Gpus(self.launcher.executor.gpu_ids())
@@ -89,7 +101,13 @@ class TrainingService:
             trust_remote_code=self.settings.allow_trust_remote_code,
         )
         gpus = self.launcher.executor.gpus_for(request.get("gpus"))
-        model_path, default_template = self.catalog.resolve_model(request["model_name"])
+        adapter = None
+        if is_reference(request["model_name"]):  # a registered version: "support-bot:3", "support-bot@prod"
+            model_path, default_template, adapter = self.registry.base_for_training(
+                request["model_name"], request["finetuning_type"]
+            )
+        else:
+            model_path, default_template = self.catalog.resolve_model(request["model_name"])
         template = request["custom_config"].get("template") or default_template or "default"
         self.catalog.check_template(template)
         datasets = self.catalog.resolve_datasets(request["dataset"], request["stage"])
@@ -105,6 +123,7 @@ class TrainingService:
             config = build_train_config(
                 request,
                 model_path=model_path,
+                adapter=adapter,
                 template=template,
                 dataset_dir=os.path.dirname(paths["dataset_info"]),
                 output_dir=paths["output_dir"],

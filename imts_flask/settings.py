@@ -104,6 +104,21 @@ class Settings:
     # tracking server, in this experiment; evaluations log their figures to the job's run.
     mlflow_tracking_uri: str = ""
     mlflow_experiment: str = "imts"
+    # Deployments (OpenAI-compatible servers of trained models): their directories, the address they
+    # listen on (never 0.0.0.0 unless the operator says so), the ports they take ("first-last"), the
+    # host name in their base_url (default: the listen address, or this host's name for 0.0.0.0), how
+    # long a server may take to answer /v1/models, and an idle deployment's stop (0: never).
+    deployments_dir: str = "deployments"
+    deploy_host: str = "127.0.0.1"
+    deploy_ports: str = "18100-18199"
+    deploy_public_host: str = ""
+    deploy_start_timeout_s: float = 600.0
+    idle_stop_minutes: float = 0.0
+    # The server command before its config file (default: LLaMA Factory's API app without its CORS "*",
+    # imts_flask/deployments/server.py, under this interpreter); tests put a fake server here.
+    deploy_command: str = ""
+    # Registered model versions (name/version directories with their weights), beside the models.
+    registry_dir: str = "models/registry"
     # Host names this service answers to, besides IP addresses, localhost and this machine's name
     # (comma-separated; ".example.com" takes its subdomains; "*" any). Others get 421: a DNS-rebinding
     # page names its own domain. Behind Nginx, list the public names it passes on.

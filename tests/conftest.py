@@ -137,6 +137,13 @@ def api_done(client, job_id, timeout=60):
     return wait_for(lambda: (s := api_status(client, job_id))["status"] in TERMINAL and s, timeout=timeout)
 
 
+def completed_job(client, **extra):
+    """Create a job and wait for it to complete; return its id."""
+    job_id = api_create(client, **extra)
+    assert api_done(client, job_id)["status"] == "completed"
+    return job_id
+
+
 def tree_digest(path):
     """{relative path: (size, mtime_ns, sha256)} of every file under `path`: proof nothing changed."""
     digest = {}

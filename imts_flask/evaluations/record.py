@@ -5,7 +5,7 @@ monitor, trainer, attempt, history, ...), so an evaluation is queued, run, lost 
 job is; `job_id` is the store's key of the run (<job>/<evaluation>), and `kind` says what it is.
 """
 
-from ..jobs.record import Field
+from ..jobs.record import Field, build, run_fields
 from ..state import JobStatus
 
 KIND = "evaluation"
@@ -36,28 +36,13 @@ FIELDS = (
     Field("created_at", "string", shown=True),
     Field("started_at", "string", shown=True),
     Field("finished_at", "string", shown=True),
-    Field("attempt", "integer", "", 1, shown=True),
-    Field("max_attempts", "integer", "", 1),
     Field("log_tail", "strings", "the last lines of evaluation.log, when failed", optional=True),
-    # the machinery's, as a job's
-    Field("job_id", "string", "the store's key of this run: <job>/<evaluation>"),
-    Field("kind", "string", default=KIND),
-    Field("schema_version", "integer", default=SCHEMA_VERSION),
-    Field("gpus", "integer", "GPUs it asked for"),
-    Field("created_ns", "integer"),
-    Field("updated_at", "string"),
-    Field("pid", "integer"),
-    Field("launch", "object"),
-    Field("monitor", "object"),
-    Field("trainer", "object"),
-    Field("stop_requested_at", "string"),
-    Field("paths", "object", "log, output_dir, request, dataset_info, configs (by phase)"),
-    Field("history", "objects", default=()),
-    Field("about", "string"),
-    Field("exit_code", "integer"),
-    Field("signal", "string"),
-    Field("reason", "string"),
-    Field("lost", "object", optional=True),
+    *run_fields(
+        KIND,
+        SCHEMA_VERSION,
+        key="the store's key of this run: <job>/<evaluation>",
+        paths="log, output_dir, request, dataset_info, configs (by phase)",
+    ),
 )
 BY_NAME = {field.name: field for field in FIELDS}
 
@@ -70,11 +55,4 @@ ABOUT = (
 
 
 def new_record(**values):
-    unknown = set(values) - set(BY_NAME)
-    if unknown:
-        raise ValueError(f"not fields of an evaluation record: {sorted(unknown)}")
-    return {
-        f.name: values.get(f.name, list(f.default) if isinstance(f.default, tuple) else f.default)
-        for f in FIELDS
-        if not f.optional or f.name in values
-    }
+    return build(FIELDS, values, "evaluation")

@@ -342,11 +342,17 @@ def delete_dataset(name):
 
 @bp.get("/models")
 @doc(
-    "Every model a job may name, with its template, architecture, parameters and size",
+    "Every model a job may name, with its template, architecture, parameters and size; registered names",
     responses={200: ModelListSchema},
 )
 def list_models():
-    return _schema(ModelListSchema).dump({"models": get_service().models()})
+    service = get_service()
+    registered = [
+        {"name": m["name"], "latest": m["latest"], "aliases": m["aliases"],
+         "versions": [v["version"] for v in m["versions"]]}
+        for m in service.registry.versions.models()
+    ]  # fmt: skip
+    return _schema(ModelListSchema).dump({"models": service.models(), "registered": registered})
 
 
 @bp.get("/templates")

@@ -1,5 +1,7 @@
 """The OpenAPI 3 document, generated from the marshmallow schemas and each view's @doc metadata."""
 
+import re
+
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
@@ -35,6 +37,10 @@ _PATH_PARAMS = {
         "pattern": f"^{EVALUATION_ID_PATTERN.pattern}$",
         "example": "eval_a1b2c3d4",
     },
+    "deployment_id": {"type": "string", "pattern": "^deploy_[0-9a-z]{8}$", "example": "deploy_a1b2c3d4"},
+    "model": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$", "example": "support-bot"},
+    "alias": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$", "example": "production"},
+    "version": {"type": "integer", "minimum": 1, "example": 3},
 }
 _HEADERS = {
     "Idempotency-Key": "A retry with the same key and body returns the original job (200), never a second"
@@ -84,7 +90,7 @@ def _content(kind):
 
 def _tag(path):
     """The resource an operation belongs to, so generated clients get JobsApi, HealthApi, ..."""
-    for tag in ("evaluations", "jobs", "datasets", "models", "gpus", "health", "metrics"):
+    for tag in ("evaluations", "deployments", "jobs", "datasets", "models", "gpus", "health", "metrics"):
         if f"/{tag}" in path:
             return tag
     return "models" if path.endswith("/templates") else "meta"
@@ -158,7 +164,7 @@ def documented_rules(app):
         if not rule.endpoint.startswith(names):
             continue
         meta = getattr(app.view_functions[rule.endpoint], "openapi", None)
-        path = rule.rule.replace("<", "{").replace(">", "}")
+        path = re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", r"{\1}", rule.rule)  # <int:version> -> {version}
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             found.append((path, method, rule, meta))
     return found

@@ -653,6 +653,10 @@ class ModelSchema(ResponseSchema):
 
 class ModelListSchema(ResponseSchema):
     models = fields.List(fields.Nested(ModelSchema))
+    registered = fields.List(
+        fields.Dict(),
+        metadata={"description": "registered names: versions, aliases (GET /models/{model} for one)"},
+    )
 
 
 class TemplateListSchema(ResponseSchema):

@@ -245,6 +245,19 @@ def disk_bytes(path):
 FINAL, BEST = "final", "best"
 # What a checkpoint holds besides the weights: the optimizer's and scheduler's state, RNG states.
 CHECKPOINT_STATE = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state")
+# A run's output files that record its training, not its weights (an export or a registered
+# version leaves them out).
+TRAINING_RECORDS = frozenset(
+    {
+        "trainer_log.jsonl",
+        "training_args.bin",
+        "training_loss.png",
+        "trainer_state.json",
+        "all_results.json",
+        "train_results.json",
+        "eval_results.json",
+    }
+)
 
 
 def has_weights(directory):

@@ -46,6 +46,13 @@ class Lifecycle:
                     "stop it or wait for it, then delete the job",
                     extra={"evaluations": [run.split("/")[1] for run in evaluating]},
                 )
+            serving = [s for s in self.store.deployments_of(job_id) if not JobStatus(s["status"]).is_terminal()]
+            if serving:
+                raise Conflict(
+                    f"job {job_id} is served by deployment {serving[0]['job_id']}; stop it (DELETE "
+                    "/deployments/{id}) or register the job's weights as a model version, then delete the job",
+                    extra={"deployments": [s["job_id"] for s in serving]},
+                )
             waiting = self._resumes_waiting_on(job_id)
             if waiting:
                 raise Conflict(
@@ -142,8 +149,9 @@ class Lifecycle:
         return removed
 
     def _checkpoints_in_use(self, job_id):
-        """The best checkpoint, and those that unfinished evaluations of the job read."""
+        """The best checkpoint, and those that unfinished evaluations and live deployments of the job read."""
         names = {self.store.read(job_id).get("best_checkpoint")}
+        names.update((s.get("source") or {}).get("checkpoint") for s in self.store.deployments_of(job_id))
         for run_id in self.store.active_evaluations(job_id):
             with contextlib.suppress(NotFound):
                 names.add(self.store.read(run_id).get("checkpoint"))

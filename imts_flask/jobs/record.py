@@ -135,22 +135,51 @@ def _default(field):
     return list(field.default) if isinstance(field.default, tuple) else field.default
 
 
+def run_fields(kind, schema_version, key, paths):
+    """The fields of a run that is not a job (an evaluation, a deployment) which the queue, the
+    liveness checks and the monitor read as they read a job's: `key` and `paths` say what its
+    job_id and paths hold."""
+    return (
+        Field("attempt", "integer", "", 1, shown=True),
+        Field("max_attempts", "integer", "", 1),
+        Field("job_id", "string", key),
+        Field("kind", "string", default=kind),
+        Field("schema_version", "integer", default=schema_version),
+        Field("gpus", "integer", "GPUs it asked for"),
+        Field("created_ns", "integer"),
+        Field("updated_at", "string"),
+        Field("pid", "integer"),
+        Field("launch", "object"),
+        Field("monitor", "object"),
+        Field("trainer", "object"),
+        Field("stop_requested_at", "string"),
+        Field("paths", "object", paths),
+        Field("history", "objects", default=()),
+        Field("about", "string"),
+        Field("exit_code", "integer"),
+        Field("signal", "string"),
+        Field("reason", "string"),
+        Field("lost", "object", optional=True),
+    )
+
+
+def build(fields, values, what="job"):
+    """A new record of a table of `fields`: each in the table's order, `values` over the defaults."""
+    unknown = set(values) - {f.name for f in fields}
+    if unknown:
+        raise ValueError(f"not fields of a {what} record: {sorted(unknown)}")
+    return {f.name: values.get(f.name, _default(f)) for f in fields if not f.optional or f.name in values}
+
+
 def new_record(**values):
     """A new job's record: every stored field in the table's order, `values` over the defaults."""
-    unknown = set(values) - set(BY_NAME)
-    if unknown:
-        raise ValueError(f"not fields of a job record: {sorted(unknown)}")
-    return {
-        f.name: values.get(f.name, _default(f))
-        for f in STORED
-        if not f.optional or f.name in values
-    }
+    return build(STORED, values)
 
 
 def upgrade(record):
-    """Bring a job record of an earlier version up to this one, in place; return it (an evaluation's
-    record has its own table: evaluations/record.py)."""
-    if record.get("schema_version") == SCHEMA_VERSION or record.get("kind") == "evaluation":
+    """Bring a job record of an earlier version up to this one, in place; return it (evaluations and
+    deployments have tables of their own: evaluations/record.py, deployments/record.py)."""
+    if record.get("schema_version") == SCHEMA_VERSION or record.get("kind") in ("evaluation", "deployment"):
         return record
     for field in STORED:
         if field.name not in record and field.default is not None and not field.optional:

@@ -24,10 +24,12 @@ log = logging.getLogger(__name__)
 
 JOB_ID_PATTERN = re.compile(r"train_[0-9a-z]{8}")
 EVALUATION_ID_PATTERN = re.compile(r"eval_[0-9a-z]{8}")
-# A run is a job, or an evaluation of one (train_x/eval_y): each has a record, a lock, a monitor.
-RUN_ID_PATTERN = re.compile(r"(train_[0-9a-z]{8})(?:/(eval_[0-9a-z]{8}))?")
+DEPLOYMENT_ID_PATTERN = re.compile(r"deploy_[0-9a-z]{8}")
+# A run is a job, an evaluation of one (train_x/eval_y) or a deployment (deploy_x): each has a
+# record, a lock, a monitor, and a place in the one queue.
+RUN_ID_PATTERN = re.compile(r"(train_[0-9a-z]{8})(?:/(eval_[0-9a-z]{8}))?|(deploy_[0-9a-z]{8})")
 # Lock and marker names of runs: "/" is no file name character.
-_RUN_KEY = re.compile(r"train_[0-9a-z]{8}(?:\.eval_[0-9a-z]{8})?")
+_RUN_KEY = re.compile(r"train_[0-9a-z]{8}(?:\.eval_[0-9a-z]{8})?|deploy_[0-9a-z]{8}")
 # What a sidecar lock may be called: a run's key, a dataset, or one of the store's own names.
 _LOCK_NAME = re.compile(r"[A-Za-z0-9_.-]{1,160}")
 
@@ -85,8 +87,12 @@ class JobStore:
     # written with the change, removed by the webhook sweep once webhooks.log records them all.
     WEBHOOKS_DUE = ".webhooks-due"
 
-    def __init__(self, root, lock_timeout=10.0, notifier=None, links_dir=None):
+    def __init__(self, root, lock_timeout=10.0, notifier=None, links_dir=None, deployments_root=None):
         self.root = os.path.abspath(root)
+        # deployments/<deploy_x>/: beside jobs/ unless told (settings.deployments_dir)
+        self.deployments_root = os.path.abspath(
+            deployments_root or os.path.join(os.path.dirname(self.root), "deployments")
+        )
         self.lock_timeout = lock_timeout
         # Told of each status change: notifier.url(state) says whether it has a webhook, and
         # notifier.notify(job_dir, state) runs after the change is written (webhooks.Notifier).
@@ -104,14 +110,17 @@ class JobStore:
     EVALUATIONS = "evaluations"
 
     def _job_dir(self, job_id):
-        """The directory of a run: jobs/<job_id>, or jobs/<job_id>/evaluations/<evaluation_id>."""
+        """The directory of a run: jobs/<job_id>, jobs/<job_id>/evaluations/<evaluation_id>, or
+        deployments/<deployment_id>."""
         match = RUN_ID_PATTERN.fullmatch(job_id) if isinstance(job_id, str) else None
         if not match:
             raise ValidationFailed(
                 "job_id must look like train_ followed by 8 lowercase letters or digits",
                 field="job_id",
             )
-        job, evaluation = match.groups()
+        job, evaluation, deployment = match.groups()
+        if deployment:
+            return os.path.join(self.deployments_root, deployment)
         if evaluation:
             return os.path.join(self.root, job, self.EVALUATIONS, evaluation)
         return os.path.join(self.root, job_id)
@@ -201,6 +210,29 @@ class JobStore:
                     return run_id
         raise ApiError("could not allocate a unique evaluation id")
 
+    def create_deployment(self, make_files):
+        """Create a deployment atomically (deployments/<deploy_x>/, renamed into place whole); its id."""
+        try:
+            os.makedirs(self.deployments_root, exist_ok=True)
+        except OSError as exc:
+            raise storage_error(exc, "creating the deployment") from exc
+        for _ in range(16):
+            run_id = "deploy_" + secrets.token_hex(4)
+            final = self._job_dir(run_id)
+            if os.path.exists(final):
+                continue
+            if self._write_new(run_id, final, make_files(run_id, final), "creating the deployment"):
+                return run_id
+        raise ApiError("could not allocate a unique deployment id")
+
+    def deployment_ids(self):
+        """The ids of every deployment on disk (no particular order)."""
+        try:
+            names = os.listdir(self.deployments_root)
+        except FileNotFoundError:
+            return []
+        return [name for name in names if DEPLOYMENT_ID_PATTERN.fullmatch(name)]
+
     def _write_new(self, run_id, final, files, what):
         """Write a new run's files into staging and rename it into place; False if the name was taken."""
         staging = None
@@ -235,6 +267,19 @@ class JobStore:
         """The run ids of a job's evaluations not finished (by their markers)."""
         prefix = _key(job_id) + ".eval_"
         return [_run_id(n) for n in os.listdir(os.path.join(self.root, self.ACTIVE)) if n.startswith(prefix)]
+
+    def deployments_of(self, job_id):
+        """The records of live deployments that serve a job's own files (by their markers)."""
+        found = []
+        for name in os.listdir(os.path.join(self.root, self.ACTIVE)):
+            if not DEPLOYMENT_ID_PATTERN.fullmatch(name):
+                continue
+            with contextlib.suppress(NotFound, ValueError):
+                state = self.read(name)
+                source = state.get("source") or {}
+                if source.get("job_id") == job_id and not source.get("model"):
+                    found.append(state)
+        return found
 
     def create_once(self, key, fingerprint, make_files, create=None):
         """Create a job (or with `create(make_files)`, another run) once per idempotency key; return

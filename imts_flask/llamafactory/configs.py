@@ -9,6 +9,7 @@ def build_train_config(
     model_path,
     template,
     dataset_dir,
+    adapter=None,
     output_dir,
     jit_checkpoint=True,
     deepspeed_dir=None,
@@ -32,6 +33,9 @@ def build_train_config(
         "do_train": True,
         "finetuning_type": request["finetuning_type"],
     }
+    if adapter:
+        # On top of a registered LoRA version: LLaMA Factory goes on training that adapter.
+        config["adapter_name_or_path"] = adapter
     if request["finetuning_type"] == "lora":
         config.update(lora_rank=request["lora_rank"], lora_alpha=request["lora_alpha"], lora_target="all")
     config.update(

@@ -1,0 +1,190 @@
+"""Running a deployment's server, in the monitor that claimed its launch (imts_flask/monitor.py).
+
+The server is the monitor's child in its own process group, its output appended to deployment.log.
+The monitor heartbeats as for a job; each beat it asks the server's /v1/models (once it answers the
+deployment is ready), counts the chat completions in the log, and ends an idle server when
+idle_stop_minutes says so. A server that dies is started again (`restarts`, up to max_attempts in
+all) before the deployment is failed with the reason and the log's tail. A stop (DELETE, SIGTERM)
+ends the server with the grace period; the slot is then free and the scheduler runs.
+"""
+
+import logging
+import os
+import shlex
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from ..jobs.record import CHANGED, UNCHANGED, changed, setter
+from ..procs import start_ticks, terminate_tree
+from ..settings import package_pythonpath
+from ..state import JobStatus, now_utc
+from . import record
+
+log = logging.getLogger("imts.monitor")
+
+CHAT = '"POST /v1/chat/completions'  # uvicorn's access line of a chat completion
+RESTART_PAUSE_S = 2.0
+
+
+def server_command(settings, config_path):
+    """The server's argv: settings.deploy_command, or LLaMA Factory's app under this interpreter."""
+    if settings.deploy_command:
+        return shlex.split(settings.deploy_command) + [config_path]
+    return [settings.python or sys.executable, "-m", "imts_flask.deployments.server", config_path]
+
+
+def probe_host(host):
+    return "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
+
+
+def answers(host, port, api_key, timeout=2.0):
+    """Whether the server's /v1/models answers 200 with this key."""
+    request = urllib.request.Request(
+        f"http://{probe_host(host)}:{port}/v1/models", headers={"Authorization": f"Bearer {api_key}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status == 200
+    except (OSError, urllib.error.URLError, ValueError):
+        return False
+
+
+class _Watch:
+    """What the monitor looks at on each beat of a live server."""
+
+    def __init__(self, monitor, state, api_key, log_path, started):
+        self.monitor, self.state, self.api_key = monitor, state, api_key
+        self.log_path = log_path
+        self.started = started
+        self.offset = os.path.getsize(log_path) if os.path.exists(log_path) else 0
+        self.ready = False
+        self.served = state.get("requests_served") or 0
+        self.last_request = time.time()
+        self.idle = False
+        self.timed_out = False
+
+    def beat(self):
+        settings = self.monitor.settings
+        changes = {}
+        if not self.ready and answers(self.state["host"], self.state["port"], self.api_key):
+            self.ready = True
+            self.last_request = time.time()
+            changes["ready_at"] = now_utc()
+            log.info("the server answers on port %s: ready", self.state["port"])
+        new = self._new_requests()
+        if new:
+            self.served += new
+            self.last_request = time.time()
+            changes.update(requests_served=self.served, last_request_at=now_utc())
+        if changes:
+            self.monitor.store.update(self.monitor.job_id, self.monitor._owned(setter(**changes)))
+        if not self.ready and time.monotonic() - self.started > settings.deploy_start_timeout_s:
+            self.timed_out = True
+            return f"the server did not answer /v1/models within {settings.deploy_start_timeout_s:.0f} s"
+        idle_s = settings.idle_stop_minutes * 60
+        if self.ready and idle_s > 0 and time.time() - self.last_request > idle_s:
+            self.idle = True
+            return f"no request for {settings.idle_stop_minutes:g} minutes (idle_stop_minutes)"
+        return None
+
+    def _new_requests(self):
+        """Chat completions logged since the last look (whole lines only)."""
+        try:
+            with open(self.log_path, "rb") as handle:
+                handle.seek(self.offset)
+                data = handle.read(4 * 1024 * 1024)
+        except OSError:
+            return 0
+        end = data.rfind(b"\n") + 1
+        self.offset += end
+        return data[:end].decode("utf-8", "replace").count(CHAT)
+
+
+def run_deployment(monitor, state):
+    """Serve a claimed deployment until it is stopped, idle, or its server keeps dying."""
+    store, run_id, settings = monitor.store, monitor.job_id, monitor.settings
+    monitor.launch = state["launch"]
+
+    def mark_running(current):
+        if current["status"] != JobStatus.PENDING.value or current.get("monitor") != monitor.me:
+            return UNCHANGED
+        current.update(
+            status=JobStatus.RUNNING.value, started_at=current.get("started_at") or now_utc(), ready_at=None
+        )
+        return CHANGED
+
+    state = store.update(run_id, mark_running)
+    if state["status"] != JobStatus.RUNNING.value or state.get("monitor") != monitor.me:
+        log.info("deployment became %s while starting: nothing to run", state["status"])
+        return
+    with open(state["paths"]["api_key"], encoding="utf-8") as handle:
+        api_key = handle.read().strip()
+    monitor.extra_env.update(
+        API_HOST=state["host"],
+        API_PORT=str(state["port"]),
+        API_KEY=api_key,
+        API_MODEL_NAME=state["model"],
+        PYTHONPATH=package_pythonpath(),
+    )
+    log_path = store.path(run_id, record.LOG)
+    restarts = state.get("restarts") or 0
+    while True:
+        try:
+            proc = monitor._run(server_command(settings, state["paths"]["config"]), record.LOG)
+        except OSError as exc:
+            _end(monitor, JobStatus.FAILED, error=f"the server could not start: {exc}")
+            return
+        ticks = start_ticks(proc.pid)
+        running = setter(
+            pid=proc.pid, trainer={"pid": proc.pid, "start_ticks": ticks, "pgid": proc.pid}, ready_at=None
+        )
+        current = store.update(run_id, monitor._owned(running))
+        if current.get("pid") != proc.pid:
+            terminate_tree(proc.pid, ticks, 0, popen=proc)
+            return
+        log.info("server started: pid %s on %s:%s", proc.pid, state["host"], state["port"])
+        watch = _Watch(monitor, current, api_key, log_path, time.monotonic())
+        monitor.ending_early = False
+        rc = monitor._wait(proc, ticks, on_beat=watch.beat)
+        log.info("server exited: %s", rc)
+        if monitor.stop.set or _stop_requested(monitor):
+            _end(monitor, JobStatus.STOPPED, stop_reason="requested")
+            return
+        if watch.idle:
+            _end(monitor, JobStatus.STOPPED, stop_reason="idle")
+            return
+        reason, signal_name, lines = monitor.failure(log_path, rc, "see deployment.log", what="the server")
+        if watch.timed_out:
+            reason = f"the server did not answer /v1/models within {settings.deploy_start_timeout_s:.0f} s"
+        restarts += 1
+        if restarts >= max(1, settings.max_attempts):
+            _end(
+                monitor,
+                JobStatus.FAILED,
+                error=f"the server died {restarts} times; the last: {reason}",
+                exit_code=rc if rc >= 0 else None,
+                signal=signal_name,
+                log_tail=lines,
+            )
+            return
+        log.warning("the server died (%s); starting it again (restart %d)", reason, restarts)
+        store.update(run_id, monitor._owned(setter(restarts=restarts, error=reason, pid=None, trainer=None)))
+        time.sleep(RESTART_PAUSE_S)
+
+
+def _stop_requested(monitor):
+    try:
+        return bool(monitor.store.read(monitor.job_id).get("stop_requested_at"))
+    except Exception:  # a record being replaced: the stop flag or the next look will do
+        return False
+
+
+def _end(monitor, status, **values):
+    def change(state):
+        state.update(status=status.value, pid=None, trainer=None, **values)
+        why = values.get("error") or (values.get("stop_reason") and f"stopped: {values['stop_reason']}")
+        return changed(reason=why) if why else changed()
+
+    monitor.store.update(monitor.job_id, monitor._owned(change))

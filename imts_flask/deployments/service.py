@@ -1,0 +1,239 @@
+"""What the deployment endpoints do, below HTTP: create (checked, a port and a key, then queued),
+list, show, and stop (DELETE)."""
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+import socket
+import time
+
+from ..errors import Conflict, NotFound, ValidationFailed
+from ..jobs.checkpoints import choose_weights
+from ..jobs.store import DEPLOYMENT_ID_PATTERN, JobStore
+from ..state import JobStatus, creation_order, now_utc
+from . import record
+
+log = logging.getLogger(__name__)
+
+PORTS_LOCK = "_deployment_ports"
+# What a deployment of a job's weights needs: a finished job whose weights can chat.
+_SERVABLE = (JobStatus.COMPLETED.value, JobStatus.STOPPED.value)
+
+
+def parse_ports(text):
+    """ "18100-18199" -> range(18100, 18200)."""
+    first, _, last = str(text).partition("-")
+    first, last = int(first), int(last or first)
+    if not 1 <= first <= last <= 65535:
+        raise ValueError(f"deploy_ports {text!r} is not a range of ports like 18100-18199")
+    return range(first, last + 1)
+
+
+def public_host(settings):
+    if settings.deploy_public_host:
+        return settings.deploy_public_host
+    if settings.deploy_host in ("0.0.0.0", "::", ""):
+        return socket.gethostname()
+    return settings.deploy_host
+
+
+class Deployments:
+    def __init__(self, settings, store: JobStore, catalog, launcher, registry, started):
+        self.settings = settings
+        self.store = store
+        self.catalog = catalog
+        self.launcher = launcher
+        self.registry = registry
+        self.started = started  # called once a deployment is queued: the service schedules soon
+
+    # -- create ----------------------------------------------------------------------------
+
+    def create(self, request, idempotency_key=None):
+        """Check what is to be served, give it a port and a key, write it, queue it.
+
+        Returns (view with the API key, replayed); a replay cannot show the key again."""
+        served = self._what_is_served(request)
+        gpus = self.launcher.executor.gpus_for(request.get("gpus"))
+        api_key = "sk-imts-" + secrets.token_urlsafe(32)
+
+        def make_files(run_id, run_dir):
+            port = self._free_port(run_id)
+            name = request.get("name") or run_id
+            created = now_utc()
+            config = {
+                "model_name_or_path": served["base_model"],
+                "template": request.get("template") or served["template"] or "default",
+                "finetuning_type": served["finetuning_type"],
+                "infer_backend": "huggingface",
+                "trust_remote_code": False,
+            }
+            if served["adapter"]:
+                config["adapter_name_or_path"] = served["adapter"]
+            if request.get("max_new_tokens"):
+                config["max_new_tokens"] = request["max_new_tokens"]
+            state = record.new_record(
+                job_id=run_id,
+                deployment_id=run_id,
+                name=name,
+                model=name,
+                source=served["source"],
+                base_model=served["base_model"],
+                adapter=served["adapter"],
+                template=config["template"],
+                max_new_tokens=request.get("max_new_tokens"),
+                host=self.settings.deploy_host,
+                port=port,
+                base_url=f"http://{public_host(self.settings)}:{port}/v1",
+                api_key_sha256=hashlib.sha256(api_key.encode()).hexdigest(),
+                gpus=gpus,
+                created_at=created,
+                created_ns=time.time_ns(),
+                updated_at=created,
+                max_attempts=max(1, self.settings.max_attempts),
+                history=[{"status": JobStatus.PENDING.value, "at": created, "attempt": 1}],
+                paths={
+                    "log": os.path.join(run_dir, record.LOG),
+                    "config": os.path.join(run_dir, record.CONFIG),
+                    "api_key": os.path.join(run_dir, record.API_KEY_FILE),
+                    "request": os.path.join(run_dir, JobStore.REQUEST),
+                },
+                about=record.ABOUT,
+            )
+            return {
+                JobStore.REQUEST: request,
+                record.CONFIG: config,
+                record.API_KEY_FILE: (api_key + "\n").encode(),
+                JobStore.STATE: state,
+            }
+
+        def create(make):
+            with self.store.lock(PORTS_LOCK):  # two creates never take one port
+                run_id = self.store.create_deployment(make)
+            os.chmod(self.store.path(run_id, record.API_KEY_FILE), 0o600)
+            return run_id
+
+        if idempotency_key is None:
+            run_id, replayed = create(make_files), False
+        else:
+            text = json.dumps({"deploy": request}, sort_keys=True)
+            fingerprint = hashlib.sha256(text.encode("utf-8")).hexdigest()
+            run_id, replayed = self.store.create_once(idempotency_key, fingerprint, make_files, create)
+        view = self.view(self.store.read(run_id))
+        if not replayed:
+            view["api_key"] = api_key
+            log.info("deployment %s created (%s)", run_id, served["source"])
+            self.started()
+        return view, replayed
+
+    def _what_is_served(self, request):
+        """{source, base_model, adapter, template, finetuning_type} of a job's weights or a version."""
+        if request.get("model"):
+            version = self.registry.resolve(request["model"], field="model")
+            adapter = version["weights_kind"] == "adapter"
+            return {
+                "source": {"model": version["reference"], "job_id": version["job_id"]},
+                "base_model": version["base_model_path"] if adapter else version["weights"],
+                "adapter": version["weights"] if adapter else None,
+                "template": version.get("template"),
+                "finetuning_type": version["finetuning_type"],
+            }
+        job = self.store.read(request["job_id"])  # 404 for an unknown job
+        if job["status"] not in _SERVABLE:
+            raise Conflict(
+                f"job {job['job_id']} is {job['status']}; only completed or stopped jobs can be deployed",
+                extra={"job_status": job["status"]},
+            )
+        if (job.get("stage") or "sft") == "rm":
+            raise Conflict("a reward model (stage rm) scores answers; it does not chat", field="job_id")
+        train_config = self.store.read_file(job["job_id"], JobStore.TRAIN_CONFIG)
+        checkpoint, weights = choose_weights(
+            job["paths"]["output_dir"], request.get("checkpoint"), job.get("best_checkpoint")
+        )
+        lora = train_config.get("finetuning_type") == "lora"
+        return {
+            "source": {"job_id": job["job_id"], "checkpoint": checkpoint},
+            "base_model": train_config["model_name_or_path"] if lora else weights,
+            "adapter": weights if lora else None,
+            "template": train_config.get("template"),
+            "finetuning_type": train_config.get("finetuning_type") or "lora",
+        }
+
+    def _free_port(self, run_id):
+        """The lowest port of deploy_ports that no live deployment holds and nothing listens on."""
+        taken = set()
+        for state in self.store.active_states(min_age_s=3600):
+            if state.get("kind") == record.KIND and state["job_id"] != run_id:
+                taken.add(state.get("port"))
+        for port in parse_ports(self.settings.deploy_ports):
+            if port in taken:
+                continue
+            with socket.socket() as sock:
+                try:
+                    sock.bind((self.settings.deploy_host or "127.0.0.1", port))
+                except OSError:
+                    continue  # something else listens there
+            return port
+        raise Conflict(
+            f"every port of deploy_ports ({self.settings.deploy_ports}) is taken; stop a deployment first",
+            field="deploy_ports",
+        )
+
+    # -- read ------------------------------------------------------------------------------
+
+    def list(self, limit=100, offset=0, status=None):
+        """(total, one page of deployments), newest first."""
+        states = []
+        for deployment_id in self.store.deployment_ids():
+            try:
+                state = self.store.read(deployment_id)
+            except NotFound:
+                continue
+            if status is None or record.shown_status(state) == status:
+                states.append(state)
+        states.sort(key=creation_order, reverse=True)
+        return len(states), [self.view(s) for s in states[offset : offset + limit]]
+
+    def get(self, deployment_id):
+        view = self.view(self._read(deployment_id))
+        if view["status"] == JobStatus.PENDING.value:
+            view["queue_position"] = self.launcher.queue_position(deployment_id)
+        return view
+
+    def serving(self, name, version):
+        """The live deployments of a registered version (a version they serve cannot be deleted)."""
+        reference = f"{name}:{version}"
+        users = []
+        for state in self.store.active_states(min_age_s=3600):
+            if state.get("kind") == record.KIND and (state.get("source") or {}).get("model") == reference:
+                users.append(state["job_id"])
+        return users
+
+    # -- stop ------------------------------------------------------------------------------
+
+    def stop(self, deployment_id):
+        """Stop a deployment (its server ends, its slot is free); (view, finished stopping)."""
+        state = self._read(deployment_id)
+        if not JobStatus(state["status"]).is_terminal():
+            state = self.launcher.request_stop(deployment_id)
+            if not JobStatus(state["status"]).is_terminal():
+                state = self.launcher.wait_for(deployment_id, self.settings.stop_wait_s)
+        self.started()  # its slot may be free: start what waits
+        return self.view(state), JobStatus(state["status"]).is_terminal()
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _read(self, deployment_id):
+        if not isinstance(deployment_id, str) or not DEPLOYMENT_ID_PATTERN.fullmatch(deployment_id):
+            raise ValidationFailed(
+                "deployment_id must look like deploy_ followed by 8 lowercase letters or digits",
+                field="deployment_id",
+            )
+        try:
+            return self.store.read(deployment_id)
+        except NotFound:
+            raise NotFound(f"deployment {deployment_id} does not exist", field="deployment_id") from None
+
+    def view(self, state):
+        return record.view(state)

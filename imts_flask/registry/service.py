@@ -1,0 +1,98 @@
+"""What the registry endpoints do, below HTTP: register a job's weights as the next version of a name
+(with its lineage), read names and versions, move aliases, delete versions nothing uses."""
+
+import logging
+
+from ..errors import Conflict, ValidationFailed
+from ..jobs.checkpoints import choose_weights
+from ..jobs.store import JobStore, evaluation_run
+from ..state import JobStatus
+from .versions import ModelRegistry, dataset_hashes, is_reference
+
+log = logging.getLogger(__name__)
+
+
+class Registry:
+    def __init__(self, settings, store: JobStore, in_use):
+        self.store = store
+        self.versions = ModelRegistry(settings, store)
+        self.in_use = in_use  # in_use(name, version): the live deployments serving that version
+
+    def register(self, request):
+        job = self.store.read(request["job_id"])  # 404 for an unknown job
+        if job["status"] != JobStatus.COMPLETED.value:
+            raise Conflict(
+                f"job {job['job_id']} is {job['status']}; only completed jobs can be registered",
+                extra={"job_status": job["status"]},
+            )
+        output_dir = job["paths"]["output_dir"]
+        checkpoint, weights = choose_weights(
+            output_dir, request.get("checkpoint"), job.get("best_checkpoint")
+        )
+        train_config = self.store.read_file(job["job_id"], JobStore.TRAIN_CONFIG)
+        lineage = {
+            "base_model": job.get("model_name"),
+            "base_model_path": train_config["model_name_or_path"],
+            "stage": job.get("stage"),
+            "finetuning_type": train_config.get("finetuning_type") or "lora",
+            "template": train_config.get("template"),
+            "dataset": job.get("dataset"),
+            "dataset_sha256": dataset_hashes(self._dataset_info(job["job_id"])),
+            "figures": self._figures(job, checkpoint),
+        }
+        return self.versions.register(
+            request["name"], job, checkpoint, weights, request.get("description"), lineage
+        )
+
+    def _dataset_info(self, job_id):
+        try:
+            return self.store.read_file(job_id, JobStore.DATASET_INFO)
+        except (OSError, ValueError):
+            return {}
+
+    def _figures(self, job, checkpoint):
+        """The job's training and validation figures, and its completed evaluations of these weights."""
+        final = job.get("final") or {}
+        figures = {
+            "final_loss": final.get("current_loss"),
+            "eval_loss": job.get("eval_loss"),
+            "best_eval_loss": job.get("best_eval_loss"),
+            "best_checkpoint": job.get("best_checkpoint"),
+            "evaluations": [],
+        }
+        for evaluation_id in sorted(self.store.evaluation_ids(job["job_id"])):
+            try:
+                evaluation = self.store.read(evaluation_run(job["job_id"], evaluation_id))
+            except Exception:  # one gone or damaged evaluation does not stop a registration
+                continue
+            if (
+                evaluation.get("status") == JobStatus.COMPLETED.value
+                and evaluation.get("checkpoint") == checkpoint
+            ):
+                figures["evaluations"].append(
+                    {
+                        "evaluation_id": evaluation_id,
+                        "dataset": evaluation.get("dataset"),
+                        "results": evaluation.get("results"),
+                    }
+                )
+        return figures
+
+    def base_for_training(self, reference, finetuning_type):
+        """(model_name_or_path, template, adapter) for a job trained on top of a registered version."""
+        version = self.versions.resolve(reference, field="model_name")
+        if version["weights_kind"] == "adapter":
+            if finetuning_type != "lora":
+                raise ValidationFailed(
+                    f"{reference} is a LoRA adapter: a job on top of it trains with finetuning_type lora "
+                    "(it goes on training that adapter)",
+                    field="finetuning_type",
+                )
+            return version["base_model_path"], version.get("template"), version["weights"]
+        return version["weights"], version.get("template"), None
+
+    def delete_version(self, name, version):
+        self.versions.delete_version(name, version, self.in_use)
+
+
+__all__ = ["Registry", "is_reference"]
