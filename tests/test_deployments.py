@@ -163,6 +163,8 @@ def test_a_server_that_dies_is_started_again_then_failed_with_the_reason(deploy_
     client = deploy_app("--die-after", "1.5", "--exit-code", "3", max_attempts=2).test_client()
     job_id = completed_job(client)
     created = deploy(client, job_id=job_id)
+    restarting = wait_for(lambda: (d := deployment(client, created["deployment_id"]))["restarts"] == 1 and d)
+    assert restarting["status"] in ("starting", "failed")  # never "ready" while its server is down
     failed = until(client, created["deployment_id"], "failed", timeout=90)
     assert failed["restarts"] == 1
     assert failed["error"].startswith("the server died 2 times; the last: the server exited with code 3")
