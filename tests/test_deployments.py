@@ -236,3 +236,29 @@ def test_a_job_a_deployment_serves_cannot_be_deleted(deploy_app):
     assert refused.status_code == 409 and created["deployment_id"] in refused.get_json()["message"]
     client.delete(f"{API}/deployments/{created['deployment_id']}")
     assert client.delete(f"{API}/jobs/{job_id}").status_code == 204
+
+
+def test_the_upstream_route_gives_nginx_the_port_of_a_ready_deployment_only(deploy_app):
+    client = deploy_app(auth_tokens="s3cret").test_client()
+    token = {"Authorization": "Bearer s3cret"}
+    job_id = completed_job_with(client, token)
+    created = client.post(f"{API}/deployments", json={"job_id": job_id}, headers=token).get_json()
+    upstream = f"{API}/deployments/{created['deployment_id']}/upstream"
+    wait_for(lambda: client.get(upstream).status_code == 204)  # no token: Nginx passes the client's
+    assert client.get(upstream).headers["X-IMTS-Upstream-Port"] == str(created["port"])
+    client.delete(f"{API}/deployments/{created['deployment_id']}", headers=token)
+    assert client.get(upstream).status_code == 409
+    assert client.get(f"{API}/deployments/deploy_00000000/upstream").status_code == 404
+    assert client.get(f"{API}/deployments/{created['deployment_id']}").status_code == 401  # the rest needs it
+
+
+def completed_job_with(client, headers):
+    response = client.post(
+        f"{API}/jobs", json={"model_name": "tiny-llama", "dataset": "demo_sft"}, headers=headers
+    )
+    job_id = response.get_json()["job_id"]
+    done = wait_for(
+        lambda: client.get(f"{API}/jobs/{job_id}", headers=headers).get_json()["status"] == "completed"
+    )
+    assert done
+    return job_id

@@ -2,14 +2,15 @@
 the real `openai` client, under gunicorn; a registered version deployed by alias and trained on."""
 
 import os
+import shutil
 
 import openai
 import psutil
 import pytest
 import requests
 
-from conftest import TINY_MODEL, make_home, wait_for
-from harness import Service
+from conftest import PROJECT, TINY_MODEL, make_home, wait_for
+from harness import Service, require, start_nginx
 
 pytestmark = pytest.mark.e2e
 
@@ -160,3 +161,30 @@ def test_a_registered_version_is_deployed_by_alias_and_trained_on_by_name(servic
         f"{service.base}/models", json={"name": "demo-bot", "job_id": on_top}, timeout=30
     ).json()
     assert second["version"] == number + 1 and second["base_model"] == "demo-bot@production"
+
+
+def test_nginx_serves_a_deployment_under_the_services_host_streaming_included(service, trained, tmp_path):
+    require(shutil.which("nginx"), "nginx")
+    location = open(os.path.join(PROJECT, "deploy", "nginx.conf")).read()
+    location = location.replace("127.0.0.1:8000", f"127.0.0.1:{service.port}")
+    proc, port = start_nginx(tmp_path, f"server {{ listen 127.0.0.1:{{port}};\n{location}\n}}")
+    try:
+        created = deploy(service, job_id=trained)
+        through_nginx = {
+            **created,
+            "base_url": f"http://127.0.0.1:{port}/deployments/{created['deployment_id']}/v1",
+        }
+        early = requests.get(f"{through_nginx['base_url']}/models", timeout=10)
+        assert early.status_code in (200, 503)  # 503 (JSON) while it starts
+        until(service, created["deployment_id"], "ready")
+        assert chat(through_nginx).choices[0].message.content is not None
+        assert len(list(chat(through_nginx, stream=True))) > 1
+        assert requests.get(f"{through_nginx['base_url']}/models", timeout=10).status_code == 401
+        unknown = requests.get(f"http://127.0.0.1:{port}/deployments/deploy_00000000/v1/models", timeout=10)
+        assert unknown.status_code == 503 and unknown.json()["error"] == "deployment_unavailable"
+        requests.delete(f"{service.base}/deployments/{created['deployment_id']}", timeout=60)
+        gone = requests.get(f"{through_nginx['base_url']}/models", timeout=10)
+        assert gone.status_code == 503
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -170,7 +170,9 @@ def run_deployment(monitor, state):
             )
             return
         log.warning("the server died (%s); starting it again (restart %d)", reason, restarts)
-        dead = setter(restarts=restarts, error=reason, pid=None, trainer=None, ready_at=None)  # starting again
+        dead = setter(
+            restarts=restarts, error=reason, pid=None, trainer=None, ready_at=None
+        )  # starting again
         store.update(run_id, monitor._owned(dead))
         time.sleep(RESTART_PAUSE_S)
 

@@ -201,6 +201,14 @@ class Deployments:
             view["queue_position"] = self.launcher.queue_position(deployment_id)
         return view
 
+    def upstream(self, deployment_id):
+        """The port of a ready deployment, for a proxy in front (a 409 while it is not ready)."""
+        state = self._read(deployment_id)
+        status = record.shown_status(state)
+        if status != record.READY:
+            raise Conflict(f"deployment {deployment_id} is {status}, not ready", extra={"deployment_status": status})
+        return state["port"]
+
     def serving(self, name, version):
         """The live deployments of a registered version (a version they serve cannot be deleted)."""
         reference = f"{name}:{version}"

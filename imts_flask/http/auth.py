@@ -46,11 +46,15 @@ class TokenCheck:
             )
 
 
+OPEN_ENDPOINTS = ("training.health", "training.deployment_upstream")
+
+
 def init_app(app, settings):
     """With tokens configured, every endpoint but health needs one (unknown paths too: 401, not 404).
 
     Health for load balancers, and the dashboard's pages and files, which hold no data (their
-    scripts' data calls need the token), are open.
+    scripts' data calls need the token), are open; so is a ready deployment's port for Nginx's
+    auth_request (its callers hold the deployment's own key, which its server checks).
     """
     from flask import request
 
@@ -59,5 +63,5 @@ def init_app(app, settings):
 
     @app.before_request
     def _authenticate():
-        if tokens.enabled and request.endpoint != "training.health" and request.blueprint != "dashboard":
+        if tokens.enabled and request.endpoint not in OPEN_ENDPOINTS and request.blueprint != "dashboard":
             tokens.check(request.headers.get("Authorization"))

@@ -200,6 +200,17 @@ def delete_deployment(deployment_id):
     return _schema(DeploymentSchema).dump(view), 200 if done else 202
 
 
+@bp.get("/deployments/<deployment_id>/upstream")
+@doc(
+    "For Nginx's auth_request: 204 with X-IMTS-Upstream-Port while the deployment is ready; no token needed",
+    responses={204: None},
+    errors=(400, 404, 409),
+)
+def deployment_upstream(deployment_id):
+    port = get_service().deployments.upstream(deployment_id)
+    return "", 204, {"X-IMTS-Upstream-Port": str(port), "Cache-Control": "no-store"}
+
+
 # -- the registry ----------------------------------------------------------------------------
 
 
