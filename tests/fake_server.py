@@ -20,6 +20,8 @@ parser.add_argument("config")
 args = parser.parse_args()
 KEY = os.environ.get("API_KEY")
 MODEL = os.environ.get("API_MODEL_NAME", "fake")
+# A streamed answer, markup included: a page must show it as text.
+STREAMED = ["<b>six</b>", " and ", "<img src=x onerror=alert(1)>"]
 print(f"fake server: config {args.config}, port {os.environ['API_PORT']}", flush=True)
 
 
@@ -46,8 +48,22 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         length = int(self.headers.get("Content-Length") or 0)
-        self.rfile.read(length)
-        if self.path == "/v1/chat/completions" and self._authorized():
+        request = json.loads(self.rfile.read(length) or b"{}")
+        if self.path == "/v1/chat/completions" and self._authorized() and request.get("stream"):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            for piece in STREAMED:
+                chunk = {
+                    "object": "chat.completion.chunk",
+                    "choices": [{"index": 0, "delta": {"content": piece}}],
+                }
+                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                self.wfile.flush()
+                time.sleep(0.05)
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.close_connection = True
+        elif self.path == "/v1/chat/completions" and self._authorized():
             message = {"role": "assistant", "content": "six"}
             self._answer(
                 200,

@@ -290,3 +290,36 @@ def test_the_job_page_shows_eval_loss_and_evaluations_side_by_side_with_samples(
     assert len(browser.find_elements("css selector", "#samples .sample")) == 4
     browser.save_screenshot(os.path.join(SCREENSHOTS, "dashboard-evaluations.png"))
     _no_console_errors(browser)
+
+
+def test_the_deployments_page_lists_chats_streamed_as_text_and_stops(browser, tmp_path):
+    """The page with a FAKE trainer and a FAKE server (tests/fake_server.py, whose streamed answer
+    holds markup): the real server is in test_e2e_deployments.py."""
+    home = make_home(tmp_path / "home")
+    fake_server = f"{__import__('sys').executable} {os.path.join(PROJECT, 'tests', 'fake_server.py')}"
+    svc = Service(
+        home, llamafactory_cli=fake_cli(str(tmp_path)), deploy_command=fake_server, deploy_ports="18640-18649"
+    ).start()
+    try:
+        job_id = svc.create({"model_name": "tiny-llama", "dataset": "demo_sft"})
+        assert svc.wait_done(job_id)["status"] == "completed"
+        created = requests.post(
+            f"{svc.base}/deployments", json={"job_id": job_id, "name": "fake-bot"}, timeout=30
+        )
+        deployment_id = created.json()["deployment_id"]
+        browser.get_log("browser")
+        browser.get(f"{svc.root}/dashboard/deployments")
+        row = _find(browser, f'tr[data-deployment="{deployment_id}"][data-status="ready"]', timeout=60)
+        assert "fake-bot" in row.text and created.json()["base_url"] in row.text
+        row.find_element("css selector", "button.chat-open").click()
+        _find(browser, "#chat-input").send_keys("Add three and three.")
+        _find(browser, "#chat-form button").click()
+        answer = _find(browser, '.turn[data-role="assistant"][data-streaming="false"]')
+        assert answer.text == "assistant: <b>six</b> and <img src=x onerror=alert(1)>"  # as text
+        assert not browser.find_elements("css selector", "#chat-log b, #chat-log img")
+        browser.save_screenshot(os.path.join(SCREENSHOTS, "dashboard-deployments.png"))
+        row.find_element("css selector", "button.stop").click()
+        _find(browser, f'tr[data-deployment="{deployment_id}"][data-status="stopped"]', timeout=60)
+        _no_console_errors(browser)
+    finally:
+        svc.stop()

@@ -262,3 +262,25 @@ def completed_job_with(client, headers):
     )
     assert done
     return job_id
+
+
+def test_the_chat_route_streams_a_ready_deployments_answer_with_its_own_key(deploy_app):
+    client = deploy_app().test_client()
+    created = deploy(client, job_id=completed_job(client))
+    until(client, created["deployment_id"], "ready")
+    chat = f"{API}/deployments/{created['deployment_id']}/chat"
+    response = client.post(chat, json={"messages": [{"role": "user", "content": "Add three and three."}]})
+    assert response.status_code == 200 and response.mimetype == "text/event-stream"
+    events = [
+        line[5:].strip() for line in response.get_data(as_text=True).splitlines() if line.startswith("data:")
+    ]
+    assert events[-1] == "[DONE]" and "six" in events[0]
+    for body in (
+        {"messages": []},
+        {"messages": [{"role": "root", "content": "x"}]},
+        {"messages": [{"role": "user", "content": "x" * 8001}]},
+        {"messages": [{"role": "user", "content": "x"}], "max_tokens": 99999},
+    ):
+        assert client.post(chat, json=body).status_code == 400, body
+    client.delete(f"{API}/deployments/{created['deployment_id']}")
+    assert client.post(chat, json={"messages": [{"role": "user", "content": "x"}]}).status_code == 409

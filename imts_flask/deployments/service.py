@@ -8,16 +8,20 @@ import os
 import secrets
 import socket
 import time
+import urllib.error
+import urllib.request
 
 from ..errors import Conflict, NotFound, ValidationFailed
 from ..jobs.checkpoints import choose_weights
 from ..jobs.store import DEPLOYMENT_ID_PATTERN, JobStore
 from ..state import JobStatus, creation_order, now_utc
 from . import record
+from .runner import probe_host
 
 log = logging.getLogger(__name__)
 
 PORTS_LOCK = "_deployment_ports"
+CHAT_TIMEOUT_S = 120.0  # the longest a server may stay silent in a dashboard chat
 # What a deployment of a job's weights needs: a finished job whose weights can chat.
 _SERVABLE = (JobStatus.COMPLETED.value, JobStatus.STOPPED.value)
 
@@ -206,8 +210,36 @@ class Deployments:
         state = self._read(deployment_id)
         status = record.shown_status(state)
         if status != record.READY:
-            raise Conflict(f"deployment {deployment_id} is {status}, not ready", extra={"deployment_status": status})
+            raise Conflict(
+                f"deployment {deployment_id} is {status}, not ready", extra={"deployment_status": status}
+            )
         return state["port"]
+
+    def chat(self, deployment_id, messages, max_tokens):
+        """Stream a chat completion of a ready deployment (server-sent events, as OpenAI's), for the
+        dashboard's chat box: the service calls its server with the deployment's own key."""
+        state = self._read(deployment_id)
+        port = self.upstream(deployment_id)
+        with open(state["paths"]["api_key"], encoding="utf-8") as handle:
+            key = handle.read().strip()
+        body = {"model": state["model"], "messages": messages, "max_tokens": max_tokens, "stream": True}
+        request = urllib.request.Request(
+            f"http://{probe_host(state['host'])}:{port}/v1/chat/completions",
+            data=json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        )
+        try:
+            response = urllib.request.urlopen(request, timeout=CHAT_TIMEOUT_S)
+        except urllib.error.HTTPError as exc:
+            raise Conflict(f"deployment {deployment_id} answered {exc.code}: {exc.read(500)!r}") from None
+        except OSError as exc:
+            raise Conflict(f"deployment {deployment_id} cannot be reached: {exc}") from None
+
+        def events():
+            with response:
+                yield from response
+
+        return events()
 
     def serving(self, name, version):
         """The live deployments of a registered version (a version they serve cannot be deleted)."""

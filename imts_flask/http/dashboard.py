@@ -43,6 +43,11 @@ def jobs_page():
     return render_template("dashboard/jobs.html")
 
 
+@bp.get("/dashboard/deployments")
+def deployments_page():
+    return render_template("dashboard/deployments.html")
+
+
 @bp.get("/dashboard/jobs/<job_id>")
 def job_page(job_id):
     # The job id is read by the page's script from its own address; nothing of it is rendered here.

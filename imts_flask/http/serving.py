@@ -1,7 +1,7 @@
 """The routes of a trained model's use, on the API's one blueprint: deployments (OpenAI-compatible
 servers of a job's weights or a registered version) and the registry of model versions."""
 
-from flask import request
+from flask import Response, request, stream_with_context
 from marshmallow import ValidationError, fields, validate, validates_schema
 
 from . import get_service
@@ -209,6 +209,32 @@ def delete_deployment(deployment_id):
 def deployment_upstream(deployment_id):
     port = get_service().deployments.upstream(deployment_id)
     return "", 204, {"X-IMTS-Upstream-Port": str(port), "Cache-Control": "no-store"}
+
+
+class ChatMessageSchema(RequestSchema):
+    role = fields.String(required=True, validate=validate.OneOf(["system", "user", "assistant"]))
+    content = fields.String(required=True, validate=validate.Length(1, 8000))
+
+
+class ChatRequestSchema(RequestSchema):
+    """POST /deployments/{id}/chat: the dashboard's chat box (a few turns of text)."""
+
+    messages = fields.List(fields.Nested(ChatMessageSchema), required=True, validate=validate.Length(1, 32))
+    max_tokens = fields.Integer(strict=True, load_default=256, validate=validate.Range(1, 2048))
+
+
+@bp.post("/deployments/<deployment_id>/chat")
+@doc(
+    "Chat with a ready deployment through the service (the dashboard's box): server-sent events as OpenAI's",
+    body=ChatRequestSchema,
+    responses={200: "text/event-stream"},
+    errors=(400, 404, 409),
+)
+def chat_with_deployment(deployment_id):
+    body = _load(_schema(ChatRequestSchema), _json_body())
+    events = get_service().deployments.chat(deployment_id, body["messages"], body["max_tokens"])
+    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    return Response(stream_with_context(events), mimetype="text/event-stream", headers=headers)
 
 
 # -- the registry ----------------------------------------------------------------------------

@@ -33,6 +33,29 @@ async function parse(response) {
   }
 }
 
+// POSTs `body` and hands each server-sent event's data (parsed JSON) to `onEvent` as it arrives.
+export async function stream(path, body, onEvent) {
+  const headers = { "Content-Type": "application/json" };
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token) headers["Authorization"] = `Bearer ${token}`;
+  const response = await fetch(BASE + path, { method: "POST", headers, body: JSON.stringify(body), cache: "no-store" });
+  if (!response.ok) throw new ApiError(response.status, await parse(response));
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let pending = "";
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    pending += decoder.decode(value, { stream: true });
+    const lines = pending.split("\n");
+    pending = lines.pop();
+    for (const line of lines) {
+      const data = line.startsWith("data:") ? line.slice(5).trim() : "";
+      if (data && data !== "[DONE]") onEvent(JSON.parse(data));
+    }
+  }
+}
+
 export async function api(path, { method = "GET", body } = {}) {
   const url = BASE + path;
   const headers = {};
