@@ -73,11 +73,7 @@ class _Watch:
             self.last_request = time.time()
             changes["ready_at"] = now_utc()
             log.info("the server answers on port %s: ready", self.state["port"])
-        new = self._new_requests()
-        if new:
-            self.served += new
-            self.last_request = time.time()
-            changes.update(requests_served=self.served, last_request_at=now_utc())
+        changes.update(self._counted())
         if changes:
             self.monitor.store.update(self.monitor.job_id, self.monitor._owned(setter(**changes)))
         if not self.ready and time.monotonic() - self.started > settings.deploy_start_timeout_s:
@@ -88,6 +84,20 @@ class _Watch:
             self.idle = True
             return f"no request for {settings.idle_stop_minutes:g} minutes (idle_stop_minutes)"
         return None
+
+    def tally(self):
+        """Record the requests logged since the last look (also once the server has exited)."""
+        changes = self._counted()
+        if changes:
+            self.monitor.store.update(self.monitor.job_id, self.monitor._owned(setter(**changes)))
+
+    def _counted(self):
+        new = self._new_requests()
+        if not new:
+            return {}
+        self.served += new
+        self.last_request = time.time()
+        return {"requests_served": self.served, "last_request_at": now_utc()}
 
     def _new_requests(self):
         """Chat completions logged since the last look (whole lines only)."""
@@ -149,6 +159,7 @@ def run_deployment(monitor, state):
         monitor.ending_early = False
         rc = monitor._wait(proc, ticks, on_beat=watch.beat)
         log.info("server exited: %s", rc)
+        watch.tally()  # what it answered since the last beat
         if monitor.stop.set or _stop_requested(monitor):
             _end(monitor, JobStatus.STOPPED, stop_reason="requested")
             return

@@ -119,6 +119,24 @@ public class SpringClientFlow {
         public Comparison results;
     }
 
+    // -- deployments (not in the guide): an OpenAI-compatible server of the job's weights ------
+
+    public static class DeploymentRequest {
+        public String jobId;
+        public String name;
+        public Integer maxNewTokens;
+    }
+
+    @JsonNaming(PropertyNamingStrategies.SnakeCaseStrategy.class)
+    public static class DeploymentResponse {
+        public String deploymentId;
+        public String status;
+        public String model;
+        public String baseUrl;
+        public String apiKey;
+        public Integer requestsServed;
+    }
+
     public static class ModelExportRequest {
         public String jobId;
         public String exportDir;
@@ -298,6 +316,51 @@ public class SpringClientFlow {
             rest.postForEntity(api + "/jobs/{id}/export", export, ModelExportResponse.class, job.jobId);
         check(exported.getStatusCode().is2xxSuccessful() && exported.getBody().modelPath.endsWith("java_model"),
               "export with merge_lora");
+
+        // Deploy the job's adapter, chat with it as any OpenAI client would (RestTemplate, a bearer
+        // key), then stop it: its slot goes back to training.
+        DeploymentRequest deploy = new DeploymentRequest();
+        deploy.jobId = job.jobId;
+        deploy.name = "java-bot";
+        deploy.maxNewTokens = 8;
+        ResponseEntity<DeploymentResponse> deployed =
+            rest.postForEntity(api + "/deployments", deploy, DeploymentResponse.class);
+        DeploymentResponse deployment = deployed.getBody();
+        check(deployed.getStatusCode() == HttpStatus.CREATED && deployment.apiKey.startsWith("sk-imts-")
+              && deployment.baseUrl.endsWith("/v1"), "create a deployment: 201 with base_url and the key");
+        DeploymentResponse state = deployment;
+        for (int i = 0; i < 600 && !Arrays.asList("ready", "failed", "stopped").contains(state.status); i++) {
+            Thread.sleep(500);
+            state = rest.getForObject(api + "/deployments/{id}", DeploymentResponse.class, deployment.deploymentId);
+        }
+        check("ready".equals(state.status) && state.apiKey == null, "the deployment becomes ready; the key is not shown again");
+        HttpHeaders bearer = new HttpHeaders();
+        bearer.setContentType(MediaType.APPLICATION_JSON);
+        bearer.set("Authorization", "Bearer " + deployment.apiKey);
+        Map<String, Object> message = new HashMap<>();
+        message.put("role", "user");
+        message.put("content", "Add three and three.");
+        Map<String, Object> chat = new HashMap<>();
+        chat.put("model", deployment.model);
+        chat.put("messages", Arrays.asList(message));
+        chat.put("max_tokens", 8);
+        ResponseEntity<Map> answer = rest.postForEntity(
+            deployment.baseUrl + "/chat/completions", new HttpEntity<>(chat, bearer), Map.class);
+        List<?> choices = (List<?>) answer.getBody().get("choices");
+        Map<?, ?> reply = (Map<?, ?>) ((Map<?, ?>) choices.get(0)).get("message");
+        check(answer.getStatusCode() == HttpStatus.OK && "assistant".equals(reply.get("role")),
+              "chat completions on the deployment with RestTemplate and its key");
+        try {
+            HttpHeaders noKey = new HttpHeaders();
+            noKey.setContentType(MediaType.APPLICATION_JSON);
+            rest.postForEntity(deployment.baseUrl + "/chat/completions", new HttpEntity<>(chat, noKey), Map.class);
+            check(false, "a call without the key is refused");
+        } catch (HttpClientErrorException e) {
+            check(e.getStatusCode() == HttpStatus.UNAUTHORIZED, "a call without the key is a 401");
+        }
+        rest.delete(api + "/deployments/{id}", deployment.deploymentId);
+        state = rest.getForObject(api + "/deployments/{id}", DeploymentResponse.class, deployment.deploymentId);
+        check("stopped".equals(state.status) && state.requestsServed >= 1, "delete stops it (requests counted)");
 
         request.epochs = 500.0;
         TrainingJobResponse longJob = rest.postForObject(api + "/jobs", request, TrainingJobResponse.class);
