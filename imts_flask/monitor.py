@@ -161,10 +161,11 @@ class Monitor:
                 },
             )
 
-    def _wait(self, proc, ticks, on_beat=None):
+    def _wait(self, proc, ticks, on_beat=None, on_tick=None):
         """Wait for the child, heartbeating; on a stop request terminate its tree. Return its code.
 
         `on_beat()` runs with each heartbeat; when it returns a reason the run is ended the same way.
+        `on_tick()` runs on every look (5 a second), for what must be seen at once.
         """
         stopping = False
         last_beat = 0.0
@@ -182,6 +183,8 @@ class Monitor:
                     log.info("ending the run: %s", reason)
                     self.ending_early = True
                 last_beat = now
+            if on_tick is not None:
+                on_tick()
             time.sleep(0.2)
         return proc.returncode
 

@@ -557,6 +557,92 @@ def bench_executors(root, runs):
     return results
 
 
+def _chat_tokens(base_url, key, model, count, max_tokens):
+    """`count` chat completions one after another; (completion tokens per second, tokens, seconds)."""
+    body = {"model": model, "messages": [{"role": "user", "content": "Describe the object in one sentence."}],
+            "max_tokens": max_tokens, "temperature": 0}  # fmt: skip
+    tokens = 0
+    start = time.perf_counter()
+    for _ in range(count):
+        request = urllib.request.Request(
+            f"{base_url}/chat/completions",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
+        )
+        with urllib.request.urlopen(request, timeout=300) as response:
+            tokens += json.loads(response.read())["usage"]["completion_tokens"]
+    seconds = time.perf_counter() - start
+    return tokens / seconds, tokens, seconds
+
+
+def _answers(base_url, key):
+    request = urllib.request.Request(f"{base_url}/models", headers={"Authorization": f"Bearer {key}"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def bench_deployments(root, count, max_tokens):
+    """A deployment next to bare `llamafactory-cli api` on the same config: POST -> ready against
+    start -> /v1/models answering, and tokens/s of the same sequential chat completions."""
+    server = Server(os.path.join(root, "deploy"), max_concurrent_jobs=1, deploy_ports="18700-18709")
+    try:
+        job_id = _http("POST", f"{server.base}/jobs", REQUEST)[1]["job_id"]
+        assert server.wait_record(job_id)["status"] == "completed"
+        start = time.perf_counter()
+        created = _http("POST", f"{server.base}/deployments", {"job_id": job_id})[1]
+        while _http("GET", f"{server.base}/deployments/{created['deployment_id']}")[1]["status"] != "ready":
+            time.sleep(0.05)
+        api_ready = time.perf_counter() - start
+        _chat_tokens(created["base_url"], created["api_key"], created["model"], 1, max_tokens)  # warm
+        api_rate, api_tokens, _ = _chat_tokens(
+            created["base_url"], created["api_key"], created["model"], count, max_tokens
+        )
+        config = os.path.join(server.home, "deployments", created["deployment_id"], "server_config.yaml")
+        _http("DELETE", f"{server.base}/deployments/{created['deployment_id']}")
+        port = free_port()
+        env = {
+            **trainer_env(load_settings({"home": server.home}), []),
+            "API_HOST": "127.0.0.1",
+            "API_PORT": str(port),
+            "API_KEY": "bare",
+            "API_MODEL_NAME": "bare",
+        }
+        base = f"http://127.0.0.1:{port}/v1"
+        start = time.perf_counter()
+        with open(os.path.join(root, "bare-api.log"), "ab") as out:
+            bare = subprocess.Popen(
+                [os.path.join(VENV_BIN, "llamafactory-cli"), "api", config],
+                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        try:
+            while not _answers(base, "bare"):
+                if bare.poll() is not None:
+                    raise RuntimeError("bare llamafactory-cli api exited; see bare-api.log")
+                time.sleep(0.05)
+            bare_ready = time.perf_counter() - start
+            _chat_tokens(base, "bare", "bare", 1, max_tokens)
+            bare_rate, bare_tokens, _ = _chat_tokens(base, "bare", "bare", count, max_tokens)
+        finally:
+            os.killpg(bare.pid, signal.SIGTERM)
+            bare.wait(timeout=60)
+    finally:
+        server.stop()
+    return {
+        "requests": count,
+        "max_tokens": max_tokens,
+        "api_ready_s": api_ready,
+        "bare_ready_s": bare_ready,
+        "api_tokens_per_s": api_rate,
+        "bare_tokens_per_s": bare_rate,
+        "api_tokens": api_tokens,
+        "bare_tokens": bare_tokens,
+        "rate_ratio": api_rate / bare_rate,
+    }
+
+
 def report(results, smoke):
     o, r, c, u = results["overhead"], results["reads"], results["create"], results["uploads"]
     listing = results["listing"]
@@ -655,6 +741,26 @@ def report(results, smoke):
             )
             for name, v in results.get("executors", {}).items()
         ],
+        *(
+            [
+                (
+                    "11. deployment: POST -> ready vs bare `llamafactory-cli api` start -> answering",
+                    f"{d['api_ready_s']:.1f} s vs {d['bare_ready_s']:.1f} s",
+                    "",
+                    "",
+                ),
+                (
+                    "11. deployment tokens/s / bare (same config, sequential chats)",
+                    f"{d['rate_ratio']:.3f} ({d['api_tokens_per_s']:.1f} vs "
+                    f"{d['bare_tokens_per_s']:.1f} tokens/s; "
+                    f"{d['requests']} chats of <= {d['max_tokens']} tokens each)",
+                    ">= 0.95",
+                    ok(d["rate_ratio"] >= 0.95),
+                ),
+            ]
+            if (d := results.get("deployments"))
+            else []
+        ),
         (
             "9. row check per 100,000 rows",
             ", ".join(f"{k} {v:.2f} s" for k, v in results["validation"].items()),
@@ -696,6 +802,8 @@ def main():
         results["validation"] = bench_validation(root, 10_000 if smoke else 100_000)
         print("executors ...", flush=True)
         results["executors"] = bench_executors(root, 1 if smoke else 3)
+        print("deployments ...", flush=True)
+        results["deployments"] = bench_deployments(root, 3 if smoke else 20, 16 if smoke else 64)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     table = report(results, smoke)

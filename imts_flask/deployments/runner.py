@@ -65,15 +65,17 @@ class _Watch:
         self.idle = False
         self.timed_out = False
 
-    def beat(self):
-        settings = self.monitor.settings
-        changes = {}
-        if not self.ready and answers(self.state["host"], self.state["port"], self.api_key):
+    def tick(self):
+        """While the server starts, ask it at every look: ready is recorded within 0.2 s."""
+        if not self.ready and answers(self.state["host"], self.state["port"], self.api_key, timeout=0.5):
             self.ready = True
             self.last_request = time.time()
-            changes["ready_at"] = now_utc()
+            self.monitor.store.update(self.monitor.job_id, self.monitor._owned(setter(ready_at=now_utc())))
             log.info("the server answers on port %s: ready", self.state["port"])
-        changes.update(self._counted())
+
+    def beat(self):
+        settings = self.monitor.settings
+        changes = self._counted()
         if changes:
             self.monitor.store.update(self.monitor.job_id, self.monitor._owned(setter(**changes)))
         if not self.ready and time.monotonic() - self.started > settings.deploy_start_timeout_s:
@@ -157,7 +159,7 @@ def run_deployment(monitor, state):
         log.info("server started: pid %s on %s:%s", proc.pid, state["host"], state["port"])
         watch = _Watch(monitor, current, api_key, log_path, time.monotonic())
         monitor.ending_early = False
-        rc = monitor._wait(proc, ticks, on_beat=watch.beat)
+        rc = monitor._wait(proc, ticks, on_beat=watch.beat, on_tick=watch.tick)
         log.info("server exited: %s", rc)
         watch.tally()  # what it answered since the last beat
         if monitor.stop.set or _stop_requested(monitor):
