@@ -284,3 +284,11 @@ def test_the_chat_route_streams_a_ready_deployments_answer_with_its_own_key(depl
         assert client.post(chat, json=body).status_code == 400, body
     client.delete(f"{API}/deployments/{created['deployment_id']}")
     assert client.post(chat, json={"messages": [{"role": "user", "content": "x"}]}).status_code == 409
+
+
+def test_the_vllm_backend_is_refused_where_vllm_or_a_gpu_is_missing(deploy_app):
+    client = deploy_app().test_client()
+    job_id = completed_job(client)
+    response = client.post(f"{API}/deployments", json={"job_id": job_id, "backend": "vllm"})
+    assert response.status_code == 400 and response.get_json()["errors"][0]["field"] == "backend"
+    assert client.post(f"{API}/deployments", json={"job_id": job_id, "backend": "tgi"}).status_code == 400

@@ -199,3 +199,23 @@ def test_two_local_instances_on_one_home_agree(tmp_path):
     finally:
         first.stop()
         second.stop()
+
+
+def test_a_deployment_runs_as_a_ray_job_and_its_base_url_names_the_node(ray_app):
+    server = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fake_server.py")
+    client, ray = ray_app(
+        "--steps", "2", deploy_command=f"{sys.executable} {server}", deploy_ports="18660-18669"
+    )
+    job_id = api_create(client)
+    api_done(client, job_id)
+    created = client.post(f"{API}/deployments", json={"job_id": job_id}).get_json()
+    deployment_id = created["deployment_id"]
+    ready = wait_for(
+        lambda: (d := client.get(f"{API}/deployments/{deployment_id}").get_json())["status"] == "ready" and d
+    )
+    assert ready["base_url"] == f"http://fake-node-a:{created['port']}/v1"
+    assert any(body["submission_id"] == deployment_id for body in ray.submissions)
+    # A stop reaches its monitor on the node through the record.
+    stopped = client.delete(f"{API}/deployments/{deployment_id}").get_json()
+    assert stopped["status"] == "stopped"
+    wait_for(lambda: ray.jobs[deployment_id]["status"] == "SUCCEEDED")

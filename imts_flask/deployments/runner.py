@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 
+from ..executors import HOST
 from ..jobs.record import CHANGED, UNCHANGED, changed, setter
 from ..procs import start_ticks, terminate_tree
 from ..settings import package_pythonpath
@@ -131,6 +132,10 @@ def run_deployment(monitor, state):
     if state["status"] != JobStatus.RUNNING.value or state.get("monitor") != monitor.me:
         log.info("deployment became %s while starting: nothing to run", state["status"])
         return
+    if settings.executor != "local" and not settings.deploy_public_host:
+        # Placed by an engine on one of its nodes: the base_url names that node.
+        base_url = f"http://{HOST}:{state['port']}/v1"
+        state = store.update(run_id, monitor._owned(setter(base_url=base_url)))
     with open(state["paths"]["api_key"], encoding="utf-8") as handle:
         api_key = handle.read().strip()
     monitor.extra_env.update(

@@ -2,6 +2,7 @@
 list, show, and stop (DELETE)."""
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -43,6 +44,14 @@ def public_host(settings):
     return settings.deploy_host
 
 
+def _check_vllm(gpus):
+    """vLLM serves on GPUs only, and only where it is installed (looked up, never imported here)."""
+    if importlib.util.find_spec("vllm") is None:
+        raise ValidationFailed("backend vllm: the vllm package is not installed here", field="backend")
+    if not gpus:
+        raise ValidationFailed("backend vllm needs a GPU and this deployment gets none", field="backend")
+
+
 class Deployments:
     def __init__(self, settings, store: JobStore, catalog, launcher, registry, started):
         self.settings = settings
@@ -60,6 +69,8 @@ class Deployments:
         Returns (view with the API key, replayed); a replay cannot show the key again."""
         served = self._what_is_served(request)
         gpus = self.launcher.executor.gpus_for(request.get("gpus"))
+        if request.get("backend") == "vllm":
+            _check_vllm(gpus)
         api_key = "sk-imts-" + secrets.token_urlsafe(32)
 
         def make_files(run_id, run_dir):
@@ -70,7 +81,7 @@ class Deployments:
                 "model_name_or_path": served["base_model"],
                 "template": request.get("template") or served["template"] or "default",
                 "finetuning_type": served["finetuning_type"],
-                "infer_backend": "huggingface",
+                "infer_backend": request.get("backend") or "huggingface",
                 "trust_remote_code": False,
             }
             if served["adapter"]:

@@ -46,6 +46,11 @@ class DeploymentRequestSchema(RequestSchema):
     gpus = fields.Integer(strict=True, allow_none=True, validate=validate.Range(0, 64))
     max_new_tokens = fields.Integer(strict=True, allow_none=True, validate=validate.Range(1, 32768))
     template = fields.String(allow_none=True, validate=validate.Regexp(r"^[A-Za-z0-9_.-]{1,64}$"))
+    backend = fields.String(
+        allow_none=True,
+        validate=validate.OneOf(["huggingface", "vllm"]),
+        metadata={"description": "huggingface (default), or vllm where it is installed and a GPU is given"},
+    )
 
     @validates_schema
     def _one_source(self, data, **kwargs):
