@@ -490,3 +490,63 @@ def test_a_lone_surrogate_in_a_text_value_is_a_400_not_a_500(client, home):
     )
     _error(client.post(f"{API}/jobs", data=body, content_type="application/json"), 400)
     assert _all_files(home) == before
+
+
+# -- deployments and the registry: the same rules on their routes -------------------------------------
+
+EVIL = {"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"}
+
+
+def test_cross_site_requests_cannot_deploy_stop_chat_or_move_an_alias(make_app, home):
+    client = make_app().test_client()
+    for method, path, body in (
+        ("POST", f"{API}/deployments", {"job_id": "train_00000000"}),
+        ("DELETE", f"{API}/deployments/deploy_00000000", None),
+        ("POST", f"{API}/deployments/deploy_00000000/chat", {"messages": [{"role": "user", "content": "x"}]}),
+        ("POST", f"{API}/models", {"name": "bot", "job_id": "train_00000000"}),
+        ("PUT", f"{API}/models/bot/aliases/prod", {"version": 1}),
+        ("DELETE", f"{API}/models/bot/versions/1", None),
+    ):
+        _error(client.open(path, method=method, json=body, headers=EVIL), 403, "Origin")
+    assert not os.path.exists(os.path.join(home, "deployments"))
+    assert not os.path.exists(os.path.join(home, "models", "registry"))
+
+
+BAD_NAMES = [
+    "..",
+    ".trash",
+    ".staging",
+    "aliases.json",
+    "Bot",
+    "bot\n",
+    "b" * 64,
+    "bot%2F..%2Fjobs",
+    "\u202ebot",
+]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_a_malformed_deployment_or_model_name_touches_no_file(client, home, name):
+    before = _all_files(home)
+    for method, path, body in (
+        ("GET", f"{API}/deployments/{name}", None),
+        ("DELETE", f"{API}/deployments/{name}", None),
+        ("GET", f"{API}/deployments/{name}/upstream", None),
+        ("GET", f"{API}/models/{name}", None),
+        ("GET", f"{API}/models/{name}/versions/1", None),
+        ("DELETE", f"{API}/models/{name}/versions/1", None),
+        ("PUT", f"{API}/models/bot/aliases/{name}", {"version": 1}),
+        ("PUT", f"{API}/models/{name}/aliases/prod", {"version": 1}),
+        ("POST", f"{API}/models", {"name": name, "job_id": "train_00000000"}),
+        ("POST", f"{API}/deployments", {"job_id": "train_00000000", "name": name}),
+    ):
+        response = client.open(path, method=method, json=body)
+        assert response.status_code in (400, 404, 405), (method, path, response.status_code)
+        assert response.is_json and response.get_json()["status"] == response.status_code
+    assert _all_files(home) == before
+
+
+def test_deployment_listing_pages_are_bounded(client):
+    for query in ("limit=0", "limit=1001", "offset=-1", "status=running", "limit=x"):
+        assert client.get(f"{API}/deployments?{query}").status_code == 400, query
+    assert client.get(f"{API}/deployments?limit=1000").get_json()["deployments"] == []

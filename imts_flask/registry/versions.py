@@ -73,6 +73,12 @@ class ModelRegistry:
     def _lock(self, name):
         return self.store.lock("registry." + check_name(name))
 
+    def _lock_existing(self, name):
+        """The lock of a registered name: an unknown one is a 404 before any lock file is made."""
+        if not self._versions(name):
+            raise NotFound(f"no model is registered as {name!r}", field="name")
+        return self._lock(name)
+
     def _versions(self, name):
         try:
             names = os.listdir(self._dir(name, "versions"))
@@ -204,7 +210,7 @@ class ModelRegistry:
 
     def set_alias(self, name, alias, version):
         check_name(alias, field="alias")
-        with self._lock(name):
+        with self._lock_existing(name):
             self.version(name, version)  # 404 for a version that does not exist
             aliases = self._aliases(name)
             before = aliases.get(alias)
@@ -218,7 +224,7 @@ class ModelRegistry:
 
     def delete_alias(self, name, alias):
         check_name(alias, field="alias")
-        with self._lock(name):
+        with self._lock_existing(name):
             aliases = self._aliases(name)
             if alias not in aliases:
                 raise NotFound(f"model {name!r} has no alias {alias!r}", field="alias")
@@ -231,7 +237,7 @@ class ModelRegistry:
 
     def delete_version(self, name, version, in_use):
         """Remove a version no alias points to and `in_use(reference)` does not name (else 409)."""
-        with self._lock(name):
+        with self._lock_existing(name):
             self.version(name, version)
             pointing = sorted(a for a, v in self._aliases(name).items() if v == int(version))
             if pointing:
