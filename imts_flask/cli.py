@@ -345,6 +345,67 @@ def _figure(value, sign=False):
     return f"{value:+.4f}" if sign else f"{value:.4f}"
 
 
+def cmd_deploy(client, args):
+    """Deploy a job's weights (or a registered version); print base_url, model and the key (shown once)."""
+    body = {"model": args.model} if args.model else {"job_id": args.job_id, "checkpoint": args.checkpoint}
+    body.update({k: v for k, v in (("name", args.name), ("max_new_tokens", args.max_new_tokens)) if v})
+    _, deployment, _ = client.call("POST", "/deployments", body)
+    key = deployment["api_key"]
+    path = f"/deployments/{deployment['deployment_id']}"
+    while args.wait and deployment["status"] not in ("ready", "failed", "stopped"):
+        time.sleep(args.interval)
+        _, deployment, _ = client.call("GET", path)
+    if args.json:
+        print(json.dumps({**deployment, "api_key": key}, ensure_ascii=False))
+    else:
+        print(f"{deployment['deployment_id']} {deployment['status']}")
+        print(
+            f"base_url {deployment['base_url']}\nmodel    {deployment['model']}\napi_key  {key}  (shown once)"
+        )
+    return 1 if deployment["status"] == "failed" else 0
+
+
+def cmd_deployments(client, args):
+    """List deployments, or stop one (--stop ID)."""
+    if args.stop:
+        _, deployment, _ = client.call("DELETE", f"/deployments/{args.stop}")
+        print(f"{deployment['deployment_id']} {deployment['status']}")
+        return 0
+    _, listing, _ = client.call("GET", "/deployments?limit=1000")
+    for d in listing["deployments"]:
+        source = d["source"].get("model") or f"{d['source'].get('job_id')} {d['source'].get('checkpoint')}"
+        print(f"{d['deployment_id']}  {d['status']:<8} {d['model']:<20} {d['base_url']}  {source}")
+    return 0
+
+
+def cmd_register(client, args):
+    """Register a completed job's weights as the next version of a name; print name:version."""
+    body = {"name": args.name, "job_id": args.job_id, "checkpoint": args.checkpoint}
+    if args.description:
+        body["description"] = args.description
+    _, version, _ = client.call("POST", "/models", body)
+    if args.alias:
+        client.call("PUT", f"/models/{args.name}/aliases/{args.alias}", {"version": version["version"]})
+    print(json.dumps(version, ensure_ascii=False) if args.json else version["reference"])
+    return 0
+
+
+def cmd_models(client, args):
+    """Registered names with their versions and aliases (or one name's versions, with lineage)."""
+    if args.name:
+        _, model, _ = client.call("GET", f"/models/{args.name}")
+        for v in model["versions"]:
+            aliases = f" ({', '.join(v['aliases'])})" if v["aliases"] else ""
+            lineage = f"{v['job_id']} {v['checkpoint']}  {v['base_model']} on {v['dataset']}"
+            print(f"{v['reference']}{aliases}  {lineage}")
+        return 0
+    _, listing, _ = client.call("GET", "/models")
+    for model in listing["registered"]:
+        aliases = ", ".join(f"{a}->{n}" for a, n in sorted(model["aliases"].items()))
+        print(f"{model['name']}  versions {model['versions']}  {aliases}")
+    return 0
+
+
 def cmd_export(client, args):
     body = {"export_dir": args.dir, "merge_lora": not args.no_merge}
     if args.checkpoint:
@@ -455,6 +516,29 @@ def parser():
     evaluate.add_argument("--watch", action="store_true", help="wait for it, then print the comparison")
     evaluate.add_argument("--json", action="store_true")
     evaluate.add_argument("--interval", type=float, default=2.0)
+
+    deploy = sub.add_parser(
+        "deploy", help="serve a job's weights or a registered version (OpenAI-compatible)"
+    )
+    deploy.add_argument("job_id", nargs="?")
+    deploy.add_argument("--model", help="a registered version instead of a job: name:3 or name@alias")
+    deploy.add_argument("--checkpoint", default="final", help="final (default), best, or checkpoint-N")
+    deploy.add_argument("--name", help="the model id clients send")
+    deploy.add_argument("--max-new-tokens", type=int)
+    deploy.add_argument("--wait", action="store_true", help="until it is ready (or failed)")
+    deploy.add_argument("--json", action="store_true")
+    deploy.add_argument("--interval", type=float, default=1.0)
+    deployments = sub.add_parser("deployments", help="list deployments, or --stop one")
+    deployments.add_argument("--stop", metavar="DEPLOYMENT_ID")
+    register = sub.add_parser("register", help="register a completed job's weights as a model version")
+    register.add_argument("job_id")
+    register.add_argument("--name", required=True)
+    register.add_argument("--checkpoint", default="final", help="final (default), best, or checkpoint-N")
+    register.add_argument("--description")
+    register.add_argument("--alias", help="point this alias at the new version")
+    register.add_argument("--json", action="store_true")
+    models = sub.add_parser("models", help="registered models, or one name's versions")
+    models.add_argument("name", nargs="?")
 
     evaluation = sub.add_parser("evaluation", help="an evaluation's comparison table (and --samples N rows)")
     evaluation.add_argument("job_id")

@@ -18,6 +18,8 @@ def service(tmp_path_factory):
         home,
         llamafactory_cli=fake_cli(home, "--steps", "30", "--interval", "0.05", "--save-every", "10"),
         max_concurrent_jobs=2,
+        deploy_command=f"{sys.executable} {os.path.join(PROJECT, 'tests', 'fake_server.py')}",
+        deploy_ports="18680-18689",
     ).start()
     yield svc
     svc.stop()
@@ -155,3 +157,21 @@ def test_validation_flags_evaluate_with_watch_and_the_comparison_table(service):
 
     result = cli(service, "evaluate", job_id, "--dataset", "nope", check=False)
     assert result.returncode == 2 and "dataset: unknown dataset 'nope'" in result.stderr
+
+
+def test_register_with_an_alias_deploy_it_list_and_stop(service):
+    job_id = cli(
+        service, "submit", "--model", "tiny-llama", "--dataset", "demo_sft", "--watch"
+    ).stdout.split()[0]
+    assert (
+        cli(service, "register", job_id, "--name", "cli-bot", "--alias", "prod").stdout.strip() == "cli-bot:1"
+    )
+    assert "cli-bot  versions [1]  prod->1" in cli(service, "models").stdout
+    assert cli(service, "models", "cli-bot").stdout.startswith(f"cli-bot:1 (prod)  {job_id} final")
+    deployed = json.loads(cli(service, "deploy", "--model", "cli-bot@prod", "--wait", "--json").stdout)
+    assert deployed["status"] == "ready" and deployed["api_key"].startswith("sk-imts-")
+    assert deployed["deployment_id"] in cli(service, "deployments").stdout
+    stopped = cli(service, "deployments", "--stop", deployed["deployment_id"]).stdout
+    assert stopped.strip() == f"{deployed['deployment_id']} stopped"
+    refused = cli(service, "deploy", "--model", "cli-bot@nope", check=False)
+    assert refused.returncode == 2 and "model: model 'cli-bot' has no alias 'nope'" in refused.stderr
