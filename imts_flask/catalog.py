@@ -14,6 +14,7 @@ from .errors import NotFound, ValidationFailed
 from .fsio import safetensors_header
 from .llamafactory.allowlist import parse_extra_keys
 from .llamafactory.templates import installed_templates
+from .tenancy import principals
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}")
 _LOCAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
@@ -169,8 +170,19 @@ class Catalog:
                     found[name] = (data_dir, entry, "operator")
         if self.uploads is not None:
             for name, entry in self.uploads.entries().items():
-                found.setdefault(name, (self.uploads.root, entry, "upload"))
+                if name not in found and self._visible_upload(name):
+                    found[name] = (self.uploads.root, entry, "upload")
         return found
+
+    def _visible_upload(self, name):
+        """Another tenant's upload is no dataset for the caller (admins and auth off see all)."""
+        caller = principals.current()
+        if caller is None or caller.admin:
+            return True
+        try:
+            return principals.visible(self.uploads.meta(name).get("tenant"))
+        except NotFound:
+            return False
 
     def is_operator_dataset(self, name):
         entry = self._dataset_entries().get(name)
@@ -242,6 +254,8 @@ class Catalog:
             "sha256": None,
             "columns": sorted(set((entry.get("columns") or {}).values())),
             "created_at": None,
+            "tenant": None,
+            "created_by": None,
             "file": path,
         }
         if source == "upload":
@@ -325,7 +339,17 @@ def _safetensors_parameters(path):
     return sum(math.prod(t["shape"]) for t in tensors.values())
 
 
-UPLOAD_FIELDS = ("format", "stages", "rows", "bytes", "sha256", "columns", "created_at")
+UPLOAD_FIELDS = (
+    "format",
+    "stages",
+    "rows",
+    "bytes",
+    "sha256",
+    "columns",
+    "created_at",
+    "tenant",
+    "created_by",
+)
 
 
 def stages_of(entry):

@@ -33,6 +33,8 @@ from .observe.webhooks import Notifier
 from .procs import tree_pids
 from .registry.service import Registry, is_reference
 from .state import TIME_FORMAT, JobStatus, creation_order, now_utc
+from .tenancy import principals
+from .tenancy.config import Tenants
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,7 @@ class TrainingService:
         problems = filesystem_problems(self.store.root)
         if problems:  # a store whose locks do not lock would lose jobs quietly: refuse to start
             raise RuntimeError("the job store cannot be used: " + "; ".join(problems))
+        self.tenants = Tenants(settings)  # who each token is; read again when its file changes
         self.uploads = Uploads(settings, self.store)
         self.catalog = Catalog(settings, self.uploads)
         self.launcher = Launcher(settings, self.store)
@@ -158,6 +161,8 @@ class TrainingService:
 
     def _new_state(self, job_id, paths, described):
         created = now_utc()
+        # A job belongs to its creator's tenant; a resumed one stays with its source's (in `described`).
+        described = {**principals.owner(), **described}
         return record.new_record(
             job_id=job_id,
             created_at=created,
@@ -177,7 +182,8 @@ class TrainingService:
         else:
             text = json.dumps(fingerprinted, sort_keys=True)
             fingerprint = hashlib.sha256(text.encode("utf-8")).hexdigest()
-            job_id, replayed = self.store.create_once(idempotency_key, fingerprint, make_files)
+            key = principals.scoped(idempotency_key)
+            job_id, replayed = self.store.create_once(key, fingerprint, make_files)
         state = self.store.read(job_id)
         if not replayed:
             log.info("job %s: created (%s)", job_id, state.get("model_name"))
@@ -335,6 +341,8 @@ class TrainingService:
         reading = self.gpus.read()
         holders = {}
         for state in self.store.active_states():
+            if not principals.visible(state.get("tenant")):
+                continue  # another team's: the GPU shows busy without saying whose
             for gpu in (state.get("launch") or {}).get("gpus") or []:
                 holders.setdefault(gpu, []).append(state["job_id"])
         gpus = [{**g, "job_ids": holders.get(g["id"], [])} for g in reading["gpus"]]
@@ -423,7 +431,7 @@ class TrainingService:
 
     def list_jobs(self, status=None, limit=100, offset=0):
         """Return (total matching, one page of job views), newest first."""
-        summaries = self.store.summaries()
+        summaries = [s for s in self.store.summaries() if principals.visible(s.get("tenant"))]
         if status:
             summaries = [s for s in summaries if s.get("status") == status]
         summaries.sort(key=creation_order, reverse=True)
@@ -529,6 +537,11 @@ class TrainingService:
             "llamafactory_cli": {"ok": os.path.isfile(cli) and os.access(cli, os.X_OK), "path": cli},
             "executor": {"ok": executor_ok, **executor},
             "uploads_registry": {"ok": registry_ok, **registry},
+            "tenants": {
+                "ok": self.tenants.problem is None,
+                "path": self.tenants.path,
+                "detail": self.tenants.problem,
+            },
             "gpus": {"ok": gpus_ok, **gpus},
             "jobs_dir_writable": {"ok": os.access(jobs, os.W_OK | os.X_OK), "path": jobs},
             "disk_free": {
@@ -540,7 +553,7 @@ class TrainingService:
         # The executor's engine (Ray) and the uploads registry are shared by every instance: their
         # trouble is reported (degraded), but it does not turn this instance unhealthy, or a load
         # balancer would take every instance out of service, status reads and job creation all.
-        shared = ("executor", "uploads_registry")
+        shared = ("executor", "uploads_registry", "tenants")
         healthy = all(c["ok"] for name, c in checks.items() if name not in shared)
         return healthy, checks
 

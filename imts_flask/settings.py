@@ -125,6 +125,11 @@ class Settings:
     allowed_hosts: str = ""
     # Browser origins besides the service's own that may change things (e.g. https://ops.example.com).
     allowed_origins: str = ""
+    # Tenants, their tokens and roles (config/tenants.yaml; see tenancy/config.py), read again when it
+    # changes; the audit log; the proxies whose X-Forwarded-For names the client (comma-separated).
+    tenants_file: str = "config/tenants.yaml"
+    audit_log: str = "logs/audit.log"
+    trusted_proxies: str = "127.0.0.1,::1"
     # Bearer-token auth, off when both are empty: tokens, or their SHA-256 hex digests, comma-separated.
     auth_tokens: str = ""
     auth_token_sha256: str = ""

@@ -31,6 +31,7 @@ from ..fsio import atomic_write_json, fsync_dir, move_aside, read_json
 from ..jobs.store import JobStore, storage_error
 from ..settings import package_pythonpath
 from ..state import now_utc
+from ..tenancy import principals
 from .rows import EXTENSIONS, FORMATS, STAGES, kind_of
 
 log = logging.getLogger(__name__)
@@ -247,6 +248,8 @@ class Uploads:
             raise storage_error(exc, f"storing dataset '{name}'") from exc
 
     def _refuse_taken(self, name, overwrite, taken, in_use):
+        if name in self.entries() and not principals.visible(self.meta(name).get("tenant")):
+            raise Conflict(f"dataset name '{name}' is taken; choose another", field="name")
         if taken is not None and taken(name):
             raise Conflict(f"dataset '{name}' is one of the operator's; choose another name", field="name")
         if name not in self.entries():
@@ -272,6 +275,7 @@ class Uploads:
             "created_at": now_utc(),
             "filename": os.path.basename(filename),
             "version": version,
+            **principals.owner(),
         }
         atomic_write_json(os.path.join(staging, META), meta)
         with self.store.lock("dataset-" + name):
@@ -312,8 +316,9 @@ class Uploads:
         """Unregister an uploaded dataset and remove its files."""
         self._dir(name)  # a malformed name is a 400 before any lock or path
         with self.store.lock("dataset-" + name):
-            if name not in self.entries():
+            if name not in self.entries() or not principals.visible(self.meta(name).get("tenant")):
                 raise NotFound(f"dataset '{name}' does not exist", field="name")
+            principals.check_may_change("delete datasets")
             _refuse_in_use(name, in_use, "deleted")
             try:
                 self._update_registry(lambda registry: registry.pop(name, None))

@@ -16,6 +16,7 @@ from ..errors import Conflict, NotFound, ValidationFailed
 from ..jobs.checkpoints import choose_weights
 from ..jobs.store import DEPLOYMENT_ID_PATTERN, JobStore
 from ..state import JobStatus, creation_order, now_utc
+from ..tenancy import principals
 from . import record
 from .runner import probe_host
 
@@ -68,6 +69,10 @@ class Deployments:
 
         Returns (view with the API key, replayed); a replay cannot show the key again."""
         served = self._what_is_served(request)
+        # The caller's tenant; an admin's deployment goes with what it serves.
+        owner = principals.owner()
+        if owner["tenant"] is None:
+            owner["tenant"] = served["tenant"]
         gpus = self.launcher.executor.gpus_for(request.get("gpus"))
         if request.get("backend") == "vllm":
             _check_vllm(gpus)
@@ -89,6 +94,7 @@ class Deployments:
             if request.get("max_new_tokens"):
                 config["max_new_tokens"] = request["max_new_tokens"]
             state = record.new_record(
+                **owner,
                 job_id=run_id,
                 deployment_id=run_id,
                 name=name,
@@ -134,7 +140,8 @@ class Deployments:
         else:
             text = json.dumps({"deploy": request}, sort_keys=True)
             fingerprint = hashlib.sha256(text.encode("utf-8")).hexdigest()
-            run_id, replayed = self.store.create_once(idempotency_key, fingerprint, make_files, create)
+            key = principals.scoped(idempotency_key)
+            run_id, replayed = self.store.create_once(key, fingerprint, make_files, create)
         view = self.view(self.store.read(run_id))
         if not replayed:
             view["api_key"] = api_key
@@ -148,6 +155,7 @@ class Deployments:
             version = self.registry.resolve(request["model"], field="model")
             adapter = version["weights_kind"] == "adapter"
             return {
+                "tenant": version.get("tenant"),
                 "source": {"model": version["reference"], "job_id": version["job_id"]},
                 "base_model": version["base_model_path"] if adapter else version["weights"],
                 "adapter": version["weights"] if adapter else None,
@@ -155,6 +163,7 @@ class Deployments:
                 "finetuning_type": version["finetuning_type"],
             }
         job = self.store.read(request["job_id"])  # 404 for an unknown job
+        principals.check_visible(job, "job", request["job_id"])
         if job["status"] not in _SERVABLE:
             raise Conflict(
                 f"job {job['job_id']} is {job['status']}; only completed or stopped jobs can be deployed",
@@ -168,6 +177,7 @@ class Deployments:
         )
         lora = train_config.get("finetuning_type") == "lora"
         return {
+            "tenant": job.get("tenant"),
             "source": {"job_id": job["job_id"], "checkpoint": checkpoint},
             "base_model": train_config["model_name_or_path"] if lora else weights,
             "adapter": weights if lora else None,
@@ -205,7 +215,9 @@ class Deployments:
                 state = self.store.read(deployment_id)
             except NotFound:
                 continue
-            if status is None or record.shown_status(state) == status:
+            if principals.visible(state.get("tenant")) and (
+                status is None or record.shown_status(state) == status
+            ):
                 states.append(state)
         states.sort(key=creation_order, reverse=True)
         return len(states), [self.view(s) for s in states[offset : offset + limit]]
@@ -276,15 +288,17 @@ class Deployments:
     # -- helpers ---------------------------------------------------------------------------
 
     def _read(self, deployment_id):
+        """The record of a deployment the caller may see (another tenant's reads as none)."""
         if not isinstance(deployment_id, str) or not DEPLOYMENT_ID_PATTERN.fullmatch(deployment_id):
             raise ValidationFailed(
                 "deployment_id must look like deploy_ followed by 8 lowercase letters or digits",
                 field="deployment_id",
             )
         try:
-            return self.store.read(deployment_id)
+            state = self.store.read(deployment_id)
         except NotFound:
             raise NotFound(f"deployment {deployment_id} does not exist", field="deployment_id") from None
+        return principals.check_visible(state, "deployment", deployment_id, field="deployment_id")
 
     def view(self, state):
         return record.view(state)

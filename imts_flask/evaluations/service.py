@@ -10,6 +10,7 @@ from ..errors import Conflict, NotFound
 from ..jobs.checkpoints import choose_weights
 from ..jobs.store import EVALUATION_ID_PATTERN, JobStore, evaluation_run
 from ..state import JobStatus, creation_order, now_utc
+from ..tenancy import principals
 from . import plan, record
 from .results import comparison, sample_count, samples
 from .runner import EVALUATION_LOG
@@ -54,6 +55,8 @@ class Evaluations:
             configs = {phase: f"{phase}.yaml" for phase in phases}
             created = now_utc()
             state = record.new_record(
+                tenant=current_job.get("tenant"),
+                created_by=principals.owner()["created_by"],
                 job_id=run_id,
                 evaluation_id=run_id.split("/")[1],
                 training_job_id=job_id,
@@ -96,7 +99,8 @@ class Evaluations:
         else:
             text = json.dumps({"evaluate": job_id, **asked}, sort_keys=True)
             fingerprint = hashlib.sha256(text.encode("utf-8")).hexdigest()
-            run_id, replayed = self.store.create_once(idempotency_key, fingerprint, make_files, create)
+            key = principals.scoped(idempotency_key)
+            run_id, replayed = self.store.create_once(key, fingerprint, make_files, create)
         if not replayed:
             log.info(
                 "job %s: evaluation %s created (%s on %s)", job_id, run_id, checkpoint, request["dataset"]

@@ -581,6 +581,8 @@ class EvaluationSchema(ResponseSchema):
     phases_done = fields.List(fields.String())
     results = fields.Nested(ComparisonSchema)
     samples = fields.Integer(allow_none=True, metadata={"description": "predictions to page through"})
+    tenant = fields.String(allow_none=True, metadata={"description": "the team it belongs to (its job's)"})
+    created_by = fields.String(allow_none=True, metadata={"description": "the token that created it"})
     queue_position = fields.Integer(allow_none=True)
     attempt = fields.Integer()
     created_at = fields.String()
@@ -627,6 +629,8 @@ class DatasetSchema(ResponseSchema):
     sha256 = fields.String(allow_none=True)
     columns = fields.List(fields.String())
     created_at = fields.String(allow_none=True)
+    tenant = fields.String(allow_none=True, metadata={"description": "an upload's team (none: everyone's)"})
+    created_by = fields.String(allow_none=True, metadata={"description": "the token that uploaded it"})
     file = fields.String(metadata={"description": "the file jobs read, on the server"})
     preview = fields.List(fields.Dict(), metadata={"description": "with ?preview=N: the first N rows"})
     preview_truncated = fields.Boolean(

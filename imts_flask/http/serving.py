@@ -4,6 +4,7 @@ servers of a job's weights or a registered version) and the registry of model ve
 from flask import Response, request, stream_with_context
 from marshmallow import ValidationError, fields, validate, validates_schema
 
+from ..tenancy import principals
 from . import get_service
 from .api import _idempotency_key, _json_body, _load, _schema, bp
 from .openapi import doc
@@ -90,6 +91,8 @@ class DeploymentSchema(ResponseSchema):
     started_at = fields.String(allow_none=True)
     ready_at = fields.String(allow_none=True)
     finished_at = fields.String(allow_none=True)
+    tenant = fields.String(allow_none=True, metadata={"description": "the team it belongs to"})
+    created_by = fields.String(allow_none=True, metadata={"description": "the token that created it"})
 
 
 class DeploymentQuerySchema(PageQuerySchema):
@@ -141,6 +144,8 @@ class VersionSchema(ResponseSchema):
     weights = fields.String()
     weights_kind = fields.String(metadata={"description": "adapter (LoRA, on base_model_path) or model"})
     created_at = fields.String()
+    tenant = fields.String(allow_none=True, metadata={"description": "the team it belongs to"})
+    created_by = fields.String(allow_none=True, metadata={"description": "the token that registered it"})
 
 
 class RegisteredModelSchema(ResponseSchema):
@@ -240,6 +245,23 @@ def chat_with_deployment(deployment_id):
     events = get_service().deployments.chat(deployment_id, body["messages"], body["max_tokens"])
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
     return Response(stream_with_context(events), mimetype="text/event-stream", headers=headers)
+
+
+class CallerSchema(ResponseSchema):
+    tenant = fields.String(allow_none=True, metadata={"description": "the token's team (none: an admin)"})
+    token = fields.String(allow_none=True, metadata={"description": "the token's name"})
+    role = fields.String(allow_none=True, metadata={"description": "admin, member or viewer; none: auth off"})
+
+
+@bp.get("/me")
+@doc(
+    "Who the token is: its tenant, name and role (all null while the service is open)",
+    responses={200: CallerSchema},
+)
+def whoami():
+    caller = principals.current()
+    body = {"tenant": caller.tenant, "token": caller.name, "role": caller.role} if caller else {}
+    return _schema(CallerSchema).dump({"tenant": None, "token": None, "role": None, **body})
 
 
 # -- the registry ----------------------------------------------------------------------------

@@ -7,7 +7,7 @@ its tests. Fields the view computes (progress, gpu_ids, ...) are rows too, marke
 so the table is also the view's order.
 
 Versions: a record without `schema_version` was written before this table (version 1, the same
-layout); version 3 added the validation fields. Reading fills what an older record lacks with each
+layout); version 3 added the validation fields, 4 the tenant and the token that created it. Reading fills what an older record lacks with each
 field's default, and the next write stores it as the current version.
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from ..state import JobStatus
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,9 @@ FIELDS = (
     # state.json only
     Field("schema_version", "integer", default=SCHEMA_VERSION),
     Field("created_ns", "integer", "orders jobs created within the same second", summary=True),
+    Field("tenant", "string", "the team it belongs to (none: an admin's, or made before tenants)", shown=True,
+          summary=True, resumed=True, webhook=True),
+    Field("created_by", "string", "the name of the token that created it", shown=True),
     Field("updated_at", "string"),
     Field("webhook_url", "string", resumed=True),
     Field("samples_per_step", "integer", "samples a step takes, all processes together", resumed=True),
@@ -160,6 +163,8 @@ def run_fields(kind, schema_version, key, paths):
         Field("signal", "string"),
         Field("reason", "string"),
         Field("lost", "object", optional=True),
+        Field("tenant", "string", "the team it belongs to", shown=True),
+        Field("created_by", "string", "the name of the token that created it", shown=True),
     )
 
 

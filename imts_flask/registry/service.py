@@ -7,6 +7,7 @@ from ..errors import Conflict, ValidationFailed
 from ..jobs.checkpoints import choose_weights
 from ..jobs.store import JobStore, evaluation_run
 from ..state import JobStatus
+from ..tenancy import principals
 from .versions import ModelRegistry, dataset_hashes, is_reference
 
 log = logging.getLogger(__name__)
@@ -19,7 +20,7 @@ class Registry:
         self.in_use = in_use  # in_use(name, version): the live deployments serving that version
 
     def register(self, request):
-        job = self.store.read(request["job_id"])  # 404 for an unknown job
+        job = principals.check_visible(self.store.read(request["job_id"]), "job", request["job_id"])
         if job["status"] != JobStatus.COMPLETED.value:
             raise Conflict(
                 f"job {job['job_id']} is {job['status']}; only completed jobs can be registered",
@@ -39,6 +40,9 @@ class Registry:
             "dataset": job.get("dataset"),
             "dataset_sha256": dataset_hashes(self._dataset_info(job["job_id"])),
             "figures": self._figures(job, checkpoint),
+            # the caller's team; an admin's registration goes with the job's
+            "tenant": principals.owner()["tenant"] or job.get("tenant"),
+            "created_by": principals.owner()["created_by"],
         }
         return self.versions.register(
             request["name"], job, checkpoint, weights, request.get("description"), lineage

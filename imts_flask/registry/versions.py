@@ -30,6 +30,7 @@ from ..fsio import atomic_write_json, read_json, write_tree
 from ..jobs.checkpoints import CHECKPOINT_STATE, TRAINING_RECORDS
 from ..jobs.store import storage_error
 from ..state import now_utc
+from ..tenancy import principals
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +76,21 @@ class ModelRegistry:
 
     def _lock_existing(self, name):
         """The lock of a registered name: an unknown one is a 404 before any lock file is made."""
-        if not self._versions(name):
+        if not self._visible(name):
             raise NotFound(f"no model is registered as {name!r}", field="name")
         return self._lock(name)
+
+    def _owner(self, name):
+        """The tenant of a name: its first version's."""
+        versions = self._versions(name)
+        if not versions:
+            return None
+        with contextlib.suppress(OSError, ValueError):
+            return read_json(os.path.join(self._version_dir(name, versions[0]), STATE)).get("tenant")
+        return None
+
+    def _visible(self, name):
+        return bool(self._versions(name)) and principals.visible(self._owner(name))
 
     def _versions(self, name):
         try:
@@ -112,7 +125,10 @@ class ModelRegistry:
         except OSError as exc:
             raise storage_error(exc, "registering the model") from exc
         with self._lock(name):
-            version = max(self._versions(name), default=0) + 1
+            versions = self._versions(name)
+            if versions and self._owner(name) != lineage.get("tenant"):
+                raise Conflict(f"the name {name!r} is taken by another team; choose another", field="name")
+            version = max(versions, default=0) + 1
             staging = tempfile.mkdtemp(prefix=f"{name}-{version}-", dir=staging_root)
             try:
                 weights = os.path.join(staging, WEIGHTS)
@@ -157,12 +173,12 @@ class ModelRegistry:
             entries = os.listdir(self.root)
         except FileNotFoundError:
             return []
-        return sorted(n for n in entries if NAME.fullmatch(n) and self._versions(n))
+        return sorted(n for n in entries if NAME.fullmatch(n) and self._visible(n))
 
     def model(self, name):
         """A name's versions (newest last) and aliases; NotFound when it has none."""
         versions = self._versions(name)
-        if not versions:
+        if not versions or not self._visible(name):
             raise NotFound(f"no model is registered as {name!r}", field="name")
         return {
             "name": name,
@@ -175,6 +191,8 @@ class ModelRegistry:
         return [self.model(name) for name in self.names()]
 
     def version(self, name, version):
+        if not self._visible(name):
+            raise NotFound(f"model {name!r} has no version {version}", field="version")
         try:
             state = read_json(os.path.join(self._version_dir(name, version), STATE))
         except (FileNotFoundError, ValueError):
@@ -190,6 +208,8 @@ class ModelRegistry:
         if not match:
             raise ValidationFailed("must look like name:3 or name@alias", field=field)
         name, number, alias = match.groups()
+        if not self._visible(name):
+            raise ValidationFailed(f"no model is registered as {name!r}", field=field)
         if alias is not None:
             aliases = self._aliases(name)
             if alias not in aliases:
