@@ -33,7 +33,7 @@ from .observe.webhooks import Notifier
 from .procs import tree_pids
 from .registry.service import Registry, is_reference
 from .state import TIME_FORMAT, JobStatus, creation_order, now_utc
-from .tenancy import principals
+from .tenancy import principals, quotas
 from .tenancy.config import Tenants
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,8 @@ class TrainingService:
         self._check_disk()
 
         def make_files(job_id, job_dir):
+            # Here, not before: a retry with its Idempotency-Key gets its job back, quota or not.
+            quotas.check_queued(self.settings, self.store, principals.owner()["tenant"])
             paths = _job_paths(job_dir)
             config = build_train_config(
                 request,
@@ -204,6 +206,9 @@ class TrainingService:
         self._check_disk()
 
         def make_files(new_id, job_dir):
+            quotas.check_queued(
+                self.settings, self.store, principals.owner()["tenant"] or plan.source.get("tenant")
+            )
             paths = _job_paths(job_dir)
             described = record.pick(plan.source, record.RESUMED)
             state = self._new_state(
@@ -329,6 +334,7 @@ class TrainingService:
         view = self.view(self.store.read(job_id))
         if view["status"] == JobStatus.PENDING.value and not view["gpu_ids"]:
             view["queue_position"] = self.launcher.queue_position(job_id)
+            view["waiting_for"] = self.launcher.waiting_for(self.store.read(job_id))
         return view
 
     def view(self, state, detail=True):

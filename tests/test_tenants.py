@@ -24,7 +24,7 @@ def sha(token):
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def tenants_file(extra_c_token=None):
+def tenants_file(extra_c_token=None, quotas=None):
     c_tokens = [{"name": "c-ci", "role": "member", "sha256": sha(TOKENS["c"])}]
     if extra_c_token:
         c_tokens.append({"name": "c-new", "role": "member", "sha256": sha(extra_c_token)})
@@ -32,6 +32,7 @@ def tenants_file(extra_c_token=None):
         "tenants": {
             "team-a": {
                 "max_priority": "high",
+                "quotas": quotas or {},
                 "tokens": [
                     {"name": "a-ci", "role": "member", "sha256": sha(TOKENS["a"])},
                     {"name": "a-dash", "role": "viewer", "sha256": sha(TOKENS["a-view"])},
@@ -233,3 +234,30 @@ def test_an_idempotency_key_is_each_teams_own(teams):
     theirs = b.post(f"{API}/jobs", json=BODY, headers={**b.headers, **key})
     assert (first.status_code, again.status_code, theirs.status_code) == (201, 200, 201)
     assert again.get_json()["job_id"] == first.get_json()["job_id"] != theirs.get_json()["job_id"]
+
+
+def test_quotas_a_team_at_its_running_limit_waits_without_blocking_the_others(make_app, home):
+    write_tenants(home, tenants_file(quotas={"max_running_gpus": 1, "max_queued_jobs": 2}))
+    client = make_app("--steps", "400", "--interval", "0.05", max_concurrent_jobs=3).test_client()
+    a, b = As(client, TOKENS["a"]), As(client, TOKENS["b"])
+    first = a.post(f"{API}/jobs", json=BODY).get_json()["job_id"]
+    wait_for(lambda: a.get(f"{API}/jobs/{first}").get_json()["status"] == "running")
+    second = a.post(f"{API}/jobs", json=BODY).get_json()["job_id"]
+    third = a.post(f"{API}/jobs", json=BODY).get_json()["job_id"]
+    refused = a.post(f"{API}/jobs", json=BODY)
+    assert refused.status_code == 429 and refused.headers["Retry-After"] == "30"
+    body = refused.get_json()
+    assert body["errors"][0]["field"] == "max_queued_jobs" and body["max_queued_jobs"] == 2
+    waiting = a.get(f"{API}/jobs/{second}").get_json()
+    assert (waiting["status"], waiting["waiting_for"], waiting["queue_position"]) == ("pending", "quota", 1)
+    # Another team's job behind them starts at once: slots are free, its team is under quota.
+    theirs = b.post(f"{API}/jobs", json=BODY).get_json()["job_id"]
+    wait_for(lambda: b.get(f"{API}/jobs/{theirs}").get_json()["status"] == "running")
+    assert a.get(f"{API}/jobs/{second}").get_json()["status"] == "pending"
+    a.post(f"{API}/jobs/{first}/stop")  # its quota frees: the next of its team starts
+    wait_for(lambda: a.get(f"{API}/jobs/{second}").get_json()["status"] == "running")
+    assert a.get(f"{API}/jobs/{third}").get_json()["waiting_for"] == "quota"
+    assert any(line["outcome"] == 429 for line in audit_lines(home))
+    for job_id in (second, third):
+        a.post(f"{API}/jobs/{job_id}/stop")
+    b.post(f"{API}/jobs/{theirs}/stop")

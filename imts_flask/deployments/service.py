@@ -16,7 +16,7 @@ from ..errors import Conflict, NotFound, ValidationFailed
 from ..jobs.checkpoints import choose_weights
 from ..jobs.store import DEPLOYMENT_ID_PATTERN, JobStore
 from ..state import JobStatus, creation_order, now_utc
-from ..tenancy import principals
+from ..tenancy import principals, quotas
 from . import record
 from .runner import probe_host
 
@@ -79,6 +79,7 @@ class Deployments:
         api_key = "sk-imts-" + secrets.token_urlsafe(32)
 
         def make_files(run_id, run_dir):
+            quotas.check_queued(self.settings, self.store, principals.owner()["tenant"])
             port = self._free_port(run_id)
             name = request.get("name") or run_id
             created = now_utc()

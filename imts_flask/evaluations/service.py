@@ -10,7 +10,7 @@ from ..errors import Conflict, NotFound
 from ..jobs.checkpoints import choose_weights
 from ..jobs.store import EVALUATION_ID_PATTERN, JobStore, evaluation_run
 from ..state import JobStatus, creation_order, now_utc
-from ..tenancy import principals
+from ..tenancy import principals, quotas
 from . import plan, record
 from .results import comparison, sample_count, samples
 from .runner import EVALUATION_LOG
@@ -49,6 +49,7 @@ class Evaluations:
 
         def make_files(run_id, run_dir, current_job):
             _check_job(current_job)  # again, under the job's lock: it may have been deleted meanwhile
+            quotas.check_queued(self.settings, self.store, principals.owner()["tenant"])
             dataset_dir = os.path.join(run_dir, "dataset")
             output = os.path.join(run_dir, "output")
             phases = plan.phases(stage, request["baseline"])

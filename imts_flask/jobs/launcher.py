@@ -34,6 +34,9 @@ class Launcher:
     def queue_position(self, job_id):
         return self.scheduler.queue_position(job_id)
 
+    def waiting_for(self, state):
+        return self.scheduler.waiting_for(state)
+
     def export_lost(self, export):
         return self.liveness.export_lost(export)
 

@@ -12,6 +12,7 @@ import logging
 import secrets
 
 from ..executors import make_executor
+from ..tenancy import quotas
 from ..state import JobStatus, now_utc
 from .. import queue
 from .liveness import Liveness
@@ -41,7 +42,11 @@ class Scheduler:
             taken = {gpu for s in holding for gpu in queue.gpus_of(s)}
             free_gpus = [g for g in self.executor.gpu_ids() if g not in taken]
             slots = self.settings.capacity - len(holding)
+            limits, by_gpus = quotas.load(self.settings), bool(self.executor.gpu_ids())
+            held = quotas.held(states, by_gpus)
             for state in queue.in_order(filter(queue.queued, states)):
+                if quotas.at_limit(limits, held, state, by_gpus):
+                    continue  # its team is at its quota: the others' runs behind it go on
                 placement, free_gpus = self.executor.place(state, slots, free_gpus)
                 if placement is None:
                     break
@@ -49,6 +54,8 @@ class Scheduler:
                 updated = self.store.update(state["job_id"], self._hand_out(launch))
                 if (updated.get("launch") or {}).get("id") == launch["id"]:
                     slots -= 1
+                    tenant = state.get("tenant")
+                    held[tenant] = held.get(tenant, 0) + quotas.units(state, by_gpus)
                     to_start.append((state["job_id"], updated["launch"]))
         for job_id, launch in to_start:
             self._start(job_id, launch)
@@ -63,6 +70,14 @@ class Scheduler:
             return CHANGED
 
         return change
+
+    def waiting_for(self, state):
+        """Why a queued run waits: "quota" (its team's running quota) or "capacity" (slots, GPUs)."""
+        states = self.store.active_states()
+        by_gpus = bool(self.executor.gpu_ids())
+        if quotas.at_limit(quotas.load(self.settings), quotas.held(states, by_gpus), state, by_gpus):
+            return "quota"
+        return "capacity"
 
     def queue_position(self, job_id):
         """A waiting job's 1-based place in the queue (ours, or the engine's), else None."""

@@ -93,6 +93,7 @@ _COMPUTED = {
     "eta_seconds": _eta,
     "gpu_ids": lambda job: (job.state.get("launch") or {}).get("gpus"),
     "queue_position": lambda job: None,  # the service fills it in for a waiting job
+    "waiting_for": lambda job: None,  # and why it waits
     "gpu_memory_mb": lambda job: job.gpu_memory // 2**20 if job.running and job.gpu_memory is not None else None,
     "tokens_per_second": _tokens_per_second,
     "samples_per_second": _samples_per_second,

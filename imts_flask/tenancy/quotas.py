@@ -1,0 +1,89 @@
+"""Each team's quotas, from the tenants file: what it may hold running and keep queued.
+
+- `max_running_gpus`: GPUs its running jobs, evaluations and deployments hold together (on a service
+  without GPUs: how many of them run). A queued run of a team at its limit waits (`waiting_for:
+  "quota"`) and the queue goes on with other teams' runs behind it: no head-of-line blocking.
+- `max_queued_jobs`: runs it may have waiting; one more is a 429 with Retry-After.
+
+The scheduler runs in the API workers and in monitors alike, so the file is read here (again when
+it changes), tolerant of a bad one: no quota is better than a scheduler that cannot schedule.
+"""
+
+import logging
+import os
+
+import yaml
+
+from .. import queue
+from ..errors import ApiError
+from .config import parse
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = 30
+_cache = {}  # path -> ((mtime_ns, size, ino), {tenant: quotas})
+
+
+class TooManyRequests(ApiError):
+    status = 429
+    code = "too_many_requests"
+
+
+def load(settings):
+    """{tenant: its quotas} as the tenants file says now ({} without one, or with a bad one)."""
+    path = settings.path("tenants_file")
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return {}
+    seen = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+    cached = _cache.get(path)
+    if cached and cached[0] == seen:
+        return cached[1]
+    try:
+        with open(path, encoding="utf-8") as handle:
+            _principals, tenants = parse(yaml.safe_load(handle) or {}, path)
+        quotas = {name: team["quotas"] for name, team in tenants.items()}
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        log.warning("quotas: the tenants file cannot be read (%s); the last quotas read stay", exc)
+        return cached[1] if cached else {}
+    _cache[path] = (seen, quotas)
+    return quotas
+
+
+def units(state, by_gpus):
+    """What a run counts against max_running_gpus: its GPUs, or 1 on a service without GPUs."""
+    return (state.get("gpus") or 0) if by_gpus else 1
+
+
+def held(states, by_gpus):
+    """{tenant: units its runs holding a slot hold}."""
+    found = {}
+    for state in states:
+        if not queue.queued(state):
+            found[state.get("tenant")] = found.get(state.get("tenant"), 0) + units(state, by_gpus)
+    return found
+
+
+def at_limit(quotas, held_units, state, by_gpus):
+    """Whether a queued run must wait for its team's running quota."""
+    limit = (quotas.get(state.get("tenant")) or {}).get("max_running_gpus")
+    return limit is not None and held_units.get(state.get("tenant"), 0) + units(state, by_gpus) > limit
+
+
+def check_queued(settings, store, tenant):
+    """A 429 when `tenant` already has max_queued_jobs runs waiting."""
+    if tenant is None:
+        return
+    limit = (load(settings).get(tenant) or {}).get("max_queued_jobs")
+    if limit is None:
+        return
+    waiting = sum(1 for s in store.active_states() if s.get("tenant") == tenant and queue.queued(s))
+    if waiting >= limit:
+        raise TooManyRequests(
+            f"team {tenant} has {waiting} runs queued, its max_queued_jobs is {limit}: "
+            "wait for one to start, or stop one",
+            field="max_queued_jobs",
+            extra={"max_queued_jobs": limit, "queued": waiting},
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
