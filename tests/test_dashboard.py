@@ -323,3 +323,51 @@ def test_the_deployments_page_lists_chats_streamed_as_text_and_stops(browser, tm
         _no_console_errors(browser)
     finally:
         svc.stop()
+
+
+def test_with_tenants_the_page_shows_the_tokens_team_only_and_hides_a_viewers_buttons(browser, tmp_path):
+    import hashlib
+
+    import yaml
+
+    def sha(token):
+        return hashlib.sha256(token.encode()).hexdigest()
+
+    home = make_home(tmp_path / "home")
+    tenants = {
+        "tenants": {
+            "team-a": {"tokens": [{"name": "a-ci", "role": "member", "sha256": sha("tok-a")}]},
+            "team-b": {
+                "tokens": [
+                    {"name": "b-ci", "role": "member", "sha256": sha("tok-b")},
+                    {"name": "b-dash", "role": "viewer", "sha256": sha("tok-b-view")},
+                ]
+            },
+        }
+    }
+    with open(os.path.join(home, "config", "tenants.yaml"), "w") as handle:
+        yaml.safe_dump(tenants, handle)
+    svc = Service(home, llamafactory_cli=fake_cli(str(tmp_path), "--steps", "3")).start()
+    try:
+        body = {"model_name": "tiny-llama", "dataset": "demo_sft"}
+        theirs = requests.post(
+            f"{svc.base}/jobs", json=body, headers={"Authorization": "Bearer tok-a"}, timeout=30
+        )
+        ours = requests.post(
+            f"{svc.base}/jobs", json=body, headers={"Authorization": "Bearer tok-b"}, timeout=30
+        )
+        browser.get(svc.root + "/dashboard")
+        browser.execute_script("sessionStorage.setItem('imts-token', 'tok-b-view')")
+        browser.get(svc.root + "/dashboard")
+        _find(browser, f'tr[data-job="{ours.json()["job_id"]}"]')
+        assert not browser.find_elements("css selector", f'tr[data-job="{theirs.json()["job_id"]}"]')
+        browser.get(f"{svc.root}/dashboard/jobs/{ours.json()['job_id']}")
+        wait_for(lambda: browser.execute_script("return document.body.dataset.role") == "viewer")
+        assert not browser.find_element("css selector", "#stop").is_displayed()
+        browser.execute_script("sessionStorage.setItem('imts-token', 'tok-b')")
+        browser.get(f"{svc.root}/dashboard/jobs/{ours.json()['job_id']}")
+        wait_for(lambda: browser.execute_script("return document.body.dataset.role") == "member")
+        assert browser.find_element("css selector", "#stop").is_displayed()
+    finally:
+        browser.execute_script("sessionStorage.clear()")
+        svc.stop()

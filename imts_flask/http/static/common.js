@@ -1,7 +1,7 @@
 // What both pages share: elements built with text (job data never becomes markup), the notice
 // line, the token form, progress bars and formats.
 
-import { ApiError, setToken } from "./api.js";
+import { ApiError, api, setToken } from "./api.js";
 
 // el("td", {className: "x"}, "text", child) — strings become text nodes, never HTML.
 export function el(tag, props = {}, ...children) {
@@ -34,8 +34,19 @@ export function failed(error) {
   }
 }
 
+// Marks the page with the token's role (GET /me): a viewer's page hides what changes things
+// (elements of class "changes"); the API refuses them anyway.
+export function showRole() {
+  api("/me")
+    .then((me) => {
+      document.body.dataset.role = me.role || "open";
+    })
+    .catch(() => {});
+}
+
 // Asks for the token when a data call was refused; `retry` runs once one is given.
 export function tokenGate(retry) {
+  showRole();
   const form = document.getElementById("token-form");
   document.addEventListener("imts-auth-required", () => {
     form.hidden = false;
@@ -49,6 +60,7 @@ export function tokenGate(retry) {
     input.value = "";
     form.hidden = true;
     notice("");
+    showRole();
     retry();
   });
 }

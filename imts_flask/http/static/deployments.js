@@ -16,14 +16,14 @@ function serves(d) {
 
 function row(d) {
   const live = !["stopped", "failed"].includes(d.status);
-  const stop = el("button", { type: "button", className: "stop", disabled: !live }, "stop");
+  const stop = el("button", { type: "button", className: "stop changes", disabled: !live }, "stop");
   stop.addEventListener("click", () => {
     stop.disabled = true;
     api(`/deployments/${encodeURIComponent(d.deployment_id)}`, { method: "DELETE" })
       .then(() => refresh(true))
       .catch(failed);
   });
-  const chat = el("button", { type: "button", className: "chat-open", disabled: d.status !== "ready" }, "chat");
+  const chat = el("button", { type: "button", className: "chat-open changes", disabled: d.status !== "ready" }, "chat");
   chat.addEventListener("click", () => openChat(d));
   return el(
     "tr",
