@@ -52,7 +52,7 @@ def test_a_record_of_the_first_format_reads_and_shows_as_it_did(tmp_path, name):
     assert added == {
         "validation": None, "early_stopping": None, "eval_loss": None, "best_eval_loss": None,
         "best_checkpoint": None, "stopped_early": False, "tensorboard": False, "tensorboard_dir": None,
-        "mlflow_run_id": None, "tenant": None, "created_by": None,
+        "mlflow_run_id": None, "tenant": None, "created_by": None, "waiting_for": None,
     }  # fmt: skip
     store.update(written["job_id"], setter(disk_bytes=12345))  # the next write stores the new version
     on_disk = json.load(open(os.path.join(job_dir, "state.json")))
