@@ -261,3 +261,13 @@ def test_quotas_a_team_at_its_running_limit_waits_without_blocking_the_others(ma
     for job_id in (second, third):
         a.post(f"{API}/jobs/{job_id}/stop")
     b.post(f"{API}/jobs/{theirs}/stop")
+
+
+def test_a_request_refused_before_auth_is_audited_as_nobodys(teams, home):
+    a = teams["a"]
+    a.get(f"{API}/jobs")  # this connection's caller was team-a's token ...
+    a.post(
+        f"{API}/jobs", json=BODY, headers={"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"}
+    )
+    refused = audit_lines(home)[-1]
+    assert refused["outcome"] == 403 and refused["token"] is None and refused["tenant"] is None

@@ -24,6 +24,7 @@ def init_app(app, service):
     app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length
     app.json.ensure_ascii = False
     app.json.sort_keys = False
+    app.before_request(_forget_caller)  # first: a request refused before auth is nobody's
     app.before_request(service.ensure_housekeeper)
     metrics.init_app(app)  # times every request, the refused ones too
     guard.init_app(app, settings)  # 421 / 403 before anything else looks at a request
@@ -31,3 +32,10 @@ def init_app(app, service):
     app.register_blueprint(api.bp)
     app.register_blueprint(dashboard.bp)
     errors.register_error_handlers(app)
+
+
+def _forget_caller():
+    """The caller of the previous request on this connection is not this one's (audit, records)."""
+    from ..tenancy import principals
+
+    principals.use(None)
