@@ -14,15 +14,15 @@ clients never reach gunicorn at all, but make run serves without it.
 import os
 import shutil
 
+from imts_flask.http import server  # no Flask, no app: only what gunicorn needs
+
 # Prometheus multiprocess mode: every worker writes its samples here; a scrape adds them up.
 # It must be set before prometheus_client is first imported (workers fork from this process);
-# the directory is emptied when the master starts.
-_home = os.environ.get("IMTS_HOME", os.path.dirname(os.path.abspath(__file__)))
-os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", os.path.join(_home, "cache", "prometheus"))
+# the directory is emptied when the master starts. By default on /dev/shm, off the data disk.
+_home = os.path.abspath(os.environ.get("IMTS_HOME", os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", server.metrics_dir(_home))
 
 from prometheus_client import multiprocess  # noqa: E402  (after the variable above)
-
-from imts_flask.http import server  # noqa: E402
 
 # gunicorn's own answers (a header too large, a URI too long, an unreadable request) in the
 # API's JSON error shape; and no secret-looking query parameter in the access log.
@@ -56,3 +56,8 @@ def on_starting(server):
 
 def child_exit(server, worker):
     multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    # The samples are this run's (on_starting empties them anyway): leave nothing in /dev/shm.
+    shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

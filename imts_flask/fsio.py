@@ -1,5 +1,6 @@
 """Atomic, durable file writes and tolerant reads."""
 
+import errno
 import fcntl
 import json
 import os
@@ -176,7 +177,10 @@ def filesystem_problems(directory):
             if handle.read() != b"new":
                 problems.append(f"a rename over an existing file under {directory} does not replace it")
     except OSError as exc:
-        problems.append(f"{directory} cannot be written ({exc.strerror})")
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            problems.append(f"{directory} cannot be written ({exc.strerror})")
+        # A full disk says nothing of what the filesystem can do: a worker starting while the disk
+        # is full serves (writes answer 507) instead of failing to boot.
     finally:
         for fd in (first, second):
             if fd is not None:

@@ -179,6 +179,31 @@ def test_the_job_store_needs_locks_that_exclude(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
+def test_a_full_disk_is_no_filesystem_problem_so_a_worker_still_starts(tmp_path, monkeypatch):
+    import errno
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("imts_flask.fsio.atomic_write_bytes", full)
+    assert filesystem_problems(str(tmp_path)) == []  # the soak's full disk made new workers fail to boot
+    monkeypatch.setattr(
+        "imts_flask.fsio.atomic_write_bytes", lambda p, d: (_ for _ in ()).throw(PermissionError(13, "no"))
+    )
+    assert "cannot be written" in filesystem_problems(str(tmp_path))[0]
+
+
+def test_the_workers_metrics_live_off_the_data_disk(tmp_path):
+    from imts_flask.http.server import metrics_dir
+
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    home = str(tmp_path / "home")
+    assert metrics_dir(home, shm=str(shm)).startswith(str(shm) + "/imts-prometheus-")
+    assert metrics_dir(home, shm=str(shm)) != metrics_dir(home + "2", shm=str(shm))  # one per home
+    assert metrics_dir(home, shm=str(tmp_path / "none")) == os.path.join(home, "cache", "prometheus")
+
+
 def test_two_local_instances_on_one_home_agree(tmp_path):
     """executor: local, two gunicorn instances on one host sharing IMTS_HOME (Nginx would spread
     requests over them): either answers for any job, and stops it."""

@@ -11,6 +11,7 @@ from openapi_spec_validator import validate
 from prometheus_client.parser import text_string_to_metric_families
 
 from imts_flask.http.openapi import documented_rules
+from imts_flask.http.server import metrics_dir
 from imts_flask.jobs.record import setter
 from imts_flask.service import _decode_whole_chars
 
@@ -204,7 +205,7 @@ def test_prometheus_metrics_add_up_across_gunicorn_workers(tmp_path):
     assert total("imts_http_requests_total", endpoint=f"{BASE}/jobs", method="GET", status="200") == 60
     assert total("imts_http_requests_total", endpoint=f"{BASE}/jobs/<job_id>", status="404") == 1
     assert total("imts_http_request_duration_seconds_count", endpoint=f"{BASE}/jobs", method="GET") == 60
-    pids = {f.split("_")[-1] for f in os.listdir(os.path.join(home, "cache", "prometheus"))}
+    pids = {f.split("_")[-1] for f in os.listdir(metrics_dir(os.path.abspath(home)))}
     assert len(pids) >= 2, "requests should have been answered by several workers"
     assert total("imts_jobs", state="completed") == 1 and total("imts_jobs", state="running") == 0
     assert total("imts_queue_length") == 0 and total("imts_job_slots_total") == 1

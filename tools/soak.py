@@ -141,7 +141,6 @@ class Soak:
             "IMTS_DEFAULT_SAVE_STEPS": "20",
             "IMTS_MIN_FREE_DISK_MB": "64",  # the home is a 1 GB tmpfs: a full one is below it
             "IMTS_ACCESS_LOG": os.path.join(self.home, "access.log"),
-            "PROMETHEUS_MULTIPROC_DIR": os.path.join(self.home, "cache", "prometheus"),
         }
 
     def start_service(self):

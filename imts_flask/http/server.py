@@ -8,7 +8,9 @@
   the Referer; the parameters themselves stay, so a person reading the log sees what was asked.
 """
 
+import hashlib
 import json
+import os
 import re
 
 from gunicorn import glogging, util
@@ -21,6 +23,15 @@ _SECRET_PARAMETER = re.compile(
 )
 # Headers that are secrets whole, should an operator's access_log_format name them.
 _SECRET_HEADERS = ("{authorization}i", "{cookie}i", "{proxy-authorization}i", "{x-api-key}i")
+
+
+def metrics_dir(home, shm="/dev/shm"):
+    """Where the workers' Prometheus samples live (PROMETHEUS_MULTIPROC_DIR, unless set): on a RAM
+    filesystem apart from the data disk. prometheus_client memory-maps them as sparse files, so on a
+    full disk a worker writing a new sample dies of SIGBUS (the chaos soak's full_disk found it)."""
+    if os.path.isdir(shm) and os.access(shm, os.W_OK):
+        return os.path.join(shm, "imts-prometheus-" + hashlib.sha256(home.encode()).hexdigest()[:12])
+    return os.path.join(home, "cache", "prometheus")
 
 
 def redact(text):
