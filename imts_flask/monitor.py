@@ -22,6 +22,7 @@ import time
 
 from .deployments import record as deployment_record
 from .deployments.runner import run_deployment
+from .errors import InsufficientStorage, Unavailable
 from .evaluations import record as evaluation_record
 from .evaluations.runner import run_evaluation
 from .executors import HOST
@@ -210,6 +211,18 @@ class Monitor:
         """Wrap a state change so that it applies only while this monitor owns the job's attempt."""
         return lambda current: change(current) if current.get("monitor") == self.me else UNCHANGED
 
+    def record_started(self, proc, ticks, change):
+        """Record a process just started (a trainer, a phase, a server); if the record cannot be
+        written (a full disk, a lock that times out) the process is stopped before the error goes
+        on: a process its record does not name would run on unseen, and the job's next attempt
+        would start a second one beside it (the chaos soak's full disk found two trainers)."""
+        try:
+            return self.store.update(self.job_id, change)
+        except BaseException:
+            log.error("could not record process %s: stopping it", proc.pid)
+            terminate_tree(proc.pid, ticks, self.settings.stop_grace_s, popen=proc)
+            raise
+
     def _measure(self, trainer):
         """Now and then, record the job directory's disk use (a walk of it, not on every status read)
         and the GPU memory of the trainer's tree as this host's NVML sees it (for readers elsewhere)."""
@@ -293,7 +306,7 @@ class Monitor:
             )
             return changed(resumed_from=resume["name"]) if resume else CHANGED
 
-        state = self.store.update(self.job_id, mark_running)
+        state = self.record_started(proc, ticks, mark_running)
         if state.get("pid") != proc.pid:
             log.info("job became %s while starting: stopping the trainer", state["status"])
             terminate_tree(proc.pid, ticks, 0, popen=proc)
@@ -305,11 +318,14 @@ class Monitor:
         tracking = JobTracking(self.settings, state["paths"]["output_dir"])
 
         def on_beat():
-            self._measure(proc)
-            self._track(tracking, state, config)
-            if watch is not None and self._watch_validation(watch):
-                return "eval_loss stalled (early_stopping's min_delta)"
-            return None
+            try:
+                self._measure(proc)
+                self._track(tracking, state, config)
+                stalled = watch is not None and self._watch_validation(watch)
+            except (InsufficientStorage, Unavailable) as exc:  # a full disk passes; the run goes on
+                log.warning("a beat's figures could not be recorded (%s); the run goes on", exc)
+                return None
+            return "eval_loss stalled (early_stopping's min_delta)" if stalled else None
 
         rc = self._wait(proc, ticks, on_beat=on_beat)
         log.info("trainer exited: %s", rc)

@@ -482,3 +482,29 @@ def test_the_suite_imports_nothing_heavy_into_the_api():
         [sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, timeout=60
     )
     assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_a_trainer_whose_start_cannot_be_recorded_is_stopped_not_left_running(tmp_path):
+    """A full disk while a monitor records the trainer it just started: the trainer must not run
+    on unrecorded (the soak saw the next attempt start a second one beside it)."""
+    from imts_flask.errors import InsufficientStorage
+    from imts_flask.monitor import Monitor
+    from imts_flask.procs import start_ticks
+    from imts_flask.settings import load_settings
+
+    settings = load_settings({"home": make_home(tmp_path / "home"), "stop_grace_s": 2}, environ={})
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        monitor = Monitor(settings, "train_0000abcd")
+        trainer = subprocess.Popen(["sleep", "60"], start_new_session=True)
+
+        def full_disk(_state):
+            raise InsufficientStorage("no space left on the device while updating job train_0000abcd")
+
+        monitor.store.update = lambda job_id, change: change({})
+        with pytest.raises(InsufficientStorage):
+            monitor.record_started(trainer, start_ticks(trainer.pid), full_disk)
+        assert trainer.poll() is not None, "the unrecorded trainer is still running"
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)

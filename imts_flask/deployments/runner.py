@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 
+from ..errors import InsufficientStorage, Unavailable
 from ..executors import HOST
 from ..jobs.record import CHANGED, UNCHANGED, changed, setter
 from ..procs import start_ticks, terminate_tree
@@ -69,16 +70,22 @@ class _Watch:
     def tick(self):
         """While the server starts, ask it at every look: ready is recorded within 0.2 s."""
         if not self.ready and answers(self.state["host"], self.state["port"], self.api_key, timeout=0.5):
+            try:
+                self.monitor.store.update(
+                    self.monitor.job_id, self.monitor._owned(setter(ready_at=now_utc()))
+                )
+            except (InsufficientStorage, Unavailable) as exc:
+                log.warning("ready, but not recorded yet (%s): trying again", exc)
+                return
             self.ready = True
             self.last_request = time.time()
-            self.monitor.store.update(self.monitor.job_id, self.monitor._owned(setter(ready_at=now_utc())))
             log.info("the server answers on port %s: ready", self.state["port"])
 
     def beat(self):
         settings = self.monitor.settings
         changes = self._counted()
         if changes:
-            self.monitor.store.update(self.monitor.job_id, self.monitor._owned(setter(**changes)))
+            self._record(changes)
         if not self.ready and time.monotonic() - self.started > settings.deploy_start_timeout_s:
             self.timed_out = True
             return f"the server did not answer /v1/models within {settings.deploy_start_timeout_s:.0f} s"
@@ -92,7 +99,13 @@ class _Watch:
         """Record the requests logged since the last look (also once the server has exited)."""
         changes = self._counted()
         if changes:
+            self._record(changes)
+
+    def _record(self, changes):
+        try:
             self.monitor.store.update(self.monitor.job_id, self.monitor._owned(setter(**changes)))
+        except (InsufficientStorage, Unavailable) as exc:  # the total goes with the next write
+            log.warning("figures not recorded this time (%s)", exc)
 
     def _counted(self):
         new = self._new_requests()
@@ -157,7 +170,7 @@ def run_deployment(monitor, state):
         running = setter(
             pid=proc.pid, trainer={"pid": proc.pid, "start_ticks": ticks, "pgid": proc.pid}, ready_at=None
         )
-        current = store.update(run_id, monitor._owned(running))
+        current = monitor.record_started(proc, ticks, monitor._owned(running))
         if current.get("pid") != proc.pid:
             terminate_tree(proc.pid, ticks, 0, popen=proc)
             return

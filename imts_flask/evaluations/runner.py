@@ -106,7 +106,7 @@ def _run_phase(monitor, phase, config_path):
         )
         return CHANGED
 
-    state = monitor.store.update(monitor.job_id, running)
+    state = monitor.record_started(proc, ticks, running)
     if state.get("pid") != proc.pid:
         terminate_tree(proc.pid, ticks, 0, popen=proc)
         return -15
