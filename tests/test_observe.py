@@ -192,8 +192,10 @@ def test_prometheus_metrics_add_up_across_gunicorn_workers(tmp_path):
             )  # new connection each
         requests.get(f"{svc.base}/jobs/train_00000000", timeout=30)
         text = requests.get(f"http://127.0.0.1:{svc.port}/metrics", timeout=30).text
+        pids = {f.split("_")[-1] for f in os.listdir(metrics_dir(os.path.abspath(home)))}
     finally:
         svc.stop()
+    assert not os.path.exists(metrics_dir(os.path.abspath(home)))  # gone with the service: /dev/shm is RAM
     samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -205,7 +207,6 @@ def test_prometheus_metrics_add_up_across_gunicorn_workers(tmp_path):
     assert total("imts_http_requests_total", endpoint=f"{BASE}/jobs", method="GET", status="200") == 60
     assert total("imts_http_requests_total", endpoint=f"{BASE}/jobs/<job_id>", status="404") == 1
     assert total("imts_http_request_duration_seconds_count", endpoint=f"{BASE}/jobs", method="GET") == 60
-    pids = {f.split("_")[-1] for f in os.listdir(metrics_dir(os.path.abspath(home)))}
     assert len(pids) >= 2, "requests should have been answered by several workers"
     assert total("imts_jobs", state="completed") == 1 and total("imts_jobs", state="running") == 0
     assert total("imts_queue_length") == 0 and total("imts_job_slots_total") == 1

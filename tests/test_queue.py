@@ -103,9 +103,11 @@ def test_a_launch_whose_monitor_never_appeared_is_queued_again(make_app, monkeyp
     client = make_app("--steps", "3", launch_timeout_s=1).test_client()
     service = client.application.extensions["imts"]
     # The worker handing out the slot dies before it can spawn the monitor.
-    monkeypatch.setattr(service.launcher.scheduler, "_start", lambda job_id, launch_id: None)
+    dropped = []
+    monkeypatch.setattr(service.launcher.scheduler, "_start", lambda job_id, launch: dropped.append(launch))
     job_id = _create(client)
     first_launch = wait_for(lambda: service.store.read(job_id)["launch"])
+    wait_for(lambda: dropped)  # the pass (a background thread) got as far as not starting it
     assert service.store.read(job_id)["monitor"] is None
     monkeypatch.undo()
     time.sleep(1.5)
