@@ -68,7 +68,7 @@ def test_a_job_is_an_mlflow_run_with_its_parameters_metrics_and_evaluations(make
     run_id = status["mlflow_run_id"]
     assert run_id
 
-    run = _mlflow(mlflow_server, "runs/get", run_id=run_id)["run"]
+    run = _ended_run(mlflow_server, run_id)  # the monitor ends the run just after the record
     assert run["info"]["status"] == "FINISHED" and run["info"]["run_name"] == job_id
     params = {p["key"]: p["value"] for p in run["data"]["params"]}
     assert params["learning_rate"] == "0.001" and params["val_size"] == "0.2" and params["stage"] == "sft"
@@ -99,8 +99,19 @@ def test_a_failed_job_ends_its_run_failed(make_app, mlflow_server):
     job_id = api_create(client)
     status = api_done(client, job_id)
     assert status["status"] == "failed"
-    run = _mlflow(mlflow_server, "runs/get", run_id=status["mlflow_run_id"])["run"]
+    run = _ended_run(mlflow_server, status["mlflow_run_id"])
     assert run["info"]["status"] == "FAILED"
+
+
+def _ended_run(server, run_id):
+    """The run once the monitor has ended it: it writes the job's outcome first, then the run's."""
+    return wait_for(
+        lambda: (
+            (run := _mlflow(server, "runs/get", run_id=run_id)["run"])["info"]["status"] != "RUNNING" and run
+        ),
+        timeout=30,
+        interval=0.2,
+    )
 
 
 def test_an_unreachable_tracking_server_never_fails_a_job(make_app, home):
