@@ -115,7 +115,7 @@ class Settings:
     deploy_start_timeout_s: float = 600.0
     idle_stop_minutes: float = 0.0
     # The server command before its config file (default: LLaMA Factory's API app without its CORS "*",
-    # imts_flask/deployments/server.py, under this interpreter); tests put a fake server here.
+    # deploy/llamafactory_server.py, under this interpreter); tests put a fake server here.
     deploy_command: str = ""
     # Registered model versions (name/version directories with their weights), beside the models.
     registry_dir: str = "models/registry"

@@ -20,7 +20,7 @@ from ..errors import InsufficientStorage, Unavailable
 from ..executors import HOST
 from ..jobs.record import CHANGED, UNCHANGED, changed, setter
 from ..procs import start_ticks, terminate_tree
-from ..settings import package_pythonpath
+from ..settings import PROJECT_ROOT, package_pythonpath
 from ..state import JobStatus, now_utc
 from . import record
 
@@ -28,13 +28,15 @@ log = logging.getLogger("imts.monitor")
 
 CHAT = '"POST /v1/chat/completions'  # uvicorn's access line of a chat completion
 RESTART_PAUSE_S = 2.0
+# The server script, outside the package the API workers import (it imports LLaMA Factory).
+SERVER = os.path.join(PROJECT_ROOT, "deploy", "llamafactory_server.py")
 
 
 def server_command(settings, config_path):
     """The server's argv: settings.deploy_command, or LLaMA Factory's app under this interpreter."""
     if settings.deploy_command:
         return shlex.split(settings.deploy_command) + [config_path]
-    return [settings.python or sys.executable, "-m", "imts_flask.deployments.server", config_path]
+    return [settings.python or sys.executable, SERVER, config_path]
 
 
 def probe_host(host):

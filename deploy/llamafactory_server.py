@@ -1,11 +1,12 @@
 """One deployment's server: LLaMA Factory's OpenAI-compatible API app, without its CORS "*".
 
-Run by a deployment's monitor as `python -m imts_flask.deployments.server server_config.yaml`, with
+Run by a deployment's monitor as `python deploy/llamafactory_server.py server_config.yaml`, with
 API_HOST, API_PORT, API_KEY and API_MODEL_NAME in its environment (LLaMA Factory's own variables).
 `llamafactory-cli api` would listen where API_HOST says too, but answer every origin's browser
 with `Access-Control-Allow-Origin: *` and credentials; here no cross-origin page may read it (the
 key is a bearer token: clients are programs, not pages). The heavy imports happen here, in the
-server's process, never in the API workers.
+server's process; it stands outside the imts_flask package so that nothing the API workers import
+can pull LLaMA Factory (or torch) in.
 """
 
 import os
@@ -17,7 +18,7 @@ import yaml
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m imts_flask.deployments.server SERVER_CONFIG.yaml", file=sys.stderr)
+        print("usage: python deploy/llamafactory_server.py SERVER_CONFIG.yaml", file=sys.stderr)
         return 2
     with open(argv[0], encoding="utf-8") as handle:
         config = yaml.safe_load(handle)
