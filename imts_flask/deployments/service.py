@@ -8,14 +8,14 @@ import logging
 import os
 import secrets
 import socket
-import time
 import urllib.error
 import urllib.request
 
 from ..errors import Conflict, NotFound, ValidationFailed
 from ..jobs.checkpoints import choose_weights
+from ..jobs.record import queued_now
 from ..jobs.store import DEPLOYMENT_ID_PATTERN, JobStore
-from ..state import JobStatus, creation_order, now_utc
+from ..state import JobStatus, creation_order
 from ..tenancy import principals, quotas
 from . import record
 from .runner import probe_host
@@ -82,7 +82,6 @@ class Deployments:
             quotas.check_queued(self.settings, self.store, principals.owner()["tenant"])
             port = self._free_port(run_id)
             name = request.get("name") or run_id
-            created = now_utc()
             config = {
                 "model_name_or_path": served["base_model"],
                 "template": request.get("template") or served["template"] or "default",
@@ -110,11 +109,7 @@ class Deployments:
                 base_url=f"http://{public_host(self.settings)}:{port}/v1",
                 api_key_sha256=hashlib.sha256(api_key.encode()).hexdigest(),
                 gpus=gpus,
-                created_at=created,
-                created_ns=time.time_ns(),
-                updated_at=created,
-                max_attempts=max(1, self.settings.max_attempts),
-                history=[{"status": JobStatus.PENDING.value, "at": created, "attempt": 1}],
+                **queued_now(self.settings.max_attempts),
                 paths={
                     "log": os.path.join(run_dir, record.LOG),
                     "config": os.path.join(run_dir, record.CONFIG),

@@ -4,12 +4,12 @@ import hashlib
 import json
 import logging
 import os
-import time
 
 from ..errors import Conflict, NotFound
 from ..jobs.checkpoints import choose_weights
+from ..jobs.record import queued_now
 from ..jobs.store import EVALUATION_ID_PATTERN, JobStore, evaluation_run
-from ..state import JobStatus, creation_order, now_utc
+from ..state import JobStatus, creation_order
 from ..tenancy import principals, quotas
 from . import plan, record
 from .results import comparison, sample_count, samples
@@ -54,7 +54,6 @@ class Evaluations:
             output = os.path.join(run_dir, "output")
             phases = plan.phases(stage, request["baseline"])
             configs = {phase: f"{phase}.yaml" for phase in phases}
-            created = now_utc()
             state = record.new_record(
                 tenant=current_job.get("tenant"),
                 created_by=principals.owner()["created_by"],
@@ -69,11 +68,7 @@ class Evaluations:
                 generation=generation if stage == "sft" else None,
                 phases=phases,
                 gpus=gpus,
-                created_at=created,
-                created_ns=time.time_ns(),
-                updated_at=created,
-                max_attempts=max(1, self.settings.max_attempts),
-                history=[{"status": JobStatus.PENDING.value, "at": created, "attempt": 1}],
+                **queued_now(self.settings.max_attempts),
                 paths={
                     "log": os.path.join(run_dir, EVALUATION_LOG),
                     "output_dir": output,

@@ -11,10 +11,11 @@ layout); version 3 added the validation fields, 4 the tenant and the token that 
 field's default, and the next write stores it as the current version.
 """
 
+import time
 import typing
 from dataclasses import dataclass
 
-from ..state import JobStatus
+from ..state import JobStatus, now_utc
 
 SCHEMA_VERSION = 4
 
@@ -167,6 +168,18 @@ def run_fields(kind, schema_version, key, paths):
         Field("tenant", "string", "the team it belongs to", shown=True),
         Field("created_by", "string", "the name of the token that created it", shown=True),
     )
+
+
+def queued_now(max_attempts):
+    """The fields of a run made now and queued: its times, its attempts and its first history entry."""
+    created = now_utc()
+    return {
+        "created_at": created,
+        "created_ns": time.time_ns(),  # orders runs created within the same second
+        "updated_at": created,
+        "max_attempts": max(1, max_attempts),
+        "history": [{"status": JobStatus.PENDING.value, "at": created, "attempt": 1}],
+    }
 
 
 def build(fields, values, what="job"):
