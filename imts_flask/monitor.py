@@ -27,7 +27,7 @@ from .evaluations import record as evaluation_record
 from .evaluations.runner import run_evaluation
 from .executors import HOST
 from .executors.common import MONITOR_LOG_ENV, MONITOR_SETTINGS_ENV
-from .jobs import exports
+from .jobs import exports, preemption
 from .jobs.checkpoints import (
     CHECKPOINT_STATE,
     FINAL,
@@ -54,6 +54,7 @@ from .observe.webhooks import Notifier
 from .procs import boot_id, start_ticks, terminate_tree, tree_pids
 from .settings import Settings
 from .state import JobStatus, now_utc
+from .tenancy.usage import Ledger, Meter
 
 log = logging.getLogger("imts.monitor")
 
@@ -127,6 +128,7 @@ class Monitor:
         self.ending_early = False  # the monitor ended the run: min_delta's patience ran out
         self.extra_env = {}  # for the trainer, besides its GPUs: where TensorBoard writes
         self._looked = 0.0
+        self.gpu_count = 0  # GPUs this run holds: its gpu_seconds grow by as many each second
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self.stop)
 
@@ -170,6 +172,7 @@ class Monitor:
         """
         stopping = False
         last_beat = 0.0
+        meter = Meter(self.store.read(self.job_id), self.gpu_count, proc.pid, ticks)
         while proc.poll() is None:
             self._look_for_stop()
             if (self.stop.set or self.ending_early) and not stopping:
@@ -186,8 +189,30 @@ class Monitor:
                 last_beat = now
             if on_tick is not None:
                 on_tick()
+            if meter.due():
+                self._record_usage(meter.figures())
             time.sleep(0.2)
+        self._record_usage(meter.figures(ended=True))
+        self._account()
         return proc.returncode
+
+    def _record_usage(self, figures):
+        try:
+            self.store.update(self.job_id, self._owned(setter(**figures)))
+        except (InsufficientStorage, Unavailable) as exc:  # the next figures include these
+            log.warning("usage figures could not be recorded (%s)", exc)
+
+    def _account(self):
+        """Put what this attempt used into the usage ledger, once (tenancy/usage.py)."""
+        try:
+            state = self.store.read(self.job_id)
+            if state.get("monitor") != self.me:
+                return
+            accounted = Ledger(self.settings).append(state, state.get("kind") or "job")
+            if accounted:
+                self.store.update(self.job_id, self._owned(setter(accounted=accounted)))
+        except (OSError, InsufficientStorage, Unavailable) as exc:  # the liveness check's own try: never
+            log.warning("the usage ledger could not be written (%s); GET /usage lacks it", exc)
 
     def _look_for_stop(self):
         """Read the job's record once a second: a stop requested through any instance, on any host."""
@@ -260,6 +285,7 @@ class Monitor:
             return
         self._heartbeat()
         self.launch = state["launch"]
+        self.gpu_count = len(self.launch.get("gpus") or []) or (state.get("gpus") or 0)
         if state.get("kind") == evaluation_record.KIND:
             run_evaluation(self, state)
             Scheduler(self.settings, self.store).schedule()  # its slot is free again
@@ -332,7 +358,8 @@ class Monitor:
         used = disk_bytes(self.store.path(self.job_id))
         final = self.store.update(self.job_id, self._owned(lambda s: self._record_outcome(s, rc, used)))
         self._track(tracking, state, config)
-        tracking.end(final["status"])
+        if JobStatus(final["status"]).is_terminal():  # a preempted job's run goes on with its next attempt
+            tracking.end(final["status"])
         Scheduler(self.settings, self.store).schedule()  # a slot is free: start the next queued job
 
     def _track(self, tracking, state, config):
@@ -408,6 +435,9 @@ class Monitor:
             if status == JobStatus.COMPLETED.value and self.ending_early:
                 figures["stopped_early"] = True
             state.update(figures)
+        if status == JobStatus.STOPPED.value and preemption.requeue(state):
+            return changed(reason=preemption.reason(state))  # it waits for the GPUs it made way with
+        state.pop("preempting", None)
         if status == JobStatus.COMPLETED.value:
             state["status"] = JobStatus.COMPLETED.value
             state["final"]["progress"] = 1.0

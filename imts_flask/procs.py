@@ -109,3 +109,18 @@ def tree_pids(pid, ticks):
     if not is_same_process(pid, ticks):
         return []
     return [p.pid for p in _tree(pid) if _alive(p)]
+
+
+def tree_cpu_seconds(pid, ticks):
+    """CPU seconds a process tree has used so far: each live member's own, plus what its ended
+    children used (the leader's and each member's reaped children)."""
+    if not is_same_process(pid, ticks):
+        return 0.0
+    total = 0.0
+    for proc in _tree(pid):
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system + times.children_user + times.children_system
+    return total

@@ -2,9 +2,19 @@
 
 Pure functions of records, for the scheduler that hands out slots, the executors that say where a
 job waits, the status view's queue_position and the metrics.
+
+The order: the runs an admin moved to the head (in the order they were moved), then by priority
+(high, normal, low), then fair share (the team holding the fewest GPUs, or runs, right now goes
+first), then first come, first served. Fair share moves as runs start: two teams with runs queued
+at the same priority take turns.
 """
 
+from collections import deque
+
 from .state import JobStatus, creation_order
+
+PRIORITIES = ("low", "normal", "high")
+RANK = {name: number for number, name in enumerate(PRIORITIES)}
 
 
 def queued(state):
@@ -22,12 +32,40 @@ def gpus_of(state):
     return (state.get("launch") or {}).get("gpus") or []
 
 
-def in_order(states):
-    """Jobs first come, first served: by creation time (a job queued again keeps its place)."""
-    return sorted(states, key=creation_order)
+def rank(state):
+    """A run's priority as a number: low 0, normal 1 (also a run that names none), high 2."""
+    return RANK.get(state.get("priority") or "normal", 1)
 
 
-def position(states, job_id, waits):
-    """A job's 1-based place among `states` that `waits(state)`, in queue order; None if not there."""
-    ordered = in_order(s for s in states if waits(s))
-    return next((i + 1 for i, s in enumerate(ordered) if s["job_id"] == job_id), None)
+def in_order(states, held):
+    """Yield `states` in the queue's order; `held` ({tenant: GPUs or runs it holds}) is read at each
+    step, so a caller that adds what it hands out makes the teams take turns (a job queued again
+    keeps its place: its creation time).
+
+    Cost: one sort, then a look at each (priority, team) group's first run per step.
+    """
+    head = []
+    groups = {}
+    for state in sorted(states, key=creation_order):
+        if state.get("queue_head_at"):
+            head.append(state)
+        else:
+            groups.setdefault((rank(state), state.get("tenant")), deque()).append(state)
+    yield from sorted(head, key=lambda s: (s["queue_head_at"], creation_order(s)))
+    while groups:
+        key = min(groups, key=lambda k: (-k[0], held.get(k[1], 0), creation_order(groups[k][0])))
+        group = groups[key]
+        yield group.popleft()
+        if not group:
+            del groups[key]
+
+
+def position(states, job_id, waits, held, units):
+    """A job's 1-based place among `states` that `waits(state)`, in queue order (as if each run
+    ahead started, taking `units(state)`); None if not there."""
+    held = dict(held)
+    for number, state in enumerate(in_order([s for s in states if waits(s)], held), 1):
+        if state["job_id"] == job_id:
+            return number
+        held[state.get("tenant")] = held.get(state.get("tenant"), 0) + units(state)
+    return None

@@ -35,6 +35,7 @@ from .registry.service import Registry, is_reference
 from .state import TIME_FORMAT, JobStatus, creation_order, now_utc
 from .tenancy import principals, quotas
 from .tenancy.config import Tenants
+from .tenancy.sharing import Sharing
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class TrainingService:
         self.deployments = Deployments(
             settings, self.store, self.catalog, self.launcher, self.registry.versions, self.start_queued_soon
         )
+        self.sharing = Sharing(settings, self.store, self.start_queued_soon)
         # The GPUs this service hands out (with Ray they are the cluster's, read on its nodes).
         self.gpus = Gpus(self.launcher.executor.gpu_ids())
         # Read once: a bad config/custom_config.yaml stops the service at start, not a request later.
@@ -123,7 +125,13 @@ class TrainingService:
 
         def make_files(job_id, job_dir):
             # Here, not before: a retry with its Idempotency-Key gets its job back, quota or not.
-            quotas.check_queued(self.settings, self.store, principals.owner()["tenant"])
+            quotas.check_new_run(
+                self.settings,
+                self.store,
+                principals.owner()["tenant"],
+                request["priority"],
+                request["preemptible"],
+            )
             paths = _job_paths(job_dir)
             config = build_train_config(
                 request,
@@ -146,6 +154,8 @@ class TrainingService:
                 "gpus": gpus,
                 "webhook_url": request.get("webhook_url"),
                 "tensorboard": request["tensorboard"],
+                "priority": request["priority"],
+                "preemptible": request["preemptible"],
                 **_validation_described(config, validation, request.get("early_stopping")),
                 # Samples a step takes, all processes together: samples_per_second from steps a second.
                 "samples_per_step": config["per_device_train_batch_size"]
@@ -206,8 +216,12 @@ class TrainingService:
         self._check_disk()
 
         def make_files(new_id, job_dir):
-            quotas.check_queued(
-                self.settings, self.store, principals.owner()["tenant"] or plan.source.get("tenant")
+            quotas.check_new_run(
+                self.settings,
+                self.store,
+                principals.owner()["tenant"] or plan.source.get("tenant"),
+                plan.source.get("priority") or "normal",
+                plan.source.get("preemptible") is not False,
             )
             paths = _job_paths(job_dir)
             described = record.pick(plan.source, record.RESUMED)

@@ -129,6 +129,15 @@ class Settings:
     # changes; the audit log; the proxies whose X-Forwarded-For names the client (comma-separated).
     tenants_file: str = "config/tenants.yaml"
     audit_log: str = "logs/audit.log"
+    # Priorities: a `high` job that cannot start stops a running `low` one (also `normal` ones with
+    # preempt_normal) with a checkpoint and takes its place; the victim waits and resumes from it.
+    # Never a job without a checkpoint that has run longer than preempt_grace_s, never one job more
+    # than max_preemptions times.
+    preempt_normal: bool = False
+    preempt_grace_s: float = 120.0
+    max_preemptions: int = 3
+    # GPU and CPU seconds of every run's attempts, one JSON line each, by month (GET /usage).
+    usage_dir: str = "logs/usage"
     trusted_proxies: str = "127.0.0.1,::1"
     # Bearer-token auth, off when both are empty: tokens, or their SHA-256 hex digests, comma-separated.
     auth_tokens: str = ""

@@ -53,6 +53,8 @@ def test_a_record_of_the_first_format_reads_and_shows_as_it_did(tmp_path, name):
         "validation": None, "early_stopping": None, "eval_loss": None, "best_eval_loss": None,
         "best_checkpoint": None, "stopped_early": False, "tensorboard": False, "tensorboard_dir": None,
         "mlflow_run_id": None, "tenant": None, "created_by": None, "waiting_for": None,
+        "priority": "normal", "preemptible": True, "preemptions": 0, "preempted_by": None,
+        "gpu_seconds": 0.0, "cpu_seconds": 0.0,
     }  # fmt: skip
     store.update(written["job_id"], setter(disk_bytes=12345))  # the next write stores the new version
     on_disk = json.load(open(os.path.join(job_dir, "state.json")))
@@ -72,14 +74,16 @@ def test_an_older_record_without_attempts_gets_the_defaults_it_was_read_with(tmp
 
 def test_what_derives_from_the_table_is_what_the_readme_documents():
     assert record.SUMMARY == (
-        "job_id", "status", "created_at", "started_at", "finished_at", "disk_bytes", "created_ns", "tenant",
-        "broken",
+        "job_id", "status", "created_at", "started_at", "finished_at", "priority", "disk_bytes", "created_ns",
+        "tenant", "broken",
     )  # fmt: skip
     assert record.RESUMED == (
         "model_name", "dataset", "stage", "finetuning_type", "gpus", "validation", "early_stopping",
-        "tensorboard", "tenant", "webhook_url", "samples_per_step",
+        "priority", "preemptible", "tensorboard", "tenant", "webhook_url", "samples_per_step",
     )  # fmt: skip
-    assert record.WEBHOOK == ("model_name", "dataset", "stage", "exit_code", "reason", "error", "tenant")
+    assert record.WEBHOOK == (
+        "model_name", "dataset", "stage", "priority", "exit_code", "reason", "error", "tenant",
+    )  # fmt: skip
     assert list(JobStatusSchema().fields) == list(record.SHOWN)
 
 

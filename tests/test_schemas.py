@@ -40,6 +40,8 @@ def test_defaults_match_the_guide():
         "lora_alpha": 16,
         "custom_config": {},
         "tensorboard": False,  # not in the guide: off unless asked
+        "priority": "normal",  # not in the guide: the queue's order (issue 18)
+        "preemptible": True,
     }
 
 

@@ -79,7 +79,7 @@ class Deployments:
         api_key = "sk-imts-" + secrets.token_urlsafe(32)
 
         def make_files(run_id, run_dir):
-            quotas.check_queued(self.settings, self.store, principals.owner()["tenant"])
+            quotas.check_new_run(self.settings, self.store, principals.owner()["tenant"])
             port = self._free_port(run_id)
             name = request.get("name") or run_id
             config = {

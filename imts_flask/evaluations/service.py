@@ -49,7 +49,7 @@ class Evaluations:
 
         def make_files(run_id, run_dir, current_job):
             _check_job(current_job)  # again, under the job's lock: it may have been deleted meanwhile
-            quotas.check_queued(self.settings, self.store, principals.owner()["tenant"])
+            quotas.check_new_run(self.settings, self.store, principals.owner()["tenant"])
             dataset_dir = os.path.join(run_dir, "dataset")
             output = os.path.join(run_dir, "output")
             phases = plan.phases(stage, request["baseline"])

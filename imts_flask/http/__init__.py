@@ -16,7 +16,7 @@ def get_service():
 
 def init_app(app, service):
     """Register the service and every part of the HTTP layer on `app`, in the order they run."""
-    from . import api, auth, dashboard, errors, guard, metrics, serving  # noqa: F401 (serving: routes on api.bp)
+    from . import api, auth, dashboard, errors, guard, metrics, serving, sharing  # noqa: F401 (routes on api.bp)
 
     settings = service.settings
     app.extensions["imts"] = service

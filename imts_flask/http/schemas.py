@@ -21,6 +21,7 @@ from ..datasets.uploads import NAME as DATASET_NAME
 from ..datasets.uploads import NAME_RULE as DATASET_NAME_RULE
 from ..jobs import record
 from ..llamafactory.allowlist import FINETUNING_TYPES, PPO_REASON, STAGES
+from ..queue import PRIORITIES
 from ..state import JobStatus
 
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
@@ -193,6 +194,18 @@ class TrainingJobRequestSchema(RequestSchema):
         load_default=False,
         allow_none=True,
         metadata={"description": "write TensorBoard event files into the job's directory (tensorboard_dir)"},
+    )
+    # Not in the guide: the queue's order and preemption (see the README's "Sharing the service").
+    priority = fields.String(
+        load_default="normal",
+        allow_none=True,
+        validate=validate.OneOf(PRIORITIES, error="must be one of {choices}"),
+        metadata={"description": "high, normal or low (at most the team's max_priority)"},
+    )
+    preemptible = fields.Boolean(
+        load_default=True,
+        allow_none=True,
+        metadata={"description": "false: no high job may stop it (up to the team's max_non_preemptible)"},
     )
 
     @validates("stage")

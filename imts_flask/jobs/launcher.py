@@ -73,6 +73,8 @@ class Launcher:
                     f"job {job_id} is already {status.value}; only pending or running jobs can be stopped",
                     extra={"job_status": status.value},
                 )
+            if state.pop("preempting", None):
+                return CHANGED  # a user's stop during a preemption: the job ends stopped, not queued
             if status is JobStatus.STOPPED or state.get("stop_requested_at"):
                 return UNCHANGED
             state["stop_requested_at"] = now_utc()

@@ -11,13 +11,16 @@ import logging
 import os
 import time
 
+from ..errors import ApiError
 from ..executors import HOST
 from ..llamafactory.trainer_log import read_progress, run_complete
 from ..llamafactory.trainer_state import validation_figures
 from ..procs import boot_id, is_same_process, terminate_tree
 from ..state import JobStatus, now_utc, parse_time
 from .. import queue
-from .record import CHANGED, UNCHANGED, changed
+from . import preemption
+from ..tenancy.usage import Ledger
+from .record import CHANGED, UNCHANGED, changed, setter
 from .store import JobStore
 
 log = logging.getLogger(__name__)
@@ -111,9 +114,24 @@ class Liveness:
             return state  # settled meanwhile
         loss = state["lost"]["reason"]
         killed = self.kill(state)
+        self._account(state, monitor)
         return self.store.update(
             state["job_id"], lambda current: self._settle_lost(current, monitor, loss, killed)
         )
+
+    def _account(self, state, monitor):
+        """Put what the lost monitor's attempt used (as it last recorded) into the usage ledger."""
+        try:
+            accounted = Ledger(self.settings).append(state, state.get("kind") or "job")
+            if accounted:
+                self.store.update(
+                    state["job_id"],
+                    lambda current: setter(accounted=accounted)(current)
+                    if current.get("monitor") == monitor
+                    else UNCHANGED,
+                )
+        except (OSError, ApiError) as exc:
+            log.warning("job %s: the usage ledger could not be written (%s)", state["job_id"], exc)
 
     def _launch_expired(self, state):
         """A slot was handed out but no monitor showed up (its spawner died, or the engine dropped it)."""
@@ -149,7 +167,9 @@ class Liveness:
             # the plan (85 of 84) and fail. The job is complete, whoever was watching it.
             log.warning("job %s: %s, after its trainer finished; now completed", state["job_id"], loss)
             return record_completed(state, output_dir, f"completed: its trainer had finished; {loss}")
-        if state.get("stop_requested_at"):
+        if preemption.requeue(state):
+            reason = f"{preemption.reason(state)}; {loss}"
+        elif state.get("stop_requested_at"):
             state["status"] = JobStatus.STOPPED.value
             reason = f"stopped; {loss}"
         elif attempt < limit:

@@ -7,7 +7,8 @@ its tests. Fields the view computes (progress, gpu_ids, ...) are rows too, marke
 so the table is also the view's order.
 
 Versions: a record without `schema_version` was written before this table (version 1, the same
-layout); version 3 added the validation fields, 4 the tenant and the token that created it. Reading fills what an older record lacks with each
+layout); version 3 added the validation fields, 4 the tenant and the token that created it, 5 the
+priority, preemption and accounting fields. Reading fills what an older record lacks with each
 field's default, and the next write stores it as the current version.
 """
 
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 from ..state import JobStatus, now_utc
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,17 @@ FIELDS = (
           shown=True),
     Field("stopped_early", "boolean", "ended by early stopping before its last step (current_step: where)",
           False, shown=True, nullable=False),
+    Field("priority", "string", "high, normal or low: the queue's order, and who may preempt whom", "normal",
+          shown=True, summary=True, resumed=True, webhook=True, nullable=False),
+    Field("preemptible", "boolean", "a high job may stop it with a checkpoint and take its GPUs", True,
+          shown=True, resumed=True, nullable=False),
+    Field("preemptions", "integer", "times a higher-priority job stopped it to take its place", 0, shown=True,
+          nullable=False),
+    Field("preempted_by", "string", "the job that last preempted it", shown=True),
+    Field("gpu_seconds", "number", "GPUs held x seconds running, every attempt (waiting time excluded)", 0.0,
+          shown=True, nullable=False),
+    Field("cpu_seconds", "number", "CPU seconds its processes used, every attempt", 0.0, shown=True,
+          nullable=False),
     Field("attempt", "integer", "1, then 2, ... each time the job resumes after its host died", 1, shown=True,
           nullable=False),
     Field("max_attempts", "integer", "", 1, shown=True, nullable=False),
@@ -121,6 +133,9 @@ FIELDS = (
     Field("lost", "object", "why its monitor is lost, written before it is killed", optional=True),
     Field("gpu_memory_bytes", "integer", "GPU memory as the monitor last read it", optional=True),
     Field("broken", "boolean", "the record could not be read", summary=True, optional=True),
+    Field("preempting", "object", "a preemption in flight: by (the job), at", optional=True),
+    Field("queue_head_at", "string", "when an admin moved it to the head of the queue", optional=True),
+    Field("accounted", "object", "gpu_seconds and cpu_seconds already in the usage ledger", optional=True),
 )
 BY_NAME = {field.name: field for field in FIELDS}
 STORED = tuple(f for f in FIELDS if f.stored)
@@ -167,6 +182,9 @@ def run_fields(kind, schema_version, key, paths):
         Field("lost", "object", optional=True),
         Field("tenant", "string", "the team it belongs to", shown=True),
         Field("created_by", "string", "the name of the token that created it", shown=True),
+        Field("gpu_seconds", "number", "GPUs held x seconds running, every attempt", 0.0, shown=True),
+        Field("cpu_seconds", "number", "CPU seconds its processes used, every attempt", 0.0, shown=True),
+        Field("accounted", "object", "gpu_seconds and cpu_seconds already in the usage ledger", optional=True),
     )
 
 

@@ -1,4 +1,5 @@
-"""Handing out slots: queued jobs start, first come first served, while capacity and GPUs remain.
+"""Handing out slots: queued jobs start in the queue's order (queue.py: priority, fair share, first
+come) while capacity and GPUs remain; a `high` job that does not fit preempts (jobs/preemption.py).
 
 There is no scheduler daemon: a pass runs on the events that can free or fill a slot (a job
 created, stopped or ending, a lost monitor settled) and in every worker's housekeeping. A pass
@@ -10,11 +11,14 @@ its monitor must match, so a job is never started twice.
 
 import logging
 import secrets
+import time
 
 from ..executors import make_executor
 from ..tenancy import quotas
+from ..tenancy.audit import AuditLog
 from ..state import JobStatus, now_utc
 from .. import queue
+from . import preemption
 from .liveness import Liveness
 from .record import CHANGED, UNCHANGED
 from .store import JobStore
@@ -35,7 +39,7 @@ class Scheduler:
         """Settle lost jobs, then start queued jobs while the executor can place them; their ids."""
         for state in self.store.active_states():
             self.liveness.reconcile(state)
-        to_start = []
+        to_start, preempted = [], []
         with self.store.lock(SCHEDULER_LOCK):
             states = self.store.active_states()
             holding = [s for s in states if not queue.queued(s)]
@@ -44,12 +48,15 @@ class Scheduler:
             slots = self.settings.capacity - len(holding)
             limits, by_gpus = quotas.load(self.settings), bool(self.executor.gpu_ids())
             held = quotas.held(states, by_gpus)
-            for state in queue.in_order(filter(queue.queued, states)):
+            for state in queue.in_order(filter(queue.queued, states), held):
                 if quotas.at_limit(limits, held, state, by_gpus):
                     continue  # its team is at its quota: the others' runs behind it go on
                 placement, free_gpus = self.executor.place(state, slots, free_gpus)
                 if placement is None:
-                    break
+                    if not preemption.preempts(state):
+                        break  # the head of the queue waits for its slot and GPUs
+                    preempted += self._preempt(state, holding, slots, free_gpus)
+                    continue  # a high job waits for its victims; the next may still fit
                 launch = {"id": secrets.token_hex(4), "at": now_utc(), **placement}
                 updated = self.store.update(state["job_id"], self._hand_out(launch))
                 if (updated.get("launch") or {}).get("id") == launch["id"]:
@@ -57,9 +64,31 @@ class Scheduler:
                     tenant = state.get("tenant")
                     held[tenant] = held.get(tenant, 0) + quotas.units(state, by_gpus)
                     to_start.append((state["job_id"], updated["launch"]))
+        for victim, by in preempted:
+            AuditLog(self.settings.path("audit_log")).write(
+                tenant=victim.get("tenant"),
+                token=None,
+                client=None,
+                action="preempt",
+                resource={"job_id": victim["job_id"], "by": by},
+                outcome="stopping",
+            )
         for job_id, launch in to_start:
             self._start(job_id, launch)
         return [job_id for job_id, _ in to_start]
+
+    def _preempt(self, state, holding, slots, free_gpus):
+        """Ask the jobs that make way for a high one to stop; [(victim, by)] of those asked now."""
+        if preemption.in_flight(holding, state["job_id"]):
+            return []
+        asked = []
+        for victim in preemption.choose(self.settings, state, holding, slots, free_gpus, time.time()):
+            updated = self.store.update(victim["job_id"], preemption.mark(state["job_id"]))
+            holding[holding.index(victim)] = updated  # not chosen twice in this pass
+            if (updated.get("preempting") or {}).get("by") == state["job_id"]:
+                log.info("job %s: preempted to make way for %s", victim["job_id"], state["job_id"])
+                asked.append((updated, state["job_id"]))
+        return asked
 
     def _hand_out(self, launch):
         def change(state):
@@ -72,16 +101,22 @@ class Scheduler:
         return change
 
     def waiting_for(self, state):
-        """Why a queued run waits: "quota" (its team's running quota) or "capacity" (slots, GPUs)."""
+        """Why a queued run waits: "quota" (its team's running quota), "preemption" (the jobs making
+        way for it are stopping) or "capacity" (slots, GPUs)."""
         states = self.store.active_states()
         by_gpus = bool(self.executor.gpu_ids())
         if quotas.at_limit(quotas.load(self.settings), quotas.held(states, by_gpus), state, by_gpus):
             return "quota"
+        if preemption.in_flight(states, state["job_id"]):
+            return "preemption"
         return "capacity"
 
     def queue_position(self, job_id):
         """A waiting job's 1-based place in the queue (ours, or the engine's), else None."""
-        return queue.position(self.store.active_states(), job_id, self.executor.waits)
+        states = self.store.active_states()
+        by_gpus = bool(self.executor.gpu_ids())
+        held = quotas.held(states, by_gpus)
+        return queue.position(states, job_id, self.executor.waits, held, lambda s: quotas.units(s, by_gpus))
 
     def _start(self, job_id, launch):
         """Start the monitor of a job handed a slot; a failure to start marks the job failed.

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 DIGEST = re.compile(r"[0-9a-f]{64}")
 PRIORITIES = ("low", "normal", "high")
+# Each a whole number >= 0 (max_gpu_hours: a number); see tenancy/quotas.py.
+QUOTAS = ("max_running_gpus", "max_queued_jobs", "max_gpu_hours", "max_non_preemptible")
 
 
 def digest(token):
@@ -63,6 +65,13 @@ def parse(data, path="tenants file"):
             raise ValueError(f"{where}: a tenant holds max_priority, quotas and tokens")
         if team.get("max_priority", "normal") not in PRIORITIES:
             raise ValueError(f"{where}: max_priority is one of {', '.join(PRIORITIES)}")
+        quotas = team.get("quotas") or {}
+        if not isinstance(quotas, dict) or set(quotas) - set(QUOTAS):
+            raise ValueError(f"{where}: quotas are {', '.join(QUOTAS)}")
+        for key, value in quotas.items():
+            number = (int, float) if key == "max_gpu_hours" else int
+            if isinstance(value, bool) or not isinstance(value, number) or value < 0:
+                raise ValueError(f"{where}: quota {key} is a number >= 0, not {value!r}")
         for entry in team.get("tokens") or []:
             role = (entry or {}).get("role", MEMBER) if isinstance(entry, dict) else None
             if role not in (MEMBER, VIEWER):
@@ -72,7 +81,7 @@ def parse(data, path="tenants file"):
             add(entry, role, str(name), where)
         tenants[str(name)] = {
             "max_priority": team.get("max_priority", "normal"),
-            "quotas": team.get("quotas") or {},
+            "quotas": quotas,
         }
     for entry in data.get("admins") or []:
         add({**entry, "role": ADMIN} if isinstance(entry, dict) else entry, ADMIN, None, f"{path}: admins")

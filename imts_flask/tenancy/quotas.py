@@ -4,6 +4,9 @@
   without GPUs: how many of them run). A queued run of a team at its limit waits (`waiting_for:
   "quota"`) and the queue goes on with other teams' runs behind it: no head-of-line blocking.
 - `max_queued_jobs`: runs it may have waiting; one more is a 429 with Retry-After.
+- `max_gpu_hours`: GPU-hours its runs may use in a calendar month (UTC); past it a create is a 403
+  with the figure (tenancy/usage.py keeps the ledger).
+- `max_non_preemptible`: unfinished jobs it may have with `preemptible: false`.
 
 The scheduler runs in the API workers and in monitors alike, so the file is read here (again when
 it changes), tolerant of a bad one: no quota is better than a scheduler that cannot schedule.
@@ -15,13 +18,14 @@ import os
 import yaml
 
 from .. import queue
-from ..errors import ApiError
+from ..errors import ApiError, Forbidden
 from .config import parse
+from .usage import Ledger
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 30
-_cache = {}  # path -> ((mtime_ns, size, ino), {tenant: quotas})
+_cache = {}  # path -> ((mtime_ns, size, ino), {tenant: {max_priority, quotas}})
 
 
 class TooManyRequests(ApiError):
@@ -31,6 +35,11 @@ class TooManyRequests(ApiError):
 
 def load(settings):
     """{tenant: its quotas} as the tenants file says now ({} without one, or with a bad one)."""
+    return {name: team["quotas"] for name, team in teams(settings).items()}
+
+
+def teams(settings):
+    """{tenant: {max_priority, quotas}} as the tenants file says now ({} without one, or a bad one)."""
     path = settings.path("tenants_file")
     try:
         stat = os.stat(path)
@@ -43,12 +52,11 @@ def load(settings):
     try:
         with open(path, encoding="utf-8") as handle:
             _principals, tenants = parse(yaml.safe_load(handle) or {}, path)
-        quotas = {name: team["quotas"] for name, team in tenants.items()}
     except (OSError, ValueError, yaml.YAMLError) as exc:
         log.warning("quotas: the tenants file cannot be read (%s); the last quotas read stay", exc)
         return cached[1] if cached else {}
-    _cache[path] = (seen, quotas)
-    return quotas
+    _cache[path] = (seen, tenants)
+    return tenants
 
 
 def units(state, by_gpus):
@@ -71,14 +79,49 @@ def at_limit(quotas, held_units, state, by_gpus):
     return limit is not None and held_units.get(state.get("tenant"), 0) + units(state, by_gpus) > limit
 
 
-def check_queued(settings, store, tenant):
-    """A 429 when `tenant` already has max_queued_jobs runs waiting."""
+def check_priority(settings, tenant, priority):
+    """A 403 for a priority above the team's max_priority (admins: any)."""
+    allowed = (teams(settings).get(tenant) or {}).get("max_priority", "normal") if tenant else "high"
+    if queue.RANK.get(priority, 1) > queue.RANK[allowed]:
+        raise Forbidden(
+            f"team {tenant} may ask for priority {allowed} at most, not {priority}",
+            field="priority",
+            extra={"max_priority": allowed},
+        )
+
+
+def check_new_run(settings, store, tenant, priority="normal", preemptible=True):
+    """Refuse a new run that its team's quotas do not allow: a 403 past max_gpu_hours this month, a
+    priority above its max_priority or one more non-preemptible job than max_non_preemptible; a 429
+    when it already has max_queued_jobs runs waiting. Admins (no tenant) have no limits."""
     if tenant is None:
         return
-    limit = (load(settings).get(tenant) or {}).get("max_queued_jobs")
+    check_priority(settings, tenant, priority)
+    limits = (teams(settings).get(tenant) or {}).get("quotas") or {}
+    states = store.active_states() if limits else []
+    if limits.get("max_gpu_hours") is not None:
+        used = Ledger(settings).gpu_hours_this_month(tenant, states)
+        if used >= limits["max_gpu_hours"]:
+            raise Forbidden(
+                f"team {tenant} has used {used:.2f} GPU-hours this month, its max_gpu_hours is "
+                f"{limits['max_gpu_hours']}: no new runs until the next month (or a higher quota)",
+                field="max_gpu_hours",
+                extra={"max_gpu_hours": limits["max_gpu_hours"], "gpu_hours": round(used, 4)},
+            )
+    limit = limits.get("max_non_preemptible")
+    if preemptible is False and limit is not None:
+        held = sum(1 for s in states if s.get("tenant") == tenant and s.get("preemptible") is False)
+        if held >= limit:
+            raise Forbidden(
+                f"team {tenant} has {held} unfinished jobs that may not be preempted, its "
+                f"max_non_preemptible is {limit}",
+                field="preemptible",
+                extra={"max_non_preemptible": limit},
+            )
+    limit = limits.get("max_queued_jobs")
     if limit is None:
         return
-    waiting = sum(1 for s in store.active_states() if s.get("tenant") == tenant and queue.queued(s))
+    waiting = sum(1 for s in states if s.get("tenant") == tenant and queue.queued(s))
     if waiting >= limit:
         raise TooManyRequests(
             f"team {tenant} has {waiting} runs queued, its max_queued_jobs is {limit}: "
