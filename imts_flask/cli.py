@@ -79,6 +79,8 @@ def _request_body(args):
         "finetuning_type": args.finetuning_type,
         "gpus": args.gpus,
         "webhook_url": args.webhook_url,
+        "priority": args.priority,
+        "preemptible": False if args.not_preemptible else None,
     }
     body.update({k: v for k, v in flags.items() if v is not None})
     if args.val_size is not None or args.val_dataset:
@@ -406,6 +408,35 @@ def cmd_models(client, args):
     return 0
 
 
+def cmd_priority(client, args):
+    """Change a job's priority, or (admins) move it to the head of the queue; print its place."""
+    body = {"priority": args.priority} if args.priority else {}
+    if args.head:
+        body["queue_head"] = True
+    _, job, _ = client.call("PATCH", f"/jobs/{args.job_id}", body)
+    place = f", queue position {job['queue_position']}" if job.get("queue_position") else ""
+    print(f"{job['job_id']}: {job['status']}, priority {job['priority']}{place}")
+    return 0
+
+
+def cmd_usage(client, args):
+    """GPU-hours and CPU-hours per team (and --days, per day)."""
+    query = "&".join(
+        f"{k}={v}" for k, v in (("tenant", args.tenant), ("from", args.since), ("to", args.until)) if v
+    )
+    _, usage, _ = client.call("GET", "/usage" + (f"?{query}" if query else ""))
+    if args.json:
+        print(json.dumps(usage, ensure_ascii=False, indent=2))
+        return 0
+    print(f"{usage['from']} .. {usage['to']}")
+    print(f"{'TEAM':24} {'DAY':10} {'GPU-HOURS':>10} {'CPU-HOURS':>10} {'RUNS':>5}")
+    for row in usage["days"] if args.days else usage["tenants"]:
+        team = row["tenant"] or "(admins)"
+        hours = f"{row['gpu_hours']:>10.3f} {row['cpu_hours']:>10.3f}"
+        print(f"{team:24} {row.get('day', ''):10} {hours} {row['runs']:>5}")
+    return 0
+
+
 def cmd_export(client, args):
     body = {"export_dir": args.dir, "merge_lora": not args.no_merge}
     if args.checkpoint:
@@ -451,6 +482,10 @@ def parser():
     submit.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="a custom_config entry (repeatable)"
     )
+    submit.add_argument(
+        "--priority", choices=["high", "normal", "low"], help="the queue's order (default normal)"
+    )
+    submit.add_argument("--not-preemptible", action="store_true", help="no high job may stop it")
     submit.add_argument("--idempotency-key", help="makes a retried submit return the same job")
     submit.add_argument("--watch", action="store_true", help="then follow it with a progress bar")
     submit.add_argument("--json", action="store_true")
@@ -537,6 +572,18 @@ def parser():
     register.add_argument("--description")
     register.add_argument("--alias", help="point this alias at the new version")
     register.add_argument("--json", action="store_true")
+    priority = sub.add_parser("priority", help="change a job's priority; --head (admins) moves it first")
+    priority.add_argument("job_id")
+    priority.add_argument("priority", nargs="?", choices=["high", "normal", "low"])
+    priority.add_argument("--head", action="store_true")
+
+    usage = sub.add_parser("usage", help="GPU-hours and CPU-hours per team, this month by default")
+    usage.add_argument("--tenant")
+    usage.add_argument("--from", dest="since", metavar="YYYY-MM-DD")
+    usage.add_argument("--to", dest="until", metavar="YYYY-MM-DD")
+    usage.add_argument("--days", action="store_true", help="a row per team and day")
+    usage.add_argument("--json", action="store_true")
+
     models = sub.add_parser("models", help="registered models, or one name's versions")
     models.add_argument("name", nargs="?")
 

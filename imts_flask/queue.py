@@ -9,6 +9,7 @@ first), then first come, first served. Fair share moves as runs start: two teams
 at the same priority take turns.
 """
 
+import heapq
 from collections import deque
 
 from .state import JobStatus, creation_order
@@ -42,7 +43,8 @@ def in_order(states, held):
     step, so a caller that adds what it hands out makes the teams take turns (a job queued again
     keeps its place: its creation time).
 
-    Cost: one sort, then a look at each (priority, team) group's first run per step.
+    Cost: one sort, then a heap of the (priority, team) groups: log(groups) a step. A group's key
+    grows only (its team's holdings, its next job's age), so a key found stale is pushed back.
     """
     head = []
     groups = {}
@@ -52,12 +54,21 @@ def in_order(states, held):
         else:
             groups.setdefault((rank(state), state.get("tenant")), deque()).append(state)
     yield from sorted(head, key=lambda s: (s["queue_head_at"], creation_order(s)))
-    while groups:
-        key = min(groups, key=lambda k: (-k[0], held.get(k[1], 0), creation_order(groups[k][0])))
-        group = groups[key]
-        yield group.popleft()
-        if not group:
-            del groups[key]
+
+    def key(group):
+        return (-group[0], held.get(group[1], 0), creation_order(groups[group][0]))
+
+    heap = [(key(group), number, group) for number, group in enumerate(groups)]
+    heapq.heapify(heap)
+    while heap:
+        found, number, group = heapq.heappop(heap)
+        now = key(group)
+        if now != found:
+            heapq.heappush(heap, (now, number, group))
+            continue
+        yield groups[group].popleft()
+        if groups[group]:
+            heapq.heappush(heap, (key(group), number, group))
 
 
 def position(states, job_id, waits, held, units):

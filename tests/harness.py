@@ -163,13 +163,13 @@ def java_flow_available():
     return bool(shutil.which("javac")) and all(os.path.exists(j) for j in jars)
 
 
-def run_java_flow(root, build_dir, timeout=900):
-    """Compile tests/java/SpringClientFlow.java and run it against `root`; return the finished run."""
+def run_java_flow(root, build_dir, timeout=900, flow="SpringClientFlow", args=()):
+    """Compile tests/java/<flow>.java and run it against `root` (and `args`); return the finished run."""
     classpath = ":".join(f"/usr/share/java/{name}.jar" for name in JARS)
-    source = os.path.join(PROJECT, "tests", "java", "SpringClientFlow.java")
+    source = os.path.join(PROJECT, "tests", "java", f"{flow}.java")
     subprocess.run(["javac", "-d", str(build_dir), "-cp", classpath, source], check=True, timeout=300)
     result = subprocess.run(
-        ["java", "-cp", f"{build_dir}:{classpath}", "SpringClientFlow", root],
+        ["java", "-cp", f"{build_dir}:{classpath}", flow, root, *args],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -175,3 +175,20 @@ def test_register_with_an_alias_deploy_it_list_and_stop(service):
     assert stopped.strip() == f"{deployed['deployment_id']} stopped"
     refused = cli(service, "deploy", "--model", "cli-bot@nope", check=False)
     assert refused.returncode == 2 and "model: model 'cli-bot' has no alias 'nope'" in refused.stderr
+
+
+def test_priority_and_usage(service):
+    job_id = cli(service, "submit", "--model", "tiny-llama", "--dataset", "demo_sft", "--priority", "low",
+                 "--not-preemptible").stdout.strip()  # fmt: skip
+    status = service.status(job_id)
+    assert (status["priority"], status["preemptible"]) == ("low", False)
+    changed = cli(service, "priority", job_id, "high").stdout
+    assert f"{job_id}: " in changed and "priority high" in changed
+    assert service.status(job_id)["priority"] == "high"
+    refused = cli(service, "priority", "train_00000000", "low", check=False)
+    assert refused.returncode == 2 and "job_id" in refused.stderr
+    service.wait_done(job_id)
+    usage = json.loads(cli(service, "usage", "--json").stdout)  # no tenants: every run, as the admins'
+    assert usage["tenants"] and usage["tenants"][0]["tenant"] is None and usage["tenants"][0]["runs"] >= 1
+    table = cli(service, "usage", "--days").stdout
+    assert "(admins)" in table and usage["to"] in table

@@ -4,9 +4,11 @@ Every status read may land on any worker; jobs run in detached monitors, so the 
 killed and restarted under them.
 """
 
+import hashlib
 import http.server
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -397,3 +399,82 @@ def test_a_webhook_hears_each_state_of_a_real_job(service):
         "completed",
     ]
     assert {e["job_id"] for e in received} == {job_id}
+
+
+def test_a_high_job_preempts_a_low_one_which_resumes_and_completes(tmp_path):
+    """Two teams on one slot, with the real trainer: team-b's low job is stopped with a checkpoint
+    when team-a's high job arrives, waits, then resumes from that checkpoint and trains to its
+    total_steps; the audit log names the preemption."""
+    home = make_home(tmp_path / "home")
+    tokens = {"a": "e2e-team-a", "b": "e2e-team-b"}
+    team = {
+        name: {
+            "max_priority": "high",
+            "tokens": [
+                {"name": f"{name}-ci", "role": "member", "sha256": hashlib.sha256(t.encode()).hexdigest()}
+            ],
+        }
+        for name, t in (("team-a", tokens["a"]), ("team-b", tokens["b"]))
+    }
+    with open(os.path.join(home, "config", "tenants.yaml"), "w") as handle:
+        json.dump({"tenants": team}, handle)  # JSON is YAML too
+    svc = Service(home, workers=2).start()
+    a, b = ({"Authorization": f"Bearer {tokens[x]}"} for x in ("a", "b"))
+    try:
+        low_body = {**RESUMABLE, "priority": "low"}  # 600 steps, a checkpoint every 50
+        low = requests.post(f"{svc.base}/jobs", json=low_body, headers=b, timeout=30).json()["job_id"]
+        wait_for(
+            lambda: (
+                (s := requests.get(f"{svc.base}/jobs/{low}", headers=b, timeout=30).json())["status"]
+                == "running"
+                and os.path.exists(os.path.join(s["output_dir"], "checkpoint-50", "trainer_state.json"))
+            ),
+            timeout=300,
+            interval=0.2,
+        )
+        high_body = {**RESUMABLE, "epochs": 1.0, "priority": "high"}
+        high = requests.post(f"{svc.base}/jobs", json=high_body, headers=a, timeout=30).json()["job_id"]
+        waiting = wait_for(
+            lambda: (
+                (s := requests.get(f"{svc.base}/jobs/{low}", headers=b, timeout=30).json())["status"]
+                == "pending"
+                and s
+            ),
+            timeout=120,
+            interval=0.2,
+        )
+        assert waiting["preempted_by"] == high and waiting["preemptions"] == 1
+        assert waiting["current_step"] < 600
+        done = {}
+        for job, who in ((high, a), (low, b)):
+            done[job] = wait_for(
+                lambda job=job, who=who: (
+                    (s := requests.get(f"{svc.base}/jobs/{job}", headers=who, timeout=30).json())["status"]
+                    in ("completed", "failed", "stopped")
+                    and s
+                ),
+                timeout=600,
+                interval=0.5,
+            )
+        assert done[high]["status"] == "completed" and done[high]["current_step"] == 60
+        final = done[low]
+        assert final["status"] == "completed", (final.get("error"), final.get("log_tail"))
+        assert final["current_step"] == final["total_steps"] == 600 and final["attempt"] == 1
+        assert final["cpu_seconds"] > 0  # measured from its processes; no GPU here, so no gpu_seconds
+        events = requests.get(f"{svc.base}/jobs/{low}/events", headers=b, timeout=30).json()["events"]
+        assert [e["status"] for e in events] == ["pending", "running", "pending", "running", "completed"]
+        assert f"preempted by {high}" in events[2]["reason"]
+        # The second attempt went on from the preemption's checkpoint, as transformers says itself.
+        assert re.search(
+            r"Resuming training from checkpoint with epoch \d+ and global step [1-9]",
+            open(final["log_path"]).read(),
+        )
+        # The high job started once the low one had stopped: never two trainers on the one slot.
+        high_events = requests.get(f"{svc.base}/jobs/{high}/events", headers=a, timeout=30).json()["events"]
+        assert events[2]["at"] <= next(e["at"] for e in high_events if e["status"] == "running")
+        audit = [json.loads(line) for line in open(os.path.join(home, "logs", "audit.log"))]
+        assert {"job_id": low, "by": high} in [
+            line["resource"] for line in audit if line["action"] == "preempt"
+        ]
+    finally:
+        svc.stop()

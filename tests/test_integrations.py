@@ -3,6 +3,8 @@ both against the real llamafactory-cli. They need Debian's libspring-web-java,
 libjackson2-databind-java and nginx (.ci/run installs them); without them the tests skip, unless
 IMTS_REQUIRE_INTEGRATIONS=1 (set by CI) makes that a failure."""
 
+import hashlib
+import json
 import os
 import shutil
 import time
@@ -33,6 +35,33 @@ def test_the_guides_java_client_flow_with_resttemplate(service, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "JAVA FLOW OK" in result.stdout
     assert os.path.isdir(os.path.join(service.home, "models", "exports", "java_model"))
+
+
+def test_two_teams_with_resttemplate_see_only_their_own(tmp_path):
+    require(java_flow_available(), "javac with Spring and Jackson")
+    home = make_home(tmp_path / "home")
+    tokens = {"team-a": "spring-team-a", "team-b": "spring-team-b"}
+    tenants = {
+        team: {
+            "max_priority": "high" if team == "team-a" else "normal",
+            "quotas": {"max_non_preemptible": 1},
+            "tokens": [
+                {"name": f"{team[-1]}-ci", "role": "member", "sha256": hashlib.sha256(t.encode()).hexdigest()}
+            ],
+        }
+        for team, t in tokens.items()
+    }
+    with open(os.path.join(home, "config", "tenants.yaml"), "w") as handle:
+        json.dump({"tenants": tenants}, handle)  # JSON is YAML too
+    svc = Service(home, workers=2).start()
+    try:
+        result = run_java_flow(
+            svc.root, tmp_path, flow="SpringTenantsFlow", args=(tokens["team-a"], tokens["team-b"])
+        )
+    finally:
+        svc.stop()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "TENANTS FLOW OK" in result.stdout
 
 
 @pytest.fixture

@@ -3,6 +3,8 @@ conditional GETs and idempotent creates. Real monitors drive the FAKE trainer.""
 
 import json
 import os
+import shutil
+import subprocess
 import threading
 
 import pytest
@@ -15,8 +17,8 @@ from imts_flask.http.server import metrics_dir
 from imts_flask.jobs.record import setter
 from imts_flask.service import _decode_whole_chars
 
-from conftest import fake_cli, make_home, wait_for
-from harness import Service
+from conftest import PROJECT, fake_cli, make_home, wait_for
+from harness import Service, require
 
 BASE = "/api/v1/training"
 BODY = {"model_name": "tiny-llama", "dataset": "demo_sft"}
@@ -209,6 +211,54 @@ def test_prometheus_metrics_add_up_across_gunicorn_workers(tmp_path):
     assert total("imts_http_request_duration_seconds_count", endpoint=f"{BASE}/jobs", method="GET") == 60
     assert len(pids) >= 2, "requests should have been answered by several workers"
     assert total("imts_jobs", state="completed") == 1 and total("imts_jobs", state="running") == 0
-    assert total("imts_queue_length") == 0 and total("imts_job_slots_total") == 1
+    assert total("imts_queue_length") == 0 and total("imts_job_slots") == 1
+    assert total("imts_job_slots_total") == 1  # the old name, kept one release
+    assert total("imts_jobs_finished_total", state="completed") == 1
+    assert total("imts_tenant_gpu_seconds_total", tenant="") == 0  # no GPUs here: nothing held
     assert total("imts_disk_free_bytes") > 0
     assert total("imts_job_duration_seconds_count", state="completed") == 1
+
+
+def test_the_alert_rules_fire_when_they_should(tmp_path):
+    """deploy/prometheus-rules.yml against tests/prometheus/rules_test.yml, with Prometheus' promtool:
+    each alert fires on its case, and TrainingJobFailed not on a DELETE of a failed job."""
+    promtool = shutil.which("promtool")
+    require(promtool, "promtool (apt-get install prometheus)")
+    checked = subprocess.run(
+        [promtool, "check", "rules", os.path.join(PROJECT, "deploy", "prometheus-rules.yml")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    tested = subprocess.run(
+        [promtool, "test", "rules", os.path.join(PROJECT, "tests", "prometheus", "rules_test.yml")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+def test_metrics_follow_prometheus_conventions_and_count_finished_jobs_for_good(make_app):
+    """promtool check metrics finds nothing to say; a DELETE takes a failed job off imts_jobs but not
+    off imts_jobs_finished_total (which the TrainingJobFailed alert takes increase() of)."""
+    promtool = shutil.which("promtool")
+    require(promtool, "promtool (apt-get install prometheus)")
+    client = make_app("--steps", "2", "--exit", "3").test_client()
+    job_id = client.post(f"{BASE}/jobs", json=BODY).get_json()["job_id"]
+    wait_for(lambda: client.get(f"{BASE}/jobs/{job_id}").get_json()["status"] == "failed")
+    text = client.get("/metrics").get_data()
+    linted = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=60)
+    problems = [
+        line for line in linted.stdout.decode().splitlines() + linted.stderr.decode().splitlines()
+        if line.strip() and "imts_job_slots_total" not in line and "imts_gpus_total" not in line
+    ]  # fmt: skip
+    assert not problems  # the two old names, kept one release, are its only remarks
+
+    def value(name, **labels):
+        for family in text_string_to_metric_families(client.get("/metrics").get_data(as_text=True)):
+            for sample in family.samples:
+                if sample.name == name and labels.items() <= sample.labels.items():
+                    return sample.value
+        return None
+
+    assert value("imts_jobs", state="failed") == 1 and value("imts_jobs_finished_total", state="failed") == 1
+    assert client.delete(f"{BASE}/jobs/{job_id}").status_code == 204
+    assert value("imts_jobs", state="failed") == 0 and value("imts_jobs_finished_total", state="failed") == 1

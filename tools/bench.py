@@ -41,10 +41,10 @@ REQUEST = {
 }
 
 
-def _http(method, url, body=None):
+def _http(method, url, body=None, headers=None):
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json"}
+        url, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})}
     )
     with urllib.request.urlopen(request, timeout=120) as response:
         return response.status, json.loads(response.read() or b"null")
@@ -373,6 +373,121 @@ def bench_create_and_stop(root, creates, stops):
         }
     finally:
         server.stop()
+
+
+def queued_jobs(home, count, tenants, running):
+    """Write `count` pending jobs of `tenants` teams (random priorities) and `running` jobs holding
+    every slot (normal priority: nothing may preempt them; their monitor is this live process)."""
+    import random
+
+    from imts_flask.executors import HOST
+    from imts_flask.jobs import record
+    from imts_flask.procs import boot_id
+
+    rng = random.Random(18)
+    me = {"pid": os.getpid(), "start_ticks": start_ticks(os.getpid()), "host": HOST, "boot": boot_id()}
+    jobs = os.path.join(home, "jobs")
+    os.makedirs(os.path.join(jobs, ".active"), exist_ok=True)
+    for i in range(count + running):
+        job_id = f"train_{i:08x}"
+        job_dir = os.path.join(jobs, job_id)
+        os.makedirs(job_dir)
+        values = {
+            "job_id": job_id,
+            "created_at": "2026-01-01T00:00:00",
+            "created_ns": 10 + i,
+            "tenant": f"team-{i % tenants:02d}",
+            "priority": rng.choice(("low", "normal", "normal", "high")),
+            "paths": {"output_dir": os.path.join(job_dir, "output")},
+        }
+        if i < running:
+            values.update(status="running", priority="normal", monitor=me, launch={"id": "bench", "gpus": []})
+            open(os.path.join(job_dir, "monitor.heartbeat"), "w").close()
+        with open(os.path.join(job_dir, "state.json"), "w") as handle:
+            json.dump(record.new_record(**values), handle)
+        open(os.path.join(jobs, ".active", job_id), "w").close()
+
+
+def bench_scheduler(root, queued, tenants, slots=4):
+    """A scheduling pass (every worker runs one on each create, stop and job end, and in housekeeping)
+    and the queue position of the last job (GET /jobs/{id} of a queued job), with `queued` jobs of
+    `tenants` teams waiting behind full slots; and the queue's order alone."""
+    from imts_flask import queue
+    from imts_flask.jobs.scheduler import Scheduler
+    from imts_flask.jobs.store import JobStore
+
+    home = os.path.join(root, "scheduler")
+    queued_jobs(home, queued, tenants, slots)
+    settings = load_settings({"home": home, "max_concurrent_jobs": slots})
+    store = JobStore(settings.path("jobs_dir"), settings.lock_timeout_s)
+    scheduler = Scheduler(settings, store)
+    passes, positions, orders = [], [], []
+    last = f"train_{queued + slots - 1:08x}"
+    for _ in range(5):
+        start = time.perf_counter()
+        assert scheduler.schedule() == []  # every slot is held: nothing starts, nothing is preempted
+        passes.append((time.perf_counter() - start) * 1000)
+        start = time.perf_counter()
+        assert scheduler.queue_position(last)
+        positions.append((time.perf_counter() - start) * 1000)
+        states = [s for s in store.active_states() if queue.queued(s)]
+        start = time.perf_counter()
+        held = {}
+        for state in queue.in_order(states, held):
+            held[state["tenant"]] = held.get(state["tenant"], 0) + 1
+        orders.append((time.perf_counter() - start) * 1000)
+    return {
+        "queued": queued,
+        "tenants": tenants,
+        "pass_ms": median_spread(passes),
+        "position_ms": median_spread(positions),
+        "order_ms": median_spread(orders),
+    }
+
+
+def bench_tenants_create(root, creates, tenants=50):
+    """POST /jobs p50 with a tenants file of `tenants` teams (quotas checked, the usage ledger read)
+    against the same service open, each create followed by a stop (the queue stays short)."""
+    import hashlib
+
+    figures = {}
+    for mode in ("off", "on"):
+        home = os.path.join(root, f"tenants-{mode}")
+        headers = {}
+        if mode == "on":
+            os.makedirs(os.path.join(home, "config"), exist_ok=True)
+            teams = {
+                f"team-{t:02d}": {
+                    "max_priority": "high",
+                    "quotas": {"max_running_gpus": 4, "max_queued_jobs": 1000, "max_gpu_hours": 1000},
+                    "tokens": [
+                        {
+                            "name": f"ci-{t:02d}",
+                            "role": "member",
+                            "sha256": hashlib.sha256(f"t{t}".encode()).hexdigest(),
+                        }
+                    ],
+                }
+                for t in range(tenants)
+            }
+            with open(os.path.join(home, "config", "tenants.yaml"), "w") as handle:
+                yaml.safe_dump({"tenants": teams}, handle)
+            headers = {"Authorization": f"Bearer t{tenants - 1}"}  # the last token: every digest compared
+        server = Server(home, max_concurrent_jobs=1)
+        try:
+            latencies = []
+            for _ in range(creates):
+                start = time.perf_counter()
+                status, body = _http("POST", f"{server.base}/jobs", {**REQUEST, "epochs": 500.0}, headers)
+                latencies.append((time.perf_counter() - start) * 1000)
+                assert status == 201
+                _http("POST", f"{server.base}/jobs/{body['job_id']}/stop", None, headers)
+                time.sleep(0.5)
+            figures[mode] = median_spread(latencies)
+        finally:
+            server.stop()
+    figures["ratio"] = figures["on"]["median"] / figures["off"]["median"]
+    return figures
 
 
 def _alpaca_jsonl(path, megabytes=None, rows=None):
@@ -761,6 +876,26 @@ def report(results, smoke):
             if (d := results.get("deployments"))
             else []
         ),
+        *(
+            [
+                (
+                    f"12. scheduling pass, {sc['queued']:,} queued jobs of {sc['tenants']} teams, slots full",
+                    f"{sc['pass_ms']['median']:.0f} ms (queue order alone {sc['order_ms']['median']:.0f} ms; "
+                    f"queue_position of the last {sc['position_ms']['median']:.0f} ms)",
+                    "",
+                    "",
+                ),
+                (
+                    "12. POST /jobs p50, 50 teams' tenants file on / off",
+                    f"{t['ratio']:.2f} ({t['on']['median']:.1f} vs {t['off']['median']:.1f} ms, "
+                    f"n={t['on']['n']})",
+                    "",
+                    "",
+                ),
+            ]
+            if (sc := results.get("scheduler")) and (t := results.get("tenants"))
+            else []
+        ),
         (
             "9. row check per 100,000 rows",
             ", ".join(f"{k} {v:.2f} s" for k, v in results["validation"].items()),
@@ -804,6 +939,9 @@ def main():
         results["executors"] = bench_executors(root, 1 if smoke else 3)
         print("deployments ...", flush=True)
         results["deployments"] = bench_deployments(root, 3 if smoke else 20, 16 if smoke else 64)
+        print("sharing ...", flush=True)
+        results["scheduler"] = bench_scheduler(root, 500 if smoke else 10_000, 10 if smoke else 50)
+        results["tenants"] = bench_tenants_create(root, 5 if smoke else 30)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     table = report(results, smoke)

@@ -86,6 +86,9 @@ class JobStore:
     # One empty marker per job with a status change whose webhook events may not all be sent yet;
     # written with the change, removed by the webhook sweep once webhooks.log records them all.
     WEBHOOKS_DUE = ".webhooks-due"
+    # Jobs that reached each final state, ever (a DELETE or retention takes nothing off): the
+    # counter imts_jobs_finished_total, which alert rules take increase() of.
+    FINISHED_COUNTS = ".finished-counts.json"
 
     def __init__(self, root, lock_timeout=10.0, notifier=None, links_dir=None, deployments_root=None):
         self.root = os.path.abspath(root)
@@ -385,6 +388,8 @@ class JobStore:
                 self._note_finished_change(job_id)  # after the write: a reader then re-reads the new record
             if JobStatus(state["status"]).is_terminal():
                 self._drop_active(job_id)
+                if before != state["status"] and not state.get("kind"):
+                    self._count_finished(state["status"])
         if before != state["status"] and self.notifier is not None:
             self.notifier.notify(self.path(job_id), state)  # outside the lock: it spawns
         return state
@@ -497,6 +502,26 @@ class JobStore:
             for job_id in set(self._finished) - set(ids):
                 del self._finished[job_id]  # deleted jobs
         return found
+
+    def _count_finished(self, status):
+        """Add one to the jobs finished in `status` (after the job's record is written: a crash
+        between the two misses one, never counts one twice)."""
+        path = os.path.join(self.root, self.FINISHED_COUNTS)
+        try:
+            with self.lock("_finished_counts"):
+                counts = self.finished_counts()
+                counts[status] = counts.get(status, 0) + 1
+                atomic_write_json(path, counts)
+        except (OSError, ApiError) as exc:  # the job's end is written; only the counter lacks it
+            log.warning("could not count a job finished %s: %s", status, exc)
+
+    def finished_counts(self):
+        """{final state: jobs that reached it}, ever."""
+        try:
+            counts = read_json(os.path.join(self.root, self.FINISHED_COUNTS))
+        except (OSError, ValueError):
+            return {}
+        return counts if isinstance(counts, dict) else {}
 
     def _note_finished_change(self, job_id):
         # One write of a short line to a file opened for append: lines never interleave.

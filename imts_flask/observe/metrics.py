@@ -9,11 +9,12 @@ import shutil
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from .. import queue
 from ..state import JobStatus, parse_time
+from ..tenancy.usage import Ledger
 
 REQUESTS = Counter("imts_http_requests_total", "HTTP requests answered", ["method", "endpoint", "status"])
 LATENCY = Histogram(
@@ -44,7 +45,17 @@ class JobsCollector:
         for status in JobStatus:
             by_state.add_metric([status.value], sum(s.get("status") == status.value for s in states))
         yield by_state
+        finished = CounterMetricFamily(
+            "imts_jobs_finished",
+            "Jobs that reached each final state, ever (deletes take none off)",
+            labels=["state"],
+        )
+        counts = self.service.store.finished_counts()
+        for status in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.STOPPED):
+            finished.add_metric([status.value], counts.get(status.value, 0))
+        yield finished
         active = self.service.store.active_states()
+        yield from self._tenants(active)
         executor = self.service.launcher.executor
         waits = executor.waits  # with Ray, submitted jobs wait in Ray's queue
         holding = [s for s in active if not waits(s)]
@@ -52,7 +63,10 @@ class JobsCollector:
             "imts_queue_length", "Pending jobs waiting for capacity", value=sum(map(waits, active))
         )
         slots, gpus = executor.capacity()  # Ray: the cluster's to say (NaN), and the most a job may ask
-        yield GaugeMetricFamily("imts_job_slots_total", "Jobs that may run at once", value=slots)
+        yield GaugeMetricFamily("imts_job_slots", "Jobs that may run at once", value=slots)
+        yield GaugeMetricFamily(
+            "imts_job_slots_total", "Deprecated: imts_job_slots (a gauge; removed in 0.3)", value=slots
+        )
         yield GaugeMetricFamily("imts_job_slots_in_use", "Jobs running or starting", value=len(holding))
         executor_up, _ = self.service.launcher.executor.health()
         yield GaugeMetricFamily(
@@ -60,7 +74,10 @@ class JobsCollector:
             "1 while the executor can start jobs (Ray's job server answers)",
             value=executor_up,
         )
-        yield GaugeMetricFamily("imts_gpus_total", "GPUs this service hands out", value=gpus)
+        yield GaugeMetricFamily("imts_gpus", "GPUs this service hands out", value=gpus)
+        yield GaugeMetricFamily(
+            "imts_gpus_total", "Deprecated: imts_gpus (a gauge; removed in 0.3)", value=gpus
+        )
         yield GaugeMetricFamily(
             "imts_gpus_in_use",
             "GPUs handed to jobs",
@@ -87,6 +104,28 @@ class JobsCollector:
             "Bytes all job directories take",
             value=sum(s["disk_bytes"] for s in measured),
         )
+
+    def _tenants(self, active):
+        """Per team (label tenant; "" for admins' runs): GPU-seconds used ever, runs queued and running."""
+        used = CounterMetricFamily(
+            "imts_tenant_gpu_seconds",
+            "GPU-seconds a team's runs used (GPUs held x time running)",
+            labels=["tenant"],
+        )
+        for tenant, seconds in sorted(Ledger(self.service.settings).totals(active).items(), key=str):
+            used.add_metric([tenant or ""], seconds)
+        queued = GaugeMetricFamily(
+            "imts_tenant_queued", "A team's runs waiting in the queue", labels=["tenant"]
+        )
+        running = GaugeMetricFamily("imts_tenant_running", "A team's runs holding a slot", labels=["tenant"])
+        counts = {}
+        for state in active:
+            waiting = queue.queued(state)
+            counts.setdefault(state.get("tenant") or "", [0, 0])[0 if waiting else 1] += 1
+        for tenant, (waiting, holding) in sorted(counts.items()):
+            queued.add_metric([tenant], waiting)
+            running.add_metric([tenant], holding)
+        yield from (used, queued, running)
 
     def _gpus(self, active):
         """Per GPU handed out (labels gpu, the id jobs see, and uuid) and per running job, from NVML."""
