@@ -449,12 +449,19 @@ class TrainingService:
             raise NotFound(f"job {job_id} has no {name} (yet)", field="name")
         return path
 
-    def list_jobs(self, status=None, limit=100, offset=0):
-        """Return (total matching, one page of job views), newest first."""
+    def list_jobs(self, status=None, limit=100, offset=0, q=None, sort="created", order=None):
+        """Return (total matching, one page of job views): newest first, or as `sort` and `order` say."""
         summaries = [s for s in self.store.summaries() if principals.visible(s.get("tenant"))]
         if status:
             summaries = [s for s in summaries if s.get("status") == status]
-        summaries.sort(key=creation_order, reverse=True)
+        if q:
+            needle = q.casefold()
+            summaries = [
+                s
+                for s in summaries
+                if needle in f"{s.get('model_name') or ''}\n{s.get('dataset') or ''}".casefold()
+            ]
+        summaries = _ordered(summaries, sort, order)
         page = []
         for summary in summaries[offset : offset + limit]:
             try:
@@ -462,6 +469,14 @@ class TrainingService:
             except NotFound:
                 continue  # removed since we listed
         return len(summaries), page
+
+    def job_request(self, job_id):
+        """The request a job was created with, as received (a resumed job's names its source)."""
+        self.store.read(job_id)  # 404 for an unknown job
+        try:
+            return self.store.read_file(job_id, JobStore.REQUEST)
+        except (OSError, ValueError):
+            raise NotFound(f"job {job_id} has no request.json", field="job_id") from None
 
     # -- stop ------------------------------------------------------------------------------
 
@@ -576,6 +591,24 @@ class TrainingService:
         shared = ("executor", "uploads_registry", "tenants")
         healthy = all(c["ok"] for name, c in checks.items() if name not in shared)
         return healthy, checks
+
+
+def _ordered(summaries, sort, order):
+    """Summaries by creation (newest first), finish time, or final loss (lowest first); jobs
+    without the figure last either way, then by creation."""
+    descending = (order or ("asc" if sort == "loss" else "desc")) == "desc"
+    if sort == "created":
+        return sorted(summaries, key=creation_order, reverse=descending)
+
+    def figure(summary):
+        if sort == "loss":
+            return (summary.get("final") or {}).get("current_loss")
+        return summary.get("finished_at")
+
+    having = sorted((s for s in summaries if figure(s) is not None), key=creation_order, reverse=True)
+    having.sort(key=figure, reverse=descending)  # stable: ties stay newest first
+    lacking = sorted((s for s in summaries if figure(s) is None), key=creation_order, reverse=True)
+    return having + lacking
 
 
 def _validation_described(config, validation, early_stopping):

@@ -325,3 +325,73 @@ def test_an_export_whose_monitor_died_does_not_block_the_next(make_app):
     response = client.post(f"{BASE}/jobs/{job_id}/export", json={"export_dir": "again"})
     assert response.status_code == 200, response.get_json()
     assert _status(client, job_id)["export"]["status"] == "completed"
+
+
+def test_listing_searches_model_and_dataset_and_sorts_by_finish_or_loss(make_app):
+    client = make_app("--steps", "3", "--interval", "0.01", max_concurrent_jobs=1).test_client()
+    store = client.application.extensions["imts"].store
+    ids = [
+        _create(client, {**BODY, "dataset": name, "stage": stage})
+        for name, stage in (("demo_sft", "sft"), ("demo_pt", "pt"), ("demo_sft", "sft"))
+    ]
+    for job_id in ids:
+        _finished(client, job_id)
+    ends = ("2026-01-01T00:00:03", "2026-01-01T00:00:01", "2026-01-01T00:00:02")
+    for job_id, loss, end in zip(ids, (0.5, 0.2, 0.9), ends, strict=True):  # as if they had trained so
+        store.update(job_id, lambda s, loss=loss: setter(final={**s["final"], "current_loss": loss})(s))
+        store.update(job_id, setter(finished_at=end))
+    listed = client.get(f"{BASE}/jobs?q=SFT").get_json()
+    assert listed["total"] == 2 and {j["job_id"] for j in listed["jobs"]} == {ids[0], ids[2]}
+    assert client.get(f"{BASE}/jobs?q=tiny-LLAMA").get_json()["total"] == 3  # the model's name too
+    assert client.get(f"{BASE}/jobs?q=nothing").get_json() == {
+        "total": 0,
+        "limit": 100,
+        "offset": 0,
+        "jobs": [],
+    }
+    by_loss = [j["job_id"] for j in client.get(f"{BASE}/jobs?sort=loss").get_json()["jobs"]]
+    assert by_loss == [ids[1], ids[0], ids[2]]  # lowest final loss first
+    assert [
+        j["job_id"] for j in client.get(f"{BASE}/jobs?sort=loss&order=desc").get_json()["jobs"]
+    ] == by_loss[::-1]
+    by_finish = [j["job_id"] for j in client.get(f"{BASE}/jobs?sort=finished&order=asc").get_json()["jobs"]]
+    assert by_finish == [ids[1], ids[2], ids[0]]
+    assert [
+        j["job_id"] for j in client.get(f"{BASE}/jobs?sort=loss&limit=1&offset=1").get_json()["jobs"]
+    ] == [ids[0]]
+    for query, field in (("sort=size", "sort"), ("order=up", "order"), ("q=", "q"), ("q=" + "x" * 201, "q")):
+        _assert_error(client.get(f"{BASE}/jobs?{query}"), 400, field)
+
+
+def test_a_jobs_request_as_received_and_the_custom_config_keys(make_app):
+    client = make_app("--steps", "1").test_client()
+    camel = {
+        "modelName": "tiny-llama",
+        "dataset": "demo_sft",
+        "customConfig": {"cutoff_len": 64},
+        "epochs": 2,
+    }
+    job_id = _create(client, camel)
+    assert client.get(f"{BASE}/jobs/{job_id}/request").get_json() == camel  # as sent, camelCase and all
+    read = client.get(f"{BASE}/jobs/{job_id}/request?defaults=true").get_json()  # as the service read it
+    assert read["model_name"] == "tiny-llama" and read["epochs"] == 2 and read["dataset"] == "demo_sft"
+    assert (read["batch_size"], read["lora_rank"], read["priority"], read["preemptible"]) == (
+        2,
+        8,
+        "normal",
+        True,
+    )
+    _assert_error(client.get(f"{BASE}/jobs/{job_id}/request?defaults=maybe"), 400, "defaults")
+    _assert_error(client.get(f"{BASE}/jobs/train_00000000/request"), 404, "job_id")
+    keys = {k["key"]: k for k in client.get(f"{BASE}/custom-config").get_json()["keys"]}
+    assert keys["cutoff_len"] == {
+        "key": "cutoff_len",
+        "type": "int",
+        "min": 1,
+        "max": 1048576,
+        "choices": None,
+    }
+    assert "cosine" in keys["lr_scheduler_type"]["choices"] and keys["lora_dropout"]["max"] == 1
+    assert (
+        "output_dir" not in keys and "trust_remote_code" not in keys
+    )  # the service's own, never a request's

@@ -9,10 +9,12 @@ from flask import Blueprint, Request, current_app, request, send_file
 from marshmallow import ValidationError
 
 from ..errors import ApiError, UnsupportedMediaType, ValidationFailed
+from ..llamafactory.allowlist import allowed_keys
 from . import get_service
 from .openapi import doc
 from .schemas import (
     CheckpointListSchema,
+    CustomConfigSchema,
     DatasetListSchema,
     DatasetSchema,
     DatasetUploadSchema,
@@ -38,6 +40,8 @@ from .schemas import (
     OverwriteQuerySchema,
     PageQuerySchema,
     PreviewQuerySchema,
+    RawRequestSchema,
+    RequestQuerySchema,
     ResumeRequestSchema,
     SampleListSchema,
     SamplesQuerySchema,
@@ -221,6 +225,35 @@ def list_jobs():
     total, jobs = get_service().list_jobs(**query)
     # The views are built field for field as JobListSchema documents them: no second pass through it.
     return {"total": total, "limit": query["limit"], "offset": query["offset"], "jobs": jobs}
+
+
+@bp.get("/jobs/<job_id>/request")
+@doc(
+    "The request a job was created with, as received; with ?defaults=true as the service read it "
+    "(snake_case, every default filled in: what Compare sets side by side)",
+    query=RequestQuerySchema,
+    responses={200: RawRequestSchema},
+    errors=(400, 404),
+)
+def job_request(job_id):
+    defaults = _load(_schema(RequestQuerySchema), request.args.to_dict())["defaults"]
+    received = get_service().job_request(job_id)
+    if not defaults:
+        return received
+    try:
+        loaded = _schema(TrainingJobRequestSchema).load(received)
+    except ValidationError:
+        return received  # a request of an older format: as it was received
+    return {**loaded, "dataset": ",".join(loaded["dataset"])}
+
+
+@bp.get("/custom-config")
+@doc(
+    "The custom_config keys a request may set, each with its type and bounds or choices",
+    responses={200: CustomConfigSchema},
+)
+def custom_config_keys():
+    return _schema(CustomConfigSchema).dump({"keys": allowed_keys()})
 
 
 @bp.get("/jobs/<job_id>")

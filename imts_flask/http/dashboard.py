@@ -1,4 +1,4 @@
-"""The dashboard's blueprint: two pages and their static files, over the API's own endpoints.
+"""The dashboard's blueprint: its pages and their static files, over the API's own endpoints.
 
 The pages carry no data and no secret: their scripts fetch everything from the JSON API (so auth,
 errors and idempotency are the API's) and put job text on the page as text, never as markup. They
@@ -46,6 +46,26 @@ def jobs_page():
 @bp.get("/dashboard/deployments")
 def deployments_page():
     return render_template("dashboard/deployments.html")
+
+
+@bp.get("/dashboard/new")
+def new_job_page():
+    return render_template("dashboard/new.html")  # ?clone=<job_id> is read by its script
+
+
+@bp.get("/dashboard/datasets")
+def datasets_page():
+    return render_template("dashboard/datasets.html")
+
+
+@bp.get("/dashboard/models")
+def models_page():
+    return render_template("dashboard/models.html")
+
+
+@bp.get("/dashboard/compare")
+def compare_page():
+    return render_template("dashboard/compare.html")  # ?jobs=a,b,... is read by its script
 
 
 @bp.get("/dashboard/jobs/<job_id>")

@@ -4,6 +4,7 @@ import re
 
 from marshmallow import (
     EXCLUDE,
+    INCLUDE,
     RAISE,
     Schema,
     ValidationError,
@@ -363,10 +364,26 @@ class PageQuerySchema(Schema):
 
 
 class ListQuerySchema(PageQuerySchema):
-    """GET /jobs query: optional status filter and paging."""
+    """GET /jobs query: optional status filter and search, an order, and paging."""
 
     status = fields.String(
         validate=validate.OneOf([s.value for s in JobStatus], error="must be one of {choices}")
+    )
+    q = fields.String(
+        validate=validate.Length(1, 200),
+        metadata={"description": "jobs whose model_name or dataset contains this (any case)"},
+    )
+    sort = fields.String(
+        load_default="created",
+        validate=validate.OneOf(("created", "finished", "loss"), error="must be one of {choices}"),
+        metadata={
+            "description": "created (default), finished or loss (the final loss; unfinished jobs last)"
+        },
+    )
+    order = fields.String(
+        load_default=None,
+        validate=validate.OneOf(("asc", "desc"), error="must be one of {choices}"),
+        metadata={"description": "desc (default; loss: asc, the lowest first)"},
     )
 
 
@@ -649,6 +666,32 @@ class DatasetSchema(ResponseSchema):
     preview_truncated = fields.Boolean(
         metadata={"description": "a preview value was cut (texts past 1000 characters, deep or long lists)"}
     )
+
+
+class RawRequestSchema(ResponseSchema):
+    """A job's request.json: the body as its client sent it (snake_case or camelCase)."""
+
+    class Meta:
+        unknown = INCLUDE
+
+
+class RequestQuerySchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    defaults = fields.Boolean(load_default=False)
+
+
+class CustomConfigKeySchema(ResponseSchema):
+    key = fields.String()
+    type = fields.String(metadata={"description": "int, number, bool, choice, names or text"})
+    min = fields.Float(allow_none=True)
+    max = fields.Float(allow_none=True)
+    choices = fields.List(fields.Raw(), allow_none=True)
+
+
+class CustomConfigSchema(ResponseSchema):
+    keys = fields.List(fields.Nested(CustomConfigKeySchema))
 
 
 class DatasetListSchema(ResponseSchema):

@@ -131,6 +131,20 @@ CUSTOM_KEYS = {
 }
 
 
+def allowed_keys():
+    """CUSTOM_KEYS as data: [{key, type, min, max, choices}] (GET /custom-config, the dashboard's form)."""
+    found = []
+    for key, rule in CUSTOM_KEYS.items():
+        kind = rule[0]
+        entry = {"key": key, "type": kind, "min": None, "max": None, "choices": None}
+        if kind in ("int", "number"):
+            entry.update(min=rule[1], max=rule[2])
+        elif kind == "choice":
+            entry["choices"] = list(rule[1])
+        found.append(entry)
+    return found
+
+
 # Keys the service sets itself, or that would let a caller read or write anywhere, run code or
 # send data off the machine (../shared/LLAMAFACTORY_NOTES.md). Each is refused with its reason.
 _OWNED = "set by the service from the job"

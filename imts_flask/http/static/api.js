@@ -56,9 +56,9 @@ export async function stream(path, body, onEvent) {
   }
 }
 
-export async function api(path, { method = "GET", body } = {}) {
+export async function api(path, { method = "GET", body, headers: extra = {} } = {}) {
   const url = BASE + path;
-  const headers = {};
+  const headers = { ...extra };
   const token = sessionStorage.getItem(TOKEN_KEY);
   if (token) headers["Authorization"] = `Bearer ${token}`;
   const cached = method === "GET" ? cache.get(url) : undefined;
@@ -86,4 +86,27 @@ export async function api(path, { method = "GET", body } = {}) {
     if (cache.size > CACHE_ENTRIES) cache.delete(cache.keys().next().value);
   }
   return data;
+}
+
+// POSTs a multipart form with XMLHttpRequest (fetch reports no upload progress), calling
+// `onProgress(sent, total)` as the bytes go; resolves with the JSON answer, rejects with ApiError.
+export function upload(path, form, onProgress) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", BASE + path);
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (token) xhr.setRequestHeader("Authorization", `Bearer ${token}`);
+    xhr.responseType = "json";
+    xhr.upload.addEventListener("progress", (event) => onProgress(event.loaded, event.total));
+    xhr.addEventListener("load", () => {
+      if (xhr.status === 401) {
+        forgetToken();
+        document.dispatchEvent(new CustomEvent("imts-auth-required"));
+      }
+      if (xhr.status >= 200 && xhr.status < 300) resolve(xhr.response);
+      else reject(new ApiError(xhr.status, xhr.response));
+    });
+    xhr.addEventListener("error", () => reject(new Error("the upload was cut off")));
+    xhr.send(form);
+  });
 }

@@ -21,6 +21,7 @@ function fact(name, value) {
 function drawStatus(state) {
   job = state;
   document.getElementById("job-id").textContent = state.job_id;
+  document.getElementById("clone").href = `/dashboard/new?${new URLSearchParams({ clone: state.job_id })}`;
   document.getElementById("job-status").replaceChildren(statusBadge(state.status));
   const step = state.total_steps ? `step ${state.current_step || 0} of ${state.total_steps}` : "";
   setProgress(document.getElementById("progress"), state.progress, `${Math.round(state.progress * 100)}% ${step}`);

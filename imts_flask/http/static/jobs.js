@@ -1,5 +1,6 @@
-// The jobs table (newest first, filtered by status, paged) and the GPU panel, refreshed by polling
-// with ETags: while nothing changes, each poll is a 304 and nothing is redrawn.
+// The jobs table (newest first, or by finish time or final loss; filtered by status and a search
+// of model and dataset; paged) and the GPU panel, refreshed by polling with ETags: while nothing
+// changes, each poll is a 304 and nothing is redrawn. Ticked rows go to the comparison page.
 
 import { api } from "./api.js";
 import { duration, el, every, failed, notice, number, progressBar, statusBadge, tokenGate, bytes } from "./common.js";
@@ -9,12 +10,32 @@ const query = new URLSearchParams(location.search);
 let offset = Math.max(0, Number(query.get("offset")) || 0);
 const filter = document.getElementById("status-filter");
 filter.value = query.get("status") || "";
+const search = document.getElementById("search");
+search.value = query.get("q") || "";
+const sort = document.getElementById("sort");
+sort.value = query.get("sort") || "created";
+const picked = new Set(); // jobs ticked for the comparison, across pages
+const compare = document.getElementById("compare");
 let shown = null; // the listing drawn last: a 304 gives back the same object
 
 function address() {
   const params = new URLSearchParams({ limit: String(PAGE), offset: String(offset) });
   if (filter.value) params.set("status", filter.value);
+  if (search.value.trim()) params.set("q", search.value.trim());
+  if (sort.value !== "created") params.set("sort", sort.value);
   return params;
+}
+
+function tick(job) {
+  const box = el("input", { type: "checkbox", checked: picked.has(job.job_id), className: "pick" });
+  box.setAttribute("aria-label", `compare ${job.job_id}`);
+  box.addEventListener("change", () => {
+    if (box.checked) picked.add(job.job_id);
+    else picked.delete(job.job_id);
+    compare.disabled = picked.size < 2;
+    compare.textContent = picked.size ? `compare selected (${picked.size})` : "compare selected";
+  });
+  return box;
 }
 
 function row(job) {
@@ -25,6 +46,7 @@ function row(job) {
   return el(
     "tr",
     { dataset: { job: job.job_id, status: job.status } },
+    el("td", {}, tick(job)),
     el("td", {}, link),
     el("td", {}, statusBadge(job.status)),
     el("td", {}, progressBar(job.progress, step)),
@@ -42,7 +64,7 @@ async function refreshJobs() {
   shown = listing;
   const body = document.querySelector("#jobs tbody");
   body.replaceChildren(...listing.jobs.map(row));
-  if (!listing.jobs.length) body.append(el("tr", {}, el("td", { colSpan: 8, className: "muted" }, "no jobs")));
+  if (!listing.jobs.length) body.append(el("tr", {}, el("td", { colSpan: 9, className: "muted" }, "no jobs")));
   document.getElementById("count").textContent = `${listing.total} job(s)`;
   const last = Math.min(offset + PAGE, listing.total);
   document.getElementById("page").textContent = listing.total ? `${offset + 1}-${last} of ${listing.total}` : "";
@@ -80,9 +102,22 @@ function reload() {
   refreshJobs().catch(failed);
 }
 
-filter.addEventListener("change", () => {
-  offset = 0;
-  reload();
+for (const control of [filter, sort]) {
+  control.addEventListener("change", () => {
+    offset = 0;
+    reload();
+  });
+}
+let typing = null;
+search.addEventListener("input", () => {
+  clearTimeout(typing);
+  typing = setTimeout(() => {
+    offset = 0;
+    reload();
+  }, 300);
+});
+compare.addEventListener("click", () => {
+  location.assign(`/dashboard/compare?${new URLSearchParams({ jobs: [...picked].join(",") })}`);
 });
 document.getElementById("newer").addEventListener("click", () => {
   offset = Math.max(0, offset - PAGE);
