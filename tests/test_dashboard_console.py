@@ -210,6 +210,11 @@ def test_two_finished_runs_compare_on_one_chart_with_the_settings_that_differ(br
     finals = _text(browser, "#finals")
     assert first in finals and second in finals and "completed" in finals
     browser.save_screenshot(os.path.join(SCREENSHOTS, "dashboard-compare.png"))
+    # Cloned, the hostile run's form shows its values as values, and runs nothing.
+    _open_form(browser, f"{console.root}/dashboard/new?clone={second}")
+    wait_for(lambda: _text(browser, "#clone-of") == f"from {second}")
+    assert browser.execute_script("return document.getElementById('f-epochs').value") == "2"
+    assert browser.execute_script("return window.pwned") is None
     _no_console_errors(browser)
 
 
@@ -236,9 +241,41 @@ def test_the_list_searches_and_sorts_and_the_models_page_lists_what_exists(brows
         ]
     )
     assert rows[: len(listed)] == [j["job_id"] for j in listed]
+    registered = requests.post(
+        f"{console.base}/models",
+        json={"name": "console-bot", "job_id": job_id, "description": HOSTILE},
+        timeout=60,
+    )
+    assert registered.status_code == 201, registered.text
     browser.get(f"{console.root}/dashboard/models")
     row = _find(browser, 'tr[data-model="tiny-llama"]')
     assert "LlamaForCausalLM" in row.text
+    version = _find(browser, 'tr[data-version="console-bot:1"]')
+    assert job_id in version.text and "demo_sft" in version.text and "tiny-llama" in version.text
+    assert (
+        version.find_element("css selector", "a").get_attribute("href").endswith(f"/dashboard/jobs/{job_id}")
+    )
     assert "no deployments" in _text(browser, "#model-deployments")
     browser.save_screenshot(os.path.join(SCREENSHOTS, "dashboard-models.png"))
     _no_console_errors(browser)
+
+
+def test_the_new_pages_fit_a_phone_width_screen(browser, console, formed):  # noqa: F811
+    job_id, _, _ = formed
+    browser.set_window_size(390, 844)
+    try:
+        pages = {
+            "/dashboard/new": "#f-model_name option",
+            "/dashboard/datasets": "#datasets tbody tr",
+            "/dashboard/models": "#base-models tbody tr",
+            f"/dashboard/compare?jobs={job_id}": "#compared",
+        }
+        for path, ready in pages.items():
+            browser.get(console.root + path)
+            _find(browser, ready)
+            overflow = browser.execute_script(
+                "return document.documentElement.scrollWidth - window.innerWidth"
+            )
+            assert overflow <= 0, (path, overflow)  # wide tables scroll inside their box
+    finally:
+        browser.set_window_size(1280, 900)
