@@ -2,6 +2,7 @@
 
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ from .evaluations.service import Evaluations
 from .fsio import filesystem_problems, read_tail
 from .jobs import exports, record
 from .jobs.checkpoints import FINAL, choose_weights, list_checkpoints
+from .jobs.index import visible_total
 from .jobs.launcher import Launcher
 from .jobs.lifecycle import Lifecycle
 from .jobs.liveness import here
@@ -32,7 +34,7 @@ from .observe.gpus import Gpus
 from .observe.webhooks import Notifier
 from .procs import tree_pids
 from .registry.service import Registry, is_reference
-from .state import TIME_FORMAT, JobStatus, creation_order, now_utc
+from .state import TIME_FORMAT, JobStatus, now_utc
 from .tenancy import principals, quotas
 from .tenancy.config import Tenants
 from .tenancy.sharing import Sharing
@@ -450,25 +452,41 @@ class TrainingService:
         return path
 
     def list_jobs(self, status=None, limit=100, offset=0, q=None, sort="created", order=None):
-        """Return (total matching, one page of job views): newest first, or as `sort` and `order` say."""
-        summaries = [s for s in self.store.summaries() if principals.visible(s.get("tenant"))]
+        """Return (total matching, one page of job views): newest first, or as `sort` and `order` say.
+
+        Newest first (the default) reads the jobs index from its end until the page is full, and
+        the total from its counts: the cost of the page, not of the history. A search or another
+        order reads every line of the index (not every record).
+        """
+        lines = (line for line in self.store.listed() if principals.visible(line["tenant"]))
         if status:
-            summaries = [s for s in summaries if s.get("status") == status]
+            lines = (line for line in lines if line["status"] == status)
         if q:
-            needle = q.casefold()
-            summaries = [
-                s
-                for s in summaries
-                if needle in f"{s.get('model_name') or ''}\n{s.get('dataset') or ''}".casefold()
-            ]
-        summaries = _ordered(summaries, sort, order)
+            lines = (line for line in lines if self._matches(line, q.casefold()))
+        if sort == "created" and order in (None, "desc") and not q:
+            total = visible_total(self.store.index.counts(), status, principals.visible)
+            chosen = list(itertools.islice(lines, offset, offset + limit))
+        else:
+            every = _ordered(list(lines), sort, order)
+            total, chosen = len(every), every[offset : offset + limit]
         page = []
-        for summary in summaries[offset : offset + limit]:
+        for line in chosen:
             try:
-                page.append(self.view(self.store.read(summary["job_id"]), detail=False))
+                page.append(self.view(self.store.read(line["job_id"]), detail=False))
             except NotFound:
-                continue  # removed since we listed
-        return len(summaries), page
+                if not self.store.exists(line["job_id"]):
+                    self.store.index.remove(line["job_id"])  # a create that crashed before its rename
+        return total, page
+
+    def _matches(self, line, needle):
+        if needle in f"{line['model_name']}\n{line['dataset']}".casefold():
+            return True
+        if not line["cut"]:
+            return False
+        with contextlib.suppress(NotFound):  # names too long for the index line: the record says
+            state = self.store.read(line["job_id"])
+            return needle in f"{state.get('model_name') or ''}\n{state.get('dataset') or ''}".casefold()
+        return False
 
     def job_request(self, job_id):
         """The request a job was created with, as received (a resumed job's names its source)."""
@@ -593,21 +611,20 @@ class TrainingService:
         return healthy, checks
 
 
-def _ordered(summaries, sort, order):
-    """Summaries by creation (newest first), finish time, or final loss (lowest first); jobs
-    without the figure last either way, then by creation."""
+def _ordered(lines, sort, order):
+    """Index lines by creation (newest first), finish time, or final loss (lowest first); jobs
+    without the figure last either way, then newest first."""
     descending = (order or ("asc" if sort == "loss" else "desc")) == "desc"
     if sort == "created":
-        return sorted(summaries, key=creation_order, reverse=descending)
-
-    def figure(summary):
-        if sort == "loss":
-            return (summary.get("final") or {}).get("current_loss")
-        return summary.get("finished_at")
-
-    having = sorted((s for s in summaries if figure(s) is not None), key=creation_order, reverse=True)
-    having.sort(key=figure, reverse=descending)  # stable: ties stay newest first
-    lacking = sorted((s for s in summaries if figure(s) is None), key=creation_order, reverse=True)
+        return sorted(lines, key=lambda line: line["created_ns"], reverse=descending)
+    figure = "loss" if sort == "loss" else "finished"
+    having = sorted(
+        (line for line in lines if line[figure] is not None), key=lambda x: x["created_ns"], reverse=True
+    )
+    having.sort(key=lambda line: line[figure], reverse=descending)  # stable: ties stay newest first
+    lacking = sorted(
+        (line for line in lines if line[figure] is None), key=lambda x: x["created_ns"], reverse=True
+    )
     return having + lacking
 
 

@@ -116,6 +116,6 @@ def test_export_request():
 
 
 def test_list_query():
-    assert ListQuerySchema().load({}) == {"limit": 100, "offset": 0}
+    assert ListQuerySchema().load({}) == {"limit": 100, "offset": 0, "sort": "created", "order": None}
     assert "status" in _errors(ListQuerySchema(), {"status": "done"})
     assert "limit" in _errors(ListQuerySchema(), {"limit": "0"})

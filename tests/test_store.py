@@ -64,7 +64,7 @@ def test_damaged_state_is_reported_not_raised(store, content):
     assert state["status"] == "failed" and state["broken"] is True
     assert "state.json" in state["error"]
     other = _create(store)
-    assert {s["job_id"] for s in store.summaries()} == {job_id, other}
+    assert {line["job_id"] for line in store.listed()} == {job_id, other}
 
 
 def test_job_directory_without_state_is_reported(store):
@@ -215,7 +215,7 @@ def test_a_crash_in_the_middle_of_a_delete_leaves_no_listed_half_job(store):
     # As if the process died after the rename, before the removal finished.
     half = os.path.join(store.root, JobStore.TRASH, job_id + "-dead")
     os.rename(store.path(job_id), half)
-    assert store.job_ids() == [] and store.summaries() == []
+    assert store.job_ids() == []  # (its index line: dropped by the listing that finds no directory)
     os.utime(half, (0, 0))
     assert store.clean_temp_files(min_age_s=60) == 1 and not os.path.exists(half)
 
@@ -224,15 +224,18 @@ def test_every_worker_sees_a_change_to_a_finished_job(store):
     job_id, other = _create(store), _create(store)
     for done in (job_id, other):
         store.update(done, setter(status="completed", disk_bytes=100))
-    worker = JobStore(store.root, lock_timeout=2)  # another process keeping its own summaries
-    assert {s["disk_bytes"] for s in worker.summaries()} == {100}
+    worker = JobStore(store.root, lock_timeout=2)  # another process: it keeps nothing of its own
+    assert {line["disk_bytes"] for line in worker.listed()} == {100}
     store.update(job_id, setter(disk_bytes=40))  # a pruning, in the cleanup worker
-    by_id = {s["job_id"]: s["disk_bytes"] for s in worker.summaries()}
+    by_id = {line["job_id"]: line["disk_bytes"] for line in worker.listed()}
     assert by_id == {job_id: 40, other: 100}
     reads = []
     worker.read = lambda j: reads.append(j) or JobStore.read(worker, j)
-    worker.summaries()
-    assert reads == []  # unchanged finished jobs are not read again
+    list(worker.listed())
+    assert reads == []  # the index is read, no job's record
+    assert (
+        worker.index.counts()["jobs"] == {"": {"completed": 2}} and worker.index.counts()["disk_bytes"] == 140
+    )
 
 
 @pytest.mark.parametrize("answer", [None, False, {"reason": "x"}, True])

@@ -191,6 +191,9 @@ def finished_jobs(home, start, count):
             "created_ns": 10 + i,
             "started_at": "2026-01-01T00:00:01",
             "finished_at": "2026-01-01T00:01:00",
+            "model_name": "tiny-llama",
+            "dataset": "demo_sft",
+            "disk_bytes": 4096,
             "paths": {"output_dir": os.path.join(job_dir, "output")},
             "final": {"progress": 1.0, "current_loss": 0.5, "current_step": 10, "total_steps": 10},
             "history": [{"status": "completed", "at": "2026-01-01T00:01:00"}],
@@ -325,20 +328,49 @@ def bench_reads(root, seconds, big_lines):
 
 
 def bench_listing(root, sizes, seconds):
+    """GET /jobs?limit=50 and /metrics with `sizes` finished jobs on disk: the first listing after a
+    restart, warm p50/p99 with 1 client and req/s with 8, a scrape's time and size, worker RSS. The
+    jobs are written straight to disk and indexed once, as an upgrade from an index-less store is."""
+    from imts_flask.jobs.store import JobStore
+
     home = os.path.join(root, "listing")
     os.makedirs(os.path.join(home, "jobs"))
-    server = Server(home)
-    try:
-        results, made = {}, 0
-        for size in sizes:
-            finished_jobs(home, made, size - made)
-            made = size
+    results, made = {}, 0
+    for size in sizes:
+        finished_jobs(home, made, size - made)
+        made = size
+        start = time.perf_counter()
+        JobStore(os.path.join(home, "jobs")).index.rebuild("the benchmark wrote its jobs straight to disk")
+        indexed_s = time.perf_counter() - start
+        server = Server(home)  # a restart: no worker has read anything yet
+        try:
             url = f"{server.base}/jobs?limit=50"
-            wrk(url, max(2, seconds // 2), connections=8)  # warm: every worker reads the new jobs once
-            results[size] = wrk(url, seconds, connections=1, threads=1)  # latency, not saturation
-        return results
-    finally:
-        server.stop()
+            start = time.perf_counter()
+            status, body = _http("GET", url)
+            cold_ms = (time.perf_counter() - start) * 1000
+            assert status == 200 and body["total"] == size, body.get("total")
+            one = wrk(url, seconds, connections=1, threads=1)  # latency, not saturation
+            eight = wrk(url, seconds, connections=8, threads=2)
+            metrics_url = server.base.replace("/api/v1/training", "/metrics")
+            scrapes = []
+            for _ in range(3):
+                start = time.perf_counter()
+                with urllib.request.urlopen(metrics_url, timeout=120) as response:
+                    scraped = response.read()
+                scrapes.append((time.perf_counter() - start) * 1000)
+            results[size] = {
+                **one,
+                "rps_8": eight["rps"],
+                "p50_8_ms": eight["p50_ms"],
+                "cold_ms": cold_ms,
+                "indexed_s": indexed_s,
+                "metrics_ms": statistics.median(scrapes),
+                "metrics_kb": len(scraped) / 1024,
+                "worker_rss_mb": max(p.memory_info().rss for p in server.workers()) / 2**20,
+            }
+        finally:
+            server.stop()
+    return results
 
 
 def bench_create_and_stop(root, creates, stops):
@@ -804,13 +836,29 @@ def report(results, smoke):
             ok(r["big_vs_small_p50"] <= 1.1),
         ),
         *[
-            (
-                f"4. GET /jobs?limit=50 with {n:,} jobs",
-                f"p50 {v['p50_ms']:.1f} ms, p99 {v['p99_ms']:.1f} ms, {v['rps']:.0f} req/s",
-                "<= 100 ms p50" if n == biggest else "",
-                ok(v["p50_ms"] <= 100) if n == biggest else "",
-            )
+            row
             for n, v in sorted(listing.items())
+            for row in (
+                (
+                    f"4. GET /jobs?limit=50 with {n:,} jobs",
+                    f"1 client p50 {v['p50_ms']:.1f} ms, p99 {v['p99_ms']:.1f} ms; 8 clients "
+                    f"{v['rps_8']:.0f} req/s (p50 {v['p50_8_ms']:.1f} ms); first after a restart "
+                    f"{v['cold_ms']:.0f} ms",
+                    "<= 100 ms p50, >= 50 req/s, first <= 1 s" if n == biggest else "",
+                    ok(v["p50_ms"] <= 100 and v["rps_8"] >= 50 and v["cold_ms"] <= 1000)
+                    if n == biggest
+                    else "",
+                ),
+                (
+                    f"4. /metrics and worker RSS with {n:,} jobs",
+                    f"scrape {v['metrics_ms']:.0f} ms, {v['metrics_kb']:.0f} KB; worker RSS "
+                    f"{v['worker_rss_mb']:.0f} MB; index built once in {v['indexed_s']:.1f} s",
+                    "<= 1 s, < 100 KB, <= 80 MB" if n == biggest else "",
+                    ok(v["metrics_ms"] <= 1000 and v["metrics_kb"] < 100 and v["worker_rss_mb"] <= 80)
+                    if n == biggest
+                    else "",
+                ),
+            )
         ],
         (
             "5. POST /jobs latency",
@@ -928,7 +976,7 @@ def main():
         results["reads"] = reads
         print("listing ...", flush=True)
         results["listing"] = bench_listing(
-            root, [10, 100] if smoke else [100, 1_000, 10_000], 2 if smoke else 10
+            root, [10, 100] if smoke else [100, 10_000, 100_000], 2 if smoke else 10
         )
         print("create and stop ...", flush=True)
         results["create"] = bench_create_and_stop(root, 5 if smoke else 30, 1 if smoke else 3)

@@ -1,7 +1,7 @@
 """End of life for jobs: delete, retention, checkpoint pruning, log links and disk use, in housekeeping.
 
-One worker at a time runs a cleanup round, at most every `cleanup_interval_s`: it removes finished
-jobs older than `retention_days`, prunes the checkpoints of completed jobs to the newest
+One worker at a time runs a cleanup round, at most every `cleanup_interval_s`: it makes the jobs
+index list exactly the job directories, removes finished jobs older than `retention_days`, prunes the checkpoints of completed jobs to the newest
 `keep_checkpoints`, repairs the logs/training_jobs links and measures jobs whose disk use is not
 recorded. Each removal is logged in logs/imts.log.
 """
@@ -14,7 +14,7 @@ import time
 from .checkpoints import disk_bytes, prune
 from ..errors import ApiError, Conflict, NotFound
 from ..fsio import read_json
-from ..state import JobStatus, parse_time
+from ..state import JobStatus
 from .record import setter
 from .store import JobStore
 
@@ -78,33 +78,40 @@ class Lifecycle:
         """Run a cleanup round if none ran within cleanup_interval_s and no other worker runs one."""
         mark = os.path.join(self.store.root, CLEANUP_MARK)
         with self.store.try_lock(CLEANUP_LOCK) as taken:
-            if not taken or time.time() - _mtime(mark) < self.settings.cleanup_interval_s:
+            last = _mtime(mark)
+            if not taken or time.time() - last < self.settings.cleanup_interval_s:
                 return False
-            self.run()
+            self.run(finished_since=last - 60 if last else 0)
             with open(mark, "w"):
                 pass  # touched: the next round is due cleanup_interval_s from now
         return True
 
-    def run(self):
-        """Run one cleanup round now; return what it did, by kind."""
+    def run(self, finished_since=0):
+        """Run one cleanup round now; return what it did, by kind.
+
+        It reads the jobs index, not every record: a finished job is read only to be removed, to
+        be measured, or, once, to prune its checkpoints (those that finished since the last round).
+        """
         done = {"deleted": [], "pruned": {}, "links": self.store.repair_links(), "measured": []}
+        done["indexed"] = self.store.reconcile_index()
         done["uploads"] = self._collect_uploads()
         now = time.time()
-        for summary in self.store.summaries():
-            if summary.get("broken") or not JobStatus(summary["status"]).is_terminal():
+        for line in self.store.listed():
+            if not JobStatus(line["status"]).is_terminal():
                 continue
-            job_id = summary["job_id"]
+            job_id = line["job_id"]
             try:
-                if self._expired(summary, now):
+                if self._expired(line, now):
                     self.delete(job_id)
                     done["deleted"].append(job_id)
                     continue
-                if summary["status"] == JobStatus.COMPLETED.value and self.settings.keep_checkpoints > 0:
+                recent = (line["finished"] or 0) >= finished_since
+                if line["status"] == JobStatus.COMPLETED.value and self.settings.keep_checkpoints > 0 and recent:
                     removed = self.prune(job_id)
                     if removed:
                         done["pruned"][job_id] = removed
                         continue
-                if summary.get("disk_bytes") is None:
+                if line["disk_bytes"] is None:
                     self._measure(job_id)
                     done["measured"].append(job_id)
             except NotFound:
@@ -130,10 +137,9 @@ class Lifecycle:
                     referenced |= {str(e.get("file_name")) for e in info.values() if isinstance(e, dict)}
         return referenced
 
-    def _expired(self, summary, now):
+    def _expired(self, line, now):
         days = self.settings.retention_days
-        finished = parse_time(summary.get("finished_at"))
-        return days > 0 and finished is not None and now - finished.timestamp() > days * 86400
+        return days > 0 and line["finished"] is not None and now - line["finished"] > days * 86400
 
     def prune(self, job_id):
         """Prune a completed job's checkpoints to the newest keep_checkpoints; the final weights and

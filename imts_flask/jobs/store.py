@@ -17,12 +17,15 @@ import yaml
 
 from ..errors import ApiError, Conflict, InsufficientStorage, NotFound, Unavailable, ValidationFailed
 from ..fsio import TMP_PREFIX, atomic_write_json, atomic_write_yaml, fsync_dir, move_aside, read_json, write_tree
-from ..state import JobStatus, now_utc
+from ..state import JobStatus, now_utc, parse_time
 from . import record
+from .index import JobIndex, index_line
 
 log = logging.getLogger(__name__)
 
 JOB_ID_PATTERN = re.compile(r"train_[0-9a-z]{8}")
+# Bounds (seconds) of the histogram of finished jobs' run times (imts_job_duration_seconds).
+DURATION_BUCKETS = (60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400, float("inf"))
 EVALUATION_ID_PATTERN = re.compile(r"eval_[0-9a-z]{8}")
 DEPLOYMENT_ID_PATTERN = re.compile(r"deploy_[0-9a-z]{8}")
 # A run is a job, an evaluation of one (train_x/eval_y) or a deployment (deploy_x): each has a
@@ -80,14 +83,13 @@ class JobStore:
     IDEMPOTENCY = ".idempotency"
     # Deleted jobs are renamed here first, then removed: a crash never leaves half a job listed.
     TRASH = ".trash"
-    # One line (a job id, 15 bytes) per change to a finished job's record (an export, a pruning),
-    # appended only, so that every process drops its cached summary of that job.
-    CHANGES = ".finished-changes"
+    # The jobs index (jobs/.index/jobs.idx and counts.json): a listing reads its page (index.py).
+    INDEX = ".index"
     # One empty marker per job with a status change whose webhook events may not all be sent yet;
     # written with the change, removed by the webhook sweep once webhooks.log records them all.
     WEBHOOKS_DUE = ".webhooks-due"
     # Jobs that reached each final state, ever (a DELETE or retention takes nothing off): the
-    # counter imts_jobs_finished_total, which alert rules take increase() of.
+    # counter imts_jobs_finished_total, which alert rules take increase() of; and their run times.
     FINISHED_COUNTS = ".finished-counts.json"
 
     def __init__(self, root, lock_timeout=10.0, notifier=None, links_dir=None, deployments_root=None):
@@ -102,11 +104,9 @@ class JobStore:
         self.notifier = notifier
         # <links_dir>/<job_id> is a symlink to the job's directory (the guide's log path), or None.
         self.links_dir = links_dir
-        # Summaries of finished jobs, kept by this process, and how far it has read CHANGES.
-        self._finished = {}
-        self._changes_read = None
         for name in (self.LOCKS, self.STAGING, self.ACTIVE, self.IDEMPOTENCY, self.TRASH, self.WEBHOOKS_DUE):
             os.makedirs(os.path.join(self.root, name), exist_ok=True)
+        self.index = JobIndex(self.root, lambda: self.lock("_index"), self._every_state)
 
     # -- paths -----------------------------------------------------------------------------
 
@@ -245,11 +245,17 @@ class JobStore:
             open(self._active_marker(run_id), "w").close()
             staging = tempfile.mkdtemp(prefix=_key(run_id) + "-", dir=os.path.join(self.root, self.STAGING))
             write_tree(staging, files)
+            indexed = JOB_ID_PATTERN.fullmatch(run_id) is not None
+            if indexed:  # listed before it exists: a job on disk is always in the index
+                self.index.add(files[self.STATE])
             os.rename(staging, final)
             staging = None
             fsync_dir(os.path.dirname(final))
         except OSError as exc:
             self._drop_active(run_id)
+            if JOB_ID_PATTERN.fullmatch(run_id) and not os.path.isdir(final):
+                with contextlib.suppress(OSError, ApiError):
+                    self.index.remove(run_id)  # never appeared
             if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
                 return False
             raise storage_error(exc, what) from exc
@@ -359,6 +365,7 @@ class JobStore:
                     f"job {job_id} has a damaged state.json ({exc}); it cannot be changed"
                 ) from None
             before = state.get("status")
+            listed = index_line(state) if JOB_ID_PATTERN.fullmatch(job_id) else None
             result = change(state)
             if not isinstance(result, record.Change):
                 raise TypeError(f"a change of a job record returns a record.Change, not {result!r}")
@@ -384,12 +391,12 @@ class JobStore:
                 atomic_write_json(path, state)
             except OSError as exc:
                 raise storage_error(exc, f"updating job {job_id}") from exc
-            if JobStatus(before).is_terminal():
-                self._note_finished_change(job_id)  # after the write: a reader then re-reads the new record
+            if listed is not None and index_line(state) != listed:
+                self._index_put(state)
             if JobStatus(state["status"]).is_terminal():
                 self._drop_active(job_id)
                 if before != state["status"] and not state.get("kind"):
-                    self._count_finished(state["status"])
+                    self._count_finished(state)
         if before != state["status"] and self.notifier is not None:
             self.notifier.notify(self.path(job_id), state)  # outside the lock: it spawns
         return state
@@ -477,76 +484,70 @@ class JobStore:
                         self._drop_active(job_id)
         return states
 
-    def summaries(self):
-        """Return a small summary of every job (record.SUMMARY's fields), for listing and metrics.
+    def listed(self):
+        """Every job's index line (index.py's fields), newest first: what listings page through."""
+        return self.index.lines()
 
-        A finished job is read once per process, and again only after a change to its record (a
-        pruning, say) is noted in CHANGES; unfinished jobs are read each time. So the cost of a
-        listing hardly grows with the number of finished jobs.
-        """
-        self._forget_changed()
-        found = []
-        ids = self.job_ids()
-        for job_id in ids:
-            summary = self._finished.get(job_id)
-            if summary is None:
-                try:
-                    state = self.read(job_id)
-                except NotFound:
-                    continue  # removed while we listed
-                summary = record.pick(state, record.SUMMARY)
-                if not state.get("broken") and JobStatus(state["status"]).is_terminal():
-                    self._finished[job_id] = summary
-            found.append(summary)
-        if len(self._finished) > len(ids):
-            for job_id in set(self._finished) - set(ids):
-                del self._finished[job_id]  # deleted jobs
-        return found
+    def reconcile_index(self):
+        """Make the index list exactly the job directories: add those it lacks (a directory restored
+        by hand), drop lines without one (a create that died before its rename). One pass over the
+        directories and the index, run by the cleanup round; (added, dropped)."""
+        on_disk = set(self.job_ids())
+        listed = {line["job_id"] for line in self.listed()}
+        added = sorted(on_disk - listed)
+        for job_id in added:
+            with contextlib.suppress(NotFound):
+                self._index_put(self.read(job_id))
+        dropped = [job_id for job_id in sorted(listed - on_disk) if not self.exists(job_id)]
+        for job_id in dropped:
+            self.index.remove(job_id)
+        if added or dropped:
+            log.warning("jobs index: added %d job directories it lacked, dropped %d lines", len(added), len(dropped))
+        return added, dropped
 
-    def _count_finished(self, status):
-        """Add one to the jobs finished in `status` (after the job's record is written: a crash
-        between the two misses one, never counts one twice)."""
+    def _every_state(self):
+        """Every job's record, for a rebuild of the index (the directories are the truth)."""
+        for job_id in self.job_ids():
+            with contextlib.suppress(NotFound):
+                yield self.read(job_id)
+
+    def _index_put(self, state):
+        """The index follows a job's change; a failure leaves it stale, never the change unwritten."""
+        try:
+            self.index.put(state)
+        except (OSError, ApiError) as exc:
+            log.warning("job %s: the jobs index could not follow a change (%s)", state["job_id"], exc)
+
+    def _count_finished(self, state):
+        """Add a job that just ended to the jobs finished in its state, and its run time to their
+        histogram (after the job's record is written: a crash between the two misses one, never
+        counts one twice). {state: n, "durations": {state: {"buckets": [n per bound], "sum": s}}}."""
+        status = state["status"]
+        started, ended = parse_time(state.get("started_at")), parse_time(state.get("finished_at"))
         path = os.path.join(self.root, self.FINISHED_COUNTS)
         try:
             with self.lock("_finished_counts"):
                 counts = self.finished_counts()
                 counts[status] = counts.get(status, 0) + 1
+                if started and ended:
+                    seconds = max(0.0, (ended - started).total_seconds())
+                    histogram = counts.setdefault("durations", {}).setdefault(
+                        status, {"buckets": [0] * len(DURATION_BUCKETS), "sum": 0.0}
+                    )
+                    for number, bound in enumerate(DURATION_BUCKETS):
+                        histogram["buckets"][number] += seconds <= bound
+                    histogram["sum"] += seconds
                 atomic_write_json(path, counts)
         except (OSError, ApiError) as exc:  # the job's end is written; only the counter lacks it
             log.warning("could not count a job finished %s: %s", status, exc)
 
     def finished_counts(self):
-        """{final state: jobs that reached it}, ever."""
+        """{final state: jobs that reached it, "durations": their run times' histogram}, ever."""
         try:
             counts = read_json(os.path.join(self.root, self.FINISHED_COUNTS))
         except (OSError, ValueError):
             return {}
         return counts if isinstance(counts, dict) else {}
-
-    def _note_finished_change(self, job_id):
-        # One write of a short line to a file opened for append: lines never interleave.
-        with open(os.path.join(self.root, self.CHANGES), "ab", buffering=0) as handle:
-            handle.write(job_id.encode("ascii") + b"\n")
-
-    def _forget_changed(self):
-        """Drop the cached summaries of finished jobs whose record changed since the last look."""
-        try:
-            size = os.stat(os.path.join(self.root, self.CHANGES)).st_size
-        except FileNotFoundError:
-            size = 0
-        if self._changes_read is None or size < self._changes_read:
-            self._finished.clear()  # the first look (nothing kept yet), or the file was replaced by hand
-            self._changes_read = size
-            return
-        if size == self._changes_read:
-            return
-        with open(os.path.join(self.root, self.CHANGES), "rb") as handle:
-            handle.seek(self._changes_read)
-            data = handle.read(size - self._changes_read)
-        whole = data.rfind(b"\n") + 1  # a line being written is read next time
-        for job_id in data[:whole].decode("ascii", "replace").split():
-            self._finished.pop(job_id, None)
-        self._changes_read += whole
 
     # -- end of life -----------------------------------------------------------------------
 
@@ -575,7 +576,10 @@ class JobStore:
                 self._link(job_id)
                 raise storage_error(exc, f"deleting job {job_id}") from exc
             self._drop_active(job_id)
-        self._finished.pop(job_id, None)
+            try:
+                self.index.remove(job_id)
+            except (OSError, ApiError) as exc:  # the listing drops it when it finds no directory
+                log.warning("job %s: the jobs index could not drop it (%s)", job_id, exc)
         shutil.rmtree(doomed, ignore_errors=True)
         return state
 

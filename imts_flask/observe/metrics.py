@@ -13,7 +13,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from .. import queue
-from ..state import JobStatus, parse_time
+from ..jobs.store import DURATION_BUCKETS
+from ..state import JobStatus
 from ..tenancy.usage import Ledger
 
 REQUESTS = Counter("imts_http_requests_total", "HTTP requests answered", ["method", "endpoint", "status"])
@@ -24,7 +25,6 @@ LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 GPU_LABELS = ["gpu", "uuid"]
-DURATION_BUCKETS = (60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400, float("inf"))
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -40,17 +40,18 @@ class JobsCollector:
         self.service = service
 
     def collect(self):
-        states = [s for s in self.service.store.summaries() if not s.get("broken")]
+        store = self.service.store
+        index = store.index.counts()  # the jobs index's counts: a scrape reads no record of a finished job
         by_state = GaugeMetricFamily("imts_jobs", "Jobs by state", labels=["state"])
         for status in JobStatus:
-            by_state.add_metric([status.value], sum(s.get("status") == status.value for s in states))
+            by_state.add_metric([status.value], sum(t.get(status.value, 0) for t in index["jobs"].values()))
         yield by_state
         finished = CounterMetricFamily(
             "imts_jobs_finished",
             "Jobs that reached each final state, ever (deletes take none off)",
             labels=["state"],
         )
-        counts = self.service.store.finished_counts()
+        counts = store.finished_counts()
         for status in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.STOPPED):
             finished.add_metric([status.value], counts.get(status.value, 0))
         yield finished
@@ -88,21 +89,21 @@ class JobsCollector:
             "Free bytes where jobs are written",
             value=shutil.disk_usage(self.service.store.root).free,
         )
-        yield self._durations(states)
+        yield self._durations(counts.get("durations") or {})
         yield from self._gpus(active)
-        measured = [s for s in states if s.get("disk_bytes") is not None]
         per_job = GaugeMetricFamily(
             "imts_job_disk_bytes",
-            "Bytes each job's directory takes (measured, not walked per scrape)",
+            "Bytes the directory of each pending or running job takes (measured, not walked per scrape)",
             labels=["job_id"],
         )
-        for state in measured:
-            per_job.add_metric([state["job_id"]], state["disk_bytes"])
+        for state in active:
+            if state.get("disk_bytes") is not None and not state.get("kind"):
+                per_job.add_metric([state["job_id"]], state["disk_bytes"])
         yield per_job
         yield GaugeMetricFamily(
             "imts_jobs_disk_bytes",
-            "Bytes all job directories take",
-            value=sum(s["disk_bytes"] for s in measured),
+            "Bytes all job directories take (as last measured)",
+            value=index["disk_bytes"],
         )
 
     def _tenants(self, active):
@@ -185,21 +186,18 @@ class JobsCollector:
         yield from (memory, tokens, loss, progress)
 
     @staticmethod
-    def _durations(states):
+    def _durations(durations):
+        """Finished jobs' run times, as the store counted them when each ended (a DELETE takes none off)."""
         family = HistogramMetricFamily(
             "imts_job_duration_seconds", "Run time of finished jobs", labels=["state"]
         )
         for status in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.STOPPED):
-            seconds = []
-            for state in states:
-                start, end = parse_time(state.get("started_at")), parse_time(state.get("finished_at"))
-                if state.get("status") == status.value and start and end:
-                    seconds.append((end - start).total_seconds())
+            histogram = durations.get(status.value) or {"buckets": [0] * len(DURATION_BUCKETS), "sum": 0.0}
             buckets = [
-                (str(b) if b != float("inf") else "+Inf", sum(x <= b for x in seconds))
-                for b in DURATION_BUCKETS
+                (str(bound) if bound != float("inf") else "+Inf", count)
+                for bound, count in zip(DURATION_BUCKETS, histogram["buckets"], strict=True)
             ]
-            family.add_metric([status.value], buckets, sum(seconds))
+            family.add_metric([status.value], buckets, histogram["sum"])
         return family
 
 

@@ -1,0 +1,133 @@
+"""The jobs index (imts_flask/jobs/index.py): every job on disk listed once, in creation order,
+through crashes in the middle of its writes, another instance's creates and deletes, and damage."""
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from imts_flask.jobs import record
+from imts_flask.jobs.index import RECORD
+from imts_flask.jobs.record import setter
+from imts_flask.jobs.store import JobStore
+
+from conftest import PROJECT, wait_for
+
+
+def _make(store, **values):
+    def files(job_id, job_dir):
+        state = record.new_record(
+            job_id=job_id, created_at="2026-11-30T00:00:00", created_ns=time.time_ns(),
+            model_name="tiny-llama", dataset="demo_sft",
+            paths={"output_dir": os.path.join(job_dir, "output")}, **values,
+        )  # fmt: skip
+        return {JobStore.STATE: state}
+
+    return store.create(files)
+
+
+def _listed(store):
+    return [line["job_id"] for line in store.listed()]
+
+
+def test_jobs_are_listed_newest_first_with_their_counts(tmp_path):
+    store = JobStore(str(tmp_path / "jobs"))
+    ids = [_make(store, tenant=team) for team in ("team-a", "team-b", "team-a")]
+    assert _listed(store) == ids[::-1]
+    store.update(ids[0], setter(status="completed", disk_bytes=10, finished_at="2026-11-30T00:00:09"))
+    line = next(line for line in store.listed() if line["job_id"] == ids[0])
+    assert (line["status"], line["disk_bytes"], line["tenant"], line["model_name"]) == (
+        "completed", 10, "team-a", "tiny-llama",
+    )  # fmt: skip
+    assert store.index.counts()["jobs"] == {
+        "team-a": {"pending": 1, "completed": 1},
+        "team-b": {"pending": 1},
+    }
+    raw = open(store.index.path, "rb").read()
+    assert len(raw) == RECORD * 4 and raw.count(b"\n") == 4  # a header and a line a job, readable text
+    assert ids[0].encode() in raw and b"team-b" in raw
+
+
+def test_another_instance_sees_a_create_and_a_delete_at_once(tmp_path):
+    here, there = JobStore(str(tmp_path / "jobs")), JobStore(str(tmp_path / "jobs"))
+    mine = _make(here)
+    theirs = _make(there)
+    assert _listed(here) == [theirs, mine]
+    there.update(theirs, setter(status="failed"))
+    there.delete(theirs)
+    assert _listed(here) == [mine]
+    assert here.index.counts()["jobs"] == {"": {"pending": 1}}
+
+
+def test_a_line_cut_short_by_a_crash_is_dropped_and_no_job_is_listed_twice(tmp_path):
+    store = JobStore(str(tmp_path / "jobs"))
+    first = _make(store)
+    with open(store.index.path, "ab") as handle:  # a create killed in the middle of its append
+        handle.write(b"train_deadbeef\tpend")
+    assert _listed(store) == [first]
+    second = _make(store)  # the next append takes the torn line's place
+    assert _listed(store) == [second, first]
+    assert os.path.getsize(store.index.path) == RECORD * 3
+
+
+def test_a_create_killed_before_its_directory_appeared_is_dropped_by_the_listing(make_app):
+    client = make_app("--steps", "1").test_client()
+    service = client.application.extensions["imts"]
+    phantom = record.new_record(
+        job_id="train_0000dead", created_ns=time.time_ns(), created_at="2026-11-30T00:00:00"
+    )
+    service.store.index.add(phantom)  # listed, but the process died before the rename
+    listing = client.get("/api/v1/training/jobs").get_json()
+    assert listing["jobs"] == [] and listing["total"] == 1  # the count still had it ...
+    assert client.get("/api/v1/training/jobs").get_json()["total"] == 0  # ... until the listing dropped it
+    assert _listed(service.store) == []
+
+
+def test_kill_9_in_the_middle_of_creates_leaves_every_job_listed_once(tmp_path):
+    root = str(tmp_path / "jobs")
+    code = (
+        "import sys, time; sys.path[:0] = [sys.argv[2], sys.argv[3]];"
+        "from imts_flask.jobs.store import JobStore; from test_index import _make;"
+        "store = JobStore(sys.argv[1]); print('ready', flush=True)\n"
+        "while True: _make(store)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, root, PROJECT, os.path.join(PROJECT, "tests")], stdout=subprocess.PIPE
+    )
+    proc.stdout.readline()
+    store = JobStore(root)
+    wait_for(lambda: len(store.job_ids()) >= 30, timeout=60, interval=0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    on_disk = set(store.job_ids())
+    listed = _listed(store)
+    assert len(listed) == len(set(listed))  # never twice
+    assert on_disk <= set(listed)  # never a job on disk missing from the list
+    assert len(set(listed) - on_disk) <= 1  # at most the create that was cut short, dropped when read
+
+
+def test_a_damaged_or_missing_index_is_rebuilt_from_the_directories_and_the_log_says_so(tmp_path, caplog):
+    store = JobStore(str(tmp_path / "jobs"))
+    ids = [_make(store) for _ in range(3)]
+    store.update(ids[1], setter(status="completed"))
+    with open(store.index.path, "r+b") as handle:  # a line overwritten with garbage
+        handle.seek(RECORD * 2)
+        handle.write(b"\x07garbage" * 10)
+    with caplog.at_level(logging.WARNING):
+        assert _listed(store) == ids[::-1]
+    assert "jobs index rebuilt from 3 job directories" in caplog.text
+    assert store.index.counts()["jobs"] == {"": {"pending": 2, "completed": 1}}
+    os.unlink(store.index.path)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert _listed(store) == ids[::-1]
+    assert "it was missing" in caplog.text
+    # Counts of another generation (a crash between the line and the counts) are counted again.
+    counts = json.load(open(store.index.counts_path))
+    counts["jobs"] = {"": {"pending": 99}}
+    counts["seq"] -= 1
+    json.dump(counts, open(store.index.counts_path, "w"))
+    assert store.index.counts()["jobs"] == {"": {"pending": 2, "completed": 1}}
