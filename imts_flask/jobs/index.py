@@ -268,7 +268,7 @@ class JobIndex:
 
     def _rebuild(self, reason):
         """Write the index again from the job directories (the caller holds the lock)."""
-        states = sorted((s for s in self.states() if not s.get("broken")), key=creation_order)
+        states = sorted(self.states(), key=creation_order)  # damaged records too: listed as failed
         temp = self.path + ".rebuild"
         with open(temp, "wb") as handle:
             handle.write((HEADER + b"1").ljust(RECORD - 1, b" ") + b"\n")
