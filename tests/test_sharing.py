@@ -5,6 +5,7 @@ resumes to its total_steps is in tests/test_e2e.py."""
 
 import json
 import os
+import time
 
 import pytest
 from test_tenants import BODY, TOKENS, As, audit_lines, tenants_file, write_tenants
@@ -238,4 +239,52 @@ def test_a_bad_quota_in_the_tenants_file_is_refused_with_its_reason(home):
     assert (
         parse({"tenants": {"t": {"quotas": {"max_gpu_hours": 12.5}}}})[1]["t"]["quotas"]["max_gpu_hours"]
         == 12.5
+    )
+
+
+def test_the_victims_are_the_fewest_lowest_and_newest_and_the_rules_spare_the_rest(tmp_path):
+    """jobs/preemption.py's choice, on records alone (no checkpoint anywhere: the grace decides)."""
+    from types import SimpleNamespace
+
+    from imts_flask.jobs import preemption
+
+    settings = SimpleNamespace(preempt_normal=False, preempt_grace_s=600, max_preemptions=2)
+    now = 1_800_000_000.0
+
+    def running(job_id, priority="low", started=now - 10, gpus=(), **extra):
+        return {
+            "job_id": job_id, "status": "running", "priority": priority,
+            "paths": {"output_dir": str(tmp_path)},
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started)),
+            "launch": {"gpus": list(gpus)}, **extra,
+        }  # fmt: skip
+
+    high = {"job_id": "train_0000000h", "priority": "high", "gpus": 2}
+    older, newer = (
+        running("train_0000000a", started=now - 300, gpus=["0"]),
+        running("train_0000000b", gpus=["1"]),
+    )
+    spared = [
+        running("train_0000000c", "normal", gpus=["2"]),  # normal: only with preempt_normal
+        running("train_0000000d", gpus=["3"], preemptible=False),
+        running("train_0000000e", gpus=["4"], preemptions=2),  # max_preemptions reached
+        running("train_0000000f", gpus=["5"], stop_requested_at="2027-01-15T08:00:00"),  # stopping already
+        running("train_0000000g", started=now - 700, gpus=["6"]),  # past the grace, no checkpoint
+    ]
+    holding = [older, *spared, newer]
+    # One GPU free, the job needs two: one victim, the newest low one.
+    assert [v["job_id"] for v in preemption.choose(settings, high, holding, 0, ["7"], now)] == [
+        "train_0000000b"
+    ]
+    # No GPU free: both low ones, newest first; three needed: more than may be taken, so none.
+    assert [v["job_id"] for v in preemption.choose(settings, high, holding, 0, [], now)] == [
+        "train_0000000b", "train_0000000a",
+    ]  # fmt: skip
+    assert preemption.choose(settings, {**high, "gpus": 3}, holding, 0, [], now) == []
+    settings.preempt_normal = True  # then normal ones may go too, after the low ones
+    assert [v["job_id"] for v in preemption.choose(settings, {**high, "gpus": 3}, holding, 0, [], now)] == [
+        "train_0000000b", "train_0000000a", "train_0000000c",
+    ]  # fmt: skip
+    assert not preemption.preempts({"priority": "normal"}) and not preemption.preempts(
+        {**high, "kind": "deployment"}
     )
