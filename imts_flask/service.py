@@ -23,6 +23,7 @@ from .jobs.launcher import Launcher
 from .jobs.lifecycle import Lifecycle
 from .jobs.liveness import here
 from .jobs.resume import ResumePlan
+from .jobs.sharing import Sharing
 from .jobs.store import JobStore, storage_error
 from .jobs.views import job_view
 from .llamafactory.allowlist import validate_custom_config
@@ -37,7 +38,6 @@ from .registry.service import Registry, is_reference
 from .state import TIME_FORMAT, JobStatus, now_utc
 from .tenancy import principals, quotas
 from .tenancy.config import Tenants
-from .tenancy.sharing import Sharing
 
 log = logging.getLogger(__name__)
 

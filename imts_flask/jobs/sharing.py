@@ -5,10 +5,10 @@ import datetime
 
 from .. import queue
 from ..errors import Conflict, Forbidden, ValidationFailed
-from ..jobs.record import CHANGED, UNCHANGED
 from ..state import JobStatus, now_utc
-from . import principals, quotas
-from .usage import Ledger
+from ..tenancy import principals, quotas
+from ..tenancy.usage import Ledger
+from .record import CHANGED, UNCHANGED
 
 MAX_DAYS = 366
 
