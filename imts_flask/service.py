@@ -472,7 +472,10 @@ class TrainingService:
         page = []
         for line in chosen:
             try:
-                page.append(self.view(self.store.read(line["job_id"]), detail=False))
+                state = self.store.read(line["job_id"])
+                if state["status"] != line["status"] and not state.get("broken"):
+                    self.store.index_follow(state)  # a line left behind (a power loss): the record says
+                page.append(self.view(state, detail=False))
             except NotFound:
                 if not self.store.exists(line["job_id"]):
                     self.store.index.remove(line["job_id"])  # a create that crashed before its rename

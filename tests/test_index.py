@@ -131,3 +131,19 @@ def test_a_damaged_or_missing_index_is_rebuilt_from_the_directories_and_the_log_
     counts["seq"] -= 1
     json.dump(counts, open(store.index.counts_path, "w"))
     assert store.index.counts()["jobs"] == {"": {"pending": 2, "completed": 1}}
+
+
+def test_a_status_line_left_behind_is_put_right_by_the_listing_that_reads_the_job(make_app):
+    client = make_app("--steps", "1").test_client()
+    store = client.application.extensions["imts"].store
+    job_id = client.post(
+        "/api/v1/training/jobs", json={"model_name": "tiny-llama", "dataset": "demo_sft"}
+    ).get_json()
+    job_id = job_id["job_id"]
+    wait_for(lambda: store.read(job_id)["status"] == "completed")
+    stale = {**store.read(job_id), "status": "running"}
+    store.index.put(stale)  # as if the host lost power after the record was written, before its line
+    assert [line["status"] for line in store.listed()] == ["running"]
+    assert client.get("/api/v1/training/jobs").get_json()["jobs"][0]["status"] == "completed"
+    assert [line["status"] for line in store.listed()] == ["completed"]
+    assert store.index.counts()["jobs"] == {"": {"completed": 1}}

@@ -392,7 +392,7 @@ class JobStore:
             except OSError as exc:
                 raise storage_error(exc, f"updating job {job_id}") from exc
             if listed is not None and index_line(state) != listed:
-                self._index_put(state)
+                self.index_follow(state)
             if JobStatus(state["status"]).is_terminal():
                 self._drop_active(job_id)
                 if before != state["status"] and not state.get("kind"):
@@ -497,7 +497,7 @@ class JobStore:
         added = sorted(on_disk - listed)
         for job_id in added:
             with contextlib.suppress(NotFound):
-                self._index_put(self.read(job_id))
+                self.index_follow(self.read(job_id))
         dropped = [job_id for job_id in sorted(listed - on_disk) if not self.exists(job_id)]
         for job_id in dropped:
             self.index.remove(job_id)
@@ -511,7 +511,7 @@ class JobStore:
             with contextlib.suppress(NotFound):
                 yield self.read(job_id)
 
-    def _index_put(self, state):
+    def index_follow(self, state):
         """The index follows a job's change; a failure leaves it stale, never the change unwritten."""
         try:
             self.index.put(state)
