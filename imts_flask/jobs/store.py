@@ -511,6 +511,14 @@ class JobStore:
             with contextlib.suppress(NotFound):
                 yield self.read(job_id)
 
+    def reindex(self, job_id):
+        """Put a job's index line right from its record, under the job's lock (a listing found them
+        apart: a power loss between the two writes)."""
+        with self.lock(job_id):
+            state = self.read(job_id)
+            if not state.get("broken"):
+                self.index_follow(state)
+
     def index_follow(self, state):
         """The index follows a job's change; a failure leaves it stale, never the change unwritten."""
         try:
