@@ -288,3 +288,20 @@ def test_the_victims_are_the_fewest_lowest_and_newest_and_the_rules_spare_the_re
     assert not preemption.preempts({"priority": "normal"}) and not preemption.preempts(
         {**high, "kind": "deployment"}
     )
+
+
+def test_a_waiting_high_job_keeps_the_gpus_that_free_from_lower_jobs_behind_it(make_app, home):
+    write_tenants(home, tenants_file())
+    they = clients(make_app(*LONG, gpus="0,1").test_client())
+    a, b = they["a"], they["b"]
+    normal = create(b, gpus=1)  # normal: no high job may preempt it
+    running(b, normal)
+    high = create(a, priority="high", gpus=2)  # one GPU free, two needed: it waits
+    behind = create(b, gpus=1)  # fits the free GPU, but waits behind the high job
+    a.post(f"{API}/jobs/{create(a, priority='low')}/stop")  # another pass of the scheduler
+    assert status(a, high)["status"] == "pending" and status(a, high)["queue_position"] == 1
+    assert status(b, behind)["status"] == "pending" and status(b, behind)["queue_position"] == 2
+    stop_all(b, normal)
+    running(a, high)  # both GPUs to the high job, first
+    assert status(b, behind)["status"] == "pending"
+    stop_all(they["ops"], high, behind)

@@ -48,7 +48,10 @@ class Scheduler:
             slots = self.settings.capacity - len(holding)
             limits, by_gpus = quotas.load(self.settings), bool(self.executor.gpu_ids())
             held = quotas.held(states, by_gpus)
+            high_waits = False
             for state in queue.in_order(filter(queue.queued, states), held):
+                if high_waits and not preemption.preempts(state):
+                    break  # nothing lower takes the GPUs a high job waits for
                 if quotas.at_limit(limits, held, state, by_gpus):
                     continue  # its team is at its quota: the others' runs behind it go on
                 placement, free_gpus = self.executor.place(state, slots, free_gpus)
@@ -56,7 +59,8 @@ class Scheduler:
                     if not preemption.preempts(state):
                         break  # the head of the queue waits for its slot and GPUs
                     preempted += self._preempt(state, holding, slots, free_gpus)
-                    continue  # a high job waits for its victims; the next may still fit
+                    high_waits = True
+                    continue  # a high job waits for its victims; another high one may still fit
                 launch = {"id": secrets.token_hex(4), "at": now_utc(), **placement}
                 updated = self.store.update(state["job_id"], self._hand_out(launch))
                 if (updated.get("launch") or {}).get("id") == launch["id"]:
