@@ -147,3 +147,28 @@ def test_a_status_line_left_behind_is_put_right_by_the_listing_that_reads_the_jo
     assert client.get("/api/v1/training/jobs").get_json()["jobs"][0]["status"] == "completed"
     assert [line["status"] for line in store.listed()] == ["completed"]
     assert store.index.counts()["jobs"] == {"": {"completed": 1}}
+
+
+def test_a_change_to_an_old_job_finds_its_line_by_creation_time_not_by_reading_them_all(
+    tmp_path, monkeypatch
+):
+    from imts_flask.jobs import index as index_module
+
+    store = JobStore(str(tmp_path / "jobs"))
+    ids = [_make(store) for _ in range(200)]
+    read = []
+    scan = index_module._backwards
+    monkeypatch.setattr(index_module, "_backwards", lambda fd: (read.append(1) or pair for pair in scan(fd)))
+    store.update(ids[0], setter(status="failed"))  # the oldest: a scan from the end would read 200 lines
+    store.delete(ids[0])
+    assert read == []  # found both times by the binary search
+    assert _listed(store)[-1] == ids[1] and len(_listed(store)) == 199
+    # A line a repair appended out of order (here: the second job's, again at the end) is found too.
+    line = open(store.index.path, "rb").read()[RECORD * 2 : RECORD * 3]
+    with open(store.index.path, "r+b") as handle:
+        handle.seek(RECORD * 2)
+        handle.write(line.replace(ids[1].encode(), b"train_zzzzzzzz"))  # its place taken by a stranger
+        handle.seek(0, 2)
+        handle.write(line)
+    store.update(ids[1], setter(status="stopped"))
+    assert next(x for x in store.listed() if x["job_id"] == ids[1])["status"] == "stopped"

@@ -125,7 +125,7 @@ class JobIndex:
         """Rewrite a job's line after a change (appended if the index lacks it)."""
 
         def rewrite(fd, seq):
-            slot, old = self._find(fd, state["job_id"])
+            slot, old = self._find(fd, state["job_id"], state.get("created_ns"))
             if slot is None:
                 size = os.fstat(fd).st_size
                 slot = size - size % RECORD
@@ -134,11 +134,11 @@ class JobIndex:
 
         self._write(rewrite)
 
-    def remove(self, job_id):
+    def remove(self, job_id, created_ns=None):
         """Mark a deleted job's line deleted (a job that never appeared: the same)."""
 
         def mark(fd, seq):
-            slot, old = self._find(fd, job_id)
+            slot, old = self._find(fd, job_id, created_ns)
             if slot is not None and old["status"] != DELETED:
                 os.pwrite(fd, index_line({**_as_state(old), "status": DELETED}), slot)
                 self._count(fd, seq, old, None)
@@ -168,12 +168,21 @@ class JobIndex:
             raise Damaged("its header is not an index's")
         return int(header[len(HEADER) :].split()[0])
 
-    def _find(self, fd, job_id):
-        """(offset, parsed line) of a job's line, searched from the newest; (None, None) if absent."""
+    def _find(self, fd, job_id, created_ns=None):
+        """(offset, parsed line) of a job's line; (None, None) if absent. Lines are in creation order,
+        so with the job's created_ns a binary search finds it (and the lines around, for the few a
+        repair appended out of order); else, or where that misses, a scan from the newest."""
         key = job_id.encode("ascii") + b"\t"
+        if created_ns is not None:
+            found = _near(fd, key, created_ns)
+            if found[0] is not None:
+                return found
         for offset, raw in _backwards(fd):
             if raw.startswith(key):
-                return offset, parse(raw)
+                line = parse(raw)
+                if line is None:
+                    raise Damaged(f"the line of {job_id} does not parse")
+                return offset, line
         return None, None
 
     def _count(self, fd, seq, old, new):
@@ -313,6 +322,30 @@ def _backwards(fd):
         for at in range(len(data) - RECORD, -1, -RECORD):
             yield start + at, data[at : at + RECORD]
         end = start
+
+
+WINDOW = 64  # lines looked at on each side of where a binary search by creation time lands
+
+
+def _near(fd, key, created_ns):
+    """(offset, line) of the line starting with `key`, looked for where `created_ns` puts it."""
+    size = os.fstat(fd).st_size
+    low, high = 1, size // RECORD  # line numbers; 0 is the header
+    while low < high:
+        middle = (low + high) // 2
+        line = parse(os.pread(fd, RECORD, middle * RECORD))
+        if line is None or line["created_ns"] < created_ns:
+            low = middle + 1
+        else:
+            high = middle
+    first = max(1, low - WINDOW)
+    data = os.pread(fd, (min(size // RECORD, low + WINDOW) - first) * RECORD, first * RECORD)
+    for at in range(0, len(data) - RECORD + 1, RECORD):
+        if data[at : at + RECORD].startswith(key):
+            line = parse(data[at : at + RECORD])
+            if line is not None:
+                return first * RECORD + at, line
+    return None, None
 
 
 def _recount(fd, seq):

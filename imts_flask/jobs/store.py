@@ -585,7 +585,7 @@ class JobStore:
                 raise storage_error(exc, f"deleting job {job_id}") from exc
             self._drop_active(job_id)
             try:
-                self.index.remove(job_id)
+                self.index.remove(job_id, state.get("created_ns"))
             except (OSError, ApiError) as exc:  # the listing drops it when it finds no directory
                 log.warning("job %s: the jobs index could not drop it (%s)", job_id, exc)
         shutil.rmtree(doomed, ignore_errors=True)
