@@ -474,7 +474,7 @@ class TrainingService:
             try:
                 state = self.store.read(line["job_id"])
                 if state["status"] != line["status"] and not state.get("broken"):
-                    self.store.reindex(line["job_id"])  # a line left behind (a power loss): the record says
+                    self.store.index_refresh(line["job_id"])  # a line left behind: the record says
                 page.append(self.view(state, detail=False))
             except NotFound:
                 if not self.store.exists(line["job_id"]):

@@ -23,7 +23,7 @@ import json
 import logging
 import os
 
-from ..fsio import atomic_write_json
+from ..errors import NotFound
 from ..state import creation_order, parse_time
 
 log = logging.getLogger(__name__)
@@ -130,6 +130,28 @@ class JobIndex:
                 size = os.fstat(fd).st_size
                 slot = size - size % RECORD
             os.pwrite(fd, index_line(state), slot)
+            self._count(fd, seq, old, state)
+
+        self._write(rewrite)
+
+    def put_fresh(self, job_id, read):
+        """Rewrite a job's line from `read()`, its record as it is now, read under the index's lock."""
+
+        def rewrite(fd, seq):
+            try:
+                state = read()
+            except NotFound:
+                return
+            if state.get("broken"):
+                return
+            slot, old = self._find(fd, job_id, state.get("created_ns"))
+            line = index_line(state)
+            if old is not None and parse(line) == old:
+                return  # it says so already
+            if slot is None:
+                size = os.fstat(fd).st_size
+                slot = size - size % RECORD
+            os.pwrite(fd, line, slot)
             self._count(fd, seq, old, state)
 
         self._write(rewrite)
@@ -361,7 +383,12 @@ def _recount(fd, seq):
 
 
 def _write_counts(path, counts):
-    atomic_write_json(path, counts)
+    """Replace counts.json (no fsync: a file lost or torn by a power loss has another seq, or none,
+    and is counted again from the index)."""
+    temp = f"{path}.{os.getpid()}.tmp"
+    with open(temp, "w", encoding="utf-8") as handle:
+        json.dump(counts, handle)
+    os.replace(temp, path)
 
 
 def visible_total(counts, status, visible):

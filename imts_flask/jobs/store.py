@@ -391,14 +391,18 @@ class JobStore:
                 atomic_write_json(path, state)
             except OSError as exc:
                 raise storage_error(exc, f"updating job {job_id}") from exc
-            if listed is not None and index_line(state) != listed:
-                self.index_follow(state)
+            refresh = listed is not None and index_line(state) != listed
+            ended = JobStatus(state["status"]).is_terminal() and before != state["status"]
             if JobStatus(state["status"]).is_terminal():
                 self._drop_active(job_id)
-                if before != state["status"] and not state.get("kind"):
-                    self._count_finished(state)
+        # Outside the job's lock, which is released as soon as the record is written: a monitor
+        # frozen (SIGSTOP) while it holds a lock holds up only what that lock guards.
+        if refresh:
+            self.index_refresh(job_id)
+        if ended and not state.get("kind"):
+            self._count_finished(state)
         if before != state["status"] and self.notifier is not None:
-            self.notifier.notify(self.path(job_id), state)  # outside the lock: it spawns
+            self.notifier.notify(self.path(job_id), state)  # it spawns
         return state
 
     def read_file(self, job_id, name):
@@ -496,8 +500,7 @@ class JobStore:
         listed = {line["job_id"] for line in self.listed()}
         added = sorted(on_disk - listed)
         for job_id in added:
-            with contextlib.suppress(NotFound):
-                self.index_follow(self.read(job_id))
+            self.index_refresh(job_id)
         dropped = [job_id for job_id in sorted(listed - on_disk) if not self.exists(job_id)]
         for job_id in dropped:
             self.index.remove(job_id)
@@ -511,20 +514,14 @@ class JobStore:
             with contextlib.suppress(NotFound):
                 yield self.read(job_id)
 
-    def reindex(self, job_id):
-        """Put a job's index line right from its record, under the job's lock (a listing found them
-        apart: a power loss between the two writes)."""
-        with self.lock(job_id):
-            state = self.read(job_id)
-            if not state.get("broken"):
-                self.index_follow(state)
-
-    def index_follow(self, state):
-        """The index follows a job's change; a failure leaves it stale, never the change unwritten."""
+    def index_refresh(self, job_id):
+        """Make a job's index line say what its record says now: after a change (outside the job's
+        lock, so whoever refreshes last writes the latest), or where a listing found them apart (a
+        power loss between the two writes). A failure leaves the line stale, never a change unwritten."""
         try:
-            self.index.put(state)
+            self.index.put_fresh(job_id, lambda: self.read(job_id))
         except (OSError, ApiError) as exc:
-            log.warning("job %s: the jobs index could not follow a change (%s)", state["job_id"], exc)
+            log.warning("job %s: the jobs index could not follow a change (%s)", job_id, exc)
 
     def _count_finished(self, state):
         """Add a job that just ended to the jobs finished in its state, and its run time to their
