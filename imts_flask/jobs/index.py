@@ -139,10 +139,8 @@ class JobIndex:
 
         def rewrite(fd, seq):
             try:
-                state = read()
+                state = read()  # a damaged record too: it is listed, as failed
             except NotFound:
-                return
-            if state.get("broken"):
                 return
             slot, old = self._find(fd, job_id, state.get("created_ns"))
             line = index_line(state)
