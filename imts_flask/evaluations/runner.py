@@ -66,12 +66,15 @@ def run_evaluation(monitor, state):
             return
         _record_phase(monitor, phase, phase_dir)
     else:
+        # The figures go to the job's MLflow run before the record says completed: a caller that
+        # sees "completed" finds them there (a crash in between logs them again, on the same keys).
+        current = store.read(run_id)
+        job = store.read(current["training_job_id"])
+        results = comparison(current.get("results"), current.get("baseline"))
+        log_evaluation(monitor.settings, job.get("mlflow_run_id"), current["evaluation_id"], results)
         ended = setter(status=JobStatus.COMPLETED.value, pid=None, trainer=None, phase=None, exit_code=0)
-        done = store.update(run_id, monitor._owned(ended))
+        store.update(run_id, monitor._owned(ended))
         log.info("evaluation completed")
-        job = store.read(done["training_job_id"])
-        results = comparison(done.get("results"), done.get("baseline"))
-        log_evaluation(monitor.settings, job.get("mlflow_run_id"), done["evaluation_id"], results)
         return
     store.update(run_id, monitor._owned(_stopped))
 
