@@ -38,7 +38,7 @@ from .jobs.checkpoints import (
     incomplete_reason,
     latest_resumable,
 )
-from .jobs.liveness import record_completed
+from .jobs.liveness import account, record_completed
 from .jobs.record import CHANGED, UNCHANGED, changed, setter
 from .jobs.scheduler import Scheduler
 from .jobs.store import JobStore
@@ -54,7 +54,7 @@ from .observe.webhooks import Notifier
 from .procs import boot_id, start_ticks, terminate_tree, tree_pids
 from .settings import Settings
 from .state import JobStatus, now_utc
-from .tenancy.usage import Ledger, Meter
+from .tenancy.usage import Meter
 
 log = logging.getLogger("imts.monitor")
 
@@ -206,13 +206,10 @@ class Monitor:
         """Put what this attempt used into the usage ledger, once (tenancy/usage.py)."""
         try:
             state = self.store.read(self.job_id)
-            if state.get("monitor") != self.me:
-                return
-            accounted = Ledger(self.settings).append(state, state.get("kind") or "job")
-            if accounted:
-                self.store.update(self.job_id, self._owned(setter(accounted=accounted)))
-        except (OSError, InsufficientStorage, Unavailable) as exc:  # the liveness check's own try: never
+        except (OSError, InsufficientStorage, Unavailable) as exc:
             log.warning("the usage ledger could not be written (%s); GET /usage lacks it", exc)
+            return
+        account(self.store, self.settings, state, self.me)
 
     def _look_for_stop(self):
         """Read the job's record once a second: a stop requested through any instance, on any host."""

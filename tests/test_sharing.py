@@ -10,6 +10,8 @@ import time
 import pytest
 from test_tenants import BODY, TOKENS, As, audit_lines, tenants_file, write_tenants
 
+from imts_flask.jobs.record import CHANGED
+
 from conftest import API, wait_for
 
 LONG = ("--steps", "400", "--interval", "0.05")
@@ -227,6 +229,41 @@ def test_usage_counts_gpu_seconds_by_team_and_day_and_the_monthly_quota(make_app
     assert refused.status_code == 403 and refused.get_json()["errors"][0]["field"] == "max_gpu_hours"
     assert refused.get_json()["gpu_hours"] >= 0.0005
     stop_all(b, create(b))
+
+
+def test_a_lost_attempt_is_accounted_once_and_only_for_its_own_monitor(tmp_path):
+    """What the liveness check does for a monitor killed -9: the figures it last recorded go into
+    the ledger once, however many workers see the loss; a newer attempt's monitor is left alone."""
+    from imts_flask.jobs.liveness import account
+    from imts_flask.jobs.store import JobStore
+    from imts_flask.settings import Settings
+
+    store = JobStore(str(tmp_path / "jobs"), lock_timeout=2)
+    lost = {"pid": 1, "host": "h", "id": "m-1"}
+    job_id = store.create(
+        lambda job_id, job_dir: {
+            JobStore.STATE: {
+                "job_id": job_id, "status": "running", "history": [], "tenant": "team-a",
+                "monitor": lost, "launch": {"id": "l-1"}, "gpu_seconds": 60.0, "cpu_seconds": 7.5,
+            },
+        }
+    )  # fmt: skip
+    settings = Settings(home=str(tmp_path))
+    for _ in range(2):  # two workers, or one worker twice
+        account(store, settings, store.read(job_id), lost)
+    assert store.read(job_id)["accounted"] == {"gpu_seconds": 60.0, "cpu_seconds": 7.5}
+
+    def written():  # the file's own lines (GET /usage would also count a line written twice once)
+        usage = tmp_path / "logs" / "usage"
+        return [json.loads(line) for name in os.listdir(usage) for line in open(usage / name)]
+
+    assert [(line["id"], line["tenant"], line["gpu_seconds"]) for line in written()] == [
+        (job_id, "team-a", 60.0)
+    ]
+    # A newer attempt runs under another monitor: the old one's loss accounts nothing of it.
+    store.update(job_id, lambda s: s.update(monitor={"pid": 2, "id": "m-2"}, gpu_seconds=90.0) or CHANGED)
+    account(store, settings, store.read(job_id), lost)
+    assert len(written()) == 1
 
 
 def test_a_bad_quota_in_the_tenants_file_is_refused_with_its_reason(home):

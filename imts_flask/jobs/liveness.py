@@ -39,6 +39,27 @@ def monitor_alive(state):
     return here(monitor) and is_same_process(monitor.get("pid"), monitor.get("start_ticks"))
 
 
+def account(store, settings, state, monitor):
+    """Put what `monitor`'s ended attempt used into the usage ledger, once, and mark it `accounted`.
+
+    Called by the monitor as its attempt ends, and here for a lost monitor (with the figures it
+    last recorded). Nothing is done for an attempt the record no longer says is `monitor`'s; a
+    failure is logged: GET /usage lacks the attempt, the job loses nothing.
+    """
+    try:
+        if state.get("monitor") != monitor:
+            return
+        accounted = Ledger(settings).append(state, state.get("kind") or "job")
+        if accounted:
+            mark = setter(accounted=accounted)
+            store.update(
+                state["job_id"],
+                lambda current: mark(current) if current.get("monitor") == monitor else UNCHANGED,
+            )
+    except (OSError, ApiError) as exc:
+        log.warning("%s: the usage ledger could not be written (%s)", state.get("job_id"), exc)
+
+
 def record_completed(state, output_dir, reason):
     """Record a run found complete on disk whose monitor could not say so."""
     progress = read_progress(output_dir)
@@ -114,24 +135,10 @@ class Liveness:
             return state  # settled meanwhile
         loss = state["lost"]["reason"]
         killed = self.kill(state)
-        self._account(state, monitor)
+        account(self.store, self.settings, state, monitor)
         return self.store.update(
             state["job_id"], lambda current: self._settle_lost(current, monitor, loss, killed)
         )
-
-    def _account(self, state, monitor):
-        """Put what the lost monitor's attempt used (as it last recorded) into the usage ledger."""
-        try:
-            accounted = Ledger(self.settings).append(state, state.get("kind") or "job")
-            if accounted:
-                self.store.update(
-                    state["job_id"],
-                    lambda current: setter(accounted=accounted)(current)
-                    if current.get("monitor") == monitor
-                    else UNCHANGED,
-                )
-        except (OSError, ApiError) as exc:
-            log.warning("job %s: the usage ledger could not be written (%s)", state["job_id"], exc)
 
     def _launch_expired(self, state):
         """A slot was handed out but no monitor showed up (its spawner died, or the engine dropped it)."""
