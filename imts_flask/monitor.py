@@ -353,8 +353,11 @@ class Monitor:
         rc = self._wait(proc, ticks, on_beat=on_beat)
         log.info("trainer exited: %s", rc)
         used = disk_bytes(self.store.path(self.job_id))
+        try:  # the last metrics reach MLflow before the record says how the run ended
+            self._track(tracking, state, config)
+        except (InsufficientStorage, Unavailable) as exc:
+            log.warning("the run's MLflow id could not be recorded (%s)", exc)
         final = self.store.update(self.job_id, self._owned(lambda s: self._record_outcome(s, rc, used)))
-        self._track(tracking, state, config)
         if JobStatus(final["status"]).is_terminal():  # a preempted job's run goes on with its next attempt
             tracking.end(final["status"])
         Scheduler(self.settings, self.store).schedule()  # a slot is free: start the next queued job

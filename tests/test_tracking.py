@@ -67,6 +67,9 @@ def test_a_job_is_an_mlflow_run_with_its_parameters_metrics_and_evaluations(make
     assert status["status"] == "completed"
     run_id = status["mlflow_run_id"]
     assert run_id
+    # A job that says completed has its metrics in MLflow already (the run's end may come just after).
+    assert [step for step, _ in _history(mlflow_server, run_id, "loss")] == list(range(1, 13))
+    assert _history(mlflow_server, run_id, "eval_loss") == [(4, 3.0), (8, 2.0), (12, 2.5)]
 
     run = _ended_run(mlflow_server, run_id)  # the monitor ends the run just after the record
     assert run["info"]["status"] == "FINISHED" and run["info"]["run_name"] == job_id
@@ -76,13 +79,12 @@ def test_a_job_is_an_mlflow_run_with_its_parameters_metrics_and_evaluations(make
     assert tags["imts.job_id"] == job_id
     experiment = _mlflow(mlflow_server, "experiments/get", experiment_id=run["info"]["experiment_id"])
     assert experiment["experiment"]["name"] == "imts-test"
-    assert [step for step, _ in _history(mlflow_server, run_id, "loss")] == list(range(1, 13))
-    assert _history(mlflow_server, run_id, "eval_loss") == [(4, 3.0), (8, 2.0), (12, 2.5)]
 
     response = client.post(f"{API}/jobs/{job_id}/evaluations", json={"dataset": "demo_sft", "baseline": True})
     evaluation_id = response.get_json()["evaluation_id"]
     path = f"{API}/jobs/{job_id}/evaluations/{evaluation_id}"
     wait_for(lambda: client.get(path).get_json()["status"] == "completed", timeout=60)
+    # A completed evaluation's figures are in MLflow already.
     metrics = {
         m["key"]: m["value"]
         for m in _mlflow(mlflow_server, "runs/get", run_id=run_id)["run"]["data"]["metrics"]
