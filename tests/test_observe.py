@@ -188,6 +188,14 @@ def test_prometheus_metrics_add_up_across_gunicorn_workers(tmp_path):
     try:
         job_id = svc.create(BODY)
         svc.wait_done(job_id)
+        # The index's counts and the counter follow the record's write by a few milliseconds.
+        wait_for(
+            lambda: (
+                'imts_jobs_finished_total{state="completed"} 1.0'
+                in requests.get(f"http://127.0.0.1:{svc.port}/metrics", timeout=30).text
+            ),
+            timeout=10,
+        )
         for _ in range(60):
             assert (
                 requests.get(f"{svc.base}/jobs?limit=1", timeout=30).status_code == 200
@@ -259,6 +267,8 @@ def test_metrics_follow_prometheus_conventions_and_count_finished_jobs_for_good(
                     return sample.value
         return None
 
-    assert value("imts_jobs", state="failed") == 1 and value("imts_jobs_finished_total", state="failed") == 1
+    # The index's counts and the counter follow the record's write by a few milliseconds.
+    wait_for(lambda: value("imts_jobs", state="failed") == 1, timeout=10)
+    wait_for(lambda: value("imts_jobs_finished_total", state="failed") == 1, timeout=10)
     assert client.delete(f"{BASE}/jobs/{job_id}").status_code == 204
     assert value("imts_jobs", state="failed") == 0 and value("imts_jobs_finished_total", state="failed") == 1
