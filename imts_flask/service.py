@@ -475,6 +475,8 @@ class TrainingService:
                 state = self.store.read(line["job_id"])
                 if state["status"] != line["status"] and not state.get("broken"):
                     self.store.index_refresh(line["job_id"])  # a line left behind: the record says
+                    if status and state["status"] != status:
+                        continue  # it ended a moment ago: not in the state asked for any more
                 page.append(self.view(state, detail=False))
             except NotFound:
                 if not self.store.exists(line["job_id"]):

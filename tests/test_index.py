@@ -144,6 +144,9 @@ def test_a_status_line_left_behind_is_put_right_by_the_listing_that_reads_the_jo
     stale = {**store.read(job_id), "status": "running"}
     store.index.put(stale)  # as if the host lost power after the record was written, before its line
     assert [line["status"] for line in store.listed()] == ["running"]
+    # ?status=running reads the line, then the record: the job is completed, so it is not on the page.
+    assert client.get("/api/v1/training/jobs?status=running").get_json()["jobs"] == []
+    store.index.put(stale)
     assert client.get("/api/v1/training/jobs").get_json()["jobs"][0]["status"] == "completed"
     assert [line["status"] for line in store.listed()] == ["completed"]
     assert store.index.counts()["jobs"] == {"": {"completed": 1}}
