@@ -7,6 +7,7 @@ the end state and that no process of the job's tree is left.
 
 import errno
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -510,3 +511,108 @@ def test_a_trainer_whose_start_cannot_be_recorded_is_stopped_not_left_running(tm
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
+
+
+# A FAKE monitor: it takes the job's lock when told, then freezes (SIGSTOP) while holding it, as a
+# monitor stopped inside a write of its record would.
+_FROZEN_IN_LOCK = """
+import os, signal, sys, filelock
+sys.stdin.readline()
+lock = filelock.FileLock(sys.argv[1])
+lock.acquire()
+print("held", flush=True)
+os.kill(os.getpid(), signal.SIGSTOP)
+"""
+
+
+def _frozen_in_lock(store, job_id):
+    """Start the FAKE monitor above; (its process, its process record, a function that lets it take
+    the lock and waits until it is frozen holding it)."""
+    from imts_flask.executors import HOST
+    from imts_flask.jobs.store import JobStore
+    from imts_flask.procs import boot_id, start_ticks
+
+    lock_path = os.path.join(store.root, JobStore.LOCKS, job_id + ".lock")
+    frozen = subprocess.Popen(
+        [sys.executable, "-c", _FROZEN_IN_LOCK, lock_path],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    monitor = {"pid": frozen.pid, "start_ticks": start_ticks(frozen.pid), "host": HOST, "boot": boot_id()}
+
+    def freeze():
+        frozen.stdin.write(b"go\n")
+        frozen.stdin.flush()
+        assert frozen.stdout.readline() == b"held\n"
+        wait_for(lambda: psutil.Process(frozen.pid).status() == psutil.STATUS_STOPPED, timeout=10)
+
+    return frozen, monitor, freeze
+
+
+def _running_under(store, job_id, monitor):
+    from imts_flask.jobs.record import setter
+
+    store.update(job_id, setter(status="running", monitor=monitor, attempt=1))
+
+
+def _silent_job(tmp_path):
+    """A store with one job record, and settings that find a monitor lost after a second's silence."""
+    from imts_flask.jobs.store import JobStore
+    from imts_flask.settings import load_settings
+
+    home = make_home(tmp_path / "home")
+    settings = load_settings(
+        {"home": home, "heartbeat_timeout_s": 1, "lock_timeout_s": 1, "max_attempts": 1}, environ={}
+    )
+    store = JobStore(settings.path("jobs_dir"), lock_timeout=settings.lock_timeout_s)
+    job_id = store.create(
+        lambda job_id, job_dir: {
+            JobStore.STATE: {"job_id": job_id, "status": "pending", "history": [],
+                             "paths": {"output_dir": os.path.join(job_dir, "output")}},
+        }
+    )  # fmt: skip
+    heartbeat = store.path(job_id, JobStore.HEARTBEAT)
+    open(heartbeat, "w").close()
+    os.utime(heartbeat, (time.time() - 60, time.time() - 60))  # silent for a minute
+    return settings, store, job_id
+
+
+def test_10_a_lost_monitor_frozen_inside_its_jobs_lock_is_killed_and_the_job_settled(tmp_path):
+    """The chaos soak's left-over case: a monitor frozen while it holds its job's lock. Its job used to
+    stay running for good (every settle timed out on the lock) and each scheduling pass ended there,
+    so no queued job started either. The liveness check kills it, which frees the lock, then settles."""
+    from imts_flask.jobs.scheduler import Scheduler
+
+    settings, store, job_id = _silent_job(tmp_path)
+    frozen, monitor, freeze = _frozen_in_lock(store, job_id)
+    try:
+        _running_under(store, job_id, monitor)
+        freeze()
+        Scheduler(settings, store).schedule()
+        frozen.wait(timeout=30)  # killed (psutil reaped it, so its exit status is not ours to read)
+    finally:
+        frozen.kill()
+    state = store.read(job_id)
+    assert state["status"] == "failed" and state["reason"] == "lost"
+    assert "has not heartbeaten" in state["error"]
+
+
+def test_10b_a_lock_held_by_another_frozen_process_holds_up_that_job_only(tmp_path, caplog):
+    """A job's lock held by a frozen process that is not its monitor (which is dead): that job cannot
+    be settled yet, and is left as it is; the scheduling pass goes on with the others."""
+    from imts_flask.jobs.scheduler import Scheduler
+
+    settings, store, job_id = _silent_job(tmp_path)
+    dead = subprocess.Popen(["true"], start_new_session=True)
+    dead.wait()
+    frozen, monitor, freeze = _frozen_in_lock(store, job_id)
+    try:
+        _running_under(store, job_id, {**monitor, "pid": dead.pid})  # its monitor died
+        freeze()
+        with caplog.at_level(logging.WARNING):
+            Scheduler(settings, store).schedule()  # it used to raise: the lock's timeout ended the pass
+        assert psutil.Process(frozen.pid).status() == psutil.STATUS_STOPPED  # not the monitor: not killed
+    finally:
+        frozen.kill()
+        frozen.wait()
+    assert f"job {job_id}: not settled this pass" in caplog.text
+    assert store.read(job_id)["status"] == "running"  # nothing written; a later pass settles it

@@ -11,7 +11,7 @@ import logging
 import os
 import time
 
-from ..errors import ApiError
+from ..errors import ApiError, Unavailable
 from ..executors import HOST
 from ..llamafactory.trainer_log import read_progress, run_complete
 from ..llamafactory.trainer_state import validation_figures
@@ -130,11 +130,19 @@ class Liveness:
         monitor = state.get("monitor")
         # The first worker to see the loss writes why before it kills anything: a worker that then
         # finds the monitor dead (killed for its silence) settles it with that first cause.
-        state = self.store.update(state["job_id"], lambda current: _note_loss(current, monitor, loss))
+        killed = 0
+        try:
+            state = self.store.update(state["job_id"], lambda current: _note_loss(current, monitor, loss))
+        except Unavailable:
+            # The job's lock is held, and its lost monitor is the one holding it: frozen (SIGSTOP, a
+            # hung disk) inside a write of the record. Only its death frees the lock.
+            log.warning("job %s: %s, and its lock is held: killing its processes first", state["job_id"], loss)
+            killed = self.kill(state)
+            state = self.store.update(state["job_id"], lambda current: _note_loss(current, monitor, loss))
         if (state.get("lost") or {}).get("monitor") != monitor:
             return state  # settled meanwhile
         loss = state["lost"]["reason"]
-        killed = self.kill(state)
+        killed += self.kill(state)
         account(self.store, self.settings, state, monitor)
         return self.store.update(
             state["job_id"], lambda current: self._settle_lost(current, monitor, loss, killed)

@@ -13,6 +13,7 @@ import logging
 import secrets
 import time
 
+from ..errors import Unavailable
 from ..executors import make_executor
 from ..tenancy import quotas
 from ..tenancy.audit import AuditLog
@@ -38,7 +39,10 @@ class Scheduler:
     def schedule(self):
         """Settle lost jobs, then start queued jobs while the executor can place them; their ids."""
         for state in self.store.active_states():
-            self.liveness.reconcile(state)
+            try:
+                self.liveness.reconcile(state)
+            except Unavailable as exc:  # one job's lock held: the others are still scheduled
+                log.warning("job %s: not settled this pass (%s)", state["job_id"], exc)
         to_start, preempted = [], []
         with self.store.lock(SCHEDULER_LOCK):
             states = self.store.active_states()
