@@ -203,7 +203,7 @@ class Monitor:
             log.warning("usage figures could not be recorded (%s)", exc)
 
     def _account(self):
-        """Put what this attempt used into the usage ledger, once (tenancy/usage.py)."""
+        """Put what this attempt used into the usage ledger, once (jobs/liveness.account)."""
         try:
             state = self.store.read(self.job_id)
         except (OSError, InsufficientStorage, Unavailable) as exc:
