@@ -53,15 +53,19 @@ def fsync_dir(path):
         os.close(fd)
 
 
-def atomic_write_bytes(path, data):
-    """Write `data` to `path` so that a crash leaves the old file or the new one, never a torn one."""
+def atomic_write_bytes(path, data, durable=True):
+    """Write `data` to `path` so that a crash leaves the old file or the new one, never a torn one.
+
+    `durable=False` skips the fsyncs, for a file that can be computed again (a power loss may then
+    leave the old file, an empty one or none, never a torn one for a reader of a live system)."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=directory)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -69,12 +73,13 @@ def atomic_write_bytes(path, data):
         except FileNotFoundError:
             pass
         raise
-    fsync_dir(directory)
+    if durable:
+        fsync_dir(directory)
 
 
-def atomic_write_json(path, obj):
-    """Write `obj` as indented JSON, atomically."""
-    atomic_write_bytes(path, encode(".json", obj))
+def atomic_write_json(path, obj, durable=True):
+    """Write `obj` as indented JSON, atomically (`durable`: see atomic_write_bytes)."""
+    atomic_write_bytes(path, encode(".json", obj), durable)
 
 
 def atomic_write_yaml(path, obj):

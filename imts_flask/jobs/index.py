@@ -24,6 +24,7 @@ import logging
 import os
 
 from ..errors import NotFound
+from ..fsio import atomic_write_json
 from ..state import creation_order, parse_time
 
 log = logging.getLogger(__name__)
@@ -383,10 +384,7 @@ def _recount(fd, seq):
 def _write_counts(path, counts):
     """Replace counts.json (no fsync: a file lost or torn by a power loss has another seq, or none,
     and is counted again from the index)."""
-    temp = f"{path}.{os.getpid()}.tmp"
-    with open(temp, "w", encoding="utf-8") as handle:
-        json.dump(counts, handle)
-    os.replace(temp, path)
+    atomic_write_json(path, counts, durable=False)
 
 
 def visible_total(counts, status, visible):
