@@ -123,17 +123,8 @@ class JobIndex:
         self._write(append)
 
     def put(self, state):
-        """Rewrite a job's line after a change (appended if the index lacks it)."""
-
-        def rewrite(fd, seq):
-            slot, old = self._find(fd, state["job_id"], state.get("created_ns"))
-            if slot is None:
-                size = os.fstat(fd).st_size
-                slot = size - size % RECORD
-            os.pwrite(fd, index_line(state), slot)
-            self._count(fd, seq, old, state)
-
-        self._write(rewrite)
+        """Rewrite a job's line from `state` (appended if the index lacks it)."""
+        self.put_fresh(state["job_id"], lambda: state)
 
     def put_fresh(self, job_id, read):
         """Rewrite a job's line from `read()`, its record as it is now, read under the index's lock."""
