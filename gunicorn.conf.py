@@ -12,15 +12,17 @@ clients never reach gunicorn at all, but make run serves without it.
 """
 
 import os
-import shutil
 
 from imts_flask.http import server  # no Flask, no app: only what gunicorn needs
 
-# Prometheus multiprocess mode: every worker writes its samples here; a scrape adds them up.
-# It must be set before prometheus_client is first imported (workers fork from this process);
-# the directory is emptied when the master starts. By default on /dev/shm, off the data disk.
+# Prometheus multiprocess mode: every worker writes its samples into its master's own folder and a
+# scrape adds up that folder, so two masters on one home (two instances, or a restart overlapping
+# the old master's graceful exit) never empty or remove each other's. The variable must be set before
+# prometheus_client is first imported (workers fork from this process). By default the folders are
+# on /dev/shm, off the data disk; IMTS_METRICS_DIR names another place for them.
 _home = os.path.abspath(os.environ.get("IMTS_HOME", os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", server.metrics_dir(_home))
+os.environ["IMTS_METRICS_DIR"] = os.environ.get("IMTS_METRICS_DIR") or server.metrics_dir(_home)
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = server.own_metrics_dir(os.environ["IMTS_METRICS_DIR"])
 
 from prometheus_client import multiprocess  # noqa: E402  (after the variable above)
 
@@ -48,16 +50,15 @@ errorlog = "-"
 loglevel = os.environ.get("IMTS_LOG_LEVEL", "info").lower()
 
 
-def on_starting(server):
-    path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
-    shutil.rmtree(path, ignore_errors=True)
-    os.makedirs(path, exist_ok=True)
+def on_starting(arbiter):
+    server.claim_metrics_dir(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 
 
-def child_exit(server, worker):
+def child_exit(arbiter, worker):
     multiprocess.mark_process_dead(worker.pid)
 
 
-def on_exit(server):
-    # The samples are this run's (on_starting empties them anyway): leave nothing in /dev/shm.
-    shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+def on_exit(arbiter):
+    # This master's samples only: another master's folder beside it stays (and a folder left by a
+    # master killed -9 goes at the next master's start).
+    server.release_metrics_dir(os.environ["PROMETHEUS_MULTIPROC_DIR"])

@@ -199,9 +199,9 @@ def test_the_workers_metrics_live_off_the_data_disk(tmp_path):
     shm = tmp_path / "shm"
     shm.mkdir()
     home = str(tmp_path / "home")
-    assert metrics_dir(home, shm=str(shm)).startswith(str(shm) + "/imts-prometheus-")
+    assert metrics_dir(home, shm=str(shm)).startswith(str(shm) + "/imts-metrics-")
     assert metrics_dir(home, shm=str(shm)) != metrics_dir(home + "2", shm=str(shm))  # one per home
-    assert metrics_dir(home, shm=str(tmp_path / "none")) == os.path.join(home, "cache", "prometheus")
+    assert metrics_dir(home, shm=str(tmp_path / "none")) == os.path.join(home, "cache", "metrics")
 
 
 def test_two_local_instances_on_one_home_agree(tmp_path):

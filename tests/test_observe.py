@@ -5,7 +5,9 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
+import time
 
 import pytest
 import requests
@@ -202,10 +204,11 @@ def test_prometheus_metrics_add_up_across_gunicorn_workers(tmp_path):
             )  # new connection each
         requests.get(f"{svc.base}/jobs/train_00000000", timeout=30)
         text = requests.get(f"http://127.0.0.1:{svc.port}/metrics", timeout=30).text
-        pids = {f.split("_")[-1] for f in os.listdir(metrics_dir(os.path.abspath(home)))}
+        (own,) = _masters_folders(home)  # one master: one folder of samples
+        pids = {f.split("_")[-1] for f in os.listdir(own)}
     finally:
         svc.stop()
-    assert not os.path.exists(metrics_dir(os.path.abspath(home)))  # gone with the service: /dev/shm is RAM
+    assert _masters_folders(home) == []  # gone with the service: /dev/shm is RAM
     samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -225,6 +228,119 @@ def test_prometheus_metrics_add_up_across_gunicorn_workers(tmp_path):
     assert total("imts_tenant_gpu_seconds_total", tenant="") == 0  # no GPUs here: nothing held
     assert total("imts_disk_free_bytes") > 0
     assert total("imts_job_duration_seconds_count", state="completed") == 1
+
+
+def _masters_folders(home):
+    base = metrics_dir(os.path.abspath(home))
+    names = os.listdir(base) if os.path.isdir(base) else []
+    return sorted(os.path.join(base, n) for n in names if os.path.isdir(os.path.join(base, n)))
+
+
+def _requests_counted(root, endpoint):
+    text = requests.get(f"{root}/metrics", timeout=30).text
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "imts_http_requests_total" and s.labels["endpoint"] == endpoint
+    )
+
+
+def _answers_everything(svc):
+    """/health, a listing, an id never seen (a new label) and /metrics: each 200 (or its 404)."""
+    new_label = f"{BASE}/jobs/train_{os.urandom(4).hex()}"
+    assert requests.get(f"{svc.base}/health", timeout=30).status_code == 200
+    assert requests.get(f"{svc.base}/jobs", timeout=30).status_code == 200
+    assert requests.get(f"{svc.root}{new_label}", timeout=30).status_code == 404
+    assert requests.get(f"{svc.base}/templates", timeout=30).status_code == 200
+    assert requests.get(f"{svc.root}/metrics", timeout=30).status_code == 200
+
+
+def test_two_masters_on_one_home_keep_their_own_samples(tmp_path):
+    """Two instances on one home (or a restart that overlaps the old master's exit): one's start
+    never empties the other's samples, one's exit never removes the other's folder, and each scrape
+    adds up its own workers only."""
+    home = make_home(tmp_path / "home")
+    cli = fake_cli(home, "--steps", "2")
+    first = Service(home, workers=2, llamafactory_cli=cli).start()
+    second = Service(home, workers=2, llamafactory_cli=cli)
+    try:
+        for _ in range(7):
+            requests.get(f"{first.base}/models", timeout=30)
+        second.start()  # its master starts while the first one serves
+        for _ in range(3):
+            requests.get(f"{second.base}/models", timeout=30)
+        assert len(_masters_folders(home)) == 2
+        assert _requests_counted(first.root, f"{BASE}/models") == 7  # not emptied by the second start
+        assert _requests_counted(second.root, f"{BASE}/models") == 3  # nothing of the first's
+        first.stop()  # its exit removes its own folder only
+        assert len(_masters_folders(home)) == 1
+        for _ in range(3):
+            _answers_everything(second)
+        assert _requests_counted(second.root, f"{BASE}/models") == 3
+    finally:
+        first.stop()
+        second.stop()
+    assert _masters_folders(home) == []
+
+
+def test_a_restart_that_overlaps_the_old_masters_exit_answers_everything(tmp_path):
+    """kill -TERM of the master, and the next one started on its address while the old one still
+    exits gracefully (a stop it answers keeps one of its workers busy for a few seconds)."""
+    home = make_home(tmp_path / "home")
+    cli = fake_cli(home, "--steps", "400", "--interval", "0.05", "--ignore-term")
+    settings = {"llamafactory_cli": cli, "stop_grace_s": 6, "stop_wait_s": 10}
+    old = Service(home, workers=2, **settings).start()
+    new = Service(home, workers=2, **settings)
+    new.port, new.root, new.base = old.port, old.root, old.base  # the same address: a restart
+    try:
+        job_id = old.create(BODY)
+        wait_for(lambda: old.status(job_id)["status"] == "running", timeout=30)
+        stopping = threading.Thread(
+            target=lambda: requests.post(f"{old.base}/jobs/{job_id}/stop", timeout=60), daemon=True
+        )
+        stopping.start()
+        time.sleep(0.5)
+        old.proc.send_signal(15)
+        time.sleep(0.5)
+        new.start()
+        assert old.proc.poll() is None  # the old master is still exiting: the two overlap
+        for _ in range(3):
+            _answers_everything(new)
+        old.proc.wait(timeout=60)
+        for _ in range(3):
+            _answers_everything(new)  # the old master has exited and removed its own folder only
+        assert len(_masters_folders(home)) == 1
+        assert new.wait_done(job_id, timeout=60)["status"] == "stopped"
+    finally:
+        old.stop()
+        new.stop()
+
+
+def test_a_folder_left_by_a_killed_master_goes_at_the_next_start_and_a_live_ones_stays(tmp_path):
+    from imts_flask.http import server
+
+    base = str(tmp_path / "metrics")
+    holder = (
+        "import sys, time; sys.path.insert(0, sys.argv[1]); from imts_flask.http import server; "
+        "server.claim_metrics_dir(server.own_metrics_dir(sys.argv[2])); print('held', flush=True); "
+        "time.sleep(600)"
+    )
+    live = subprocess.Popen([sys.executable, "-c", holder, PROJECT, base], stdout=subprocess.PIPE, text=True)
+    dead = subprocess.Popen([sys.executable, "-c", holder, PROJECT, base], stdout=subprocess.PIPE, text=True)
+    try:
+        assert live.stdout.readline().strip() == "held" and dead.stdout.readline().strip() == "held"
+        dead.kill()
+        dead.wait()
+        assert len([n for n in os.listdir(base) if not n.endswith(".lock")]) == 2
+        mine = server.claim_metrics_dir(os.path.join(base, "master-test"))
+        folders = sorted(n for n in os.listdir(base) if not n.endswith(".lock"))
+        assert len(folders) == 2 and "master-test" in folders  # the dead one's went, the live one's stayed
+        server.release_metrics_dir(mine)
+        assert len([n for n in os.listdir(base) if not n.endswith(".lock")]) == 1
+    finally:
+        live.kill()
+        live.wait()
 
 
 def test_the_alert_rules_fire_when_they_should(tmp_path):

@@ -8,10 +8,15 @@
   the Referer; the parameters themselves stay, so a person reading the log sees what was asked.
 """
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import re
+import secrets
+import shutil
+import time
 
 from gunicorn import glogging, util
 
@@ -26,12 +31,79 @@ _SECRET_HEADERS = ("{authorization}i", "{cookie}i", "{proxy-authorization}i", "{
 
 
 def metrics_dir(home, shm="/dev/shm"):
-    """Where the workers' Prometheus samples live (PROMETHEUS_MULTIPROC_DIR, unless set): on a RAM
-    filesystem apart from the data disk. prometheus_client memory-maps them as sparse files, so on a
-    full disk a worker writing a new sample dies of SIGBUS (the chaos soak's full_disk found it)."""
+    """Where the Prometheus samples of a home's gunicorn masters live, each master in a folder of
+    its own below (`own_metrics_dir`): on a RAM filesystem apart from the data disk.
+    prometheus_client memory-maps them as sparse files, so on a full disk a worker writing a new
+    sample dies of SIGBUS (the chaos soak's full_disk found it)."""
     if os.path.isdir(shm) and os.access(shm, os.W_OK):
-        return os.path.join(shm, "imts-prometheus-" + hashlib.sha256(home.encode()).hexdigest()[:12])
-    return os.path.join(home, "cache", "prometheus")
+        return os.path.join(shm, "imts-metrics-" + hashlib.sha256(home.encode()).hexdigest()[:12])
+    return os.path.join(home, "cache", "metrics")
+
+
+def own_metrics_dir(base):
+    """A folder below `base` for one master's samples: a name no other master takes (two instances
+    on one home, or a restart whose new master starts while the old one is still exiting, each
+    keep their own, and one's exit never removes the other's). The folder this process already
+    holds, if it holds one: gunicorn reads its config again on a HUP, in the same master."""
+    return next(iter(_held), None) or os.path.join(base, f"master-{os.getpid()}-{secrets.token_hex(6)}")
+
+
+_held = {}  # folder -> the open lock file that says its master lives (inherited by its workers)
+
+
+def claim_metrics_dir(path):
+    """Make `path` this master's samples folder, held by an flock on `<path>.lock` for as long as
+    the master or any of its workers lives; first remove the folders of masters that are gone
+    (the kernel drops a dead process's flock, so a kill -9 leaves nothing held)."""
+    base = os.path.dirname(path)
+    os.makedirs(base, exist_ok=True)
+    _sweep_metrics_dirs(base, keep=path)
+    # The lock first, under a temporary name, then renamed into place locked: a sweeper that sees
+    # `<folder>.lock` finds it held, and a folder without its .lock beside it is a dead master's.
+    staging = f"{path}.lock.{secrets.token_hex(4)}"
+    handle = open(staging, "w")
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.rename(staging, path + ".lock")
+    os.makedirs(path, exist_ok=True)
+    _held[path] = handle
+    return path
+
+
+def release_metrics_dir(path):
+    """Remove this master's samples folder and its lock (at its exit); another master's stay."""
+    shutil.rmtree(path, ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path + ".lock")
+    handle = _held.pop(path, None)
+    if handle is not None:
+        handle.close()
+
+
+def _sweep_metrics_dirs(base, keep):
+    try:
+        names = os.listdir(base)
+    except FileNotFoundError:
+        return
+    for name in names:
+        full = os.path.join(base, name)
+        if full == keep or not name.startswith("master-"):
+            continue
+        if name.endswith(".lock"):
+            folder = full[: -len(".lock")]
+            with contextlib.suppress(OSError), open(full) as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # its master (or one of its workers) lives
+                shutil.rmtree(folder, ignore_errors=True)
+                os.unlink(full)
+        elif os.path.isdir(full):
+            if not os.path.exists(full + ".lock"):
+                shutil.rmtree(full, ignore_errors=True)  # its lock is gone: so is its master
+        elif ".lock." in name:  # a claim cut short before its rename
+            with contextlib.suppress(OSError):
+                if time.time() - os.lstat(full).st_mtime > 60:
+                    os.unlink(full)
 
 
 def redact(text):

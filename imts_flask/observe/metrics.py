@@ -4,6 +4,7 @@ Under gunicorn, gunicorn.conf.py sets PROMETHEUS_MULTIPROC_DIR before any worker
 so each worker writes its samples there and a scrape by any worker adds them all up.
 """
 
+import logging
 import os
 import shutil
 
@@ -24,13 +25,29 @@ LATENCY = Histogram(
     ["method", "endpoint"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+log = logging.getLogger(__name__)
 GPU_LABELS = ["gpu", "uuid"]
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 def observe_request(method, endpoint, status, seconds):
-    REQUESTS.labels(method, endpoint, str(status)).inc()
-    LATENCY.labels(method, endpoint).observe(seconds)
+    """Count and time one answered request. A request is never failed by its own metrics: should the
+    samples folder vanish (removed by hand, or by a tmp cleaner), it is made again and counting goes on."""
+    try:
+        REQUESTS.labels(method, endpoint, str(status)).inc()
+        LATENCY.labels(method, endpoint).observe(seconds)
+    except OSError as exc:
+        if not _samples_folder_restored(exc):
+            raise
+        log.error("the metrics samples folder was gone (%s); made again, counts start over", exc)
+
+
+def _samples_folder_restored(exc):
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not folder or os.path.isdir(folder) or not isinstance(exc, FileNotFoundError):
+        return False
+    os.makedirs(folder, exist_ok=True)
+    return True
 
 
 class JobsCollector:
@@ -203,7 +220,9 @@ class JobsCollector:
 
 def render(service):
     """Return the text exposition of every metric: all workers' requests plus the job figures."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
+        os.makedirs(folder, exist_ok=True)  # removed by hand meanwhile: an empty scrape, not a 500
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
     else:
