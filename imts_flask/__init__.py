@@ -35,8 +35,10 @@ def create_app(overrides=None):
 
     settings = load_settings(overrides)
     _configure_logging(settings)
+    # Nothing here may fail on what other processes change meanwhile (a DELETE, another worker's
+    # write): a worker that cannot boot makes gunicorn stop the whole service. Housekeeping such as
+    # removing a crash's leftovers runs in the cleanup round, never here.
     service = TrainingService(settings)
-    service.store.clean_temp_files()
     app = Flask(__name__)
     http.init_app(app, service)
     return app

@@ -3,14 +3,19 @@
 Real monitor processes drive the FAKE trainer (tests/fake_trainer.py).
 """
 
+import contextlib
 import os
+import threading
 import time
 
+import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from imts_flask.jobs.record import setter
+from imts_flask.jobs.store import JobStore
 
-from conftest import API, api_create, api_done, api_status, wait_for
+from conftest import API, api_create, api_done, api_status, fake_cli, make_home, wait_for
+from harness import Service
 
 SAVING = ("--steps", "40", "--interval", "0.01", "--save-every", "10")
 
@@ -197,3 +202,66 @@ def test_a_running_job_reports_its_disk_use_and_an_unfinished_checkpoint(make_ap
     assert listed[-1]["name"] == "checkpoint-99990" and listed[-1]["problem"] == "being saved"
     assert listed[0]["complete"] is True
     client.post(f"{API}/jobs/{job_id}/stop")
+
+
+def test_creating_an_app_reads_no_job_directory(make_app, home, monkeypatch):
+    """Booting a worker touches nothing that other processes change (a job's directory may vanish
+    under a DELETE at any moment): housekeeping is not on the boot path."""
+    app = make_app()
+    client = app.test_client()
+    job_ids = [
+        client.post(f"{API}/jobs", json={"model_name": "tiny-llama", "dataset": "demo_sft"}).get_json()[
+            "job_id"
+        ]
+        for _ in range(3)
+    ]
+    looked = []
+    listdir, scandir = os.listdir, os.scandir
+    monkeypatch.setattr(os, "listdir", lambda p=".": looked.append(str(p)) or listdir(p))
+    monkeypatch.setattr(os, "scandir", lambda p=".": looked.append(str(p)) or scandir(p))
+    make_app()
+    assert not [p for p in looked if any(j in p for j in job_ids)], looked
+
+
+def test_a_cleanup_round_removes_a_crash_leftovers_in_a_finished_jobs_directory(make_app):
+    client = make_app("--steps", "2").test_client()
+    job_id = api_create(client)
+    api_done(client, job_id)
+    leftover = os.path.join(_job_dir(client, job_id), ".tmp-left-by-a-crash")
+    open(leftover, "w").close()
+    os.utime(leftover, (0, 0))
+    done = client.application.extensions["imts"].lifecycle.run()
+    assert done["temp_files"] == 1 and not os.path.exists(leftover)
+
+
+def test_workers_booting_while_jobs_are_deleted_keep_the_service_up(tmp_path):
+    """gunicorn --max-requests 5 recycles workers all the time; 300 DELETEs meanwhile, and /health
+    polled: no worker fails to boot (gunicorn would stop the service if one did)."""
+    home = make_home(tmp_path / "home")
+    store = JobStore(os.path.join(home, "jobs"))
+    ids = [
+        store.create(lambda job_id, job_dir: {JobStore.STATE: {"job_id": job_id, "status": "stopped"}})
+        for _ in range(300)
+    ]
+    svc = Service(
+        home, argv_extra=["--max-requests", "5"], workers=3, llamafactory_cli=fake_cli(home)
+    ).start()
+    try:
+        answers = []
+        stop = threading.Event()
+
+        def poll():
+            while not stop.is_set():
+                with contextlib.suppress(requests.RequestException):
+                    answers.append(requests.get(f"{svc.base}/health", timeout=10).status_code)
+
+        poller = threading.Thread(target=poll)
+        poller.start()
+        for job_id in ids:
+            assert requests.delete(f"{svc.base}/jobs/{job_id}", timeout=30).status_code == 204
+        stop.set()
+        poller.join()
+        assert svc.proc.poll() is None, "gunicorn stopped"
+        assert answers and set(answers) == {200}
+    finally:
+        svc.stop()

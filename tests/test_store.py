@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import shutil
 import threading
 
 import pytest
@@ -144,8 +145,25 @@ def test_old_temp_files_are_cleaned_young_ones_kept(store):
     for path in (old, young):
         open(path, "w").close()
     os.utime(old, (0, 0))
-    assert store.clean_temp_files(min_age_s=60) == 1
+    assert store.clean_temp_files([job_id], min_age_s=60) == 1
     assert not os.path.exists(old) and os.path.exists(young)
+
+
+def test_a_job_deleted_while_temp_files_are_looked_for_is_passed_over(store, monkeypatch):
+    """A worker booting during a DELETE once died of this (and gunicorn stopped the service): the
+    cleanup round, which now does it, passes over a directory that vanishes while it looks."""
+    gone, kept = _create(store), _create(store)
+    open(store.path(kept, fsio.TMP_PREFIX + "old"), "w").close()
+    os.utime(store.path(kept, fsio.TMP_PREFIX + "old"), (0, 0))
+    listdir = os.listdir
+
+    def deleted_meanwhile(path):
+        if os.path.basename(path) == gone:
+            shutil.rmtree(path)  # another process's DELETE, between the listing and the look
+        return listdir(path)
+
+    monkeypatch.setattr(os, "listdir", deleted_meanwhile)
+    assert store.clean_temp_files([gone, kept], min_age_s=60) == 1
 
 
 def test_state_json_is_readable_by_hand(store):
@@ -217,7 +235,7 @@ def test_a_crash_in_the_middle_of_a_delete_leaves_no_listed_half_job(store):
     os.rename(store.path(job_id), half)
     assert store.job_ids() == []  # (its index line: dropped by the listing that finds no directory)
     os.utime(half, (0, 0))
-    assert store.clean_temp_files(min_age_s=60) == 1 and not os.path.exists(half)
+    assert store.clean_temp_files([], min_age_s=60) == 1 and not os.path.exists(half)
 
 
 def test_every_worker_sees_a_change_to_a_finished_job(store):

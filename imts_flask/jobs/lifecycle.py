@@ -2,8 +2,8 @@
 
 One worker at a time runs a cleanup round, at most every `cleanup_interval_s`: it makes the jobs
 index list exactly the job directories, removes finished jobs older than `retention_days`, prunes the checkpoints of completed jobs to the newest
-`keep_checkpoints`, repairs the logs/training_jobs links and measures jobs whose disk use is not
-recorded. Each removal is logged in logs/imts.log.
+`keep_checkpoints`, repairs the logs/training_jobs links, measures jobs whose disk use is not
+recorded, and removes what a crash in the middle of a write left (temp files, staging, trash). Each removal is logged in logs/imts.log.
 """
 
 import contextlib
@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 CLEANUP_LOCK = "_cleanup"
 CLEANUP_MARK = ".cleanup-at"  # its mtime: when the last round ended
+TEMP_FILE_SLICE = 1000  # finished jobs' directories a round looks into for a crash's leftovers, about
 
 
 class Lifecycle:
@@ -96,7 +97,21 @@ class Lifecycle:
         done["indexed"] = self.store.reconcile_index()
         done["uploads"] = self._collect_uploads()
         now = time.time()
-        for line in self.store.listed():
+        lines = list(self.store.listed())
+        # Leftovers of a crash mid-write: in unfinished runs, jobs finished since the last round, and
+        # a slice of the others that moves each round (each job once in `stride` rounds): a
+        # round costs the same at 100 or 100,000 jobs.
+        stride = max(1, len(lines) // TEMP_FILE_SLICE)
+        phase = int(now // max(1.0, self.settings.cleanup_interval_s)) % stride
+        scanned = [
+            line["job_id"]
+            for number, line in enumerate(lines)
+            if not JobStatus(line["status"]).is_terminal()
+            or (line["finished"] or 0) >= finished_since
+            or number % stride == phase
+        ]
+        done["temp_files"] = self.store.clean_temp_files(scanned)
+        for line in lines:
             if not JobStatus(line["status"]).is_terminal():
                 continue
             job_id = line["job_id"]

@@ -628,28 +628,28 @@ class JobStore:
             self._link(job_id)
         return len(jobs - links), dropped
 
-    def clean_temp_files(self, min_age_s=300):
-        """Remove temp files, staging and trash directories left by a crash in the middle of a write.
-
-        Only leftovers older than `min_age_s` go: a younger one may belong to a write in flight.
+    def clean_temp_files(self, job_ids, min_age_s=300):
+        """Remove temp files, staging and trash directories left by a crash in the middle of a write:
+        in staging and trash, in every deployment's directory, and in the directories of `job_ids`
+        (and their evaluations). Only leftovers older than `min_age_s` go (a younger one may belong to
+        a write in flight), and a directory that vanishes meanwhile (a DELETE) is passed over: other
+        processes change the store while this runs. The cleanup round calls it, never a worker's boot.
         """
         cutoff = time.time() - min_age_s
-        removed = 0
         candidates = [
             (os.path.join(self.root, folder, name), True)
             for folder in (self.STAGING, self.TRASH)
-            for name in os.listdir(os.path.join(self.root, folder))
+            for name in _names(os.path.join(self.root, folder))
         ]
-        for job_id in self.job_ids():
+        run_dirs = [self._job_dir(d) for d in self.deployment_ids()]
+        for job_id in job_ids:
             job_dir = os.path.join(self.root, job_id)
-            names = os.listdir(job_dir)
-            candidates += [(os.path.join(job_dir, n), False) for n in names if n.startswith(TMP_PREFIX)]
-            if self.EVALUATIONS in names:
-                for evaluation_id in self.evaluation_ids(job_id):
-                    run_dir = os.path.join(job_dir, self.EVALUATIONS, evaluation_id)
-                    candidates += [
-                        (os.path.join(run_dir, n), False) for n in os.listdir(run_dir) if n.startswith(TMP_PREFIX)
-                    ]
+            run_dirs.append(job_dir)
+            evaluations = os.path.join(job_dir, self.EVALUATIONS)
+            run_dirs += [os.path.join(evaluations, e) for e in _names(evaluations) if EVALUATION_ID_PATTERN.fullmatch(e)]
+        for run_dir in run_dirs:
+            candidates += [(os.path.join(run_dir, n), False) for n in _names(run_dir) if n.startswith(TMP_PREFIX)]
+        removed = 0
         for path, is_dir in candidates:
             with contextlib.suppress(FileNotFoundError):
                 if os.lstat(path).st_mtime > cutoff:
@@ -660,3 +660,11 @@ class JobStore:
                     os.unlink(path)
                 removed += 1
         return removed
+
+
+def _names(directory):
+    """The entries of a directory, or none if it is gone (removed by another process meanwhile)."""
+    try:
+        return os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
