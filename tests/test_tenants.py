@@ -3,17 +3,23 @@ Another team's job, deployment, dataset or model is a 404 on every route and ver
 nothing of it, viewers only read, /metrics is the admins', the file is read again when it changes,
 and the audit log has a line for every change and every refusal."""
 
+import collections
 import hashlib
 import io
 import json
 import os
+import subprocess
 import sys
+import threading
 import time
 
 import pytest
+import requests
 import yaml
 
-from conftest import API, PROJECT, wait_for
+from imts_flask.tenancy import config
+
+from conftest import API, PROJECT, make_home, wait_for
 
 FAKE_SERVER = os.path.join(PROJECT, "tests", "fake_server.py")
 TOKENS = {"a": "tok-a", "a-view": "tok-a-view", "b": "tok-b", "c": "tok-c", "ops": "tok-ops"}
@@ -181,6 +187,8 @@ def test_the_tenants_file_is_read_again_when_it_changes_and_a_bad_one_changes_no
     with open(os.path.join(home, "config", "tenants.yaml"), "a") as handle:
         handle.write("admins: [broken\n")
     assert anonymous.get(f"{API}/jobs", headers=new).status_code == 200  # the previous file stays
+    _settled()  # changed in place: read once it has been still a moment
+    assert anonymous.get(f"{API}/jobs", headers=new).status_code == 200
     health = anonymous.get(f"{API}/health").get_json()
     assert not health["checks"]["tenants"]["ok"] and "tenants" in health["degraded"]
     assert "not used as it is" in health["checks"]["tenants"]["detail"]
@@ -271,3 +279,229 @@ def test_a_request_refused_before_auth_is_audited_as_nobodys(teams, home):
     )
     refused = audit_lines(home)[-1]
     assert refused["outcome"] == 403 and refused["token"] is None and refused["tenant"] is None
+
+
+# -- the tenants file fails closed -------------------------------------------------------------
+
+
+def _tenants_path(home):
+    return os.path.join(home, "config", "tenants.yaml")
+
+
+def _settled():
+    time.sleep(config.SETTLE_S + 0.2)
+
+
+def _closed_and_degraded(teams, why):
+    anonymous = teams["anonymous"]
+    for path in (f"{API}/jobs", f"{API}/datasets", f"{API}/deployments", "/metrics"):
+        assert anonymous.get(path).status_code == 401, path
+    assert teams["a"].get(f"{API}/jobs").status_code == 200  # the last valid file's tokens still work
+    assert teams["a"].get("/metrics").status_code == 403
+    health = anonymous.get(f"{API}/health").get_json()
+    assert "tenants" in health["degraded"] and why in health["checks"]["tenants"]["detail"], health
+    assert "stays in force" in health["checks"]["tenants"]["detail"]
+
+
+@pytest.mark.parametrize(
+    "damage, why",
+    [
+        ("renamed", "is missing"),
+        ("emptied", "holds no token"),
+        ("no_tokens", "holds no token"),
+        ("broken", "not used as it is"),
+    ],
+)
+def test_a_tenants_file_gone_empty_or_without_tokens_keeps_the_last_valid_one(teams, home, damage, why):
+    path = _tenants_path(home)
+    if damage == "renamed":
+        os.rename(path, path + ".away")
+    elif damage == "emptied":
+        open(path, "w").close()
+    elif damage == "no_tokens":
+        write_tenants(home, {"tenants": {}})
+    else:
+        write_tenants(home, {"tenants": {"team-a": {"tokens": [{"name": "x", "sha256": "short"}]}}})
+    _settled()
+    _closed_and_degraded(teams, why)
+    (os.rename(path + ".away", path) if damage == "renamed" else write_tenants(home, tenants_file()))
+    _settled()
+    health = teams["anonymous"].get(f"{API}/health").get_json()
+    assert "tenants" not in health["degraded"] and health["checks"]["tenants"]["ok"]
+
+
+def test_a_file_rewritten_in_place_is_not_read_half_written(teams, home):
+    """Truncated, then written again a moment later: the half-written file is never taken (a team's
+    quotas or tokens cut off mid-list), the whole one is once it has been still."""
+    path = _tenants_path(home)
+    text = yaml.safe_dump(tenants_file(extra_c_token="tok-c-new"))
+    new = {"Authorization": "Bearer tok-c-new"}
+    with open(path, "w") as handle:  # in place: the same inode
+        handle.write(text[: len(text) // 3])
+        handle.flush()
+        for _ in range(3):
+            assert teams["anonymous"].get(f"{API}/jobs").status_code == 401
+            assert teams["b"].get(f"{API}/jobs").status_code == 200
+            time.sleep(0.2)
+        handle.write(text[len(text) // 3 :])
+    assert teams["anonymous"].get(f"{API}/health").get_json()["checks"]["tenants"]["ok"]
+    _settled()
+    assert teams["anonymous"].get(f"{API}/jobs", headers=new).status_code == 200
+
+
+def test_a_worker_booting_while_the_file_is_missing_keeps_the_last_valid_one(make_app, home):
+    """gunicorn starts new workers at any time: one that starts while the file is renamed away reads
+    the last valid file's snapshot, and so does a job's monitor applying the quotas."""
+    write_tenants(home, tenants_file(quotas={"max_queued_jobs": 5}))
+    make_app()  # reads the file: its snapshot is kept
+    os.rename(_tenants_path(home), _tenants_path(home) + ".away")
+    client = make_app().test_client()  # a new worker
+    assert client.get(f"{API}/jobs").status_code == 401
+    assert As(client, TOKENS["a"]).get(f"{API}/jobs").status_code == 200
+    health = client.get(f"{API}/health").get_json()
+    assert "tenants" in health["degraded"] and "is missing" in health["checks"]["tenants"]["detail"]
+    quotas_read = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import json, sys; sys.path.insert(0, sys.argv[1]);"
+            "from imts_flask.settings import load_settings; from imts_flask.tenancy import quotas;"
+            "print(json.dumps(quotas.load(load_settings({'home': sys.argv[2]}))))",
+            PROJECT,
+            home,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert json.loads(quotas_read.stdout.splitlines()[-1])["team-a"] == {"max_queued_jobs": 5}, quotas_read
+
+
+def test_tenants_are_turned_off_by_the_setting_not_by_a_file_that_vanished(make_app, home):
+    write_tenants(home, tenants_file())
+    make_app()
+    os.rename(_tenants_path(home), _tenants_path(home) + ".away")
+    assert make_app().test_client().get(f"{API}/jobs").status_code == 401
+    opened = make_app(tenants_file="").test_client()  # the restart with the setting changed
+    assert opened.get(f"{API}/jobs").status_code == 200
+    assert "tenants" not in opened.get(f"{API}/health").get_json()["degraded"]
+
+
+def test_under_gunicorn_a_file_renamed_emptied_and_rewritten_in_a_loop_never_lets_anyone_in(tmp_path):
+    """The verification's loop: while the file is renamed away and back, emptied, rewritten in place
+    and replaced by one without tokens, and workers are recycled every few requests, no anonymous
+    request is answered and every member's request still is."""
+    from harness import Service
+
+    home = make_home(tmp_path / "home")
+    write_tenants(home, tenants_file())
+    svc = Service(home, argv_extra=["--max-requests", "7"], workers=2).start()
+    path = _tenants_path(home)
+    stop = threading.Event()
+    text = yaml.safe_dump(tenants_file())
+
+    def churn():
+        while not stop.is_set():
+            os.rename(path, path + ".away")
+            time.sleep(0.05)
+            os.rename(path + ".away", path)
+            with open(path, "w") as handle:  # truncated, then written again
+                time.sleep(0.05)
+                handle.write(text)
+            write_tenants(home, {"tenants": {}})
+            time.sleep(0.05)
+            write_tenants(home, tenants_file())
+
+    churner = threading.Thread(target=churn)
+    churner.start()
+    anonymous, member = collections.Counter(), collections.Counter()
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            for path_ in ("/jobs", "/datasets", "/deployments", "/models"):
+                anonymous[requests.get(f"{svc.base}{path_}", timeout=30).status_code] += 1
+            anonymous[requests.get(f"{svc.root}/metrics", timeout=30).status_code] += 1
+            headers = {"Authorization": f"Bearer {TOKENS['a']}"}
+            member[requests.get(f"{svc.base}/jobs", headers=headers, timeout=30).status_code] += 1
+    finally:
+        stop.set()
+        churner.join()
+        svc.stop()
+    assert set(anonymous) == {401}, anonymous
+    assert set(member) == {200}, member
+    assert sum(anonymous.values()) > 100
+
+
+def test_an_admins_key_can_never_name_a_teams_key(teams):
+    """A team's keys were kept as "<tenant>/<key>" and an admin's as is: an admin's "team-b/K"
+    replayed team-b's job made with K. The namespaces are apart by construction now."""
+    b, ops = teams["b"], teams["ops"]
+    made = b.post(f"{API}/jobs", json=BODY, headers={**b.headers, "Idempotency-Key": "K"})
+    assert made.status_code == 201
+    admins = ops.post(f"{API}/jobs", json=BODY, headers={**ops.headers, "Idempotency-Key": "team-b/K"})
+    assert admins.status_code == 201 and admins.get_json()["job_id"] != made.get_json()["job_id"]
+    assert "Idempotent-Replayed" not in admins.headers
+    again = b.post(f"{API}/jobs", json=BODY, headers={**b.headers, "Idempotency-Key": "K"})
+    assert again.status_code == 200 and again.get_json()["job_id"] == made.get_json()["job_id"]
+
+
+def test_max_queued_jobs_holds_under_racing_creates(tmp_path):
+    """Twelve creates at once through three gunicorn workers, for a team that may keep 3 runs
+    queued while the one slot is busy: exactly 3 are taken, the others are 429s."""
+    import concurrent.futures
+
+    from conftest import fake_cli
+    from harness import Service
+
+    home = make_home(tmp_path / "home")
+    write_tenants(home, tenants_file(quotas={"max_queued_jobs": 3}))
+    svc = Service(
+        home, workers=3, llamafactory_cli=fake_cli(home, "--steps", "2000", "--interval", "0.05")
+    ).start()
+    b = {"Authorization": f"Bearer {TOKENS['b']}"}
+    a = {"Authorization": f"Bearer {TOKENS['a']}"}
+    try:
+        busy = requests.post(f"{svc.base}/jobs", json=BODY, headers=b, timeout=30).json()["job_id"]
+        wait_for(
+            lambda: (
+                requests.get(f"{svc.base}/jobs/{busy}", headers=b, timeout=30).json()["status"] == "running"
+            )
+        )
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            answers = list(
+                pool.map(
+                    lambda _: requests.post(f"{svc.base}/jobs", json=BODY, headers=a, timeout=60), range(12)
+                )
+            )
+        codes = collections.Counter(r.status_code for r in answers)
+        assert codes == {201: 3, 429: 9}, codes
+        listed = requests.get(f"{svc.base}/jobs?status=pending", headers=a, timeout=30).json()
+        assert listed["total"] == 3
+    finally:
+        for job in requests.get(
+            f"{svc.base}/jobs", headers={"Authorization": f"Bearer {TOKENS['ops']}"}, timeout=30
+        ).json()["jobs"]:
+            requests.post(
+                f"{svc.base}/jobs/{job['job_id']}/stop",
+                headers={"Authorization": f"Bearer {TOKENS['ops']}"},
+                timeout=60,
+            )
+        svc.stop()
+
+
+def test_a_waiting_job_names_its_own_teams_holders_and_counts_the_others(make_app, home):
+    write_tenants(home, tenants_file())
+    client = make_app("--steps", "2000", "--interval", "0.05", max_concurrent_jobs=2).test_client()
+    a, b, ops = As(client, TOKENS["a"]), As(client, TOKENS["b"]), As(client, TOKENS["ops"])
+    ours = a.post(f"{API}/jobs", json=BODY).get_json()["job_id"]
+    theirs = b.post(f"{API}/jobs", json=BODY).get_json()["job_id"]
+    for who, job_id in ((a, ours), (b, theirs)):
+        wait_for(lambda w=who, j=job_id: w.get(f"{API}/jobs/{j}").get_json()["status"] == "running")
+    waiting = a.post(f"{API}/jobs", json=BODY).get_json()["job_id"]
+    seen = a.get(f"{API}/jobs/{waiting}").get_json()
+    assert (seen["waiting_for"], seen["held_by"], seen["held_by_others"]) == ("capacity", [ours], 1)
+    assert theirs not in json.dumps(seen)  # another team's job is counted, never named
+    admin = ops.get(f"{API}/jobs/{waiting}").get_json()
+    assert sorted(admin["held_by"]) == sorted([ours, theirs]) and admin["held_by_others"] == 0
+    for job_id in (waiting, ours, theirs):
+        ops.post(f"{API}/jobs/{job_id}/stop")

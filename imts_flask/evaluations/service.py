@@ -9,6 +9,7 @@ from ..errors import Conflict, NotFound
 from ..jobs.checkpoints import choose_weights
 from ..jobs.record import queued_now
 from ..jobs.store import EVALUATION_ID_PATTERN, JobStore, evaluation_run
+from ..jobs.views import waiting_view
 from ..state import JobStatus, creation_order
 from ..tenancy import principals, quotas
 from . import plan, record
@@ -88,7 +89,8 @@ class Evaluations:
             return files
 
         def create(make):
-            return self.store.create_evaluation(job_id, make, _check_job)
+            with quotas.admitting(self.settings, self.store, principals.owner()["tenant"]):
+                return self.store.create_evaluation(job_id, make, _check_job)
 
         if idempotency_key is None:
             run_id, replayed = create(make_files), False
@@ -123,6 +125,7 @@ class Evaluations:
         view = self.view(state)
         if view["status"] == JobStatus.PENDING.value:
             view["queue_position"] = self.launcher.queue_position(state["job_id"])
+            view.update(waiting_view(self.launcher.waiting_for(state)))
         return view
 
     def samples(self, job_id, evaluation_id, offset=0, limit=20):

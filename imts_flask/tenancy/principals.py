@@ -48,10 +48,14 @@ def owner():
 
 
 def scoped(key):
-    """An Idempotency-Key in the caller's team's own namespace: another team's same key is another key
-    (else its retry would be answered with the first team's job)."""
+    """An Idempotency-Key in its caller's namespace: a team's keys apart from every other team's and
+    from the admins' (else a retry would be answered with another's run). Apart by construction: a
+    team's key is "<tenant>" NEWLINE "<key>", and no key a client sends holds a newline (it is printable
+    text, checked at the edge and here), so no admin's key can name a team's."""
+    if not isinstance(key, str) or not key.isprintable():
+        raise ValueError("an Idempotency-Key is printable text")
     caller = current()
-    return key if caller is None or caller.tenant is None else f"{caller.tenant}/{key}"
+    return key if caller is None or caller.tenant is None else f"{caller.tenant}\n{key}"
 
 
 def visible(tenant):

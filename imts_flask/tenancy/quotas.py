@@ -8,24 +8,22 @@
   with the figure (tenancy/usage.py keeps the ledger).
 - `max_non_preemptible`: unfinished jobs it may have with `preemptible: false`.
 
-The scheduler runs in the API workers and in monitors alike, so the file is read here (again when
-it changes), tolerant of a bad one: no quota is better than a scheduler that cannot schedule.
+The scheduler runs in the API workers and in monitors alike, so the file is read here too (again when
+it changes), through the same fail-closed reader as the tokens: a file that goes missing, empty or
+bad leaves the last valid quotas in force, in every process (its snapshot in the cache directory).
 """
 
+import contextlib
 import logging
-import os
-
-import yaml
 
 from .. import queue
 from ..errors import ApiError, Forbidden
-from .config import parse
+from .config import shared_file
 from .usage import Ledger
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 30
-_cache = {}  # path -> ((mtime_ns, size, ino), {tenant: {max_priority, quotas}})
 
 
 class TooManyRequests(ApiError):
@@ -39,24 +37,21 @@ def load(settings):
 
 
 def teams(settings):
-    """{tenant: {max_priority, quotas}} as the tenants file says now ({} without one, or a bad one)."""
-    path = settings.path("tenants_file")
-    try:
-        stat = os.stat(path)
-    except FileNotFoundError:
-        return {}
-    seen = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
-    cached = _cache.get(path)
-    if cached and cached[0] == seen:
-        return cached[1]
-    try:
-        with open(path, encoding="utf-8") as handle:
-            _principals, tenants = parse(yaml.safe_load(handle) or {}, path)
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        log.warning("quotas: the tenants file cannot be read (%s); the last quotas read stay", exc)
-        return cached[1] if cached else {}
-    _cache[path] = (seen, tenants)
-    return tenants
+    """{tenant: {max_priority, quotas}} of the tenants file in force ({} without one): the last valid
+    file stays in force when it goes missing or bad (tenancy/config.py)."""
+    return shared_file(settings).tenants
+
+
+@contextlib.contextmanager
+def admitting(settings, store, tenant):
+    """Hold a team's admission lock while a new run of it is checked against its quotas and written:
+    creates racing each other are counted one after the other, so max_queued_jobs is a limit, not a
+    limit give or take the creates in flight. Teams without quotas, and admins, take no lock."""
+    if tenant is None or not (teams(settings).get(tenant) or {}).get("quotas"):
+        yield
+        return
+    with store.lock(f"quota.{tenant}"):
+        yield
 
 
 def units(state, by_gpus):
