@@ -26,6 +26,11 @@ class ValidationFailed(ApiError):
     code = "validation_error"
 
 
+class Unauthorized(ApiError):
+    status = 401
+    code = "unauthorized"
+
+
 class Forbidden(ApiError):
     status = 403
     code = "forbidden"

@@ -1,7 +1,10 @@
 """FAKE deployment server for fault-injection tests (not LLaMA Factory): answers /v1/models and
 /v1/chat/completions with API_KEY checked, logs access lines as uvicorn does, and dies as told.
 
-    fake_server.py [--die-after S] [--never-ready] [--exit-code N] SERVER_CONFIG.yaml
+    fake_server.py [--die-after S] [--never-ready] [--exit-code N] [--break-stream] SERVER_CONFIG.yaml
+
+--break-stream: a streamed answer stops after its first piece and the connection closes without
+[DONE], as LLaMA Factory's does when it raises once the answer has started.
 """
 
 import argparse
@@ -16,6 +19,7 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--die-after", type=float, default=None)
 parser.add_argument("--never-ready", action="store_true")
 parser.add_argument("--exit-code", type=int, default=1)
+parser.add_argument("--break-stream", action="store_true")
 parser.add_argument("config")
 args = parser.parse_args()
 KEY = os.environ.get("API_KEY")
@@ -60,6 +64,9 @@ class Handler(BaseHTTPRequestHandler):
                 }
                 self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                 self.wfile.flush()
+                if args.break_stream:
+                    self.close_connection = True
+                    return
                 time.sleep(0.05)
             self.wfile.write(b"data: [DONE]\n\n")
             self.close_connection = True

@@ -325,6 +325,34 @@ def test_the_deployments_page_lists_chats_streamed_as_text_and_stops(browser, tm
         svc.stop()
 
 
+def test_a_chat_answer_that_breaks_off_shows_why_on_the_page(browser, tmp_path):
+    """The server's stream stops after a piece (the FAKE server's --break-stream, as LLaMA Factory's
+    does when it fails once its answer has started): the page says so instead of a silent answer."""
+    home = make_home(tmp_path / "home")
+    server = os.path.join(PROJECT, "tests", "fake_server.py")
+    fake_server = f"{__import__('sys').executable} {server} --break-stream"
+    svc = Service(
+        home, llamafactory_cli=fake_cli(str(tmp_path)), deploy_command=fake_server, deploy_ports="18650-18659"
+    ).start()
+    try:
+        job_id = svc.create({"model_name": "tiny-llama", "dataset": "demo_sft"})
+        assert svc.wait_done(job_id)["status"] == "completed"
+        created = requests.post(f"{svc.base}/deployments", json={"job_id": job_id}, timeout=30).json()
+        browser.get(f"{svc.root}/dashboard/deployments")
+        row = _find(
+            browser, f'tr[data-deployment="{created["deployment_id"]}"][data-status="ready"]', timeout=60
+        )
+        row.find_element("css selector", "button.chat-open").click()
+        _find(browser, "#chat-input").send_keys("Add three and three.")
+        _find(browser, "#chat-form button").click()
+        _find(browser, '.turn[data-role="assistant"][data-streaming="false"]')
+        shown = _find(browser, "#notice.error:not([hidden])")
+        assert "without finishing" in shown.text, shown.text
+        requests.delete(f"{svc.base}/deployments/{created['deployment_id']}", timeout=60)
+    finally:
+        svc.stop()
+
+
 def test_with_tenants_the_page_shows_the_tokens_team_only_and_hides_a_viewers_buttons(browser, tmp_path):
     import hashlib
 

@@ -2,6 +2,7 @@
 key shown once, the slot taken from the training queue, restarts, idle stops, lost monitors.
 The real server with the real openai client is in tests/test_e2e_deployments.py."""
 
+import json
 import os
 import stat
 import sys
@@ -150,13 +151,27 @@ def test_a_deployment_takes_a_training_slot_and_delete_gives_it_back(deploy_app)
     waiting = api_create(client)
     assert api_status(client, waiting)["status"] == "pending"
     assert api_status(client, waiting)["queue_position"] == 1
+    # The status names what holds the slot: "capacity" alone left a user guessing.
+    status = api_status(client, waiting)
+    assert (status["waiting_for"], status["held_by"], status["held_by_others"]) == (
+        "capacity",
+        [created["deployment_id"]],
+        0,
+    )
+    second = deploy(client, job_id=job_id)  # a deployment waits the same way, and says so
+    shown = deployment(client, second["deployment_id"])
+    assert shown["waiting_for"] == "capacity" and shown["held_by"] == [created["deployment_id"]]
+    client.delete(f"{API}/deployments/{second['deployment_id']}")
     assert client.delete(f"{API}/deployments/{created['deployment_id']}").status_code == 200
     assert api_done(client, waiting)["status"] == "completed"
     # A stopped deployment answers DELETE again with its record, and stays listed.
     again = client.delete(f"{API}/deployments/{created['deployment_id']}")
     assert again.status_code == 200 and again.get_json()["status"] == "stopped"
     listed = client.get(f"{API}/deployments?status=stopped").get_json()
-    assert [d["deployment_id"] for d in listed["deployments"]] == [created["deployment_id"]]
+    assert [d["deployment_id"] for d in listed["deployments"]] == [
+        second["deployment_id"],
+        created["deployment_id"],
+    ]
 
 
 def test_a_server_that_dies_is_started_again_then_failed_with_the_reason(deploy_app):
@@ -225,6 +240,12 @@ def test_a_deployment_lives_on_without_the_service_and_survives_its_monitor(depl
         timeout=60,
     )
     assert again["port"] == created["port"]
+    run_dir = os.path.join(
+        fresh.application.extensions["imts"].settings.path("deployments_dir"), created["deployment_id"]
+    )
+    history = json.load(open(os.path.join(run_dir, "state.json")))["history"]
+    lost = next(e for e in history if "lost" in (e.get("reason") or ""))
+    assert "starts its server again" in lost["reason"] and "checkpoint" not in lost["reason"]
     fresh.delete(f"{API}/deployments/{created['deployment_id']}")
 
 
@@ -238,18 +259,35 @@ def test_a_job_a_deployment_serves_cannot_be_deleted(deploy_app):
     assert client.delete(f"{API}/jobs/{job_id}").status_code == 204
 
 
-def test_the_upstream_route_gives_nginx_the_port_of_a_ready_deployment_only(deploy_app):
+def test_the_upstream_route_answers_only_the_holder_of_the_deployments_key(deploy_app):
+    """Nginx's auth_request passes the client's headers: the port goes to a request carrying that
+    deployment's own key, and anything else (no key, a wrong one, another deployment's, an id that
+    names nothing) gets one and the same 401."""
     client = deploy_app(auth_tokens="s3cret").test_client()
     token = {"Authorization": "Bearer s3cret"}
     job_id = completed_job_with(client, token)
     created = client.post(f"{API}/deployments", json={"job_id": job_id}, headers=token).get_json()
+    other = client.post(f"{API}/deployments", json={"job_id": job_id}, headers=token).get_json()
     upstream = f"{API}/deployments/{created['deployment_id']}/upstream"
-    wait_for(lambda: client.get(upstream).status_code == 204)  # no token: Nginx passes the client's
-    assert client.get(upstream).headers["X-IMTS-Upstream-Port"] == str(created["port"])
+    key = {"Authorization": f"Bearer {created['api_key']}"}
+    wait_for(lambda: client.get(upstream, headers=key).status_code == 204)
+    assert client.get(upstream, headers=key).headers["X-IMTS-Upstream-Port"] == str(created["port"])
+    refusals = [
+        client.get(upstream),
+        client.get(upstream, headers={"Authorization": "Bearer sk-imts-wrong"}),
+        client.get(upstream, headers=token),  # the service's own token is not the deployment's key
+        client.get(upstream, headers={"Authorization": f"Bearer {other['api_key']}"}),
+        client.get(f"{API}/deployments/deploy_00000000/upstream", headers=key),
+        client.get(f"{API}/deployments/not-an-id/upstream", headers=key),
+    ]
+    assert {r.status_code for r in refusals} == {401}
+    assert len({json.dumps({**r.get_json(), "path": ""}) for r in refusals}) == 1  # the same words
+    assert all("X-IMTS-Upstream-Port" not in r.headers for r in refusals)
     client.delete(f"{API}/deployments/{created['deployment_id']}", headers=token)
-    assert client.get(upstream).status_code == 409
-    assert client.get(f"{API}/deployments/deploy_00000000/upstream").status_code == 404
+    assert client.get(upstream, headers=key).status_code == 409  # its holder may know it stopped
+    assert client.get(upstream).status_code == 401
     assert client.get(f"{API}/deployments/{created['deployment_id']}").status_code == 401  # the rest needs it
+    client.delete(f"{API}/deployments/{other['deployment_id']}", headers=token)
 
 
 def completed_job_with(client, headers):
@@ -284,6 +322,49 @@ def test_the_chat_route_streams_a_ready_deployments_answer_with_its_own_key(depl
         assert client.post(chat, json=body).status_code == 400, body
     client.delete(f"{API}/deployments/{created['deployment_id']}")
     assert client.post(chat, json={"messages": [{"role": "user", "content": "x"}]}).status_code == 409
+
+
+def _turns(*roles, size=10):
+    return {"messages": [{"role": role, "content": "x" * size} for role in roles]}
+
+
+@pytest.mark.parametrize(
+    "body, field, reason",
+    [
+        (_turns("system"), "messages", "no user message"),
+        (_turns("user", "assistant"), "messages", "last message must be the user's"),
+        (_turns("assistant", "user"), "messages.0.role", "must be user"),
+        (_turns("system", "user", "system", "user"), "messages.2.role", "only come first"),
+        (_turns("user", "user"), "messages.1.role", "must be assistant"),
+        (_turns(*["user", "assistant"] * 15, "user", size=8000), "messages", "characters in all"),
+    ],
+)
+def test_the_chat_route_refuses_what_the_server_cannot_answer(deploy_app, body, field, reason):
+    """LLaMA Factory's server checks a conversation only once its streamed answer has started, and
+    then ends it empty: each of these is a 400 naming the field, and nothing reaches the server."""
+    client = deploy_app().test_client()
+    created = deploy(client, job_id=completed_job(client))
+    until(client, created["deployment_id"], "ready")
+    refused = client.post(f"{API}/deployments/{created['deployment_id']}/chat", json=body)
+    assert refused.status_code == 400, refused.get_data(as_text=True)
+    errors = refused.get_json()["errors"]
+    assert any(e["field"] == field and reason in e["reason"] for e in errors), errors
+    client.delete(f"{API}/deployments/{created['deployment_id']}")
+    assert deployment(client, created["deployment_id"])["requests_served"] == 0
+
+
+def test_a_stream_that_breaks_off_ends_with_an_error_event(deploy_app):
+    client = deploy_app("--break-stream").test_client()
+    created = deploy(client, job_id=completed_job(client))
+    until(client, created["deployment_id"], "ready")
+    answer = client.post(f"{API}/deployments/{created['deployment_id']}/chat", json=_turns("user"))
+    assert answer.status_code == 200
+    text = answer.get_data(as_text=True)
+    events = [json.loads(line[5:]) for line in text.splitlines() if line.startswith("data:")]
+    assert "six" in json.dumps(events[0])  # what came before the break is passed on
+    assert "event: error" in text and events[-1]["error"]["code"] == "stream_failed"
+    assert "without finishing" in events[-1]["error"]["message"]
+    client.delete(f"{API}/deployments/{created['deployment_id']}")
 
 
 def test_the_vllm_backend_is_refused_where_vllm_or_a_gpu_is_missing(deploy_app):

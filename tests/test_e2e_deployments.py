@@ -97,9 +97,26 @@ def test_the_openai_client_chats_with_a_deployed_adapter_plain_and_streamed(serv
         lambda: (d := deployment(service, created["deployment_id"]))["requests_served"] >= 2 and d
     )
     assert served["model"] == "demo-bot" and served["adapter"].endswith("/output")
-    # The one slot is the deployment's: a new job waits; DELETE frees it and the job trains.
+    # The dashboard's chat route through the service, with the real server: what it cannot answer
+    # is a 400 naming the field (it used to stream an empty 200), an answer ends with [DONE].
+    route = f"{service.base}/deployments/{created['deployment_id']}/chat"
+    refused = requests.post(
+        route,
+        json={"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x"}]},
+        timeout=60,
+    )
+    assert refused.status_code == 400 and refused.json()["errors"][0]["field"] == "messages"
+    answered = requests.post(
+        route, json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}, timeout=120
+    )
+    assert answered.status_code == 200 and answered.text.rstrip().endswith("data: [DONE]")
+    assert "event: error" not in answered.text
+    # The one slot is the deployment's: a new job waits, saying what holds it; DELETE frees it and
+    # the job trains.
     waiting = service.create(JOB)
-    assert service.status(waiting)["status"] == "pending"
+    status = service.status(waiting)
+    assert status["status"] == "pending" and status["waiting_for"] == "capacity"
+    assert status["held_by"] == [created["deployment_id"]]
     stopped = requests.delete(f"{service.base}/deployments/{created['deployment_id']}", timeout=60)
     assert stopped.status_code == 200 and stopped.json()["status"] == "stopped"
     with pytest.raises(openai.APIConnectionError):
@@ -174,17 +191,21 @@ def test_nginx_serves_a_deployment_under_the_services_host_streaming_included(se
             **created,
             "base_url": f"http://127.0.0.1:{port}/deployments/{created['deployment_id']}/v1",
         }
-        early = requests.get(f"{through_nginx['base_url']}/models", timeout=10)
+        key = {"Authorization": f"Bearer {created['api_key']}"}
+        early = requests.get(f"{through_nginx['base_url']}/models", headers=key, timeout=10)
         assert early.status_code in (200, 503)  # 503 (JSON) while it starts
         until(service, created["deployment_id"], "ready")
         assert chat(through_nginx).choices[0].message.content is not None
         assert len(list(chat(through_nginx, stream=True))) > 1
-        assert requests.get(f"{through_nginx['base_url']}/models", timeout=10).status_code == 401
-        unknown = requests.get(f"http://127.0.0.1:{port}/deployments/deploy_00000000/v1/models", timeout=10)
-        assert unknown.status_code == 503 and unknown.json()["error"] == "deployment_unavailable"
+        refused = requests.get(f"{through_nginx['base_url']}/models", timeout=10)  # no key
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
+        unknown = requests.get(
+            f"http://127.0.0.1:{port}/deployments/deploy_00000000/v1/models", headers=key, timeout=10
+        )
+        assert unknown.status_code == 401 and unknown.json() == refused.json()  # it tells nothing
         requests.delete(f"{service.base}/deployments/{created['deployment_id']}", timeout=60)
-        gone = requests.get(f"{through_nginx['base_url']}/models", timeout=10)
-        assert gone.status_code == 503
+        gone = requests.get(f"{through_nginx['base_url']}/models", headers=key, timeout=10)
+        assert gone.status_code == 503 and gone.json()["error"]["code"] == "deployment_unavailable"
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -541,7 +541,7 @@ def test_a_malformed_deployment_or_model_name_touches_no_file(client, home, name
         ("POST", f"{API}/deployments", {"job_id": "train_00000000", "name": name}),
     ):
         response = client.open(path, method=method, json=body)
-        assert response.status_code in (400, 404, 405), (method, path, response.status_code)
+        assert response.status_code in (400, 401, 404, 405), (method, path, response.status_code)
         assert response.is_json and response.get_json()["status"] == response.status_code
     assert _all_files(home) == before
 
@@ -550,3 +550,45 @@ def test_deployment_listing_pages_are_bounded(client):
     for query in ("limit=0", "limit=1001", "offset=-1", "status=running", "limit=x"):
         assert client.get(f"{API}/deployments?{query}").status_code == 400, query
     assert client.get(f"{API}/deployments?limit=1000").get_json()["deployments"] == []
+
+
+@pytest.mark.parametrize(
+    "method, path, body, field",
+    [
+        ("POST", "/deployments", {"job_id": "train_00000000", "name": "nlbot\n"}, "name"),
+        ("POST", "/deployments", {"job_id": "train_00000000", "template": "default\n"}, "template"),
+        ("POST", "/deployments", {"job_id": "train_00000000", "checkpoint": "best\n"}, "checkpoint"),
+        ("POST", "/models", {"name": "bot\n", "job_id": "train_00000000"}, "name"),
+        (
+            "POST",
+            "/models",
+            {"name": "bot", "job_id": "train_00000000", "checkpoint": "final\n"},
+            "checkpoint",
+        ),
+        ("POST", "/jobs/train_00000000/resume", {"checkpoint": "checkpoint-5\n"}, "checkpoint"),
+        ("POST", "/jobs/train_00000000/export", {"export_dir": "x", "checkpoint": "best\n"}, "checkpoint"),
+        (
+            "POST",
+            "/jobs/train_00000000/evaluations",
+            {"dataset": "demo_sft", "checkpoint": "best\n"},
+            "checkpoint",
+        ),
+    ],
+)
+def test_a_name_with_a_trailing_newline_is_refused_and_nothing_written(
+    client, home, method, path, body, field
+):
+    before = _all_files(home)
+    response = client.open(f"{API}{path}", method=method, json=body)
+    _error(response, 400, field)
+    assert _all_files(home) == before
+
+
+def test_an_upload_named_with_a_trailing_newline_is_refused(client, home):
+    before = _all_files(home)
+    response = client.post(
+        f"{API}/datasets",
+        data={"name": "mine\n", "file": (io.BytesIO(b'{"instruction": "q", "output": "a"}\n'), "d.jsonl")},
+    )
+    _error(response, 400, "name")
+    assert _all_files(home) == before

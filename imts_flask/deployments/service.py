@@ -1,7 +1,10 @@
 """What the deployment endpoints do, below HTTP: create (checked, a port and a key, then queued),
 list, show, and stop (DELETE)."""
 
+import contextlib
 import hashlib
+import hmac
+import http.client
 import importlib.util
 import json
 import logging
@@ -11,10 +14,11 @@ import socket
 import urllib.error
 import urllib.request
 
-from ..errors import Conflict, NotFound, ValidationFailed
+from ..errors import Conflict, NotFound, Unauthorized, ValidationFailed
 from ..jobs.checkpoints import choose_weights
 from ..jobs.record import queued_now
 from ..jobs.store import DEPLOYMENT_ID_PATTERN, JobStore
+from ..jobs.views import waiting_view
 from ..state import JobStatus, creation_order
 from ..tenancy import principals, quotas
 from . import record
@@ -23,6 +27,7 @@ from .runner import probe_host
 log = logging.getLogger(__name__)
 
 PORTS_LOCK = "_deployment_ports"
+_NO_KEY = "0" * 64  # compared with, where no deployment is: the refusal takes the same time
 CHAT_TIMEOUT_S = 120.0  # the longest a server may stay silent in a dashboard chat
 # What a deployment of a job's weights needs: a finished job whose weights can chat.
 _SERVABLE = (JobStatus.COMPLETED.value, JobStatus.STOPPED.value)
@@ -37,12 +42,32 @@ def parse_ports(text):
     return range(first, last + 1)
 
 
+def port_free(host, port):
+    """Whether nothing listens on host:port. SO_REUSEADDR, as the servers bind: a port whose last
+    connections wait in TIME-WAIT (a server that just closed them) is free, not taken for a minute."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def public_host(settings):
     if settings.deploy_public_host:
         return settings.deploy_public_host
     if settings.deploy_host in ("0.0.0.0", "::", ""):
         return socket.gethostname()
     return settings.deploy_host
+
+
+def backends(gpus_here):
+    """The backends a deployment may ask for here: vllm only where it is installed and GPUs exist."""
+    found = ["huggingface"]
+    if gpus_here and importlib.util.find_spec("vllm") is not None:
+        found.append("vllm")
+    return found
 
 
 def _check_vllm(gpus):
@@ -76,6 +101,8 @@ class Deployments:
         gpus = self.launcher.executor.gpus_for(request.get("gpus"))
         if request.get("backend") == "vllm":
             _check_vllm(gpus)
+        if request.get("template"):  # else the server would fail at its start
+            self.catalog.check_template(request["template"], field="template")
         api_key = "sk-imts-" + secrets.token_urlsafe(32)
 
         def make_files(run_id, run_dir):
@@ -126,8 +153,9 @@ class Deployments:
             }
 
         def create(make):
-            with self.store.lock(PORTS_LOCK):  # two creates never take one port
-                run_id = self.store.create_deployment(make)
+            with quotas.admitting(self.settings, self.store, principals.owner()["tenant"]):
+                with self.store.lock(PORTS_LOCK):  # two creates never take one port
+                    run_id = self.store.create_deployment(make)
             os.chmod(self.store.path(run_id, record.API_KEY_FILE), 0o600)
             return run_id
 
@@ -190,12 +218,8 @@ class Deployments:
         for port in parse_ports(self.settings.deploy_ports):
             if port in taken:
                 continue
-            with socket.socket() as sock:
-                try:
-                    sock.bind((self.settings.deploy_host or "127.0.0.1", port))
-                except OSError:
-                    continue  # something else listens there
-            return port
+            if port_free(self.settings.deploy_host or "127.0.0.1", port):
+                return port
         raise Conflict(
             f"every port of deploy_ports ({self.settings.deploy_ports}) is taken; stop a deployment first",
             field="deploy_ports",
@@ -222,15 +246,30 @@ class Deployments:
         view = self.view(self._read(deployment_id))
         if view["status"] == JobStatus.PENDING.value:
             view["queue_position"] = self.launcher.queue_position(deployment_id)
+            view.update(waiting_view(self.launcher.waiting_for(self.store.read(deployment_id))))
         return view
 
-    def upstream(self, deployment_id):
-        """The port of a ready deployment, for a proxy in front (a 409 while it is not ready)."""
-        state = self._read(deployment_id)
+    def upstream(self, deployment_id, key):
+        """The port of a ready deployment, for a proxy in front (Nginx's auth_request), to a request
+        that carries that deployment's own key; for anyone else the same refusal, whatever the id
+        names (an unknown one, another team's, one not ready), so that it tells nothing."""
+        state = None
+        if isinstance(deployment_id, str) and DEPLOYMENT_ID_PATTERN.fullmatch(deployment_id):
+            with contextlib.suppress(NotFound):
+                state = self.store.read(deployment_id)
+        expected = (state or {}).get("api_key_sha256") or _NO_KEY
+        presented = hashlib.sha256((key or "").encode()).hexdigest()
+        if not (hmac.compare_digest(presented, expected) and key and state):
+            raise Unauthorized(
+                "send the deployment's own api_key: Authorization: Bearer <api_key>", field="Authorization"
+            )
+        return self._ready_port(state)
+
+    def _ready_port(self, state):
         status = record.shown_status(state)
         if status != record.READY:
             raise Conflict(
-                f"deployment {deployment_id} is {status}, not ready", extra={"deployment_status": status}
+                f"deployment {state['job_id']} is {status}, not ready", extra={"deployment_status": status}
             )
         return state["port"]
 
@@ -238,7 +277,7 @@ class Deployments:
         """Stream a chat completion of a ready deployment (server-sent events, as OpenAI's), for the
         dashboard's chat box: the service calls its server with the deployment's own key."""
         state = self._read(deployment_id)
-        port = self.upstream(deployment_id)
+        port = self._ready_port(state)
         with open(state["paths"]["api_key"], encoding="utf-8") as handle:
             key = handle.read().strip()
         body = {"model": state["model"], "messages": messages, "max_tokens": max_tokens, "stream": True}
@@ -254,11 +293,7 @@ class Deployments:
         except OSError as exc:
             raise Conflict(f"deployment {deployment_id} cannot be reached: {exc}") from None
 
-        def events():
-            with response:
-                yield from response
-
-        return events()
+        return _relayed(response, deployment_id)
 
     def serving(self, name, version):
         """The live deployments of a registered version (a version they serve cannot be deleted)."""
@@ -298,3 +333,30 @@ class Deployments:
 
     def view(self, state):
         return record.view(state)
+
+
+def _relayed(response, deployment_id):
+    """The server's events as they come; a failure once they have started (the answer's status is
+    sent) ends the stream with an error event, as OpenAI's streams carry one, instead of silence."""
+    done = False
+    sent = 0
+    try:
+        with response:
+            for line in response:
+                done = done or line.strip() == b"data: [DONE]"
+                sent += line.startswith(b"data:")
+                yield line
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        log.warning("deployment %s: its stream broke off: %s", deployment_id, exc)
+        yield _error_event(f"the model server's answer broke off: {exc}")
+        return
+    if not done:
+        log.warning("deployment %s: its stream ended without [DONE] after %d events", deployment_id, sent)
+        yield _error_event(
+            "the model server ended its answer without finishing it (its deployment.log says why)"
+        )
+
+
+def _error_event(message):
+    body = {"error": {"message": message, "type": "server_error", "code": "stream_failed"}}
+    return b"event: error\ndata: " + json.dumps(body).encode() + b"\n\n"

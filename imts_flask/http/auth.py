@@ -10,23 +10,18 @@ or deployment answers 404, as one that does not exist. /metrics (per-job series)
 import ipaddress
 import re
 
-from ..errors import ApiError, Forbidden
+from ..errors import Forbidden, Unauthorized
 from ..tenancy import principals
 from ..tenancy.audit import AuditLog
 
 _BEARER = re.compile(r"Bearer ([A-Za-z0-9._~+/=-]{1,512})")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-# Open without a token: health for load balancers, a ready deployment's port for Nginx's
-# auth_request (its callers hold the deployment's own key, which its server checks).
+# Open without a service token: health for load balancers, and a ready deployment's port for Nginx's
+# auth_request, which answers only a request carrying that deployment's own key.
 OPEN_ENDPOINTS = ("training.health", "training.deployment_upstream")
 ADMIN_ENDPOINTS = ("metrics.prometheus_metrics",)
 # URL parts that name a resource of a tenant, and what reads its record.
 _OWNED = {"job_id": "job", "deployment_id": "deployment"}
-
-
-class Unauthorized(ApiError):
-    status = 401
-    code = "unauthorized"
 
 
 def _refuse():

@@ -1,6 +1,8 @@
 """The routes of a trained model's use, on the API's one blueprint: deployments (OpenAI-compatible
 servers of a job's weights or a registered version) and the registry of model versions."""
 
+import re
+
 from flask import Response, request, stream_with_context
 from marshmallow import ValidationError, fields, validate, validates_schema
 
@@ -8,14 +10,17 @@ from ..tenancy import principals
 from . import get_service
 from .api import _idempotency_key, _json_body, _load, _schema, bp
 from .openapi import doc
-from .schemas import PageQuerySchema, RequestSchema, ResponseSchema
-
-_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
-_NAME_ERROR = "must be 1 to 63 lowercase letters, digits, '-' or '_', starting with a letter or digit"
-_WEIGHTS = validate.Regexp(
-    r"^(final|best|checkpoint-[0-9]{1,12})$", error="must be final, best or a name like checkpoint-500"
+from .schemas import (
+    JOB_ID,
+    NAME,
+    REFERENCE,
+    WEIGHTS,
+    PageQuerySchema,
+    RequestSchema,
+    ResponseSchema,
+    Whole,
+    given,
 )
-
 
 # -- schemas -------------------------------------------------------------------------------
 
@@ -23,17 +28,24 @@ _WEIGHTS = validate.Regexp(
 class DeploymentRequestSchema(RequestSchema):
     """POST /deployments: serve a job's weights, or a registered version."""
 
+    openapi_rules = {
+        "oneOf": [given("job_id"), given("model")],
+        "not": {"allOf": [given("model"), given("checkpoint")]},
+    }
+
     job_id = fields.String(
-        allow_none=True, validate=validate.Length(1, 64), metadata={"example": "train_a1b2c3d4"}
+        allow_none=True,
+        validate=JOB_ID,
+        metadata={"example": "train_a1b2c3d4", "description": "a completed or stopped job (or model)"},
     )
     checkpoint = fields.String(
         allow_none=True,
-        validate=_WEIGHTS,
+        validate=WEIGHTS,
         metadata={"description": "with job_id: final (default), best, or checkpoint-N"},
     )
     model = fields.String(
         allow_none=True,
-        validate=validate.Length(1, 130),
+        validate=REFERENCE,
         metadata={
             "description": "a registered version: name:3 or name@alias",
             "example": "support-bot@production",
@@ -41,12 +53,15 @@ class DeploymentRequestSchema(RequestSchema):
     )
     name = fields.String(
         allow_none=True,
-        validate=validate.Regexp(_NAME, error=_NAME_ERROR),
+        validate=NAME,
         metadata={"description": "the model id clients send (default: the deployment id)"},
     )
     gpus = fields.Integer(strict=True, allow_none=True, validate=validate.Range(0, 64))
     max_new_tokens = fields.Integer(strict=True, allow_none=True, validate=validate.Range(1, 32768))
-    template = fields.String(allow_none=True, validate=validate.Regexp(r"^[A-Za-z0-9_.-]{1,64}$"))
+    template = fields.String(
+        allow_none=True,
+        validate=Whole(r"^[A-Za-z0-9_.-]{1,64}$", error="must be 1 to 64 letters, digits, '_', '.' or '-'"),
+    )
     backend = fields.String(
         allow_none=True,
         validate=validate.OneOf(["huggingface", "vllm"]),
@@ -85,6 +100,9 @@ class DeploymentSchema(ResponseSchema):
     restarts = fields.Integer()
     attempt = fields.Integer()
     queue_position = fields.Integer(allow_none=True)
+    waiting_for = fields.String(metadata={"description": "pending: capacity, quota or preemption"})
+    held_by = fields.List(fields.String(), metadata={"description": "pending: the runs holding the slots"})
+    held_by_others = fields.Integer(metadata={"description": "pending: how many more are other teams'"})
     error = fields.String(allow_none=True)
     log_tail = fields.List(fields.String())
     created_at = fields.String()
@@ -109,13 +127,9 @@ class DeploymentListSchema(ResponseSchema):
 class RegisterRequestSchema(RequestSchema):
     """POST /models: a job's weights as the next version of a name."""
 
-    name = fields.String(
-        required=True, validate=validate.Regexp(_NAME, error=_NAME_ERROR), metadata={"example": "support-bot"}
-    )
-    job_id = fields.String(
-        required=True, validate=validate.Length(1, 64), metadata={"example": "train_a1b2c3d4"}
-    )
-    checkpoint = fields.String(load_default="final", allow_none=True, validate=_WEIGHTS)
+    name = fields.String(required=True, validate=NAME, metadata={"example": "support-bot"})
+    job_id = fields.String(required=True, validate=JOB_ID, metadata={"example": "train_a1b2c3d4"})
+    checkpoint = fields.String(load_default="final", allow_none=True, validate=WEIGHTS)
     description = fields.String(allow_none=True, validate=validate.Length(0, 2000))
 
 
@@ -212,12 +226,14 @@ def delete_deployment(deployment_id):
 
 @bp.get("/deployments/<deployment_id>/upstream")
 @doc(
-    "For Nginx's auth_request: 204 with X-IMTS-Upstream-Port while the deployment is ready; no token needed",
+    "For Nginx's auth_request: 204 with X-IMTS-Upstream-Port to a request carrying the deployment's own "
+    "api_key (Authorization: Bearer) while it is ready; 401 to any other, whatever the id names",
     responses={204: None},
-    errors=(400, 404, 409),
+    errors=(401, 409),
 )
 def deployment_upstream(deployment_id):
-    port = get_service().deployments.upstream(deployment_id)
+    match = re.fullmatch(r"Bearer ([!-~]{1,512})", request.headers.get("Authorization") or "")
+    port = get_service().deployments.upstream(deployment_id, match.group(1) if match else None)
     return "", 204, {"X-IMTS-Upstream-Port": str(port), "Cache-Control": "no-store"}
 
 
@@ -226,16 +242,52 @@ class ChatMessageSchema(RequestSchema):
     content = fields.String(required=True, validate=validate.Length(1, 8000))
 
 
-class ChatRequestSchema(RequestSchema):
-    """POST /deployments/{id}/chat: the dashboard's chat box (a few turns of text)."""
+MAX_CHAT_CHARACTERS = 32_000  # the whole conversation's text (a tiny model's context is far less)
 
-    messages = fields.List(fields.Nested(ChatMessageSchema), required=True, validate=validate.Length(1, 32))
+
+class ChatRequestSchema(RequestSchema):
+    """POST /deployments/{id}/chat: the dashboard's chat box (a few turns of text). What the server
+    cannot answer is refused here, naming the field: an optional system message first, then turns
+    of user and assistant in turn, ending with the user's, at most MAX_CHAT_CHARACTERS in all."""
+
+    messages = fields.List(
+        fields.Nested(ChatMessageSchema),
+        required=True,
+        validate=validate.Length(1, 32),
+        metadata={
+            "description": "an optional system message first, then user and assistant in turn, "
+            f"ending with user; at most {MAX_CHAT_CHARACTERS} characters in all"
+        },
+    )
     max_tokens = fields.Integer(strict=True, load_default=256, validate=validate.Range(1, 2048))
+
+    @validates_schema
+    def _a_conversation(self, data, **kwargs):
+        messages = data.get("messages") or []
+        turns = messages[1:] if messages and messages[0]["role"] == "system" else messages
+        if not turns:
+            raise ValidationError("holds no user message: the last message must be the user's", "messages")
+        offset = len(messages) - len(turns)
+        for number, message in enumerate(turns):
+            expected = "user" if number % 2 == 0 else "assistant"
+            if message["role"] != expected:
+                where = f"messages.{number + offset}.role"
+                if message["role"] == "system":
+                    raise ValidationError("a system message may only come first", where)
+                raise ValidationError(f"must be {expected}: user and assistant take turns", where)
+        if turns[-1]["role"] != "user":
+            raise ValidationError("the last message must be the user's (the model answers it)", "messages")
+        total = sum(len(m["content"]) for m in messages)
+        if total > MAX_CHAT_CHARACTERS:
+            raise ValidationError(
+                f"hold {total} characters in all; at most {MAX_CHAT_CHARACTERS}", "messages"
+            )
 
 
 @bp.post("/deployments/<deployment_id>/chat")
 @doc(
-    "Chat with a ready deployment through the service (the dashboard's box): server-sent events as OpenAI's",
+    "Chat with a ready deployment through the service (the dashboard's box): server-sent events as "
+    "OpenAI's; a failure once the answer has started is an event whose data is {error: {message}}",
     body=ChatRequestSchema,
     responses={200: "text/event-stream"},
     errors=(400, 404, 409),

@@ -33,7 +33,8 @@ async function parse(response) {
   }
 }
 
-// POSTs `body` and hands each server-sent event's data (parsed JSON) to `onEvent` as it arrives.
+// POSTs `body` and hands each server-sent event's data (parsed JSON) to `onEvent` as it arrives;
+// an event carrying {error} (the answer broke off) is thrown as an ApiError.
 export async function stream(path, body, onEvent) {
   const headers = { "Content-Type": "application/json" };
   const token = sessionStorage.getItem(TOKEN_KEY);
@@ -51,7 +52,11 @@ export async function stream(path, body, onEvent) {
     pending = lines.pop();
     for (const line of lines) {
       const data = line.startsWith("data:") ? line.slice(5).trim() : "";
-      if (data && data !== "[DONE]") onEvent(JSON.parse(data));
+      if (!data || data === "[DONE]") continue;
+      const event = JSON.parse(data);
+      // A failure once the answer had started: the stream's last event says what went wrong.
+      if (event.error) throw new ApiError(502, { message: event.error.message, errors: [] });
+      onEvent(event);
     }
   }
 }
