@@ -152,3 +152,19 @@ def test_only_completed_jobs_register(make_app):
     response = client.post(f"{API}/models", json={"name": "bot", "job_id": job_id})
     assert response.status_code == 409
     client.post(f"{API}/jobs/{job_id}/stop")
+
+
+def test_a_version_number_is_never_given_twice_under_a_name(client, home):
+    """Delete version 2 and register again: the new one is 3, so whatever pinned race:2 (a lineage,
+    a deployment, a client) never means other weights. Also for a name registered before the
+    service kept its high-water mark: the registry's log remembers the numbers."""
+    job_id = completed_job(client)
+    for _ in range(2):
+        register(client, name="race", job_id=job_id)
+    assert client.delete(f"{API}/models/race/versions/2").status_code == 204
+    assert register(client, name="race", job_id=job_id)["version"] == 3
+    assert client.delete(f"{API}/models/race/versions/3").status_code == 204
+    os.unlink(os.path.join(home, "models", "registry", "race", "last_version"))  # as an older release left it
+    assert register(client, name="race", job_id=job_id)["version"] == 4
+    assert client.get(f"{API}/models/race/versions/2").status_code == 404
+    assert [v["version"] for v in client.get(f"{API}/models/race").get_json()["versions"]] == [1, 4]

@@ -7,6 +7,9 @@
                                      allows (no copy, no space), else a copy; either way the version
                                      outlives the job
     <name>/aliases.json              {"production": 3}
+    <name>/last_version              the highest version number ever given under the name: a number
+                                     is never given twice, so a deleted version's pins stay broken
+                                     rather than naming other weights
     <name>/registry.log              a line per registration, alias change and deletion
     .staging/ .trash/                versions being written, versions being removed
 
@@ -26,7 +29,7 @@ import shutil
 import tempfile
 
 from ..errors import Conflict, NotFound, ValidationFailed
-from ..fsio import atomic_write_json, read_json, write_tree
+from ..fsio import atomic_write_bytes, atomic_write_json, read_json, write_tree
 from ..jobs.checkpoints import CHECKPOINT_STATE, TRAINING_RECORDS
 from ..jobs.store import storage_error
 from ..state import now_utc
@@ -41,7 +44,9 @@ STATE = "state.json"
 MODEL_CONFIG = "model.yaml"
 WEIGHTS = "weights"
 ALIASES = "aliases.json"
+LAST_VERSION = "last_version"
 LOG = "registry.log"
+_LOGGED = re.compile(r" registered version ([0-9]{1,9}) ")
 HASH_LIMIT = 256 * 1024 * 1024  # datasets above this are recorded by size and time, not hashed
 
 
@@ -101,6 +106,19 @@ class ModelRegistry:
             int(n) for n in names if n.isdigit() and os.path.isfile(self._dir(name, "versions", n, STATE))
         )
 
+    def _highest_given(self, name):
+        """The highest version number ever given under `name` (a deleted one's too)."""
+        try:
+            with open(self._dir(name, LAST_VERSION), encoding="ascii") as handle:
+                return int(handle.read().strip())
+        except (FileNotFoundError, ValueError):
+            pass
+        try:  # a name registered before last_version was kept: its log remembers every number
+            with open(self._dir(name, LOG), encoding="utf-8", errors="replace") as handle:
+                return max((int(m.group(1)) for line in handle if (m := _LOGGED.search(line))), default=0)
+        except FileNotFoundError:
+            return 0
+
     def _aliases(self, name):
         try:
             return read_json(self._dir(name, ALIASES))
@@ -128,9 +146,12 @@ class ModelRegistry:
             versions = self._versions(name)
             if versions and self._owner(name) != lineage.get("tenant"):
                 raise Conflict(f"the name {name!r} is taken by another team; choose another", field="name")
-            version = max(versions, default=0) + 1
+            version = max(self._highest_given(name), max(versions, default=0)) + 1
             staging = tempfile.mkdtemp(prefix=f"{name}-{version}-", dir=staging_root)
             try:
+                # Written before the version appears: a crash between the two skips a number, never
+                # gives one twice.
+                atomic_write_bytes(self._dir(name, LAST_VERSION), f"{version}\n".encode())
                 weights = os.path.join(staging, WEIGHTS)
                 _link_weights(weights_path, weights)
                 final = self._version_dir(name, version)
