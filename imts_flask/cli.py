@@ -124,6 +124,15 @@ def cmd_list(client, args):
     return 0
 
 
+def waiting(job):
+    """What a waiting job waits for, in words ("capacity held by deploy_ab12cd34")."""
+    named = list(job.get("held_by") or [])
+    others = job.get("held_by_others") or 0
+    if others:
+        named.append(f"{others} run{'s' if others > 1 else ''} of another team")
+    return f"{job.get('waiting_for') or 'capacity'}" + (f" held by {' and '.join(named)}" if named else "")
+
+
 def cmd_status(client, args):
     _, job, _ = client.call("GET", f"/jobs/{args.job_id}")
     print(json.dumps(job, ensure_ascii=False, indent=2))
@@ -153,6 +162,7 @@ def cmd_watch(client, args):
                     postfix["eta"] = f"{job['eta_seconds']}s"
                 if job.get("queue_position"):
                     postfix["queue"] = job["queue_position"]
+                    postfix["waiting for"] = waiting(job)
                 bar.set_postfix(postfix)
                 bar.refresh()
             if job["status"] in TERMINAL:
@@ -414,7 +424,11 @@ def cmd_priority(client, args):
     if args.head:
         body["queue_head"] = True
     _, job, _ = client.call("PATCH", f"/jobs/{args.job_id}", body)
-    place = f", queue position {job['queue_position']}" if job.get("queue_position") else ""
+    place = (
+        f", queue position {job['queue_position']}, waiting for {waiting(job)}"
+        if job.get("queue_position")
+        else ""
+    )
     print(f"{job['job_id']}: {job['status']}, priority {job['priority']}{place}")
     return 0
 

@@ -25,7 +25,7 @@ from .jobs.liveness import here
 from .jobs.resume import ResumePlan
 from .jobs.sharing import Sharing
 from .jobs.store import JobStore, storage_error
-from .jobs.views import job_view
+from .jobs.views import job_view, waiting_view
 from .llamafactory.allowlist import validate_custom_config
 from .llamafactory.configs import build_train_config
 from .llamafactory.templates import installed_templates
@@ -171,7 +171,7 @@ class TrainingService:
                 JobStore.STATE: self._new_state(job_id, paths, described),
             }
 
-        return self._create(make_files, original, idempotency_key)
+        return self._create(make_files, original, idempotency_key, principals.owner()["tenant"])
 
     def _new_state(self, job_id, paths, described):
         created = now_utc()
@@ -189,15 +189,20 @@ class TrainingService:
             about=ABOUT,
         )
 
-    def _create(self, make_files, fingerprinted, idempotency_key):
+    def _create(self, make_files, fingerprinted, idempotency_key, tenant):
         """Write a new job (once per idempotency key), announce it and start the queue; (state, replayed)."""
+
+        def create(make):
+            with quotas.admitting(self.settings, self.store, tenant):  # checked and written as one
+                return self.store.create(make)
+
         if idempotency_key is None:
-            job_id, replayed = self.store.create(make_files), False
+            job_id, replayed = create(make_files), False
         else:
             text = json.dumps(fingerprinted, sort_keys=True)
             fingerprint = hashlib.sha256(text.encode("utf-8")).hexdigest()
             key = principals.scoped(idempotency_key)
-            job_id, replayed = self.store.create_once(key, fingerprint, make_files)
+            job_id, replayed = self.store.create_once(key, fingerprint, make_files, create)
         state = self.store.read(job_id)
         if not replayed:
             log.info("job %s: created (%s)", job_id, state.get("model_name"))
@@ -233,7 +238,8 @@ class TrainingService:
             return plan.files(paths, state)
 
         asked = {"resume": job_id, "checkpoint": checkpoint}
-        return self._create(make_files, asked, idempotency_key)
+        tenant = principals.owner()["tenant"] or plan.source.get("tenant")
+        return self._create(make_files, asked, idempotency_key, tenant)
 
     # -- datasets and models ---------------------------------------------------------------
 
@@ -350,7 +356,7 @@ class TrainingService:
         view = self.view(self.store.read(job_id))
         if view["status"] == JobStatus.PENDING.value and not view["gpu_ids"]:
             view["queue_position"] = self.launcher.queue_position(job_id)
-            view["waiting_for"] = self.launcher.waiting_for(self.store.read(job_id))
+            view.update(waiting_view(self.launcher.waiting_for(self.store.read(job_id))))
         return view
 
     def view(self, state, detail=True):
@@ -448,7 +454,12 @@ class TrainingService:
         state = self.store.read(job_id)
         path = os.path.join((state.get("paths") or {}).get("output_dir", ""), name)
         if not os.path.isfile(path):
-            raise NotFound(f"job {job_id} has no {name} (yet)", field="name")
+            if not JobStatus(state["status"]).is_terminal():  # LLaMA Factory draws it at the end
+                raise Conflict(
+                    f"job {job_id} is {state['status']}: {name} is drawn when its training ends",
+                    extra={"job_status": state["status"]},
+                )
+            raise NotFound(f"job {job_id} has no {name}", field="name")
         return path
 
     def list_jobs(self, status=None, limit=100, offset=0, q=None, sort="created", order=None):

@@ -192,3 +192,18 @@ def test_priority_and_usage(service):
     assert usage["tenants"] and usage["tenants"][0]["tenant"] is None and usage["tenants"][0]["runs"] >= 1
     table = cli(service, "usage", "--days").stdout
     assert "(admins)" in table and usage["to"] in table
+
+
+def test_a_waiting_job_says_what_holds_the_slots(service):
+    """Two slots, both held by deployments: a submitted job waits, and the CLI names them."""
+    job_id = cli(
+        service, "submit", "--model", "tiny-llama", "--dataset", "demo_sft", "--watch"
+    ).stdout.split()[0]
+    held = [json.loads(cli(service, "deploy", job_id, "--wait", "--json").stdout) for _ in range(2)]
+    waiting = cli(service, "submit", "--model", "tiny-llama", "--dataset", "demo_sft").stdout.strip()
+    changed = cli(service, "priority", waiting, "low").stdout
+    names = sorted(d["deployment_id"] for d in held)
+    assert "waiting for capacity held by " in changed and all(n in changed for n in names), changed
+    for d in held:
+        cli(service, "deployments", "--stop", d["deployment_id"])
+    assert service.wait_done(waiting)["status"] == "completed"

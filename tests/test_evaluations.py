@@ -294,4 +294,5 @@ def test_an_evaluation_whose_monitor_dies_goes_on_with_the_phases_left(trained, 
     ran = [name for name, _ in _phases(home, job_id, evaluation_id)]
     assert ran.count("tuned-eval") == 1 and ran.count("tuned-predict") == 1  # done before: not again
     history = json.load(open(os.path.join(run_dir, "state.json")))["history"]
-    assert "lost" in history[2]["reason"]
+    assert "lost" in history[2]["reason"] and "runs the phases not done yet" in history[2]["reason"]
+    assert "tuned-eval" in history[2]["reason"] and "checkpoint" not in history[2]["reason"]

@@ -52,7 +52,8 @@ def test_a_record_of_the_first_format_reads_and_shows_as_it_did(tmp_path, name):
     assert added == {
         "validation": None, "early_stopping": None, "eval_loss": None, "best_eval_loss": None,
         "best_checkpoint": None, "stopped_early": False, "tensorboard": False, "tensorboard_dir": None,
-        "mlflow_run_id": None, "tenant": None, "created_by": None, "waiting_for": None,
+        "mlflow_run_id": None, "tenant": None, "created_by": None, "waiting_for": None, "held_by": None,
+        "held_by_others": None,
         "priority": "normal", "preemptible": True, "preemptions": 0, "preempted_by": None,
         "gpu_seconds": 0.0, "cpu_seconds": 0.0,
     }  # fmt: skip

@@ -188,7 +188,7 @@ def test_a_lost_job_is_queued_again_and_resumes_from_its_last_complete_checkpoin
     ]
     assert (
         "lost: the job's monitor process died" in events[2]["reason"]
-        and "attempt 2 of 3" in events[2]["reason"]
+        and f"attempt 2 of 3 resumes from checkpoint-{newest}" in events[2]["reason"]
     )
     assert events[3]["resumed_from"] == f"checkpoint-{newest}"
     log = open(final["log_path"]).read()
@@ -206,6 +206,8 @@ def test_a_lost_job_without_a_checkpoint_starts_over(make_app):
     assert final["status"] == "completed" and final["attempt"] == 2 and final["current_step"] == 100
     assert _resumes(client, job_id) == []
     assert _steps(client, job_id) == list(range(1, 101))  # the first attempt's log was started afresh
+    events = client.get(f"{API}/jobs/{job_id}/events").get_json()["events"]
+    assert "starts over: no complete checkpoint" in events[2]["reason"]
 
 
 def test_the_last_attempt_ends_failed_lost(make_app):

@@ -20,6 +20,7 @@ from ..state import JobStatus, now_utc, parse_time
 from .. import queue
 from . import preemption
 from ..tenancy.usage import Ledger
+from .checkpoints import latest_resumable
 from .record import CHANGED, UNCHANGED, changed, setter
 from .store import JobStore
 
@@ -190,7 +191,7 @@ class Liveness:
         elif attempt < limit:
             # Queued again as it was: its place in the queue is its creation time, so it goes first.
             state.update(status=JobStatus.PENDING.value, launch=None, monitor=None, attempt=attempt + 1)
-            reason = f"lost: {loss}; attempt {attempt + 1} of {limit} resumes from a checkpoint"
+            reason = f"lost: {loss}; attempt {attempt + 1} of {limit} {_next_attempt(state, output_dir)}"
         else:
             state.update(status=JobStatus.FAILED.value, reason="lost")
             state["error"] = f"lost: {loss}" + (f" (attempt {attempt} of {limit})" if limit > 1 else "")
@@ -214,6 +215,20 @@ class Liveness:
         if updated.get("stop_forced_at") and updated["status"] == JobStatus.RUNNING.value:
             log.warning("job %s: its monitor did not stop within %.0f s; forcing it", state["job_id"], overdue)
             self.kill(updated)
+
+
+def _next_attempt(state, output_dir):
+    """What a run's next attempt does, in the words of its history."""
+    kind = state.get("kind")
+    if kind == "deployment":
+        return "starts its server again"
+    if kind == "evaluation":
+        done = [p for p in state.get("phases") or [] if p in (state.get("results") or {})]
+        return "runs the phases not done yet" + (f" (done: {', '.join(done)})" if done else "")
+    checkpoint = latest_resumable(output_dir)
+    if checkpoint is None:
+        return "starts over: no complete checkpoint was saved yet"
+    return f"resumes from {checkpoint['name']}"
 
 
 def _requeue(launch_id, why):

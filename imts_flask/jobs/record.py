@@ -64,7 +64,11 @@ FIELDS = (
     Field("gpus", "integer", "GPUs the job asked for", shown=True, resumed=True),
     _view("gpu_ids", "strings", "the GPU ids handed out once it has a slot"),
     _view("queue_position", "integer", "a waiting job's place in the queue (1 = next)"),
-    _view("waiting_for", "string", "why a queued job waits: capacity (slots, GPUs) or quota (its team's)"),
+    _view("waiting_for", "string", "why a queued job waits: capacity (slots, GPUs), quota (its team's) or "
+          "preemption (the jobs making way for it are stopping)"),
+    _view("held_by", "strings", "a waiting job: the runs holding what it waits for (jobs, evaluations, "
+          "deployments) that the caller may see"),
+    _view("held_by_others", "integer", "a waiting job: how many more such runs are other teams' (not named)"),
     _view("gpu_memory_mb", "integer", "GPU memory its processes hold (running; null without GPUs)"),
     _view("tokens_per_second", "number", "input tokens a second, lately"),
     _view("samples_per_second", "number", "training samples a second"),

@@ -109,15 +109,18 @@ class Scheduler:
         return change
 
     def waiting_for(self, state):
-        """Why a queued run waits: "quota" (its team's running quota), "preemption" (the jobs making
-        way for it are stopping) or "capacity" (slots, GPUs)."""
+        """Why a queued run waits, and the runs that hold what it waits for: ("quota", its team's
+        runs holding slots), ("preemption", the runs making way for it) or ("capacity", the runs
+        holding the slots and GPUs: jobs, evaluations, deployments)."""
         states = self.store.active_states()
         by_gpus = bool(self.executor.gpu_ids())
+        holding = [s for s in states if not queue.queued(s) and s["job_id"] != state["job_id"]]
         if quotas.at_limit(quotas.load(self.settings), quotas.held(states, by_gpus), state, by_gpus):
-            return "quota"
+            return "quota", [s for s in holding if s.get("tenant") == state.get("tenant")]
         if preemption.in_flight(states, state["job_id"]):
-            return "preemption"
-        return "capacity"
+            making_way = [s for s in holding if (s.get("preempting") or {}).get("by") == state["job_id"]]
+            return "preemption", making_way
+        return "capacity", holding
 
     def queue_position(self, job_id):
         """A waiting job's 1-based place in the queue (ours, or the engine's), else None."""

@@ -11,6 +11,7 @@ import os
 
 from ..llamafactory.trainer_log import eta_after_resume, read_progress
 from ..state import JobStatus
+from ..tenancy import principals
 from . import record
 
 TENSORBOARD = "tensorboard"
@@ -93,7 +94,9 @@ _COMPUTED = {
     "eta_seconds": _eta,
     "gpu_ids": lambda job: (job.state.get("launch") or {}).get("gpus"),
     "queue_position": lambda job: None,  # the service fills it in for a waiting job
-    "waiting_for": lambda job: None,  # and why it waits
+    "waiting_for": lambda job: None,  # and why it waits, and what holds the slots
+    "held_by": lambda job: None,
+    "held_by_others": lambda job: None,
     "gpu_memory_mb": lambda job: job.gpu_memory // 2**20 if job.running and job.gpu_memory is not None else None,
     "tokens_per_second": _tokens_per_second,
     "samples_per_second": _samples_per_second,
@@ -124,3 +127,12 @@ def export_view(export):
 
 def _rounded(value, digits=1):
     return round(value, digits) if isinstance(value, (int, float)) else None
+
+
+def waiting_view(waiting):
+    """waiting_for, held_by and held_by_others of a waiting run's view, from the scheduler's
+    (reason, holders): the runs holding what it waits for, named where the caller may see them
+    (another team's are counted, not named)."""
+    reason, holders = waiting
+    named = [s["job_id"] for s in holders if principals.visible(s.get("tenant"))]
+    return {"waiting_for": reason, "held_by": sorted(named), "held_by_others": len(holders) - len(named)}

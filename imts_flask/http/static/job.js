@@ -18,6 +18,13 @@ function fact(name, value) {
   return value === "" || value === null || value === undefined ? [] : [el("div", {}, el("dt", {}, name), el("dd", {}, value))];
 }
 
+// What a waiting job waits for, and what holds it: "capacity held by deploy_ab12cd34".
+function waiting(state) {
+  const named = [...(state.held_by || [])];
+  if (state.held_by_others) named.push(`${state.held_by_others} run(s) of another team`);
+  return named.length ? `${state.waiting_for} held by ${named.join(" and ")}` : state.waiting_for;
+}
+
 function drawStatus(state) {
   job = state;
   document.getElementById("job-id").textContent = state.job_id;
@@ -36,7 +43,7 @@ function drawStatus(state) {
     ...fact("tokens / s", state.tokens_per_second),
     ...fact("samples / s", state.samples_per_second),
     ...fact("ETA", state.status === "running" ? duration(state.eta_seconds) : ""),
-    ...fact("queue position", state.queue_position ? `${state.queue_position}${state.waiting_for ? ` (waiting for ${state.waiting_for})` : ""}` : ""),
+    ...fact("queue position", state.queue_position ? `${state.queue_position}${state.waiting_for ? ` (waiting for ${waiting(state)})` : ""}` : ""),
     ...fact("team / priority", `${state.tenant || "-"} / ${state.priority}${state.preemptible ? "" : ", not preemptible"}`),
     ...fact("preempted", state.preemptions ? `${state.preemptions} time(s), last by ${state.preempted_by}` : ""),
     ...fact("GPU / CPU hours", `${number(state.gpu_seconds / 3600, 3)} / ${number(state.cpu_seconds / 3600, 3)}`),
