@@ -144,12 +144,12 @@ class Catalog:
 
     # -- templates -------------------------------------------------------------------------
 
-    def check_template(self, template):
+    def check_template(self, template, field="custom_config.template"):
         known = installed_templates()
         if known is not None and template not in known:
             raise ValidationFailed(
                 f"template '{template}' is not a LLaMA Factory template; available: {', '.join(known)}",
-                field="custom_config.template",
+                field=field,
                 extra={"available": known},
             )
 
@@ -166,7 +166,9 @@ class Catalog:
             except (OSError, ValueError):
                 continue
             for name, entry in info.items():
-                if isinstance(entry, dict) and name not in found:
+                # A name a request could not give (spaces, other characters, over 64 long) is no
+                # dataset of the API's: listed, it could never be used.
+                if isinstance(entry, dict) and name not in found and DATASET_NAME.fullmatch(name):
                     found[name] = (data_dir, entry, "operator")
         if self.uploads is not None:
             for name, entry in self.uploads.entries().items():

@@ -203,6 +203,22 @@ def test_unknown_and_malformed_job_ids(client):
     _assert_error(client.delete(f"{BASE}/jobs"), 405)
 
 
+def test_a_405_says_which_methods_are_allowed(client):
+    for method, path in (("TRACE", "/health"), ("DELETE", "/jobs"), ("PUT", "/jobs/train_00000000/stop")):
+        response = client.open(f"{BASE}{path}", method=method)
+        _assert_error(response, 405)
+        allowed = {m.strip() for m in response.headers["Allow"].split(",")}
+        assert allowed and allowed <= {"GET", "HEAD", "OPTIONS", "POST", "DELETE", "PATCH", "PUT"}
+        assert all(m in response.get_json()["message"] for m in allowed - {"HEAD", "OPTIONS"})
+
+
+def test_a_huge_offset_is_a_400_naming_it(client):
+    for query in ("offset=48166428573250261560586141696", "offset=1000000001", "offset=-1"):
+        _assert_error(client.get(f"{BASE}/jobs?{query}"), 400, "offset")
+    assert client.get(f"{BASE}/jobs?offset=1000000000").status_code == 200
+    _assert_error(client.get(f"{BASE}/jobs/train_00000000/logs?offset={2**63}"), 400, "offset")
+
+
 def test_unexpected_errors_are_500_without_internals(client, monkeypatch):
     def explode(*args, **kwargs):
         raise RuntimeError("secret internal detail")

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from imts_flask.catalog import Catalog
-from imts_flask.errors import ValidationFailed
+from imts_flask.errors import NotFound, ValidationFailed
 from imts_flask.llamafactory.templates import installed_templates
 from imts_flask.settings import load_settings
 
@@ -25,6 +25,9 @@ def catalog(tmp_path, home, monkeypatch):
         "hub_set": {"hf_hub_url": "org/data"},
         "gone_set": {"file_name": "missing.json"},
         "escape_set": {"file_name": "../../etc/passwd"},
+        "my sft set": {"file_name": "sft.json"},  # names no request can give
+        "数据": {"file_name": "sft.json"},
+        "x" * 65: {"file_name": "sft.json"},
     }
     (data / "dataset_info.json").write_text(json.dumps(info))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
@@ -83,6 +86,16 @@ def test_unusable_datasets_are_refused_with_what_is_available(catalog, name, sta
     assert words in info.value.errors[0]["reason"]
     assert info.value.extra["available"] == catalog.available_datasets(stage)
     assert "gone_set" not in catalog.available_datasets(stage)
+
+
+def test_only_datasets_a_request_can_name_are_listed(catalog):
+    """An operator's dataset_info.json may name datasets no request could give (a space, other
+    characters, too long): listed, they were refused by every job as unknown. They are not listed."""
+    listed = {d["name"] for d in catalog.datasets()}
+    assert "sft_set" in listed and not listed & {"my sft set", "数据", "x" * 65}
+    for name in ("my sft set", "数据"):
+        with pytest.raises(NotFound):
+            catalog.dataset(name)
 
 
 def test_templates_come_from_the_installed_llamafactory(catalog):

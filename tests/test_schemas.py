@@ -109,13 +109,78 @@ def test_body_must_be_an_object():
 
 def test_export_request():
     loaded = ExportRequestSchema().load(
-        {"jobId": "train_1", "exportDir": "./models/exports/x", "mergeLora": None}
+        {"jobId": "train_a1b2c3d4", "exportDir": "./models/exports/x", "mergeLora": None}
     )
-    assert loaded == {"job_id": "train_1", "export_dir": "./models/exports/x", "merge_lora": True}
+    assert loaded == {"job_id": "train_a1b2c3d4", "export_dir": "./models/exports/x", "merge_lora": True}
     assert "export_dir" in _errors(ExportRequestSchema(), {"merge_lora": False})
+    assert "job_id" in _errors(ExportRequestSchema(), {"job_id": "train_1", "export_dir": "x"})
 
 
 def test_list_query():
     assert ListQuerySchema().load({}) == {"limit": 100, "offset": 0, "sort": "created", "order": None}
     assert "status" in _errors(ListQuerySchema(), {"status": "done"})
     assert "limit" in _errors(ListQuerySchema(), {"limit": "0"})
+
+
+def _every_schema():
+    """Every request and query schema of the API (imported with the app's blueprints)."""
+    from marshmallow import class_registry
+
+    import imts_flask.http.serving  # noqa: F401 (its schemas)
+    import imts_flask.http.sharing  # noqa: F401
+
+    return {
+        cls
+        for entries in class_registry._registry.values()
+        for cls in entries
+        if cls.__module__.startswith("imts_flask")
+    }
+
+
+def _validators(field):
+    validators = list(field.validators)
+    inner = getattr(field, "inner", None)
+    return validators + (list(inner.validators) if inner is not None else [])
+
+
+def test_every_pattern_matches_the_whole_value_through_one_helper():
+    """marshmallow's Regexp uses re.match, whose `$` also matches before a final newline: every
+    pattern of a request is the one helper that matches whole values."""
+    from marshmallow import validate
+
+    from imts_flask.http.schemas import Whole
+
+    patterns = [
+        (schema.__name__, name, v)
+        for schema in _every_schema()
+        for name, field in schema._declared_fields.items()
+        for v in _validators(field)
+        if isinstance(v, validate.Regexp)
+    ]
+    assert len(patterns) >= 8
+    assert [(s, n) for s, n, v in patterns if not isinstance(v, Whole)] == []
+    for _schema, _name, validator in patterns:
+        with pytest.raises(ValidationError):
+            validator("checkpoint-5\n")
+        with pytest.raises(ValidationError):
+            validator("support-bot\n")
+
+
+def test_every_number_a_request_or_a_query_takes_is_bounded_both_ways():
+    """GET /jobs?offset=48166428573250261560586141696 was a 500: every integer and number has a
+    lower and an upper bound, in the schema (and so in the document)."""
+    from marshmallow import fields as mfields
+    from marshmallow import validate
+
+    from imts_flask.http.schemas import ResponseSchema
+
+    unbounded = []
+    for schema in _every_schema():
+        if issubclass(schema, ResponseSchema):
+            continue
+        for name, field in schema._declared_fields.items():
+            if isinstance(field, (mfields.Integer, mfields.Float)):
+                ranges = [v for v in field.validators if isinstance(v, validate.Range)]
+                if not ranges or ranges[0].min is None or ranges[0].max is None:
+                    unbounded.append(f"{schema.__name__}.{name}")
+    assert unbounded == []

@@ -67,6 +67,7 @@ class UploadRequest(Request):
 
 CREATED_MESSAGE = "训练任务已创建，正在启动..."  # the guide's wording
 MAX_IDEMPOTENCY_KEY = 255
+_IDEMPOTENCY_KEY = re.compile(f"[ -~]{{1,{MAX_IDEMPOTENCY_KEY}}}")  # as the OpenAPI document says
 MAX_DEPTH = 8  # a request body is an object of fields whose values nest at most a few levels
 
 
@@ -148,9 +149,9 @@ def _idempotency_key():
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
-    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not key.isprintable():
+    if not _IDEMPOTENCY_KEY.fullmatch(key):
         raise ValidationFailed(
-            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters",
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters",
             field="Idempotency-Key",
         )
     return key
@@ -506,9 +507,9 @@ def stop_evaluation(job_id, evaluation_id):
 
 @bp.get("/jobs/<job_id>/artifacts/training_loss.png")
 @doc(
-    "The loss plot LLaMA Factory draws at the end of training",
+    "The loss plot LLaMA Factory draws at the end of training (409 before then)",
     responses={200: "image/png"},
-    errors=(400, 404),
+    errors=(400, 404, 409),
 )
 def loss_plot(job_id):
     return send_file(

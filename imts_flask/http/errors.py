@@ -81,7 +81,11 @@ def register_error_handlers(app):
         elif exc.code == 413:
             message = _too_large(request, exc)
             _drain_body(request.environ)
-        return error_body(exc.code, code, message)
+        # The exception's own headers go with it (a 405's Allow, a 401's WWW-Authenticate): only its
+        # body is ours.
+        headers = [(k, v) for k, v in exc.get_headers() if k.lower() != "content-type"]
+        body, status = error_body(exc.code, code, message)
+        return body, status, headers
 
     @app.errorhandler(Exception)
     def _unexpected(exc):

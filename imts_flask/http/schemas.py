@@ -27,6 +27,38 @@ from ..state import JobStatus
 
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 MAX_DATASETS = 8
+# The bounds of numbers no request may pass: every integer of a request or a query has both ends.
+MAX_OFFSET = 10**9  # items of a listing skipped
+MAX_BYTE_OFFSET = 2**53 - 1  # a file's bytes (JSON's largest exact integer)
+MAX_STEP = 10**12  # a training step
+
+
+class Whole(validate.Regexp):
+    """A value that the pattern matches whole (re.fullmatch): marshmallow's Regexp uses re.match, whose
+    `$` matches before a final newline too ("name\\n" would pass). Every pattern of a request uses it."""
+
+    def __call__(self, value):
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
+
+
+# A job's id where a body names one, the weights of a job a request names, and the names of
+# registered models, deployments and aliases.
+WEIGHTS = Whole(
+    r"^(final|best|checkpoint-[0-9]{1,12})$", error="must be final, best or a name like checkpoint-500"
+)
+JOB_ID = Whole(
+    r"^train_[0-9a-z]{8}$", error="must look like train_ followed by 8 lowercase letters or digits"
+)
+REFERENCE = Whole(
+    r"^[a-z0-9][a-z0-9_-]{0,62}(:[0-9]{1,9}|@[a-z0-9][a-z0-9_-]{0,62})$",
+    error="must look like name:3 or name@alias",
+)
+NAME = Whole(
+    r"^[a-z0-9][a-z0-9_-]{0,62}$",
+    error="must be 1 to 63 lowercase letters, digits, '-' or '_', starting with a letter or digit",
+)
 
 
 def _snake(name):
@@ -68,20 +100,64 @@ class RequestSchema(Schema):
 _REQUIRED = {"required": "is required", "null": "is required and may not be null"}
 
 
+class JsonBoolean(fields.Boolean):
+    """true or false, nothing else (marshmallow's Boolean also takes 1, 0, "yes", "on", ...)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise ValidationError("must be true or false")
+        return value
+
+
+class QueryBoolean(fields.Boolean):
+    """true or false in a query string (as the OpenAPI document says: nothing else)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if value not in ("true", "false"):
+            raise ValidationError("must be true or false")
+        return value == "true"
+
+
+def given(name):
+    """JSON Schema of "the field is there and not null" (for a schema's openapi_rules)."""
+    return {"required": [name], "properties": {name: {"not": {"enum": [None]}}}}
+
+
+_DATASET = DATASET_NAME.pattern
+_NAMES_TEXT = f"^ *{_DATASET} *(, *{_DATASET} *){{0,{MAX_DATASETS - 1}}}$"
+
+
 class DatasetField(fields.Field):
-    """A dataset name, several names separated by commas, or a list of names."""
+    """A dataset name, several names separated by commas (spaces around them are dropped), or a list
+    of names; at most MAX_DATASETS, none twice."""
+
+    OPENAPI = {
+        "oneOf": [
+            {"type": "string", "pattern": _NAMES_TEXT},
+            {
+                "type": "array",
+                "items": {"type": "string", "pattern": f"^{_DATASET}$"},
+                "minItems": 1,
+                "maxItems": MAX_DATASETS,
+                "uniqueItems": True,
+            },
+        ],
+    }
 
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, str):
-            names = [n.strip() for n in value.split(",")]
+            names = [n.strip(" ") for n in value.split(",")]
         elif isinstance(value, list) and all(isinstance(n, str) for n in value):
-            names = [n.strip() for n in value]
+            names = list(value)
         else:
             raise ValidationError("must be a dataset name, names separated by commas, or a list of names")
         if not names or any(not n for n in names):
             raise ValidationError("must name at least one dataset, with no empty names")
         if len(names) > MAX_DATASETS:
             raise ValidationError(f"may name at most {MAX_DATASETS} datasets")
+        bad = [n for n in names if not DATASET_NAME.fullmatch(n)]
+        if bad:
+            raise ValidationError(f"{bad[0][:80]!r} is no dataset name: each is {DATASET_NAME_RULE}")
         if len(set(names)) != len(names):
             raise ValidationError("names a dataset twice")
         return names
@@ -93,6 +169,8 @@ class NestedRequestSchema(RequestSchema):
 
 class ValidationSchema(NestedRequestSchema):
     """`validation`: evaluate on held-out data during training (a share of the data, or a dataset)."""
+
+    openapi_rules = {"oneOf": [given("val_size"), given("dataset")]}
 
     val_size = fields.Float(
         allow_none=True,
@@ -141,8 +219,36 @@ EARLY_STOPPING_REFUSED = {
 }
 
 
+_PORT = "(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
+WEBHOOK_URL = rf"^https?://[A-Za-z0-9][A-Za-z0-9.-]{{0,252}}(:{_PORT})?(/[!-~]*)?$"
+
+
 class TrainingJobRequestSchema(RequestSchema):
-    """POST /jobs: what to train (the guide's TrainingJobRequest)."""
+    """POST /jobs: what to train (the guide's TrainingJobRequest). model_name and dataset name what
+    this service has (GET /models, GET /datasets; a dataset fit for the stage): others are a 400."""
+
+    # early_stopping needs validation, works with every stage but rm, and saves a checkpoint at each
+    # evaluation (so custom_config sets neither save_steps nor another save_strategy).
+    openapi_rules = {
+        "anyOf": [
+            {"not": given("early_stopping")},
+            {
+                "allOf": [given("validation")],
+                "properties": {
+                    "stage": {"not": {"enum": ["rm"]}},
+                    "custom_config": {
+                        "anyOf": [
+                            {"enum": [None]},
+                            {
+                                "not": {"required": ["save_steps"]},
+                                "properties": {"save_strategy": {"enum": ["steps"]}},
+                            },
+                        ]
+                    },
+                },
+            },
+        ]
+    }
 
     model_name = fields.String(
         required=True,
@@ -158,7 +264,9 @@ class TrainingJobRequestSchema(RequestSchema):
             "example": "demo_sft",
         },
     )
-    stage = fields.String(load_default="sft", allow_none=True)
+    stage = fields.String(
+        load_default="sft", allow_none=True, metadata={"openapi": {"enum": [*STAGES, None]}}
+    )
     finetuning_type = fields.String(
         load_default="lora",
         allow_none=True,
@@ -183,15 +291,20 @@ class TrainingJobRequestSchema(RequestSchema):
     # Not in the guide: GPUs for this job (default 1 where the service has GPUs, else 0).
     gpus = fields.Integer(strict=True, allow_none=True, validate=validate.Range(0, 64))
     # Not in the guide: where to POST each state change of this job.
-    webhook_url = fields.Url(
-        allow_none=True, schemes={"http", "https"}, require_tld=False, validate=validate.Length(max=2048)
+    webhook_url = fields.String(
+        allow_none=True,
+        validate=[validate.Length(max=2048), Whole(WEBHOOK_URL, error="must be an http or https URL")],
+        metadata={
+            "description": "an http(s) URL each state change is POSTed to",
+            "example": "https://ci.example/hook",
+        },
     )
     # Not in the guide: evaluation on held-out data while training, and stopping when it stalls.
     validation = fields.Nested(ValidationSchema, allow_none=True, metadata={"example": {"val_size": 0.1}})
     early_stopping = fields.Nested(
         EarlyStoppingSchema, allow_none=True, metadata={"example": {"patience": 3}}
     )
-    tensorboard = fields.Boolean(
+    tensorboard = JsonBoolean(
         load_default=False,
         allow_none=True,
         metadata={"description": "write TensorBoard event files into the job's directory (tensorboard_dir)"},
@@ -203,7 +316,7 @@ class TrainingJobRequestSchema(RequestSchema):
         validate=validate.OneOf(PRIORITIES, error="must be one of {choices}"),
         metadata={"description": "high, normal or low (at most the team's max_priority)"},
     )
-    preemptible = fields.Boolean(
+    preemptible = JsonBoolean(
         load_default=True,
         allow_none=True,
         metadata={"description": "false: no high job may stop it (up to the team's max_non_preemptible)"},
@@ -240,20 +353,25 @@ class TrainingJobRequestSchema(RequestSchema):
 class ExportRequestSchema(RequestSchema):
     """POST /jobs/{id}/export: where to put the model and whether to merge the LoRA adapter."""
 
-    job_id = fields.String(allow_none=True, validate=validate.Length(1, 64))
+    job_id = fields.String(
+        allow_none=True,
+        validate=JOB_ID,
+        metadata={"description": "the path's job_id again (the guide sends it), or left out"},
+    )
     export_dir = fields.String(
         required=True,
         validate=validate.Length(1, 1024),
         error_messages=_REQUIRED,
-        metadata={"example": "my_model"},
+        metadata={
+            "example": "my_model",
+            "description": "a relative path inside the exports root (no '..'): my_model, or "
+            "./models/exports/my_model as the guide writes it",
+        },
     )
-    merge_lora = fields.Boolean(load_default=True, allow_none=True)
+    merge_lora = JsonBoolean(load_default=True, allow_none=True)
     checkpoint = fields.String(
         allow_none=True,
-        validate=validate.Regexp(
-            r"^(final|best|checkpoint-[0-9]{1,12})$",
-            error="must be final, best or a name like checkpoint-500",
-        ),
+        validate=WEIGHTS,
         metadata={"description": "the weights to export: final (default), best, or a checkpoint's name"},
     )
 
@@ -263,7 +381,7 @@ class ResumeRequestSchema(RequestSchema):
 
     checkpoint = fields.String(
         allow_none=True,
-        validate=validate.Regexp(r"^checkpoint-[0-9]{1,12}$", error="must be a name like checkpoint-500"),
+        validate=Whole(r"^checkpoint-[0-9]{1,12}$", error="must be a name like checkpoint-500"),
         metadata={"example": "checkpoint-500"},
     )
 
@@ -294,17 +412,14 @@ class EvaluationRequestSchema(RequestSchema):
     checkpoint = fields.String(
         load_default="final",
         allow_none=True,
-        validate=validate.Regexp(
-            r"^(final|best|checkpoint-[0-9]{1,12})$",
-            error="must be final, best or a name like checkpoint-500",
-        ),
+        validate=WEIGHTS,
         metadata={"description": "the weights judged: final (default), best, or a checkpoint's name"},
     )
     max_samples = fields.Integer(
         strict=True, load_default=200, allow_none=True, validate=validate.Range(1, 10_000),
         metadata={"description": "rows of the dataset used, at most (default 200)"},
     )  # fmt: skip
-    baseline = fields.Boolean(
+    baseline = JsonBoolean(
         load_default=False, allow_none=True,
         metadata={"description": "judge the base model too, on the same rows, for the comparison"},
     )  # fmt: skip
@@ -329,7 +444,7 @@ class DatasetUploadSchema(RequestSchema):
     name = fields.String(
         required=True,
         error_messages=_REQUIRED,
-        validate=validate.Regexp(f"^{DATASET_NAME.pattern}$", error=f"must be {DATASET_NAME_RULE}"),
+        validate=Whole(f"^{DATASET_NAME.pattern}$", error=f"must be {DATASET_NAME_RULE}"),
         metadata={"example": "my_sft_data"},
     )
     format = fields.String(
@@ -343,7 +458,7 @@ class OverwriteQuerySchema(Schema):
     class Meta:
         unknown = RAISE
 
-    overwrite = fields.Boolean(load_default=False)
+    overwrite = QueryBoolean(load_default=False)
 
 
 class PreviewQuerySchema(Schema):
@@ -360,7 +475,7 @@ class PageQuerySchema(Schema):
         unknown = RAISE
 
     limit = fields.Integer(load_default=100, validate=validate.Range(1, 1000))
-    offset = fields.Integer(load_default=0, validate=validate.Range(0))
+    offset = fields.Integer(load_default=0, validate=validate.Range(0, MAX_OFFSET))
 
 
 class ListQuerySchema(PageQuerySchema):
@@ -393,7 +508,11 @@ class LogQuerySchema(Schema):
     class Meta:
         unknown = RAISE
 
-    offset = fields.Integer(load_default=0, validate=validate.Range(0))
+    offset = fields.Integer(
+        load_default=0,
+        validate=validate.Range(0, MAX_BYTE_OFFSET),
+        metadata={"description": "a byte offset into training.log (next_offset of the previous read)"},
+    )
     limit = fields.Integer(load_default=64 * 1024, validate=validate.Range(1, 1024 * 1024))
     tail = fields.Integer(validate=validate.Range(1, 10_000))
 
@@ -404,7 +523,7 @@ class MetricsQuerySchema(Schema):
     class Meta:
         unknown = RAISE
 
-    since_step = fields.Integer(load_default=0, validate=validate.Range(0))
+    since_step = fields.Integer(load_default=0, validate=validate.Range(0, MAX_STEP))
     limit = fields.Integer(load_default=1000, validate=validate.Range(1, 10_000))
 
 
@@ -604,7 +723,7 @@ class EvaluationSchema(ResponseSchema):
     dataset = fields.String()
     checkpoint = fields.String(metadata={"description": "final, or the checkpoint judged"})
     max_samples = fields.Integer()
-    baseline = fields.Boolean()
+    baseline = JsonBoolean()
     generation = fields.Dict(allow_none=True)
     phases = fields.List(fields.String(), metadata={"description": "each llamafactory-cli run, in order"})
     phase = fields.String(allow_none=True, metadata={"description": "the one running now"})
@@ -614,6 +733,9 @@ class EvaluationSchema(ResponseSchema):
     tenant = fields.String(allow_none=True, metadata={"description": "the team it belongs to (its job's)"})
     created_by = fields.String(allow_none=True, metadata={"description": "the token that created it"})
     queue_position = fields.Integer(allow_none=True)
+    waiting_for = fields.String(metadata={"description": "pending: capacity, quota or preemption"})
+    held_by = fields.List(fields.String(), metadata={"description": "pending: the runs holding the slots"})
+    held_by_others = fields.Integer(metadata={"description": "pending: how many more are other teams'"})
     attempt = fields.Integer()
     created_at = fields.String()
     started_at = fields.String(allow_none=True)
@@ -679,7 +801,7 @@ class RequestQuerySchema(Schema):
     class Meta:
         unknown = RAISE
 
-    defaults = fields.Boolean(load_default=False)
+    defaults = QueryBoolean(load_default=False)
 
 
 class CustomConfigKeySchema(ResponseSchema):

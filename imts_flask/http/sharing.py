@@ -8,18 +8,20 @@ from ..queue import PRIORITIES
 from . import get_service
 from .api import _json_body, _load, _schema, bp
 from .openapi import doc
-from .schemas import JobStatusSchema, RequestSchema, ResponseSchema
+from .schemas import JobStatusSchema, JsonBoolean, RequestSchema, ResponseSchema, given
 
 
 class JobChangeSchema(RequestSchema):
-    """PATCH /jobs/{id}: a new priority, or (admins) a move to the head of the queue."""
+    """PATCH /jobs/{id}: a new priority, or (admins) a move to the head of the queue: one at least."""
+
+    openapi_rules = {"anyOf": [given("priority"), given("queue_head")]}
 
     priority = fields.String(
         allow_none=True,
         validate=validate.OneOf(PRIORITIES, error="must be one of {choices}"),
         metadata={"example": "high"},
     )
-    queue_head = fields.Boolean(
+    queue_head = JsonBoolean(
         allow_none=True,
         metadata={"description": "admins: true moves a waiting job to the head of the queue, false back"},
     )
@@ -39,7 +41,12 @@ class UsageQuerySchema(Schema):
     start = fields.Date(
         data_key="from", metadata={"description": "first day (UTC), default the 1st of this month"}
     )
-    end = fields.Date(data_key="to", metadata={"description": "last day (UTC), default today"})
+    end = fields.Date(
+        data_key="to",
+        metadata={
+            "description": "last day (UTC), default today; at most 366 days after from, never before it"
+        },
+    )
 
 
 class UsageRowSchema(ResponseSchema):
