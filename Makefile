@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-PORT ?= 8000
+# `make run PORT=9000`, or IMTS_PORT=9000 make run (gunicorn.conf.py's default is 8000)
+PORT ?=
 PYTEST_ARGS ?=
 
 .PHONY: setup demo run test lint unit e2e bench bench-smoke soak gpu-check mlflow clean
@@ -18,8 +19,9 @@ $(VENV)/.installed: requirements.txt requirements.lock
 demo: $(VENV)/.installed
 	$(BIN)/python tools/make_demo.py
 
+# In the foreground; Ctrl-C (or SIGTERM) stops it, and the jobs' monitors go on.
 run: setup
-	IMTS_PORT=$(PORT) $(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+	$(if $(PORT),IMTS_PORT=$(PORT) )$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
