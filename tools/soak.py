@@ -1,42 +1,54 @@
-"""Chaos soak: the service as deployed, a steady workload of real jobs, a fault every few seconds,
+"""Chaos soak: the service as deployed, a steady workload of real runs, a fault every few seconds,
 and its guarantees checked all along and once everything has settled.
 
     make soak                                     # 25 minutes, seed 1
     make soak SOAK_ARGS="--minutes 3 --seed 7"    # what CI runs, with seed 1
     .venv/bin/python tools/soak.py --minutes 30 --report soak.json
 
-The service is gunicorn as deployed (gunicorn.conf.py, 3 workers, capacity 1, heartbeat timeout
-20 s) in a scratch home, on a tmpfs where this machine lets the soak mount one (so a full disk can
-be made for real), training tiny-llama with the real llamafactory-cli. The workload creates jobs
-(fractional and whole epoch counts, Idempotency-Keys, uploaded datasets), stops, resumes and
-deletes them, and uploads and deletes datasets. The faults, one every 20-60 s (--fault-every),
-taken in a seeded order that meets each kind early:
+The service is gunicorn as deployed (gunicorn.conf.py, 3 workers, 2 slots, heartbeat timeout 20 s)
+in a scratch home, on a tmpfs where this machine lets the soak mount one (so a full disk can be made
+for real), with tenants: team-a (which may ask for priority high) and team-b, each with its token,
+and an admin. It trains tiny-llama with the real llamafactory-cli, judges with it, and serves with
+LLaMA Factory's real server. The workload, as either team: creates jobs (fractional and whole epoch
+counts, Idempotency-Keys, uploaded datasets), stops, resumes and deletes them, uploads and deletes
+datasets; evaluates completed jobs; deploys one, chats with it through the service and through its
+own OpenAI endpoint with its key, and stops it; and now and then a low job of team-b that a high
+job of team-a preempts. The faults, one every 20-60 s (--fault-every), taken in a seeded order that
+meets each kind early:
 
     gunicorn_kill    kill -9 of the gunicorn master and workers, then a restart
+    overlap_restart  SIGTERM to the master and a new one started at once on the same home and port,
+                     while the old one finishes its graceful exit
     worker_kill      kill -9 of one worker (gunicorn starts another)
     monitor_kill     kill -9 of a running job's monitor
     trainer_kill     kill -9 of a running job's trainer
     monitor_freeze   SIGSTOP of a monitor, left stopped past the heartbeat timeout
-    host_death       kill -9 of everything (gunicorn, monitors, trainers), then a restart
+    host_death       kill -9 of everything (gunicorn, monitors, trainers, servers), then a restart
     save_death       the same in the middle of a checkpoint save (caught as it happens, or a save
                      cut short is left on disk as a host dying then would leave it)
     burst            50 concurrent requests
     full_disk        the home's filesystem filled for 15 s (only on the soak's tmpfs)
+    tenants_edit     the tenants file rewritten: renamed over, written in place, briefly renamed away
+                     or emptied (every version keeps both teams' tokens)
 
-Invariants, checked continuously: never more trainers than the capacity, no job with two trainers,
-every job answered 201 listed (once) until it is answered 204, no 5xx outside restart windows, a
-change during a full disk answered 507 or 503. Once the workload stops and every job is finished:
-every job terminal, completed jobs at their total_steps, a killed trainer's job failed with the
-signal, a lost monitor's job resumed from a complete checkpoint (or failed "lost" after
-max_attempts), every record readable, no process of the home left, nothing in staging or trash.
-The report has jobs by outcome, faults by kind, attempts, steps trained again per host death and
-the latency of /health. The exit status is 1 if any invariant was broken, 0 otherwise.
+Invariants, checked continuously: never more processes holding slots (trainers, evaluation phases,
+deployment servers) than the capacity, no run with two of them, every run answered 201/202 listed
+(once) until it is answered 204, no request of one team answered with another's run (listings and
+reads by id), every anonymous request refused with 401, a chat answered in full or with an error
+event, no 5xx outside restart windows, a change during a full disk answered 507 or 503. Once the
+workload stops and every run is finished: every job, evaluation and deployment terminal, completed
+jobs at their total_steps, a killed trainer's job failed with the signal, a lost monitor's job
+resumed from a complete checkpoint (or failed "lost" after max_attempts), a preempted job resumed
+and ended, every record readable, no process of the home left, nothing in staging or trash. The
+report has runs by outcome, faults by kind, attempts, steps trained again per host death and the
+latency of /health. The exit status is 1 if any invariant was broken, 0 otherwise.
 """
 
 import argparse
 import collections
 import concurrent.futures
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -63,6 +75,7 @@ VENV_BIN = os.path.dirname(sys.executable)
 TERMINAL = ("completed", "failed", "stopped")
 FAULTS = (
     "gunicorn_kill",
+    "overlap_restart",
     "worker_kill",
     "monitor_kill",
     "trainer_kill",
@@ -71,6 +84,7 @@ FAULTS = (
     "save_death",
     "burst",
     "full_disk",
+    "tenants_edit",
 )
 NEEDS_A_RUNNING_JOB = {"monitor_kill", "trainer_kill", "monitor_freeze", "save_death"}
 # Faults after which a job goes on in a new attempt (its monitor is gone).
@@ -79,6 +93,8 @@ LOSSES = {"monitor_kill", "monitor_freeze", "host_death", "save_death"}
 RECOVERY_S = 120
 # Leftovers younger than this may still belong to a write in flight (JobStore.clean_temp_files).
 LEFTOVER_AGE_S = 300
+# The teams' and the admin's tokens (the tenants file holds their digests).
+TOKENS = {"a": "soak-team-a", "b": "soak-team-b", "ops": "soak-admin"}
 
 
 class Soak:
@@ -100,6 +116,10 @@ class Soak:
         self.retrained = []  # steps trained again after each host death, per job
         self.resumed_after_death = 0
         self.deaths = []  # (job_id, step reached when the host died)
+        self.evaluations = {}  # evaluation_id -> {job_id, created, final}
+        self.deployments = {}  # deployment_id -> {created, key, stopped, final}
+        self.chats = collections.Counter()  # outcome -> count
+        self.preemptions = []  # (low job, high job)
         self.home = None
         self.mounted = False
         self.proc = None
@@ -125,6 +145,39 @@ class Soak:
         registry = {"models": {"tiny-llama": {"path": os.path.join(PROJECT, "models", "tiny-llama")}}}
         with open(os.path.join(self.home, "config", "models.yaml"), "w") as handle:
             yaml.safe_dump(registry, handle)
+        self.write_tenants(self.tenants_data())
+
+    def tenants_data(self, extra=None):
+        """team-a (up to priority high) and team-b, with their tokens, and the admin; `extra`: one more
+        token of team-b (a tenants_edit adds and drops one)."""
+
+        def token(name, secret):
+            return {"name": name, "role": "member", "sha256": hashlib.sha256(secret.encode()).hexdigest()}
+
+        b_tokens = [token("b-ci", TOKENS["b"])] + ([token("b-extra", extra)] if extra else [])
+        return {
+            "tenants": {
+                "team-a": {"max_priority": "high", "tokens": [token("a-ci", TOKENS["a"])]},
+                "team-b": {"tokens": b_tokens},
+            },
+            "admins": [{"name": "ops", "sha256": hashlib.sha256(TOKENS["ops"].encode()).hexdigest()}],
+        }
+
+    def tenants_path(self):
+        return os.path.join(self.home, "config", "tenants.yaml")
+
+    def write_tenants(self, data, in_place=False):
+        text = yaml.safe_dump(data)
+        if in_place:  # truncated, then written again a moment later, as an editor may
+            with open(self.tenants_path(), "w") as handle:
+                handle.write(text[: len(text) // 2])
+                handle.flush()
+                time.sleep(0.2)
+                handle.write(text[len(text) // 2 :])
+            return
+        with open(self.tenants_path() + ".new", "w") as handle:
+            handle.write(text)
+        os.replace(self.tenants_path() + ".new", self.tenants_path())
 
     def env(self):
         return {
@@ -141,6 +194,8 @@ class Soak:
             "IMTS_DEFAULT_SAVE_STEPS": "20",
             "IMTS_MIN_FREE_DISK_MB": "64",  # the home is a 1 GB tmpfs: a full one is below it
             "IMTS_ACCESS_LOG": os.path.join(self.home, "access.log"),
+            "IMTS_DEPLOY_PORTS": f"{self.args.deploy_port}-{self.args.deploy_port + 19}",
+            "IMTS_PREEMPT_GRACE_S": "600",
         }
 
     def start_service(self):
@@ -206,6 +261,20 @@ class Soak:
                         found[config.split("/")[-2]].append(proc)
         return found
 
+    def slot_holders(self):
+        """{run: [live processes holding its slot]}: trainers, evaluation phases, deployment servers."""
+        found = self.trainers()
+        for proc in psutil.process_iter(["cmdline", "status"]):
+            with contextlib.suppress(psutil.Error):
+                cmdline = proc.info["cmdline"] or []
+                if proc.info["status"] in (psutil.STATUS_ZOMBIE, psutil.STATUS_STOPPED) or not cmdline:
+                    continue
+                config = cmdline[-1]
+                if config.startswith(f"{self.home}/deployments/") and config.endswith("server_config.yaml"):
+                    if "imts_flask.monitor" not in cmdline:
+                        found[config.split("/")[-2]].append(proc)
+        return found
+
     def monitor_of(self, job_id):
         for proc in psutil.process_iter(["cmdline"]):
             with contextlib.suppress(psutil.Error):
@@ -228,11 +297,15 @@ class Soak:
         now = time.monotonic()
         return any(s - 1 <= ended and started <= (e if e is not None else now) + 3 for s, e in spans)
 
-    def call(self, method, path, timeout=30, **kwargs):
-        """(status, JSON body) of a request; (None, None) when the service could not be reached."""
+    def call(self, method, path, timeout=30, who="a", **kwargs):
+        """(status, JSON body) of a request as team `who`'s token ("ops": the admin's; None: no token);
+        (None, None) when the service could not be reached."""
         started = time.monotonic()
+        headers = dict(kwargs.pop("headers", None) or {})
+        if who is not None:
+            headers["Authorization"] = f"Bearer {TOKENS[who]}"
         try:
-            response = requests.request(method, self.base + path, timeout=timeout, **kwargs)
+            response = requests.request(method, self.base + path, timeout=timeout, headers=headers, **kwargs)
         except requests.RequestException as exc:
             ended = time.monotonic()
             if not self.in_window(started, ended):
@@ -247,6 +320,9 @@ class Soak:
         ended = time.monotonic()
         with self.lock:
             self.codes[f"{response.status_code // 100}xx"] += 1
+        if who is not None and response.status_code == 401 and not self.in_window(started, ended):
+            # Every version of the tenants file the soak writes keeps both teams' tokens.
+            self.violate(f"{method} {path}: team {who}'s token refused (401)")
         try:
             body = response.json() if response.content else None
         except ValueError:
@@ -275,7 +351,9 @@ class Soak:
 
     def track(self, job_id, **facts):
         with self.lock:
-            job = self.jobs.setdefault(job_id, {"created": time.monotonic(), "faults": [], "deleted": None})
+            job = self.jobs.setdefault(
+                job_id, {"created": time.monotonic(), "faults": [], "deleted": None, "team": "a"}
+            )
             job.update(facts)
             return job
 
@@ -287,14 +365,15 @@ class Soak:
             ]
 
     def running(self):
-        status, body = self.call("GET", "/jobs?status=running&limit=100")
+        status, body = self.call("GET", "/jobs?status=running&limit=100", who="ops")
         return [j["job_id"] for j in body["jobs"]] if status == 200 else []
 
     # -- the workload -----------------------------------------------------------------------
 
-    def request_body(self):
+    def request_body(self, who="a"):
         rng = self.rng
-        dataset = rng.choice(["demo_sft", "demo_sft", *self.datasets[-2:]])
+        own = [name for name, team in self.datasets if team == who]
+        dataset = rng.choice(["demo_sft", "demo_sft", *own[-2:]])
         return {
             "model_name": "tiny-llama",
             "dataset": dataset,
@@ -308,11 +387,13 @@ class Soak:
             },
         }
 
-    def create(self, body=None, key=None):
+    def create(self, body=None, key=None, who="a"):
         headers = {"Idempotency-Key": key} if key else {}
-        status, answer = self.call("POST", "/jobs", json=body or self.request_body(), headers=headers)
+        status, answer = self.call(
+            "POST", "/jobs", json=body or self.request_body(), headers=headers, who=who
+        )
         if status in (200, 201):
-            self.track(answer["job_id"], key=key)
+            self.track(answer["job_id"], key=key, team=who)
             return answer["job_id"]
         if status is not None and status not in (409, 503, 507):
             self.violate(f"create answered {status}: {answer}")
@@ -324,39 +405,58 @@ class Soak:
             self.refresh()
             action = rng.random()
             unfinished = self.unfinished()
-            if len(unfinished) < self.args.queue and action < 0.6:
+            if len(unfinished) < self.args.queue and action < 0.5:
+                who = rng.choice("ab")
                 key = uuid.uuid4().hex if rng.random() < 0.3 else None
-                body = self.request_body()
-                job_id = self.create(body, key)
+                body = self.request_body(who)
+                job_id = self.create(body, key, who)
                 if key and job_id and rng.random() < 0.5:  # a retry: the same job, never a second one
-                    status, again = self.call("POST", "/jobs", json=body, headers={"Idempotency-Key": key})
+                    status, again = self.call(
+                        "POST", "/jobs", json=body, headers={"Idempotency-Key": key}, who=who
+                    )
                     if status == 200 and again["job_id"] != job_id:
                         self.violate(f"an Idempotency-Key replay made {again['job_id']}, not {job_id}")
-            elif action < 0.66:
+            elif action < 0.55:
                 self.stop_one()
-            elif action < 0.78:
+            elif action < 0.63:
                 self.resume_one()
-            elif action < 0.9:
+            elif action < 0.72:
                 self.delete_one()
-            elif action < 0.95:
+            elif action < 0.76:
                 self.upload()
-            else:
+            elif action < 0.78:
                 self.delete_dataset()
+            elif action < 0.83:
+                self.evaluate_one()
+            elif action < 0.9:
+                self.deployment_step()
+            elif action < 0.93 and len(unfinished) < self.args.queue:
+                self.preemption_scenario()
+            if not self.preemptions and time.monotonic() - self.started > 30:
+                self.preemption_scenario()  # at least once, early: a short soak meets it too
             self.check_listing()
+            self.check_isolation()
             self.done.wait(rng.uniform(1, 3))
 
     def refresh(self):
-        status, body = self.call("GET", "/jobs?limit=1000")
+        status, body = self.call("GET", "/jobs?limit=1000", who="ops")
         if status != 200:
             return
         with self.lock:
             for job in body["jobs"]:
                 if job["job_id"] in self.jobs:
                     self.jobs[job["job_id"]]["status"] = job["status"]
+        for evaluation_id, evaluation in list(self.evaluations.items()):
+            if evaluation.get("status") not in TERMINAL:
+                status, view = self.call(
+                    "GET", f"/jobs/{evaluation['job_id']}/evaluations/{evaluation_id}", who=evaluation["team"]
+                )
+                if status == 200:
+                    evaluation["status"] = view["status"]
 
     def pick(self, statuses):
-        """A job in one of `statuses` for the workload to act on; not one a fault hit lately, so that
-        its recovery is seen whole."""
+        """(a job in one of `statuses`, its team) for the workload to act on; not one a fault hit
+        lately (so that its recovery is seen whole), nor one a preemption scenario watches."""
         recent = time.monotonic() - RECOVERY_S
         with self.lock:
             ids = [
@@ -364,82 +464,227 @@ class Soak:
                 for j, job in self.jobs.items()
                 if not job["deleted"]
                 and job.get("status") in statuses
+                and not job.get("scenario")
                 and not any(f["at"] > recent for f in job["faults"])
             ]
-        return self.rng.choice(sorted(ids)) if ids else None
+            job_id = self.rng.choice(sorted(ids)) if ids else None
+            return job_id, (self.jobs[job_id]["team"] if job_id else None)
 
     def stop_one(self):
-        job_id = self.pick(("pending", "running"))
+        job_id, who = self.pick(("pending", "running"))
         if job_id:
             self.track(job_id, stop_requested=True)
-            status, body = self.call("POST", f"/jobs/{job_id}/stop", timeout=60)
+            status, body = self.call("POST", f"/jobs/{job_id}/stop", timeout=60, who=who)
             if status not in (None, 200, 202, 409, 503, 507):  # call() judges 503/507 by the full disk
                 self.violate(f"stop of {job_id} answered {status}: {body}")
             elif status in (503, 507) and job_id not in body["message"]:
                 self.violate(f"stop of {job_id} answered about another job: {body['message']}")
 
     def resume_one(self):
-        job_id = self.pick(("stopped", "failed"))
+        job_id, who = self.pick(("stopped", "failed"))
         if job_id:
-            status, body = self.call("POST", f"/jobs/{job_id}/resume")
+            status, body = self.call("POST", f"/jobs/{job_id}/resume", who=who)
             if status == 201:
-                self.track(body["job_id"], resumed_from=body["resumed_from"])
+                self.track(body["job_id"], resumed_from=body["resumed_from"], team=who)
             elif status not in (None, 409, 507, 503):
                 self.violate(f"resume of {job_id} answered {status}: {body}")
 
     def delete_one(self):
-        job_id = self.pick(TERMINAL)
+        job_id, who = self.pick(TERMINAL)
         if job_id:
-            status, body = self.call("DELETE", f"/jobs/{job_id}")
+            status, body = self.call("DELETE", f"/jobs/{job_id}", who=who)
             if status in (204, 404):
                 self.track(job_id, deleted=time.monotonic())
             elif status not in (None, 409, 503, 507):
                 self.violate(f"delete of {job_id} answered {status}: {body}")
 
     def upload(self):
+        who = self.rng.choice("ab")
         name = f"soak_{len(self.datasets)}_{self.rng.randrange(10**6)}"
         rows = json.load(open(os.path.join(PROJECT, "data", "demo_sft.json")))[:40]
         content = "".join(json.dumps(row) + "\n" for row in rows).encode()
         status, body = self.call(
-            "POST", "/datasets", files={"file": ("d.jsonl", content)}, data={"name": name}
+            "POST", "/datasets", files={"file": ("d.jsonl", content)}, data={"name": name}, who=who
         )
         if status == 201:
-            self.datasets.append(name)
+            self.datasets.append((name, who))
         elif status not in (None, 503, 507):
             self.violate(f"upload of {name} answered {status}: {body}")
 
     def delete_dataset(self):
         if self.datasets:
-            name = self.rng.choice(self.datasets)
-            status, body = self.call("DELETE", f"/datasets/{name}")
+            name, who = self.rng.choice(self.datasets)
+            status, body = self.call("DELETE", f"/datasets/{name}", who=who)
             if status in (204, 404):
-                self.datasets.remove(name)
+                self.datasets.remove((name, who))
             elif status not in (None, 409, 503, 507):
                 self.violate(f"delete of dataset {name} answered {status}: {body}")
 
     def check_listing(self):
-        """Every job answered 201 is listed once until it is answered 204."""
+        """Every job answered 201 is listed once until it is answered 204, to its team and the admin;
+        a team's listing holds nothing of the other team's."""
         asked = time.monotonic()
+        for who in ("ops", "a", "b"):
+            listed = self.list_all(who)
+            if listed is None:
+                return
+            ids = [j["job_id"] for j in listed]
+            twice = [j for j, n in collections.Counter(ids).items() if n > 1]
+            if twice:
+                self.violate(f"listed twice (to {who}): {twice}")
+            if who != "ops":
+                foreign = [j["job_id"] for j in listed if j.get("tenant") != f"team-{who}"]
+                if foreign:
+                    self.violate(f"team {who}'s listing holds other teams' jobs: {foreign}")
+            with self.lock:
+                mine = {j for j, job in self.jobs.items() if who == "ops" or job["team"] == who}
+                expected = {
+                    j for j in mine if self.jobs[j]["created"] < asked and not self.jobs[j]["deleted"]
+                }
+                gone = {j for j in mine if self.jobs[j]["deleted"] and self.jobs[j]["deleted"] < asked}
+            missing, stale = expected - set(ids), gone & set(ids)
+            if missing:
+                self.violate(f"created but not listed (to {who}): {sorted(missing)}")
+            if stale:
+                self.violate(f"deleted but still listed (to {who}): {sorted(stale)}")
+
+    def list_all(self, who):
         listed, offset = [], 0
         while True:
-            status, body = self.call("GET", f"/jobs?limit=1000&offset={offset}")
+            status, body = self.call("GET", f"/jobs?limit=1000&offset={offset}", who=who)
             if status != 200:
-                return
-            listed += [j["job_id"] for j in body["jobs"]]
+                return None
+            listed += body["jobs"]
             offset += len(body["jobs"])
             if offset >= body["total"] or not body["jobs"]:
-                break
-        twice = [j for j, n in collections.Counter(listed).items() if n > 1]
-        if twice:
-            self.violate(f"listed twice: {twice}")
+                return listed
+
+    def check_isolation(self):
+        """A team reading the other team's job, evaluation or deployment by id gets the 404 of one
+        that does not exist; an anonymous request gets 401."""
         with self.lock:
-            expected = {j for j, job in self.jobs.items() if job["created"] < asked and not job["deleted"]}
-            gone = {j for j, job in self.jobs.items() if job["deleted"] and job["deleted"] < asked}
-        missing, stale = expected - set(listed), gone & set(listed)
-        if missing:
-            self.violate(f"created but not listed: {sorted(missing)}")
-        if stale:
-            self.violate(f"deleted but still listed: {sorted(stale)}")
+            jobs = [(j, job["team"]) for j, job in self.jobs.items() if not job["deleted"]]
+            runs = [(f"/deployments/{d}", x["team"]) for d, x in self.deployments.items()]
+            runs += [(f"/jobs/{x['job_id']}/evaluations/{e}", x["team"]) for e, x in self.evaluations.items()]
+        runs += [(f"/jobs/{j}", team) for j, team in jobs]
+        for path, team in self.rng.sample(runs, k=min(3, len(runs))):
+            other = "b" if team == "a" else "a"
+            status, body = self.call("GET", path, who=other)
+            if status not in (None, 404, 503):
+                self.violate(f"team {other} read team {team}'s {path}: {status}")
+        status, _ = self.call("GET", "/jobs", who=None)
+        if status not in (None, 401):
+            self.violate(f"an anonymous GET /jobs answered {status}")
+
+    # -- evaluations, deployments, preemption ----------------------------------------------------
+
+    def evaluate_one(self):
+        """Judge a completed job on a few rows (its team asks)."""
+        job_id, who = self.pick(("completed",))
+        if not job_id or sum(e.get("status") not in TERMINAL for e in self.evaluations.values()) >= 1:
+            return
+        body = {"dataset": "demo_sft", "max_samples": 4, "generation": {"max_new_tokens": 4}}
+        status, view = self.call("POST", f"/jobs/{job_id}/evaluations", json=body, who=who)
+        if status == 202:
+            with self.lock:
+                self.evaluations[view["evaluation_id"]] = {
+                    "job_id": job_id, "team": who, "created": time.monotonic(), "status": view["status"]
+                }  # fmt: skip
+        elif status not in (None, 404, 409, 503, 507):
+            self.violate(f"evaluation of {job_id} answered {status}: {view}")
+
+    def deployment_step(self):
+        """One live deployment at most: make one of a completed job, chat with a ready one (through
+        the service, and through its own endpoint with its key), stop one that has served a while."""
+        live = [(d, x) for d, x in self.deployments.items() if not x.get("stopped")]
+        if not live:
+            job_id, who = self.pick(("completed",))
+            if job_id:
+                status, view = self.call("POST", "/deployments", json={"job_id": job_id}, who=who)
+                if status == 201:
+                    with self.lock:
+                        self.deployments[view["deployment_id"]] = {
+                            "team": who, "created": time.monotonic(), "key": view["api_key"],
+                            "base_url": view["base_url"], "job_id": job_id,
+                        }  # fmt: skip
+                elif status not in (None, 404, 409, 503, 507):
+                    self.violate(f"deployment of {job_id} answered {status}: {view}")
+            return
+        deployment_id, facts = live[0]
+        status, view = self.call("GET", f"/deployments/{deployment_id}", who=facts["team"])
+        if status != 200:
+            return
+        facts["status"] = view["status"]
+        if view["status"] == "ready" and self.rng.random() < 0.8:
+            self.chat(deployment_id, facts)
+        if time.monotonic() - facts["created"] > 120 or view["status"] == "failed":
+            self.stop_deployment(deployment_id, facts)
+
+    def chat(self, deployment_id, facts):
+        body = {"messages": [{"role": "user", "content": "Add three and three."}], "max_tokens": 4}
+        try:
+            answer = requests.post(
+                f"{self.base}/deployments/{deployment_id}/chat",
+                json=body,
+                headers={"Authorization": f"Bearer {TOKENS[facts['team']]}"},
+                timeout=120,
+            )
+        except requests.RequestException:
+            return  # a fault's window, or the server restarting: judged by the record, not here
+        if answer.status_code == 200:
+            whole = answer.text.rstrip().endswith("data: [DONE]") or "event: error" in answer.text
+            self.chats["through the service"] += 1
+            if not whole:
+                self.violate(f"a chat with {deployment_id} ended with neither [DONE] nor an error event")
+        elif answer.status_code not in (409, 503):
+            self.violate(f"a chat with {deployment_id} answered {answer.status_code}: {answer.text[:200]}")
+        with contextlib.suppress(requests.RequestException):
+            direct = requests.post(
+                f"{facts['base_url']}/chat/completions",
+                json={"model": deployment_id, **body},
+                headers={"Authorization": f"Bearer {facts['key']}"},
+                timeout=120,
+            )
+            self.chats[f"its own endpoint: {direct.status_code}"] += 1
+
+    def stop_deployment(self, deployment_id, facts):
+        status, view = self.call("DELETE", f"/deployments/{deployment_id}", timeout=60, who=facts["team"])
+        if status in (200, 202):
+            facts["stopped"] = time.monotonic()
+        elif status not in (None, 503, 507):
+            self.violate(f"stop of {deployment_id} answered {status}: {view}")
+
+    def preemption_scenario(self):
+        """team-b's long low jobs until every slot is taken, then team-a's high one: it stops the
+        newest low one, which waits and resumes from its checkpoint once a slot frees."""
+        with self.lock:
+            if any(job.get("scenario") and job.get("status") not in TERMINAL for job in self.jobs.values()):
+                return
+        lows = []
+        for _ in range(self.args.capacity):
+            low_id = self.create({**self.request_body("b"), "epochs": 6.0, "priority": "low"}, who="b")
+            if not low_id:
+                return
+            self.track(low_id, scenario="low")
+            lows.append(low_id)
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline and not self.done.is_set():
+                status, view = self.call("GET", f"/jobs/{low_id}", who="b")
+                if status == 200 and view["status"] != "pending":
+                    break
+                self.done.wait(1)
+            if len(self.running()) >= self.args.capacity or self.live_deployment_holds_a_slot(len(lows)):
+                break
+        high_id = self.create({**self.request_body("a"), "epochs": 1.0, "priority": "high"}, who="a")
+        if high_id:
+            self.track(high_id, scenario="high")
+            with self.lock:
+                self.preemptions.extend((low, high_id) for low in lows)
+            self.note(f"preemption scenario: {high_id} (high, team-a) after {lows} (low, team-b)")
+
+    def live_deployment_holds_a_slot(self, running_lows):
+        holders = self.slot_holders()
+        return sum(len(p) for p in holders.values()) >= self.args.capacity and running_lows >= 1
 
     # -- the faults -------------------------------------------------------------------------
 
@@ -584,6 +829,44 @@ class Soak:
         for job_id in made:
             self.track(job_id, key=key)
 
+    def fault_overlap_restart(self, _job_id):
+        """SIGTERM to the master, and a new master started at once on the same home and port while
+        the old one finishes its graceful exit (each keeps its own metrics folder)."""
+        old = self.proc
+        window = [time.monotonic(), None]
+        with self.lock:
+            self.windows.append(window)
+        self.note("overlap_restart: SIGTERM to the master, a new one started at once")
+        with contextlib.suppress(ProcessLookupError):
+            old.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        self.start_service()
+        window[1] = time.monotonic()
+        still = old.poll() is None
+        self.note(
+            f"overlap_restart: the new master answers; the old one {'still exits' if still else 'exited'}"
+        )
+        threading.Thread(target=old.wait, daemon=True).start()
+
+    def fault_tenants_edit(self, _job_id):
+        """The tenants file rewritten as operators do (every version keeps both teams' tokens)."""
+        kind = self.chaos_rng.choice(["renamed_over", "in_place", "renamed_away", "emptied"])
+        extra = None if self.chaos_rng.random() < 0.5 else f"extra-{self.chaos_rng.randrange(10**6)}"
+        self.note(f"tenants_edit: {kind}")
+        path = self.tenants_path()
+        if kind == "renamed_over":
+            self.write_tenants(self.tenants_data(extra))
+        elif kind == "in_place":
+            self.write_tenants(self.tenants_data(extra), in_place=True)
+        elif kind == "renamed_away":
+            os.replace(path, path + ".away")
+            self.done.wait(2)
+            os.replace(path + ".away", path)
+        else:
+            open(path, "w").close()
+            self.done.wait(2)
+            self.write_tenants(self.tenants_data(extra))
+
     def fault_full_disk(self, _job_id):
         filler = os.path.join(self.home, "soak-filler")
         free = shutil.disk_usage(self.home).free
@@ -610,16 +893,18 @@ class Soak:
     # -- invariants -------------------------------------------------------------------------
 
     def watch(self):
-        """Capacity and single trainers, every half second; /health every second."""
+        """Capacity and one process per run, every half second; /health every second."""
         next_health = 0.0
         while not self.done.wait(0.5):
-            trainers = self.trainers()
-            live = sum(len(procs) for procs in trainers.values())
+            holders = self.slot_holders()
+            live = sum(len(procs) for procs in holders.values())
             if live > self.args.capacity:
-                self.violate(f"{live} trainers at once (capacity {self.args.capacity}): {sorted(trainers)}")
-            for job_id, procs in trainers.items():
+                self.violate(
+                    f"{live} runs hold slots at once (capacity {self.args.capacity}): {sorted(holders)}"
+                )
+            for run, procs in holders.items():
                 if len(procs) > 1:
-                    self.violate(f"job {job_id} has {len(procs)} trainers")
+                    self.violate(f"run {run} has {len(procs)} processes holding its slot")
             if time.monotonic() >= next_health:
                 next_health = time.monotonic() + 1
                 started = time.monotonic()
@@ -628,14 +913,29 @@ class Soak:
                     self.health.append(time.monotonic() - started)
 
     def settle(self):
-        """Wait until every job is finished; what never finishes is a violation."""
+        """Stop the deployments, then wait until every run is finished; what never finishes is a
+        violation."""
         deadline = time.monotonic() + self.args.settle_minutes * 60
         while time.monotonic() < deadline:
+            for deployment_id, facts in list(self.deployments.items()):
+                if not facts.get("stopped"):
+                    self.stop_deployment(deployment_id, facts)
             self.refresh()
-            if not self.unfinished():
+            if not self.unfinished() and not self.unfinished_others():
                 return
             time.sleep(2)
-        self.violate(f"never finished: {self.unfinished()}")
+        self.violate(f"never finished: {self.unfinished() + self.unfinished_others()}")
+
+    def unfinished_others(self):
+        """Evaluations and deployments not known to be finished."""
+        found = [e for e, x in self.evaluations.items() if x.get("status") not in TERMINAL]
+        for deployment_id, facts in self.deployments.items():
+            status, view = self.call("GET", f"/deployments/{deployment_id}", who=facts["team"])
+            if status == 200:
+                facts["status"] = view["status"]
+            if facts.get("status") not in ("stopped", "failed"):
+                found.append(deployment_id)
+        return found
 
     def final_checks(self):
         settled_at = time.monotonic()
@@ -643,7 +943,7 @@ class Soak:
         for job_id, job in sorted(self.jobs.items()):
             if job["deleted"]:
                 continue
-            status, view = self.call("GET", f"/jobs/{job_id}")
+            status, view = self.call("GET", f"/jobs/{job_id}", who=job["team"])
             if status != 200:
                 self.violate(f"{job_id}: GET answered {status}")
                 continue
@@ -668,6 +968,37 @@ class Soak:
                 else:
                     self.note(
                         f"{folder}/{name}: a leftover {age:.0f} s old (removed after {LEFTOVER_AGE_S} s)"
+                    )
+        for evaluation_id, facts in sorted(self.evaluations.items()):
+            status, view = self.call(
+                "GET", f"/jobs/{facts['job_id']}/evaluations/{evaluation_id}", who=facts["team"]
+            )
+            if status == 404 and self.jobs.get(facts["job_id"], {}).get("deleted"):
+                continue  # it went with its job
+            facts["final"] = view
+            if status != 200 or view["status"] not in TERMINAL:
+                self.violate(
+                    f"evaluation {evaluation_id}: {status} {view and view.get('status')} after settling"
+                )
+            elif view["status"] == "completed" and not (view.get("results") or {}).get("tuned"):
+                self.violate(f"evaluation {evaluation_id}: completed without figures")
+        for deployment_id, facts in sorted(self.deployments.items()):
+            status, view = self.call("GET", f"/deployments/{deployment_id}", who=facts["team"])
+            facts["final"] = view
+            if status != 200 or view["status"] not in ("stopped", "failed"):
+                self.violate(
+                    f"deployment {deployment_id}: {status} {view and view.get('status')} after settling"
+                )
+            elif view["status"] == "failed" and not view.get("error"):
+                self.violate(f"deployment {deployment_id}: failed without a reason")
+        for low, high in self.preemptions:
+            for job_id in (low, high):
+                job = self.jobs[job_id]
+                final = job.get("final") or {}
+                if final.get("status") != "completed" and not job["faults"] and not job["deleted"]:
+                    self.violate(
+                        f"{job_id} ({job.get('scenario')} priority) ended "
+                        f"{final.get('status')}: {final.get('error')}"
                     )
         for job_id, fault in self.deaths:
             after = self.resumed_step(job_id, (fault["attempt"] or 1) + 1)
@@ -696,7 +1027,7 @@ class Soak:
                 self.violate(f"{job_id}: failed: {view['error']}")
         if "torn_checkpoint" in kinds:
             torn = next(f["checkpoint"] for f in job["faults"] if f["kind"] == "torn_checkpoint")
-            events = (self.call("GET", f"/jobs/{job_id}/events")[1] or {}).get("events", [])
+            events = (self.call("GET", f"/jobs/{job_id}/events", who="ops")[1] or {}).get("events", [])
             if any(e.get("resumed_from") == torn for e in events):
                 self.violate(f"{job_id}: resumed from {torn}, a save cut short")
 
@@ -707,7 +1038,7 @@ class Soak:
 
     def resumed_step(self, job_id, attempt):
         """The step attempt `attempt` of a job started from: its checkpoint's, 0 starting over, or None."""
-        events = (self.call("GET", f"/jobs/{job_id}/events")[1] or {}).get("events", [])
+        events = (self.call("GET", f"/jobs/{job_id}/events", who="ops")[1] or {}).get("events", [])
         for event in events:
             if event["status"] == "running" and event.get("attempt") == attempt:
                 return int(event["resumed_from"].split("-")[1]) if event.get("resumed_from") else 0
@@ -715,7 +1046,19 @@ class Soak:
 
     def records(self):
         jobs = os.path.join(self.home, "jobs")
-        return [os.path.join(jobs, n, "state.json") for n in os.listdir(jobs) if n.startswith("train_")]
+        found = [os.path.join(jobs, n, "state.json") for n in os.listdir(jobs) if n.startswith("train_")]
+        for job in os.listdir(jobs):
+            evaluations = os.path.join(jobs, job, "evaluations")
+            if job.startswith("train_") and os.path.isdir(evaluations):
+                found += [os.path.join(evaluations, e, "state.json") for e in os.listdir(evaluations)]
+        deployments = os.path.join(self.home, "deployments")
+        if os.path.isdir(deployments):
+            found += [
+                os.path.join(deployments, d, "state.json")
+                for d in os.listdir(deployments)
+                if d.startswith("deploy_")
+            ]
+        return found
 
     # -- the run and its report -------------------------------------------------------------
 
@@ -767,6 +1110,23 @@ class Soak:
                 "samples": len(self.health),
             },
             "full_disk_fault": self.mounted,
+            "evaluations": dict(
+                collections.Counter(
+                    (e.get("final") or {}).get("status", "?") for e in self.evaluations.values()
+                )
+            ),
+            "deployments": dict(
+                collections.Counter(
+                    (d.get("final") or {}).get("status", "?") for d in self.deployments.values()
+                )
+            ),
+            "chats": dict(self.chats),
+            "preemption_scenarios": len(self.preemptions),
+            "jobs_preempted": sum(
+                1
+                for low, _ in self.preemptions
+                if ((self.jobs[low].get("final") or {}).get("preemptions") or 0) > 0
+            ),
             "violations": [{"what": text, "times": n} for text, n in self.violations.items()],
         }
         print("\n== soak report ==")
@@ -777,6 +1137,12 @@ class Soak:
         print("jobs by outcome:  " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
         print("attempts:         " + ", ".join(f"{k}: {v}" for k, v in report["attempts"].items()))
         print("faults by kind:   " + ", ".join(f"{k} {v}" for k, v in sorted(self.faults.items())))
+        print(f"evaluations:      {report['evaluations']}")
+        print(f"deployments:      {report['deployments']}, chats {report['chats']}")
+        print(
+            f"preemption:       {report['jobs_preempted']} of {report['preemption_scenarios']} "
+            "low jobs preempted"
+        )
         print("requests:         " + ", ".join(f"{k} {v}" for k, v in sorted(self.codes.items())))
         print(f"host deaths hit:  {len(self.deaths)} running jobs, {self.resumed_after_death} resumed after")
         if self.retrained:
@@ -829,7 +1195,10 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--fault-every", type=float, nargs=2, default=(20.0, 60.0), metavar=("MIN", "MAX"))
     parser.add_argument("--workers", type=int, default=3)
-    parser.add_argument("--capacity", type=int, default=1)
+    parser.add_argument("--capacity", type=int, default=2)
+    parser.add_argument(
+        "--deploy-port", type=int, default=18900, help="the first of 20 ports for deployments"
+    )
     parser.add_argument("--heartbeat-timeout", type=float, default=20.0)
     parser.add_argument("--queue", type=int, default=3, help="unfinished jobs the workload keeps")
     parser.add_argument("--settle-minutes", type=float, default=10.0)
