@@ -1,17 +1,20 @@
-"""Domain exceptions that carry their HTTP status and a machine-readable code."""
+"""The service's errors, below HTTP: what went wrong, in words, with the fields it is about.
+
+Each says what kind of failure it is, not an HTTP status: the stores, the runners and the
+detached monitors raise and catch them, and serve no HTTP. The HTTP layer alone maps them to
+statuses, in one table (http/errors.py), as MLflow's exceptions map error codes.
+"""
 
 
-class ApiError(Exception):
-    """An error that maps to one JSON response: status, code, message and field errors."""
+class ServiceError(Exception):
+    """A failure a caller can be told about: a machine-readable code, a message and field errors
+    ({field, reason}); `extra` goes into the error body, `headers` into the answer."""
 
-    status = 500
     code = "internal_error"
 
-    def __init__(self, message, *, field=None, errors=None, status=None, code=None, extra=None, headers=None):
+    def __init__(self, message, *, field=None, errors=None, code=None, extra=None, headers=None):
         super().__init__(message)
         self.message = message
-        if status is not None:
-            self.status = status
         if code is not None:
             self.code = code
         self.errors = list(errors or [])
@@ -21,43 +24,59 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
-class ValidationFailed(ApiError):
-    status = 400
+class ValidationFailed(ServiceError):
+    """The request is not one the service can take (a field, its value, a rule between fields)."""
+
     code = "validation_error"
 
 
-class Unauthorized(ApiError):
-    status = 401
+class Unauthorized(ServiceError):
+    """No credential, or one nobody holds."""
+
     code = "unauthorized"
 
 
-class Forbidden(ApiError):
-    status = 403
+class Forbidden(ServiceError):
+    """The caller may not do this (its role, its team's limits, another site's request)."""
+
     code = "forbidden"
 
 
-class NotFound(ApiError):
-    status = 404
+class NotFound(ServiceError):
+    """Nothing by that name (another team's looks the same)."""
+
     code = "not_found"
 
 
-class Conflict(ApiError):
-    status = 409
+class Conflict(ServiceError):
+    """The resource's state does not allow it now (a job still running, a name taken)."""
+
     code = "conflict"
 
 
-class UnsupportedMediaType(ApiError):
-    status = 415
+class UnsupportedMediaType(ServiceError):
     code = "unsupported_media_type"
 
 
-class Unavailable(ApiError):
-    """The service cannot serve the request now (lock timeout, store unwritable); retry later."""
+class Misdirected(ServiceError):
+    """A request for a host this service does not answer to."""
 
-    status = 503
+    code = "misdirected_request"
+
+
+class TooManyRequests(ServiceError):
+    """A limit on how many: try again later (its headers say when)."""
+
+    code = "too_many_requests"
+
+
+class Unavailable(ServiceError):
+    """The service cannot do it now (a lock timed out, the store is not writable); retry later."""
+
     code = "unavailable"
 
 
-class InsufficientStorage(ApiError):
-    status = 507
+class InsufficientStorage(ServiceError):
+    """The disk is full: nothing was written."""
+
     code = "insufficient_storage"

@@ -186,7 +186,7 @@ def test_a_full_disk_while_the_file_streams_in_is_507(make_app, monkeypatch):
         def write(self, data):
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("imts_flask.http.api.tempfile.NamedTemporaryFile", lambda **kw: FullDisk())
+    monkeypatch.setattr("imts_flask.http.requests.tempfile.NamedTemporaryFile", lambda **kw: FullDisk())
     response = upload(client, "full", _jsonl(ALPACA_ROWS))
     assert response.status_code == 507 and response.get_json()["error"] == "insufficient_storage"
     assert _registry(client) == {} and _leftovers(client) == []

@@ -1,14 +1,16 @@
 """Request schemas: the guide's fields and defaults, camelCase from Jackson, nulls, bounds."""
 
+import importlib
+
 import pytest
 from marshmallow import ValidationError
 
-from imts_flask.http.schemas import (
+from imts_flask.http.jobs_schemas import (
     ExportRequestSchema,
     ListQuerySchema,
     TrainingJobRequestSchema,
-    flatten_errors,
 )
+from imts_flask.http.wire import flatten_errors
 
 from conftest import GUIDE_EXAMPLE
 
@@ -126,8 +128,11 @@ def _every_schema():
     """Every request and query schema of the API (imported with the app's blueprints)."""
     from marshmallow import class_registry
 
-    import imts_flask.http.serving  # noqa: F401 (its schemas)
-    import imts_flask.http.sharing  # noqa: F401
+    import imts_flask.http  # noqa: F401
+    from imts_flask.http import RESOURCES
+
+    for name in RESOURCES:
+        importlib.import_module(f"imts_flask.http.{name}")
 
     return {
         cls
@@ -148,7 +153,7 @@ def test_every_pattern_matches_the_whole_value_through_one_helper():
     pattern of a request is the one helper that matches whole values."""
     from marshmallow import validate
 
-    from imts_flask.http.schemas import Whole
+    from imts_flask.http.wire import Whole
 
     patterns = [
         (schema.__name__, name, v)
@@ -172,7 +177,7 @@ def test_every_number_a_request_or_a_query_takes_is_bounded_both_ways():
     from marshmallow import fields as mfields
     from marshmallow import validate
 
-    from imts_flask.http.schemas import ResponseSchema
+    from imts_flask.http.wire import ResponseSchema
 
     unbounded = []
     for schema in _every_schema():

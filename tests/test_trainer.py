@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from imts_flask.errors import ValidationFailed
-from imts_flask.http.schemas import TrainingJobRequestSchema
+from imts_flask.http.jobs_schemas import TrainingJobRequestSchema
 from imts_flask.llamafactory.allowlist import validate_custom_config
 from imts_flask.llamafactory.configs import build_export_config, build_train_config
 from imts_flask.llamafactory.trainer_log import outcome, read_progress, run_complete

@@ -9,7 +9,7 @@ gets each finished phase's figures at once, so a reader sees them as they come.
 import logging
 import os
 
-from ..errors import ApiError
+from ..errors import ServiceError
 from ..jobs.record import CHANGED, UNCHANGED, changed, setter
 from ..observe.tracking import log_evaluation
 from ..procs import start_ticks, terminate_tree
@@ -74,7 +74,7 @@ def run_evaluation(monitor, state):
             job = store.read(current["training_job_id"])
             results = comparison(current.get("results"), current.get("baseline"))
             log_evaluation(monitor.settings, job.get("mlflow_run_id"), current["evaluation_id"], results)
-        except (OSError, ApiError) as exc:  # the figures are in the record; only MLflow lacks them
+        except (OSError, ServiceError) as exc:  # the figures are in the record; only MLflow lacks them
             log.warning("the evaluation's figures could not be sent to MLflow (%s)", exc)
         ended = setter(status=JobStatus.COMPLETED.value, pid=None, trainer=None, phase=None, exit_code=0)
         store.update(run_id, monitor._owned(ended))

@@ -1,5 +1,6 @@
-"""The HTTP layer: the API blueprint and its schemas, the one error shape, auth, the browser guard,
-the request metrics, the OpenAPI document, the dashboard, and what gunicorn needs (server.py).
+"""The HTTP layer: a blueprint per resource with its schemas beside it, the helpers every view
+shares (requests.py), the one error shape and its table of statuses (errors.py), auth, the browser
+guard, the request metrics, the OpenAPI document, the dashboard, and what gunicorn needs (server.py).
 
 Views reach the service through get_service() alone; each concern registers itself on the app.
 Flask is imported inside the functions: gunicorn's master imports server.py from here, and loads
@@ -14,13 +15,19 @@ def get_service():
     return current_app.extensions["imts"]
 
 
+# The API's blueprints, one a resource, each with its schemas beside it (<resource>_schemas.py).
+RESOURCES = ("jobs", "evaluations", "datasets", "models", "deployments", "sharing", "meta")
+
+
 def init_app(app, service):
     """Register the service and every part of the HTTP layer on `app`, in the order they run."""
-    from . import api, auth, dashboard, errors, guard, metrics, serving, sharing  # noqa: F401 (routes on api.bp)
+    import importlib
+
+    from . import auth, dashboard, errors, guard, metrics, requests
 
     settings = service.settings
     app.extensions["imts"] = service
-    app.request_class = api.UploadRequest
+    app.request_class = requests.UploadRequest
     app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length
     app.json.ensure_ascii = False
     app.json.sort_keys = False
@@ -29,7 +36,9 @@ def init_app(app, service):
     metrics.init_app(app)  # times every request, the refused ones too
     guard.init_app(app, settings)  # 421 / 403 before anything else looks at a request
     auth.init_app(app, settings)  # 401 without a token, where tokens are configured
-    app.register_blueprint(api.bp)
+    for name in RESOURCES:
+        app.register_blueprint(importlib.import_module(f"{__name__}.{name}").bp)
+    app.after_request(requests.conditional)  # ETags on the API's JSON reads
     app.register_blueprint(dashboard.bp)
     errors.register_error_handlers(app)
 

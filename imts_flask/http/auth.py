@@ -18,7 +18,7 @@ _BEARER = re.compile(r"Bearer ([A-Za-z0-9._~+/=-]{1,512})")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Open without a service token: health for load balancers, and a ready deployment's port for Nginx's
 # auth_request, which answers only a request carrying that deployment's own key.
-OPEN_ENDPOINTS = ("training.health", "training.deployment_upstream")
+OPEN_ENDPOINTS = ("meta.health", "deployments.deployment_upstream")
 ADMIN_ENDPOINTS = ("metrics.prometheus_metrics",)
 # URL parts that name a resource of a tenant, and what reads its record.
 _OWNED = {"job_id": "job", "deployment_id": "deployment"}

@@ -1,4 +1,5 @@
-"""One JSON error shape for every 4xx/5xx: {status, error, message, errors: [{field, reason}], path}."""
+"""One JSON error shape for every 4xx/5xx: {status, error, message, errors: [{field, reason}], path},
+and the one table from the service's errors to HTTP statuses."""
 
 import logging
 import uuid
@@ -6,7 +7,27 @@ import uuid
 from flask import request
 from werkzeug.exceptions import HTTPException
 
-from ..errors import ApiError
+from .. import errors
+
+# The service's errors (imts_flask/errors.py) as HTTP statuses; anything else is a 500.
+STATUS = {
+    errors.ValidationFailed: 400,
+    errors.Unauthorized: 401,
+    errors.Forbidden: 403,
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.UnsupportedMediaType: 415,
+    errors.Misdirected: 421,
+    errors.TooManyRequests: 429,
+    errors.Unavailable: 503,
+    errors.InsufficientStorage: 507,
+}
+
+
+def status_of(exc):
+    """The HTTP status of a service error: its class's, or its nearest base's in STATUS, else 500."""
+    return next((STATUS[cls] for cls in type(exc).__mro__ if cls in STATUS), 500)
+
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +85,12 @@ def _is_framing_error(exc):
 def register_error_handlers(app):
     """Register the handlers once, for domain errors, HTTP errors and anything unexpected."""
 
-    @app.errorhandler(ApiError)
-    def _api_error(exc):
-        if exc.status >= 500:
-            log.error("%s %s -> %s %s: %s", request.method, request.path, exc.status, exc.code, exc.message)
-        body, status = error_body(exc.status, exc.code, exc.message, exc.errors, **exc.extra)
+    @app.errorhandler(errors.ServiceError)
+    def _service_error(exc):
+        status = status_of(exc)
+        if status >= 500:
+            log.error("%s %s -> %s %s: %s", request.method, request.path, status, exc.code, exc.message)
+        body, status = error_body(status, exc.code, exc.message, exc.errors, **exc.extra)
         return body, status, exc.headers
 
     @app.errorhandler(HTTPException)

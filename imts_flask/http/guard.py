@@ -16,15 +16,10 @@ import ipaddress
 import socket
 from urllib.parse import urlsplit
 
-from ..errors import ApiError, Forbidden
+from ..errors import Forbidden, Misdirected
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-class MisdirectedRequest(ApiError):
-    status = 421
-    code = "misdirected_request"
 
 
 def _split_host(host):
@@ -91,7 +86,7 @@ class Guard:
     def check(self, method, host, headers):
         """Raise 421 for a Host that is not this service's, 403 for a cross-site change."""
         if not self.host_allowed(host):
-            raise MisdirectedRequest(
+            raise Misdirected(
                 "this service does not answer to that host name (add it to allowed_hosts)", field="Host"
             )
         if method not in SAFE_METHODS and not self.same_origin(headers, host):

@@ -28,7 +28,8 @@ from ..jobs.store import EVALUATION_ID_PATTERN, JOB_ID_PATTERN
 from ..llamafactory.allowlist import CUSTOM_KEYS
 from ..llamafactory.templates import installed_templates
 from ..settings import VERSION
-from .schemas import ErrorSchema
+from . import RESOURCES
+from .wire import ErrorSchema
 
 _ERRORS = {
     400: "Bad input: the errors name each field and the reason (a query, a body, its framing)",
@@ -78,7 +79,7 @@ _EVERYWHERE = (400, 414, 421, 431, 500)
 # ... and every change: a browser's cross-site request or a viewer (403), a lock or the store (503), the disk.
 _CHANGES = (403, 503, 507)
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
-_OPEN = ("training.health", "training.deployment_upstream")  # no service token (see auth.py)
+_OPEN = ("meta.health", "deployments.deployment_upstream")  # no service token (see auth.py)
 _ADMINS = ("metrics.prometheus_metrics",)
 
 
@@ -225,7 +226,8 @@ def _operation(rule, method, meta, auth):
     return operation
 
 
-DOCUMENTED_BLUEPRINTS = ("training", "metrics")  # the API and /metrics; the dashboard's pages are not API
+# The API's resources and /metrics; the dashboard's pages are not API.
+DOCUMENTED_BLUEPRINTS = (*RESOURCES, "metrics")
 
 
 def documented_rules(app):

@@ -12,7 +12,7 @@ import os
 import time
 
 from .checkpoints import disk_bytes, prune
-from ..errors import ApiError, Conflict, NotFound
+from ..errors import ServiceError, Conflict, NotFound
 from ..fsio import read_json
 from ..state import JobStatus
 from .record import setter
@@ -131,7 +131,7 @@ class Lifecycle:
                     done["measured"].append(job_id)
             except NotFound:
                 continue  # deleted meanwhile
-            except ApiError as exc:
+            except ServiceError as exc:
                 log.info("job %s: cleanup skipped it: %s", job_id, exc.message)
         return done
 

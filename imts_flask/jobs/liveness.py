@@ -11,7 +11,7 @@ import logging
 import os
 import time
 
-from ..errors import ApiError, Unavailable
+from ..errors import ServiceError, Unavailable
 from ..executors import HOST
 from ..llamafactory.trainer_log import read_progress, run_complete
 from ..llamafactory.trainer_state import validation_figures
@@ -57,7 +57,7 @@ def account(store, settings, state, monitor):
                 state["job_id"],
                 lambda current: mark(current) if current.get("monitor") == monitor else UNCHANGED,
             )
-    except (OSError, ApiError) as exc:
+    except (OSError, ServiceError) as exc:
         log.warning("%s: the usage ledger could not be written (%s)", state.get("job_id"), exc)
 
 

@@ -15,7 +15,7 @@ import time
 import filelock
 import yaml
 
-from ..errors import ApiError, Conflict, InsufficientStorage, NotFound, Unavailable, ValidationFailed
+from ..errors import ServiceError, Conflict, InsufficientStorage, NotFound, Unavailable, ValidationFailed
 from ..fsio import TMP_PREFIX, atomic_write_json, atomic_write_yaml, fsync_dir, move_aside, read_json, write_tree
 from ..state import JobStatus, now_utc, parse_time
 from . import record
@@ -187,7 +187,7 @@ class JobStore:
             if self._write_new(job_id, final, make_files(job_id, final), "creating the job"):
                 self._link(job_id)
                 return job_id
-        raise ApiError("could not allocate a unique job id")
+        raise ServiceError("could not allocate a unique job id")
 
     def create_evaluation(self, job_id, make_files, check):
         """Create an evaluation of a job atomically under the job's lock; return its run id.
@@ -211,7 +211,7 @@ class JobStore:
                     raise storage_error(exc, "creating the evaluation") from exc
                 if self._write_new(run_id, final, make_files(run_id, final, state), "creating the evaluation"):
                     return run_id
-        raise ApiError("could not allocate a unique evaluation id")
+        raise ServiceError("could not allocate a unique evaluation id")
 
     def create_deployment(self, make_files):
         """Create a deployment atomically (deployments/<deploy_x>/, renamed into place whole); its id."""
@@ -226,7 +226,7 @@ class JobStore:
                 continue
             if self._write_new(run_id, final, make_files(run_id, final), "creating the deployment"):
                 return run_id
-        raise ApiError("could not allocate a unique deployment id")
+        raise ServiceError("could not allocate a unique deployment id")
 
     def deployment_ids(self):
         """The ids of every deployment on disk (no particular order)."""
@@ -254,7 +254,7 @@ class JobStore:
         except OSError as exc:
             self._drop_active(run_id)
             if JOB_ID_PATTERN.fullmatch(run_id) and not os.path.isdir(final):
-                with contextlib.suppress(OSError, ApiError):
+                with contextlib.suppress(OSError, ServiceError):
                     self.index.remove(run_id)  # never appeared
             if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
                 return False
@@ -520,7 +520,7 @@ class JobStore:
         power loss between the two writes). A failure leaves the line stale, never a change unwritten."""
         try:
             self.index.put_fresh(job_id, lambda: self.read(job_id))
-        except (OSError, ApiError) as exc:
+        except (OSError, ServiceError) as exc:
             log.warning("job %s: the jobs index could not follow a change (%s)", job_id, exc)
 
     def _count_finished(self, state):
@@ -543,7 +543,7 @@ class JobStore:
                         histogram["buckets"][number] += seconds <= bound
                     histogram["sum"] += seconds
                 atomic_write_json(path, counts)
-        except (OSError, ApiError) as exc:  # the job's end is written; only the counter lacks it
+        except (OSError, ServiceError) as exc:  # the job's end is written; only the counter lacks it
             log.warning("could not count a job finished %s: %s", status, exc)
 
     def finished_counts(self):
@@ -583,7 +583,7 @@ class JobStore:
             self._drop_active(job_id)
             try:
                 self.index.remove(job_id, state.get("created_ns"))
-            except (OSError, ApiError) as exc:  # the listing drops it when it finds no directory
+            except (OSError, ServiceError) as exc:  # the listing drops it when it finds no directory
                 log.warning("job %s: the jobs index could not drop it (%s)", job_id, exc)
         shutil.rmtree(doomed, ignore_errors=True)
         return state

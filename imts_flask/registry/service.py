@@ -98,5 +98,26 @@ class Registry:
     def delete_version(self, name, version):
         self.versions.delete_version(name, version, self.in_use)
 
+    def model(self, name):
+        """A registered name: its versions (with their lineage) and aliases."""
+        return self.versions.model(name)
+
+    def version(self, name, version):
+        return self.versions.version(name, version)
+
+    def set_alias(self, name, alias, version):
+        return self.versions.set_alias(name, alias, version)
+
+    def delete_alias(self, name, alias):
+        self.versions.delete_alias(name, alias)
+
+    def names(self):
+        """Every registered name the caller may see: {name, latest, aliases, versions (numbers)}."""
+        return [
+            {"name": m["name"], "latest": m["latest"], "aliases": m["aliases"],
+             "versions": [v["version"] for v in m["versions"]]}
+            for m in self.versions.models()
+        ]  # fmt: skip
+
 
 __all__ = ["Registry", "is_reference"]

@@ -17,18 +17,13 @@ import contextlib
 import logging
 
 from .. import queue
-from ..errors import ApiError, Forbidden
+from ..errors import Forbidden, TooManyRequests
 from .config import shared_file
 from .usage import Ledger
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 30
-
-
-class TooManyRequests(ApiError):
-    status = 429
-    code = "too_many_requests"
 
 
 def load(settings):
