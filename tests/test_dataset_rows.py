@@ -6,7 +6,7 @@ import json
 import pytest
 
 from imts_flask.datasets.rows import check, preview
-from imts_flask.datasets.rows import rows as read_rows
+from imts_flask.datasets.readers import rows as read_rows
 from imts_flask.datasets.uploads import entry_for
 
 ALPACA = {"instruction": "Add two and three.", "input": "", "output": "five"}

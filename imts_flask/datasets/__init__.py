@@ -1,1 +1,2 @@
-"""Datasets: the registry of uploads (uploads.py) and the row checker run in a child (rows.py)."""
+"""Datasets: the registry of uploads (uploads.py), the row checker run in a child (rows.py), and the
+bounded readers of each file type it reads through (readers.py)."""

@@ -26,13 +26,14 @@ import subprocess
 import tempfile
 import time
 
-from ..errors import ApiError, Conflict, NotFound, Unavailable, ValidationFailed
+from ..errors import Conflict, NotFound, ServiceError, Unavailable, ValidationFailed
 from ..fsio import atomic_write_json, fsync_dir, move_aside, read_json
 from ..jobs.store import JobStore, storage_error
 from ..settings import package_pythonpath
 from ..state import now_utc
 from ..tenancy import principals
-from .rows import EXTENSIONS, FORMATS, STAGES, kind_of
+from .readers import EXTENSIONS, kind_of
+from .rows import FORMATS, STAGES
 
 log = logging.getLogger(__name__)
 
@@ -408,7 +409,7 @@ class Uploads:
                 result.returncode,
                 result.stderr.decode(errors="replace")[-2000:],
             )
-        raise ApiError("the dataset could not be read; the service log has the details")
+        raise ServiceError("the dataset could not be read; the service log has the details")
 
 
 def _is_dataset_dir(name, path):

@@ -1,0 +1,7 @@
+"""`python -m imts_flask.cli`."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
