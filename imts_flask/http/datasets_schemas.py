@@ -5,7 +5,7 @@ from marshmallow import RAISE, Schema, fields, validate
 from ..datasets.rows import FORMATS as DATASET_FORMATS
 from ..datasets.uploads import NAME as DATASET_NAME
 from ..datasets.uploads import NAME_RULE as DATASET_NAME_RULE
-from .wire import _REQUIRED, QueryBoolean, RequestSchema, ResponseSchema, Whole
+from .wire import REQUIRED, QueryBoolean, RequestSchema, ResponseSchema, Whole
 
 
 class DatasetUploadSchema(RequestSchema):
@@ -13,7 +13,7 @@ class DatasetUploadSchema(RequestSchema):
 
     name = fields.String(
         required=True,
-        error_messages=_REQUIRED,
+        error_messages=REQUIRED,
         validate=Whole(f"^{DATASET_NAME.pattern}$", error=f"must be {DATASET_NAME_RULE}"),
         metadata={"example": "my_sft_data"},
     )

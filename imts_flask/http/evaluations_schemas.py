@@ -3,7 +3,7 @@
 from marshmallow import RAISE, Schema, fields, validate
 
 from .wire import (
-    _REQUIRED,
+    REQUIRED,
     WEIGHTS,
     DatasetField,
     JsonBoolean,
@@ -35,7 +35,7 @@ class GenerationSchema(NestedRequestSchema):
 class EvaluationRequestSchema(RequestSchema):
     """POST /jobs/{id}/evaluations: judge a job's weights (and its base model) on a dataset."""
 
-    dataset = DatasetField(required=True, error_messages=_REQUIRED, metadata={"example": "demo_sft"})
+    dataset = DatasetField(required=True, error_messages=REQUIRED, metadata={"example": "demo_sft"})
     checkpoint = fields.String(
         load_default="final",
         allow_none=True,

@@ -8,10 +8,10 @@ from ..llamafactory.allowlist import FINETUNING_TYPES, PPO_REASON, STAGES
 from ..queue import PRIORITIES
 from ..state import JobStatus
 from .wire import (
-    _REQUIRED,
     JOB_ID,
     MAX_BYTE_OFFSET,
     MAX_STEP,
+    REQUIRED,
     WEIGHTS,
     DatasetField,
     JsonBoolean,
@@ -58,7 +58,7 @@ class EarlyStoppingSchema(NestedRequestSchema):
     patience = fields.Integer(
         strict=True,
         required=True,
-        error_messages=_REQUIRED,
+        error_messages=REQUIRED,
         validate=validate.Range(1, 1000),
         metadata={"description": "evaluations in a row without a better eval_loss", "example": 2},
     )
@@ -111,12 +111,12 @@ class TrainingJobRequestSchema(RequestSchema):
     model_name = fields.String(
         required=True,
         validate=validate.Length(1, 256),
-        error_messages=_REQUIRED,
+        error_messages=REQUIRED,
         metadata={"example": "tiny-llama"},
     )
     dataset = DatasetField(
         required=True,
-        error_messages=_REQUIRED,
+        error_messages=REQUIRED,
         metadata={
             "description": "a name, names separated by commas, or a list of names",
             "example": "demo_sft",
@@ -219,7 +219,7 @@ class ExportRequestSchema(RequestSchema):
     export_dir = fields.String(
         required=True,
         validate=validate.Length(1, 1024),
-        error_messages=_REQUIRED,
+        error_messages=REQUIRED,
         metadata={
             "example": "my_model",
             "description": "a relative path inside the exports root (no '..'): my_model, or "

@@ -98,7 +98,7 @@ class RequestSchema(Schema):
         return data
 
 
-_REQUIRED = {"required": "is required", "null": "is required and may not be null"}
+REQUIRED = {"required": "is required", "null": "is required and may not be null"}
 
 
 class JsonBoolean(fields.Boolean):
