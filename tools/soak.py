@@ -974,7 +974,8 @@ class Soak:
                 "GET", f"/jobs/{facts['job_id']}/evaluations/{evaluation_id}", who=facts["team"]
             )
             if status == 404 and self.jobs.get(facts["job_id"], {}).get("deleted"):
-                continue  # it went with its job
+                facts["final"] = {"status": "deleted with its job"}
+                continue
             facts["final"] = view
             if status != 200 or view["status"] not in TERMINAL:
                 self.violate(
