@@ -39,7 +39,6 @@ from .jobs.checkpoints import (
     latest_resumable,
 )
 from .jobs.liveness import account, record_completed
-from .jobs.record import CHANGED, UNCHANGED, changed, setter
 from .jobs.scheduler import Scheduler
 from .jobs.store import JobStore
 from .jobs.validation import ValidationWatch
@@ -52,6 +51,7 @@ from .observe.gpus import Gpus
 from .observe.tracking import JobTracking
 from .observe.webhooks import Notifier
 from .procs import boot_id, start_ticks, terminate_tree, tree_pids
+from .runs.record import CHANGED, UNCHANGED, changed, setter
 from .settings import Settings
 from .state import JobStatus, now_utc
 from .tenancy.usage import Meter
@@ -231,7 +231,7 @@ class Monitor:
 
     def _owned(self, change):
         """Wrap a state change so that it applies only while this monitor owns the job's attempt."""
-        return lambda current: change(current) if current.get("monitor") == self.me else UNCHANGED
+        return lambda current: change(current) if current.monitor == self.me else UNCHANGED
 
     def record_started(self, proc, ticks, change):
         """Record a process just started (a trainer, a phase, a server); if the record cannot be
@@ -263,37 +263,34 @@ class Monitor:
     def train(self, launch_id):
         def claim(current):
             # Only the monitor of the current launch may start the job, and only once.
-            if (
-                current["status"] != JobStatus.PENDING.value
-                or (current.get("launch") or {}).get("id") != launch_id
-            ):
+            if current.status != JobStatus.PENDING.value or (current.launch or {}).get("id") != launch_id:
                 return UNCHANGED
-            current["monitor"] = self.me
+            current.monitor = self.me
             return CHANGED
 
         state = self.store.update(self.job_id, claim)
-        if state.get("monitor") != self.me:
+        if state.monitor != self.me:
             log.info(
                 "job is %s with launch %s, not ours (%s): nothing to start",
-                state["status"],
-                (state.get("launch") or {}).get("id"),
+                state.status,
+                (state.launch or {}).get("id"),
                 launch_id,
             )
             return
         self._heartbeat()
-        self.launch = state["launch"]
-        self.gpu_count = len(self.launch.get("gpus") or []) or (state.get("gpus") or 0)
-        if state.get("kind") == evaluation_record.KIND:
+        self.launch = state.launch
+        self.gpu_count = len(self.launch.get("gpus") or []) or (state.gpus or 0)
+        if state.kind == evaluation_record.KIND:
             run_evaluation(self, state)
             Scheduler(self.settings, self.store).schedule()  # its slot is free again
             return
-        if state.get("kind") == deployment_record.KIND:
+        if state.kind == deployment_record.KIND:
             run_deployment(self, state)
             Scheduler(self.settings, self.store).schedule()  # its slot is free again
             return
         config_path = self.store.path(self.job_id, JobStore.TRAIN_CONFIG)
-        if state.get("tensorboard"):
-            self.extra_env["TENSORBOARD_LOGGING_DIR"] = tensorboard_dir(state["paths"])
+        if state.tensorboard:
+            self.extra_env["TENSORBOARD_LOGGING_DIR"] = tensorboard_dir(state.paths)
         try:
             resume, config = self._prepare_attempt(state)
             self.torchrun = "deepspeed" in config
@@ -309,7 +306,7 @@ class Monitor:
             Scheduler(self.settings, self.store).schedule()  # its slot is free again
             return
         except _AlreadyFinished:
-            output_dir = state["paths"]["output_dir"]
+            output_dir = state.paths["output_dir"]
             reason = "the run had already trained to its end and saved its results: nothing to resume"
             self.store.update(self.job_id, self._owned(lambda s: record_completed(s, output_dir, reason)))
             Scheduler(self.settings, self.store).schedule()
@@ -317,12 +314,12 @@ class Monitor:
         ticks = start_ticks(proc.pid)
 
         def mark_running(current):
-            if current["status"] != JobStatus.PENDING.value or current.get("monitor") != self.me:
+            if current.status != JobStatus.PENDING.value or current.monitor != self.me:
                 return UNCHANGED
-            current.update(
+            current.set(
                 status=JobStatus.RUNNING.value,
                 pid=proc.pid,
-                started_at=current.get("started_at") or now_utc(),
+                started_at=current.started_at or now_utc(),
                 trainer={"pid": proc.pid, "start_ticks": ticks, "pgid": proc.pid},
                 monitor=self.me,
                 resumed_at_step=resume["step"] if resume else None,
@@ -330,15 +327,15 @@ class Monitor:
             return changed(resumed_from=resume["name"]) if resume else CHANGED
 
         state = self.record_started(proc, ticks, mark_running)
-        if state.get("pid") != proc.pid:
-            log.info("job became %s while starting: stopping the trainer", state["status"])
+        if state.pid != proc.pid:
+            log.info("job became %s while starting: stopping the trainer", state.status)
             terminate_tree(proc.pid, ticks, 0, popen=proc)
             return
         log.info("trainer started: pid %s", proc.pid)
         watch = None
-        if state.get("validation"):
-            watch = ValidationWatch(state["paths"]["output_dir"], state.get("early_stopping"))
-        tracking = JobTracking(self.settings, state["paths"]["output_dir"])
+        if state.validation:
+            watch = ValidationWatch(state.paths["output_dir"], state.early_stopping)
+        tracking = JobTracking(self.settings, state.paths["output_dir"])
 
         def on_beat():
             try:
@@ -366,7 +363,7 @@ class Monitor:
         """Start the job's MLflow run once (its id goes into the record), then log the new metrics."""
         if tracking.on and not tracking.run_id:
             run_id = tracking.start(state, config)
-            if run_id and run_id != state.get("mlflow_run_id"):
+            if run_id and run_id != state.mlflow_run_id:
                 self.store.update(self.job_id, self._owned(setter(mlflow_run_id=run_id)))
         tracking.beat()
 
@@ -385,9 +382,9 @@ class Monitor:
         checkpoints (a save cut short when the host died) are removed, never resumed from; the
         newest complete one is resumed from, and without one training starts over.
         """
-        output_dir = state["paths"]["output_dir"]
-        source = state.get("resumed_from")
-        if source and not state.get("seeded_at"):
+        output_dir = state.paths["output_dir"]
+        source = state.resumed_from
+        if source and not state.seeded_at:
             path = os.path.join(self.store.path(source["job_id"], JobStore.OUTPUT), source["checkpoint"])
             try:
                 copy = copy_checkpoint(path, output_dir)
@@ -410,8 +407,8 @@ class Monitor:
         # Never from a checkpoint at the run's end: transformers would train past it (85 of 84).
         checkpoint = None if resume_refusal(config) else latest_resumable(output_dir)
         planned = attempt_config(config, checkpoint["path"] if checkpoint else None)
-        if (state.get("launch") or {}).get("ray_workers"):
-            planned["ray_num_workers"] = state["launch"]["ray_workers"]  # LLaMA Factory's own Ray training
+        if (state.launch or {}).get("ray_workers"):
+            planned["ray_num_workers"] = state.launch["ray_workers"]  # LLaMA Factory's own Ray training
         if planned != config:
             self.store.write_file(self.job_id, JobStore.TRAIN_CONFIG, planned)
         if checkpoint:
@@ -419,55 +416,53 @@ class Monitor:
             for name in FINAL_RESULTS:  # a stop's results, short of the end: this attempt writes its own
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(output_dir, name))
-            log.info("attempt %s resumes from %s", state.get("attempt") or 1, checkpoint["name"])
+            log.info("attempt %s resumes from %s", state.attempt or 1, checkpoint["name"])
         return checkpoint, planned
 
     def _record_outcome(self, state, rc, used):
-        output_dir = state["paths"]["output_dir"]
+        output_dir = state.paths["output_dir"]
         status, progress = outcome(
-            rc, output_dir, self.stop.set or bool(state.get("stop_requested_at")), self.ending_early
+            rc, output_dir, self.stop.set or bool(state.stop_requested_at), self.ending_early
         )
-        state.update(
-            pid=None, exit_code=rc if rc >= 0 else None, signal=None, final=progress, disk_bytes=used
-        )
-        if state.get("validation"):
+        state.set(pid=None, exit_code=rc if rc >= 0 else None, signal=None, final=progress, disk_bytes=used)
+        if state.validation:
             figures = {k: v for k, v in validation_figures(output_dir).items() if v is not None}
             if status == JobStatus.COMPLETED.value and self.ending_early:
                 figures["stopped_early"] = True
-            state.update(figures)
+            state.set(figures)
         if status == JobStatus.STOPPED.value and preemption.requeue(state):
             return changed(reason=preemption.reason(state))  # it waits for the GPUs it made way with
         state.pop("preempting", None)
         if status == JobStatus.COMPLETED.value:
-            state["status"] = JobStatus.COMPLETED.value
-            state["final"]["progress"] = 1.0
+            state.status = JobStatus.COMPLETED.value
+            state.final["progress"] = 1.0
         elif status == JobStatus.STOPPED.value:
-            state["status"] = JobStatus.STOPPED.value
+            state.status = JobStatus.STOPPED.value
         else:
-            lines = _tail_lines(state["paths"]["log"], self.settings.log_tail_lines)
+            lines = _tail_lines(state.paths["log"], self.settings.log_tail_lines)
             if rc == 0:
                 reason = (
                     f"llamafactory-cli exited with code 0 before the last step "
                     f"({progress.get('current_step')} of {progress.get('total_steps')})"
                 )
             else:
-                reason, state["signal"] = _describe_exit(rc)
+                reason, state.signal = _describe_exit(rc)
                 reason = f"{reason}: {_failure_reason(lines, 'see log_tail')}"
-            state.update(status=JobStatus.FAILED.value, error=reason, log_tail=lines)
+            state.set(status=JobStatus.FAILED.value, error=reason, log_tail=lines)
         return CHANGED
 
     # -- export ----------------------------------------------------------------------------
 
     def export(self):
         def claim(current):
-            export = current.get("export") or {}
+            export = current.export or {}
             if export.get("status") != "running" or export.get("monitor"):
                 return UNCHANGED
             export["monitor"] = self.me
             return CHANGED
 
         state = self.store.update(self.job_id, claim)
-        export = state.get("export") or {}
+        export = state.export or {}
         if export.get("monitor") != self.me:
             return
         target = export["export_dir"]
@@ -492,7 +487,7 @@ class Monitor:
             shutil.rmtree(staged, ignore_errors=True)
 
         def record(current):
-            current_export = current.get("export") or {}
+            current_export = current.export or {}
             if current_export.get("export_dir") != target:
                 return UNCHANGED
             current_export["finished_at"] = now_utc()
@@ -504,7 +499,7 @@ class Monitor:
                 )
                 detail = reason or (_describe_exit(rc)[0] + ": " + _failure_reason(lines, "see export.log"))
                 current_export.update(status="failed", error=detail, log_tail=lines)
-            current["export"] = current_export
+            current.export = current_export
             return CHANGED
 
         self.store.update(self.job_id, record)

@@ -20,22 +20,22 @@ RANK = {name: number for number, name in enumerate(PRIORITIES)}
 
 def queued(state):
     """A pending job that has not been handed a slot yet."""
-    return state.get("status") == JobStatus.PENDING.value and not state.get("launch")
+    return state.status == JobStatus.PENDING.value and not state.launch
 
 
 def waiting(state):
     """A pending job whose monitor has not started it: queued here, or in an engine's queue."""
-    return state.get("status") == JobStatus.PENDING.value and not (state.get("monitor") or {}).get("pid")
+    return state.status == JobStatus.PENDING.value and not (state.monitor or {}).get("pid")
 
 
 def gpus_of(state):
     """The GPU ids handed to a job (none while it waits, or where an engine placed it)."""
-    return (state.get("launch") or {}).get("gpus") or []
+    return (state.launch or {}).get("gpus") or []
 
 
 def rank(state):
     """A run's priority as a number: low 0, normal 1 (also a run that names none), high 2."""
-    return RANK.get(state.get("priority") or "normal", 1)
+    return RANK.get(state.priority or "normal", 1)
 
 
 def in_order(states, held):
@@ -49,11 +49,11 @@ def in_order(states, held):
     head = []
     groups = {}
     for state in sorted(states, key=creation_order):
-        if state.get("queue_head_at"):
+        if state.queue_head_at:
             head.append(state)
         else:
-            groups.setdefault((rank(state), state.get("tenant")), deque()).append(state)
-    yield from sorted(head, key=lambda s: (s["queue_head_at"], creation_order(s)))
+            groups.setdefault((rank(state), state.tenant), deque()).append(state)
+    yield from sorted(head, key=lambda s: (s.queue_head_at, creation_order(s)))
 
     def key(group):
         return (-group[0], held.get(group[1], 0), creation_order(groups[group][0]))
@@ -76,7 +76,7 @@ def position(states, job_id, waits, held, units):
     ahead started, taking `units(state)`); None if not there."""
     held = dict(held)
     for number, state in enumerate(in_order([s for s in states if waits(s)], held), 1):
-        if state["job_id"] == job_id:
+        if state.job_id == job_id:
             return number
-        held[state.get("tenant")] = held.get(state.get("tenant"), 0) + units(state)
+        held[state.tenant] = held.get(state.tenant, 0) + units(state)
     return None

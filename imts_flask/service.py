@@ -35,6 +35,7 @@ from .observe.gpus import Gpus
 from .observe.webhooks import Notifier
 from .procs import tree_pids
 from .registry.service import Registry, is_reference
+from .runs.record import CHANGED, UNCHANGED
 from .state import TIME_FORMAT, JobStatus, now_utc
 from .tenancy import principals, quotas
 from .tenancy.config import Tenants
@@ -205,7 +206,7 @@ class TrainingService:
             job_id, replayed = self.store.create_once(key, fingerprint, make_files, create)
         state = self.store.read(job_id)
         if not replayed:
-            log.info("job %s: created (%s)", job_id, state.get("model_name"))
+            log.info("job %s: created (%s)", job_id, state.model_name)
             self.notifier.notify(self.store.path(job_id), state)
             self.start_queued_soon()
         return state, replayed
@@ -226,19 +227,19 @@ class TrainingService:
             quotas.check_new_run(
                 self.settings,
                 self.store,
-                principals.owner()["tenant"] or plan.source.get("tenant"),
-                plan.source.get("priority") or "normal",
-                plan.source.get("preemptible") is not False,
+                principals.owner()["tenant"] or plan.source.tenant,
+                plan.source.priority or "normal",
+                plan.source.preemptible is not False,
             )
             paths = _job_paths(job_dir)
-            described = record.pick(plan.source, record.RESUMED)
+            described = plan.source.pick(record.RESUMED)
             state = self._new_state(
                 new_id, paths, {**described, "resumed_from": plan.resumed_from, "seeded_at": None}
             )
             return plan.files(paths, state)
 
         asked = {"resume": job_id, "checkpoint": checkpoint}
-        tenant = principals.owner()["tenant"] or plan.source.get("tenant")
+        tenant = principals.owner()["tenant"] or plan.source.tenant
         return self._create(make_files, asked, idempotency_key, tenant)
 
     # -- datasets and models ---------------------------------------------------------------
@@ -296,9 +297,7 @@ class TrainingService:
         self.uploads.delete(name, in_use=self._jobs_using)
 
     def _jobs_using(self, name):
-        return [
-            s["job_id"] for s in self.store.active_states() if name in (s.get("dataset") or "").split(",")
-        ]
+        return [s.job_id for s in self.store.active_states() if name in (s.dataset or "").split(",")]
 
     # -- delete ----------------------------------------------------------------------------
 
@@ -361,7 +360,7 @@ class TrainingService:
 
     def view(self, state, detail=True):
         """Turn a stored state into what GET /jobs/{id} answers, with live progress when running."""
-        running = state.get("status") == JobStatus.RUNNING.value
+        running = state.status == JobStatus.RUNNING.value
         return job_view(state, gpu_memory=self.gpu_memory_bytes(state) if running else None, detail=detail)
 
     def gpu_figures(self):
@@ -369,10 +368,10 @@ class TrainingService:
         reading = self.gpus.read()
         holders = {}
         for state in self.store.active_states():
-            if not principals.visible(state.get("tenant")):
+            if not principals.visible(state.tenant):
                 continue  # another team's: the GPU shows busy without saying whose
-            for gpu in (state.get("launch") or {}).get("gpus") or []:
-                holders.setdefault(gpu, []).append(state["job_id"])
+            for gpu in (state.launch or {}).get("gpus") or []:
+                holders.setdefault(gpu, []).append(state.job_id)
         gpus = [{**g, "job_ids": holders.get(g["id"], [])} for g in reading["gpus"]]
         return {
             "available": reading["available"],
@@ -384,11 +383,11 @@ class TrainingService:
     def gpu_memory_bytes(self, state):
         """GPU memory of a running job's process tree: read now on its host, else the monitor's reading."""
         by_gpu = self.gpu_memory_by_gpu(state)
-        return sum(by_gpu.values()) if by_gpu is not None else state.get("gpu_memory_bytes")
+        return sum(by_gpu.values()) if by_gpu is not None else state.gpu_memory_bytes
 
     def gpu_memory_by_gpu(self, state):
         """{gpu id: bytes} of a running job on this host's GPUs, or None where this host cannot tell."""
-        trainer = state.get("trainer") or {}
+        trainer = state.trainer or {}
         if not self.gpus.ids or not here(trainer):
             return None
         return self.gpus.memory_by_gpu(tree_pids(trainer.get("pid"), trainer.get("start_ticks")))
@@ -423,7 +422,7 @@ class TrainingService:
     def job_metrics(self, job_id, since_step=0, limit=1000):
         """Return the loss / learning-rate / epoch series of a job after `since_step`."""
         state = self.store.read(job_id)
-        points = read_series((state.get("paths") or {}).get("output_dir", ""), since_step, limit)
+        points = read_series(state.path("output_dir", ""), since_step, limit)
         return {
             "job_id": job_id,
             "since_step": since_step,
@@ -434,30 +433,30 @@ class TrainingService:
     def job_events(self, job_id):
         """Return a job's state transitions with their times."""
         state = self.store.read(job_id)
-        return {"job_id": job_id, "events": list(state.get("history") or [])}
+        return {"job_id": job_id, "events": list(state.history or [])}
 
     def job_checkpoints(self, job_id):
         state = self.store.read(job_id)
-        checkpoints = list_checkpoints((state.get("paths") or {}).get("output_dir", ""))
-        if state.get("status") == JobStatus.RUNNING.value and checkpoints and not checkpoints[-1]["complete"]:
+        checkpoints = list_checkpoints(state.path("output_dir", ""))
+        if state.status == JobStatus.RUNNING.value and checkpoints and not checkpoints[-1]["complete"]:
             checkpoints[-1]["problem"] = "being saved"  # the trainer is writing it right now
         for checkpoint in checkpoints:
             checkpoint["modified_at"] = time.strftime(TIME_FORMAT, time.gmtime(checkpoint["modified_at"]))
-            if state.get("validation") and checkpoint["complete"]:
+            if state.validation and checkpoint["complete"]:
                 figures = checkpoint_evaluation(checkpoint["path"], checkpoint["step"]) or {}
                 checkpoint.update(eval_loss=figures.get("eval_loss"), eval_metrics=figures or None)
-                checkpoint["best"] = checkpoint["name"] == state.get("best_checkpoint")
+                checkpoint["best"] = checkpoint["name"] == state.best_checkpoint
         return {"job_id": job_id, "checkpoints": checkpoints}
 
     def artifact_path(self, job_id, name):
         """Return the path of a file LLaMA Factory wrote for the job (only known names)."""
         state = self.store.read(job_id)
-        path = os.path.join((state.get("paths") or {}).get("output_dir", ""), name)
+        path = os.path.join(state.path("output_dir", ""), name)
         if not os.path.isfile(path):
-            if not JobStatus(state["status"]).is_terminal():  # LLaMA Factory draws it at the end
+            if not JobStatus(state.status).is_terminal():  # LLaMA Factory draws it at the end
                 raise Conflict(
                     f"job {job_id} is {state['status']}: {name} is drawn when its training ends",
-                    extra={"job_status": state["status"]},
+                    extra={"job_status": state.status},
                 )
             raise NotFound(f"job {job_id} has no {name}", field="name")
         return path
@@ -484,9 +483,9 @@ class TrainingService:
         for line in chosen:
             try:
                 state = self.store.read(line["job_id"])
-                if state["status"] != line["status"] and not state.get("broken"):
+                if state.status != line["status"] and not state.broken:
                     self.store.index_refresh(line["job_id"])  # a line left behind: the record says
-                    if status and state["status"] != status:
+                    if status and state.status != status:
                         continue  # it ended a moment ago: not in the state asked for any more
                 page.append(self.view(state, detail=False))
             except NotFound:
@@ -501,7 +500,7 @@ class TrainingService:
             return False
         with contextlib.suppress(NotFound):  # names too long for the index line: the record says
             state = self.store.read(line["job_id"])
-            return needle in f"{state.get('model_name') or ''}\n{state.get('dataset') or ''}".casefold()
+            return needle in f"{state.model_name or ''}\n{state.dataset or ''}".casefold()
         return False
 
     def job_request(self, job_id):
@@ -520,11 +519,11 @@ class TrainingService:
         # A stopped queued job may unblock the queue: started in the background, as after a create,
         # so that the answer is about this stop (a full disk writing another job is not its failure).
         self.start_queued_soon()
-        if not JobStatus(state["status"]).is_terminal():
+        if not JobStatus(state.status).is_terminal():
             state = self.launcher.wait_for(job_id, self.settings.stop_wait_s)
-        done = JobStatus(state["status"]).is_terminal()
+        done = JobStatus(state.status).is_terminal()
         if done:
-            log.info("job %s: stop answered with status %s", job_id, state["status"])
+            log.info("job %s: stop answered with status %s", job_id, state.status)
         return self.view(state), done
 
     # -- export ----------------------------------------------------------------------------
@@ -533,18 +532,18 @@ class TrainingService:
         """Start (or join) an export of a completed job's weights (the final ones, "best" or a
         checkpoint-N); return (export state, finished)."""
         state = self.store.read(job_id)
-        if state["status"] != JobStatus.COMPLETED.value:
+        if state.status != JobStatus.COMPLETED.value:
             raise Conflict(
                 f"job {job_id} is {state['status']}; only completed jobs can be exported",
-                extra={"job_status": state["status"]},
+                extra={"job_status": state.status},
             )
         target = exports.resolve(self.settings.path("exports_dir"), self.settings.home, export_dir)
-        output_dir = (state.get("paths") or {}).get("output_dir", "")
-        checkpoint, _path = choose_weights(output_dir, checkpoint, state.get("best_checkpoint"))
+        output_dir = state.path("output_dir", "")
+        checkpoint, _path = choose_weights(output_dir, checkpoint, state.best_checkpoint)
         started = []
 
         def mark(current):
-            previous = current.get("export") or {}
+            previous = current.export or {}
             if self.launcher.export_lost(previous):
                 previous.update(
                     status="failed", error="lost: the export's monitor process died", finished_at=now_utc()
@@ -556,16 +555,16 @@ class TrainingService:
             )
             if previous.get("status") == "running":
                 if same:
-                    return record.UNCHANGED
+                    return UNCHANGED
                 raise Conflict(f"an export of job {job_id} to {previous['export_dir']} is still running")
             if same and previous.get("status") == "completed" and os.path.isdir(target):
-                return record.UNCHANGED
+                return UNCHANGED
             if os.path.exists(target) and previous.get("export_dir") != target:
                 raise Conflict(
                     f"export_dir {target} already exists; choose another directory or remove it",
                     field="export_dir",
                 )
-            current["export"] = {
+            current.export = {
                 "status": "running",
                 "export_dir": target,
                 "merge_lora": merge_lora,
@@ -576,7 +575,7 @@ class TrainingService:
                 "error": None,
             }
             started.append(True)
-            return record.CHANGED
+            return CHANGED
 
         self.store.update(job_id, mark)
         if started:
@@ -587,9 +586,9 @@ class TrainingService:
         state = self.launcher.wait_for(
             job_id,
             self.settings.export_wait_s,
-            done=lambda s: (s.get("export") or {}).get("status") != "running",
+            done=lambda s: (s.export or {}).get("status") != "running",
         )
-        export = state["export"]
+        export = state.export
         return export, export["status"] != "running"
 
     # -- health ----------------------------------------------------------------------------

@@ -26,13 +26,13 @@ def now_utc():
     return datetime.now(UTC).strftime(TIME_FORMAT)
 
 
-def creation_order(state):
-    """Sort key for jobs by creation: created_ns (nanoseconds), else created_at, then the id."""
-    created = state.get("created_ns")
+def creation_order(record):
+    """Sort key for runs by creation: created_ns (nanoseconds), else created_at, then the id."""
+    created = record.created_ns
     if created is None:
-        at = parse_time(state.get("created_at"))
+        at = parse_time(record.created_at)
         created = int(at.timestamp() * 1e9) if at else 0
-    return (created, state.get("job_id") or "")
+    return (created, record.job_id or "")
 
 
 def parse_time(text):

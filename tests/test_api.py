@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from imts_flask.jobs.record import setter
+from imts_flask.runs.record import setter
 
 from conftest import wait_for
 

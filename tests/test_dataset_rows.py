@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from imts_flask.datasets.rows import check, preview
 from imts_flask.datasets.readers import rows as read_rows
+from imts_flask.datasets.rows import check, preview
 from imts_flask.datasets.uploads import entry_for
 
 ALPACA = {"instruction": "Add two and three.", "input": "", "output": "five"}

@@ -549,7 +549,7 @@ def _frozen_in_lock(store, job_id):
 
 
 def _running_under(store, job_id, monitor):
-    from imts_flask.jobs.record import setter
+    from imts_flask.runs.record import setter
 
     store.update(job_id, setter(status="running", monitor=monitor, attempt=1))
 

@@ -11,8 +11,8 @@ import time
 
 from imts_flask.jobs import record
 from imts_flask.jobs.index import RECORD
-from imts_flask.jobs.record import setter
 from imts_flask.jobs.store import JobStore
+from imts_flask.runs.record import setter
 
 from conftest import PROJECT, wait_for
 
@@ -141,7 +141,8 @@ def test_a_status_line_left_behind_is_put_right_by_the_listing_that_reads_the_jo
     ).get_json()
     job_id = job_id["job_id"]
     wait_for(lambda: store.read(job_id)["status"] == "completed")
-    stale = {**store.read(job_id), "status": "running"}
+    stale = store.read(job_id)
+    stale.status = "running"
     store.index.put(stale)  # as if the host lost power after the record was written, before its line
     assert [line["status"] for line in store.listed()] == ["running"]
     # ?status=running reads the line, then the record: the job is completed, so it is not on the page.

@@ -11,8 +11,8 @@ import time
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from imts_flask.jobs.record import setter
 from imts_flask.jobs.store import JobStore
+from imts_flask.runs.record import setter
 
 from conftest import API, api_create, api_done, api_status, fake_cli, make_home, wait_for
 from harness import Service

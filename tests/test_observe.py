@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from imts_flask.http.openapi import documented_rules
 from imts_flask.http.server import metrics_dir
-from imts_flask.jobs.record import setter
+from imts_flask.runs.record import setter
 from imts_flask.service import _decode_whole_chars
 
 from conftest import PROJECT, fake_cli, make_home, wait_for

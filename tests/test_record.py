@@ -7,8 +7,8 @@ import pytest
 
 from imts_flask.http.jobs_schemas import JobStatusSchema
 from imts_flask.jobs import record, views
-from imts_flask.jobs.record import setter
 from imts_flask.jobs.store import JobStore
+from imts_flask.runs.record import setter
 
 RECORDS = os.path.join(os.path.dirname(__file__), "records", "v1.json")
 
@@ -96,9 +96,7 @@ def test_every_field_the_view_computes_has_its_function_and_the_rest_are_stored(
 
 def test_a_new_record_holds_every_stored_field_but_the_optional_ones():
     new = record.new_record(job_id="train_00000001", about="x")
-    assert list(new) == [f.name for f in record.STORED if not f.optional]
-    assert (
-        new["status"] == "pending" and new["attempt"] == 1 and new["schema_version"] == record.SCHEMA_VERSION
-    )
+    assert list(new.to_json()) == [f.name for f in record.STORED if not f.optional]
+    assert new.status == "pending" and new.attempt == 1 and new.schema_version == record.SCHEMA_VERSION
     with pytest.raises(ValueError, match="not fields"):
         record.new_record(priorty="high")  # a misspelt field is refused, not stored

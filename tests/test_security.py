@@ -193,6 +193,9 @@ def completed(make_app):
     client = make_app("--steps", "1").test_client()
     job_id = client.post(f"{BASE}/jobs", json=BODY).get_json()["job_id"]
     wait_for(lambda: client.get(f"{BASE}/jobs/{job_id}").get_json()["status"] == "completed")
+    # The finished-jobs counter follows the record by a few milliseconds: nothing else is written.
+    store = client.application.extensions["imts"].store
+    wait_for(lambda: store.finished_counts().get("completed") == 1)
     return client, job_id
 
 

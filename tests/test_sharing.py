@@ -10,7 +10,7 @@ import time
 import pytest
 from test_tenants import BODY, TOKENS, As, audit_lines, tenants_file, write_tenants
 
-from imts_flask.jobs.record import CHANGED
+from imts_flask.runs.record import CHANGED
 
 from conftest import API, wait_for
 
@@ -284,19 +284,21 @@ def test_the_victims_are_the_fewest_lowest_and_newest_and_the_rules_spare_the_re
     from types import SimpleNamespace
 
     from imts_flask.jobs import preemption
+    from imts_flask.jobs.record import new_record
 
     settings = SimpleNamespace(preempt_normal=False, preempt_grace_s=600, max_preemptions=2)
     now = 1_800_000_000.0
 
     def running(job_id, priority="low", started=now - 10, gpus=(), **extra):
-        return {
-            "job_id": job_id, "status": "running", "priority": priority,
-            "paths": {"output_dir": str(tmp_path)},
-            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started)),
-            "launch": {"gpus": list(gpus)}, **extra,
-        }  # fmt: skip
+        return new_record(
+            job_id=job_id, status="running", priority=priority,
+            paths={"output_dir": str(tmp_path)},
+            started_at=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started)),
+            launch={"gpus": list(gpus)}, **extra,
+        )  # fmt: skip
 
-    high = {"job_id": "train_0000000h", "priority": "high", "gpus": 2}
+    high = new_record(job_id="train_0000000h", priority="high", gpus=2)
+    wider = new_record(**{**high.to_json(), "gpus": 3})
     older, newer = (
         running("train_0000000a", started=now - 300, gpus=["0"]),
         running("train_0000000b", gpus=["1"]),
@@ -310,21 +312,20 @@ def test_the_victims_are_the_fewest_lowest_and_newest_and_the_rules_spare_the_re
     ]
     holding = [older, *spared, newer]
     # One GPU free, the job needs two: one victim, the newest low one.
-    assert [v["job_id"] for v in preemption.choose(settings, high, holding, 0, ["7"], now)] == [
+    assert [v.job_id for v in preemption.choose(settings, high, holding, 0, ["7"], now)] == [
         "train_0000000b"
     ]
     # No GPU free: both low ones, newest first; three needed: more than may be taken, so none.
-    assert [v["job_id"] for v in preemption.choose(settings, high, holding, 0, [], now)] == [
+    assert [v.job_id for v in preemption.choose(settings, high, holding, 0, [], now)] == [
         "train_0000000b", "train_0000000a",
     ]  # fmt: skip
-    assert preemption.choose(settings, {**high, "gpus": 3}, holding, 0, [], now) == []
+    assert preemption.choose(settings, wider, holding, 0, [], now) == []
     settings.preempt_normal = True  # then normal ones may go too, after the low ones
-    assert [v["job_id"] for v in preemption.choose(settings, {**high, "gpus": 3}, holding, 0, [], now)] == [
+    assert [v.job_id for v in preemption.choose(settings, wider, holding, 0, [], now)] == [
         "train_0000000b", "train_0000000a", "train_0000000c",
     ]  # fmt: skip
-    assert not preemption.preempts({"priority": "normal"}) and not preemption.preempts(
-        {**high, "kind": "deployment"}
-    )
+    deployment = new_record(**{**high.to_json(), "kind": "deployment"})
+    assert not preemption.preempts(new_record(priority="normal")) and not preemption.preempts(deployment)
 
 
 def test_a_waiting_high_job_keeps_the_gpus_that_free_from_lower_jobs_behind_it(make_app, home):

@@ -10,8 +10,8 @@ import pytest
 
 from imts_flask import fsio
 from imts_flask.errors import Conflict, InsufficientStorage, NotFound, Unavailable, ValidationFailed
-from imts_flask.jobs.record import CHANGED, changed, setter
 from imts_flask.jobs.store import JOB_ID_PATTERN, JobStore
+from imts_flask.runs.record import CHANGED, changed, setter
 from imts_flask.state import creation_order
 
 
@@ -94,13 +94,13 @@ def test_terminal_status_never_changes(store):
 
 
 def _bump(state):
-    state["counter"] += 1
+    state.preemptions += 1
     return CHANGED
 
 
 def test_concurrent_updates_lose_nothing(store):
     job_id = _create(store)
-    store.update(job_id, setter(counter=0))
+    store.update(job_id, setter(preemptions=0))
 
     def bump():
         for _ in range(20):
@@ -111,7 +111,7 @@ def test_concurrent_updates_lose_nothing(store):
         t.start()
     for t in threads:
         t.join()
-    assert store.read(job_id)["counter"] == 100
+    assert store.read(job_id).preemptions == 100
 
 
 def test_a_held_lock_times_out_as_503(store):

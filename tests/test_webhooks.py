@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from imts_flask.jobs.record import setter
 from imts_flask.jobs.store import JobStore
 from imts_flask.observe.webhooks import Notifier
+from imts_flask.runs.record import setter
 from imts_flask.settings import load_settings
 from imts_flask.state import now_utc
 
@@ -135,7 +135,7 @@ KILLED_AFTER_THE_WRITE = textwrap.dedent(
     """
     import os, signal, sys, types
     from imts_flask.jobs import store
-    from imts_flask.jobs.record import setter
+    from imts_flask.runs.record import setter
     from imts_flask.observe.webhooks import Notifier
 
     write = store.atomic_write_json

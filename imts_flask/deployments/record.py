@@ -6,7 +6,7 @@ deployment as a run. What a client reads as `status` adds the server's own progr
 deployment is `starting` until its /v1/models answers, then `ready`.
 """
 
-from ..jobs.record import Field, build, run_fields
+from ..runs.record import Field, record_class, run_fields
 from ..state import JobStatus
 
 KIND = "deployment"
@@ -70,24 +70,27 @@ ABOUT = (
 )
 
 
+RECORD = record_class("DeploymentRecord", FIELDS, kind=KIND, schema_version=SCHEMA_VERSION)
+
+
 def new_record(**values):
-    return build(FIELDS, values, "deployment")
+    return RECORD.new(**values)
 
 
 def shown_status(state):
     """What a client reads: running becomes starting or ready."""
-    status = state.get("status")
+    status = state.status
     if status == JobStatus.RUNNING.value:
-        return READY if state.get("ready_at") else STARTING
+        return READY if state.ready_at else STARTING
     if status == JobStatus.COMPLETED.value:  # a server never completes; a record settled so stopped
         return JobStatus.STOPPED.value
     return status
 
 
 def view(state):
-    shown = {name: state.get(name) for name in SHOWN}
+    shown = {name: getattr(state, name) for name in SHOWN}
     shown["status"] = shown_status(state)
-    if state.get("log_tail"):
-        shown["log_tail"] = state["log_tail"]
-    shown["gpu_ids"] = list((state.get("launch") or {}).get("gpus") or [])
+    if state.log_tail:
+        shown["log_tail"] = state.log_tail
+    shown["gpu_ids"] = list((state.launch or {}).get("gpus") or [])
     return shown

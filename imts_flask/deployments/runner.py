@@ -18,8 +18,8 @@ import urllib.request
 
 from ..errors import InsufficientStorage, Unavailable
 from ..executors import HOST
-from ..jobs.record import CHANGED, UNCHANGED, changed, setter
 from ..procs import start_ticks, terminate_tree
+from ..runs.record import CHANGED, UNCHANGED, changed, setter
 from ..settings import PROJECT_ROOT, package_pythonpath
 from ..state import JobStatus, now_utc
 from . import record
@@ -64,14 +64,14 @@ class _Watch:
         self.started = started
         self.offset = os.path.getsize(log_path) if os.path.exists(log_path) else 0
         self.ready = False
-        self.served = state.get("requests_served") or 0
+        self.served = state.requests_served or 0
         self.last_request = time.time()
         self.idle = False
         self.timed_out = False
 
     def tick(self):
         """While the server starts, ask it at every look: ready is recorded within 0.2 s."""
-        if not self.ready and answers(self.state["host"], self.state["port"], self.api_key, timeout=0.5):
+        if not self.ready and answers(self.state.host, self.state.port, self.api_key, timeout=0.5):
             try:
                 self.monitor.store.update(
                     self.monitor.job_id, self.monitor._owned(setter(ready_at=now_utc()))
@@ -81,7 +81,7 @@ class _Watch:
                 return
             self.ready = True
             self.last_request = time.time()
-            log.info("the server answers on port %s: ready", self.state["port"])
+            log.info("the server answers on port %s: ready", self.state.port)
 
     def beat(self):
         settings = self.monitor.settings
@@ -133,38 +133,36 @@ class _Watch:
 def run_deployment(monitor, state):
     """Serve a claimed deployment until it is stopped, idle, or its server keeps dying."""
     store, run_id, settings = monitor.store, monitor.job_id, monitor.settings
-    monitor.launch = state["launch"]
+    monitor.launch = state.launch
 
     def mark_running(current):
-        if current["status"] != JobStatus.PENDING.value or current.get("monitor") != monitor.me:
+        if current.status != JobStatus.PENDING.value or current.monitor != monitor.me:
             return UNCHANGED
-        current.update(
-            status=JobStatus.RUNNING.value, started_at=current.get("started_at") or now_utc(), ready_at=None
-        )
+        current.set(status=JobStatus.RUNNING.value, started_at=current.started_at or now_utc(), ready_at=None)
         return CHANGED
 
     state = store.update(run_id, mark_running)
-    if state["status"] != JobStatus.RUNNING.value or state.get("monitor") != monitor.me:
-        log.info("deployment became %s while starting: nothing to run", state["status"])
+    if state.status != JobStatus.RUNNING.value or state.monitor != monitor.me:
+        log.info("deployment became %s while starting: nothing to run", state.status)
         return
     if settings.executor != "local" and not settings.deploy_public_host:
         # Placed by an engine on one of its nodes: the base_url names that node.
         base_url = f"http://{HOST}:{state['port']}/v1"
         state = store.update(run_id, monitor._owned(setter(base_url=base_url)))
-    with open(state["paths"]["api_key"], encoding="utf-8") as handle:
+    with open(state.paths["api_key"], encoding="utf-8") as handle:
         api_key = handle.read().strip()
     monitor.extra_env.update(
-        API_HOST=state["host"],
-        API_PORT=str(state["port"]),
+        API_HOST=state.host,
+        API_PORT=str(state.port),
         API_KEY=api_key,
-        API_MODEL_NAME=state["model"],
+        API_MODEL_NAME=state.model,
         PYTHONPATH=package_pythonpath(),
     )
     log_path = store.path(run_id, record.LOG)
-    restarts = state.get("restarts") or 0
+    restarts = state.restarts or 0
     while True:
         try:
-            proc = monitor._run(server_command(settings, state["paths"]["config"]), record.LOG)
+            proc = monitor._run(server_command(settings, state.paths["config"]), record.LOG)
         except OSError as exc:
             _end(monitor, JobStatus.FAILED, error=f"the server could not start: {exc}")
             return
@@ -173,10 +171,10 @@ def run_deployment(monitor, state):
             pid=proc.pid, trainer={"pid": proc.pid, "start_ticks": ticks, "pgid": proc.pid}, ready_at=None
         )
         current = monitor.record_started(proc, ticks, monitor._owned(running))
-        if current.get("pid") != proc.pid:
+        if current.pid != proc.pid:
             terminate_tree(proc.pid, ticks, 0, popen=proc)
             return
-        log.info("server started: pid %s on %s:%s", proc.pid, state["host"], state["port"])
+        log.info("server started: pid %s on %s:%s", proc.pid, state.host, state.port)
         watch = _Watch(monitor, current, api_key, log_path, time.monotonic())
         monitor.ending_early = False
         rc = monitor._wait(proc, ticks, on_beat=watch.beat, on_tick=watch.tick)
@@ -219,7 +217,7 @@ def _stop_requested(monitor):
 
 def _end(monitor, status, **values):
     def change(state):
-        state.update(status=status.value, pid=None, trainer=None, **values)
+        state.set(status=status.value, pid=None, trainer=None, **values)
         why = values.get("error") or (values.get("stop_reason") and f"stopped: {values['stop_reason']}")
         return changed(reason=why) if why else changed()
 

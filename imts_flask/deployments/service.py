@@ -16,9 +16,9 @@ import urllib.request
 
 from ..errors import Conflict, NotFound, Unauthorized, ValidationFailed
 from ..jobs.checkpoints import choose_weights
-from ..jobs.record import queued_now
 from ..jobs.store import DEPLOYMENT_ID_PATTERN, JobStore
 from ..jobs.views import waiting_view
+from ..runs.record import queued_now
 from ..state import JobStatus, creation_order
 from ..tenancy import principals, quotas
 from . import record
@@ -188,21 +188,21 @@ class Deployments:
             }
         job = self.store.read(request["job_id"])  # 404 for an unknown job
         principals.check_visible(job, "job", request["job_id"])
-        if job["status"] not in _SERVABLE:
+        if job.status not in _SERVABLE:
             raise Conflict(
                 f"job {job['job_id']} is {job['status']}; only completed or stopped jobs can be deployed",
-                extra={"job_status": job["status"]},
+                extra={"job_status": job.status},
             )
-        if (job.get("stage") or "sft") == "rm":
+        if (job.stage or "sft") == "rm":
             raise Conflict("a reward model (stage rm) scores answers; it does not chat", field="job_id")
-        train_config = self.store.read_file(job["job_id"], JobStore.TRAIN_CONFIG)
+        train_config = self.store.read_file(job.job_id, JobStore.TRAIN_CONFIG)
         checkpoint, weights = choose_weights(
-            job["paths"]["output_dir"], request.get("checkpoint"), job.get("best_checkpoint")
+            job.paths["output_dir"], request.get("checkpoint"), job.best_checkpoint
         )
         lora = train_config.get("finetuning_type") == "lora"
         return {
-            "tenant": job.get("tenant"),
-            "source": {"job_id": job["job_id"], "checkpoint": checkpoint},
+            "tenant": job.tenant,
+            "source": {"job_id": job.job_id, "checkpoint": checkpoint},
             "base_model": train_config["model_name_or_path"] if lora else weights,
             "adapter": weights if lora else None,
             "template": train_config.get("template"),
@@ -213,8 +213,8 @@ class Deployments:
         """The lowest port of deploy_ports that no live deployment holds and nothing listens on."""
         taken = set()
         for state in self.store.active_states(min_age_s=3600):
-            if state.get("kind") == record.KIND and state["job_id"] != run_id:
-                taken.add(state.get("port"))
+            if state.kind == record.KIND and state.job_id != run_id:
+                taken.add(state.port)
         for port in parse_ports(self.settings.deploy_ports):
             if port in taken:
                 continue
@@ -235,9 +235,7 @@ class Deployments:
                 state = self.store.read(deployment_id)
             except NotFound:
                 continue
-            if principals.visible(state.get("tenant")) and (
-                status is None or record.shown_status(state) == status
-            ):
+            if principals.visible(state.tenant) and (status is None or record.shown_status(state) == status):
                 states.append(state)
         states.sort(key=creation_order, reverse=True)
         return len(states), [self.view(s) for s in states[offset : offset + limit]]
@@ -271,16 +269,16 @@ class Deployments:
             raise Conflict(
                 f"deployment {state['job_id']} is {status}, not ready", extra={"deployment_status": status}
             )
-        return state["port"]
+        return state.port
 
     def chat(self, deployment_id, messages, max_tokens):
         """Stream a chat completion of a ready deployment (server-sent events, as OpenAI's), for the
         dashboard's chat box: the service calls its server with the deployment's own key."""
         state = self._read(deployment_id)
         port = self._ready_port(state)
-        with open(state["paths"]["api_key"], encoding="utf-8") as handle:
+        with open(state.paths["api_key"], encoding="utf-8") as handle:
             key = handle.read().strip()
-        body = {"model": state["model"], "messages": messages, "max_tokens": max_tokens, "stream": True}
+        body = {"model": state.model, "messages": messages, "max_tokens": max_tokens, "stream": True}
         request = urllib.request.Request(
             f"http://{probe_host(state['host'])}:{port}/v1/chat/completions",
             data=json.dumps(body).encode(),
@@ -300,8 +298,8 @@ class Deployments:
         reference = f"{name}:{version}"
         users = []
         for state in self.store.active_states(min_age_s=3600):
-            if state.get("kind") == record.KIND and (state.get("source") or {}).get("model") == reference:
-                users.append(state["job_id"])
+            if state.kind == record.KIND and (state.source or {}).get("model") == reference:
+                users.append(state.job_id)
         return users
 
     # -- stop ------------------------------------------------------------------------------
@@ -309,12 +307,12 @@ class Deployments:
     def stop(self, deployment_id):
         """Stop a deployment (its server ends, its slot is free); (view, finished stopping)."""
         state = self._read(deployment_id)
-        if not JobStatus(state["status"]).is_terminal():
+        if not JobStatus(state.status).is_terminal():
             state = self.launcher.request_stop(deployment_id)
-            if not JobStatus(state["status"]).is_terminal():
+            if not JobStatus(state.status).is_terminal():
                 state = self.launcher.wait_for(deployment_id, self.settings.stop_wait_s)
         self.started()  # its slot may be free: start what waits
-        return self.view(state), JobStatus(state["status"]).is_terminal()
+        return self.view(state), JobStatus(state.status).is_terminal()
 
     # -- helpers ---------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ monitor, trainer, attempt, history, ...), so an evaluation is queued, run, lost 
 job is; `job_id` is the store's key of the run (<job>/<evaluation>), and `kind` says what it is.
 """
 
-from ..jobs.record import Field, build, run_fields
+from ..runs.record import Field, record_class, run_fields
 from ..state import JobStatus
 
 KIND = "evaluation"
@@ -54,5 +54,8 @@ ABOUT = (
 )
 
 
+RECORD = record_class("EvaluationRecord", FIELDS, kind=KIND, schema_version=SCHEMA_VERSION)
+
+
 def new_record(**values):
-    return build(FIELDS, values, "evaluation")
+    return RECORD.new(**values)

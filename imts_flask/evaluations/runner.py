@@ -10,9 +10,9 @@ import logging
 import os
 
 from ..errors import ServiceError
-from ..jobs.record import CHANGED, UNCHANGED, changed, setter
 from ..observe.tracking import log_evaluation
 from ..procs import start_ticks, terminate_tree
+from ..runs.record import CHANGED, UNCHANGED, changed, setter
 from ..state import JobStatus, now_utc
 from .results import comparison, phase_done, phase_figures
 
@@ -24,27 +24,27 @@ EVALUATION_LOG = "evaluation.log"
 def run_evaluation(monitor, state):
     """Run the phases of a claimed evaluation and record how it ended."""
     store, run_id = monitor.store, monitor.job_id
-    monitor.launch = state["launch"]
-    output_dir = state["paths"]["output_dir"]
+    monitor.launch = state.launch
+    output_dir = state.paths["output_dir"]
 
     def mark_running(current):
-        if current["status"] != JobStatus.PENDING.value or current.get("monitor") != monitor.me:
+        if current.status != JobStatus.PENDING.value or current.monitor != monitor.me:
             return UNCHANGED
-        current.update(status=JobStatus.RUNNING.value, started_at=current.get("started_at") or now_utc())
+        current.set(status=JobStatus.RUNNING.value, started_at=current.started_at or now_utc())
         return CHANGED
 
     state = store.update(run_id, mark_running)
-    if state["status"] != JobStatus.RUNNING.value or state.get("monitor") != monitor.me:
-        log.info("evaluation became %s while starting: nothing to run", state["status"])
+    if state.status != JobStatus.RUNNING.value or state.monitor != monitor.me:
+        log.info("evaluation became %s while starting: nothing to run", state.status)
         return
-    for phase in state["phases"]:
+    for phase in state.phases:
         phase_dir = os.path.join(output_dir, phase)
         if phase_done(phase_dir):
             _record_phase(monitor, phase, phase_dir)  # done by an earlier attempt
             continue
         if _stop_requested(monitor):
             break
-        rc = _run_phase(monitor, phase, state["paths"]["configs"][phase])
+        rc = _run_phase(monitor, phase, state.paths["configs"][phase])
         if _stop_requested(monitor):
             break
         if rc != 0 or not phase_done(phase_dir):
@@ -71,9 +71,9 @@ def run_evaluation(monitor, state):
         # sees "completed" finds them there (a crash in between logs them again, on the same keys).
         try:
             current = store.read(run_id)
-            job = store.read(current["training_job_id"])
-            results = comparison(current.get("results"), current.get("baseline"))
-            log_evaluation(monitor.settings, job.get("mlflow_run_id"), current["evaluation_id"], results)
+            job = store.read(current.training_job_id)
+            results = comparison(current.results, current.baseline)
+            log_evaluation(monitor.settings, job.mlflow_run_id, current.evaluation_id, results)
         except (OSError, ServiceError) as exc:  # the figures are in the record; only MLflow lacks them
             log.warning("the evaluation's figures could not be sent to MLflow (%s)", exc)
         ended = setter(status=JobStatus.COMPLETED.value, pid=None, trainer=None, phase=None, exit_code=0)
@@ -84,7 +84,7 @@ def run_evaluation(monitor, state):
 
 
 def _stopped(state):
-    state.update(status=JobStatus.STOPPED.value, pid=None, trainer=None)
+    state.set(status=JobStatus.STOPPED.value, pid=None, trainer=None)
     return changed(reason="stopped between or during its phases")
 
 
@@ -106,15 +106,15 @@ def _run_phase(monitor, phase, config_path):
     ticks = start_ticks(proc.pid)
 
     def running(current):
-        if current.get("monitor") != monitor.me or current["status"] != JobStatus.RUNNING.value:
+        if current.monitor != monitor.me or current.status != JobStatus.RUNNING.value:
             return UNCHANGED
-        current.update(
+        current.set(
             phase=phase, pid=proc.pid, trainer={"pid": proc.pid, "start_ticks": ticks, "pgid": proc.pid}
         )
         return CHANGED
 
     state = monitor.record_started(proc, ticks, running)
-    if state.get("pid") != proc.pid:
+    if state.pid != proc.pid:
         terminate_tree(proc.pid, ticks, 0, popen=proc)
         return -15
     log.info("phase %s started: pid %s", phase, proc.pid)
@@ -127,11 +127,11 @@ def _record_phase(monitor, phase, phase_dir):
     figures = phase_figures(phase_dir)
 
     def change(state):
-        results = dict(state.get("results") or {})
+        results = dict(state.results or {})
         if results.get(phase) == figures:
             return UNCHANGED
         results[phase] = figures
-        state["results"] = results
+        state.results = results
         return CHANGED
 
     monitor.store.update(monitor.job_id, monitor._owned(change))

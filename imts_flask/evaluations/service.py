@@ -7,9 +7,9 @@ import os
 
 from ..errors import Conflict, NotFound
 from ..jobs.checkpoints import choose_weights
-from ..jobs.record import queued_now
 from ..jobs.store import EVALUATION_ID_PATTERN, JobStore, evaluation_run
 from ..jobs.views import waiting_view
+from ..runs.record import queued_now
 from ..state import JobStatus, creation_order
 from ..tenancy import principals, quotas
 from . import plan, record
@@ -37,11 +37,9 @@ class Evaluations:
         """Check an evaluation of a job against what exists, write it, queue it; (view, replayed)."""
         job = self.store.read(job_id)  # 404 for an unknown job
         _check_job(job)
-        stage = job.get("stage") or "sft"
-        output_dir = job["paths"]["output_dir"]
-        checkpoint, weights = choose_weights(
-            output_dir, request.get("checkpoint"), job.get("best_checkpoint")
-        )
+        stage = job.stage or "sft"
+        output_dir = job.paths["output_dir"]
+        checkpoint, weights = choose_weights(output_dir, request.get("checkpoint"), job.best_checkpoint)
         datasets = self.catalog.resolve_datasets(request["dataset"], stage)
         train_config = self.store.read_file(job_id, JobStore.TRAIN_CONFIG)
         gpus = self.launcher.executor.gpus_for(None)
@@ -56,7 +54,7 @@ class Evaluations:
             phases = plan.phases(stage, request["baseline"])
             configs = {phase: f"{phase}.yaml" for phase in phases}
             state = record.new_record(
-                tenant=current_job.get("tenant"),
+                tenant=current_job.tenant,
                 created_by=principals.owner()["created_by"],
                 job_id=run_id,
                 evaluation_id=run_id.split("/")[1],
@@ -124,17 +122,17 @@ class Evaluations:
         state = self._read(job_id, evaluation_id)
         view = self.view(state)
         if view["status"] == JobStatus.PENDING.value:
-            view["queue_position"] = self.launcher.queue_position(state["job_id"])
+            view["queue_position"] = self.launcher.queue_position(state.job_id)
             view.update(waiting_view(self.launcher.waiting_for(state)))
         return view
 
     def samples(self, job_id, evaluation_id, offset=0, limit=20):
         state = self._read(job_id, evaluation_id)
-        rows = samples(state["paths"]["output_dir"], state.get("phases") or [], offset, limit)
+        rows = samples(state.paths["output_dir"], state.phases or [], offset, limit)
         return {
             "evaluation_id": evaluation_id,
             "job_id": job_id,
-            "total": sample_count(state["paths"]["output_dir"], "tuned-predict"),
+            "total": sample_count(state.paths["output_dir"], "tuned-predict"),
             "offset": offset,
             "limit": limit,
             "samples": rows,
@@ -146,9 +144,9 @@ class Evaluations:
         run_id = evaluation_run(job_id, evaluation_id)
         state = self.launcher.request_stop(run_id)
         self.started()  # a freed slot
-        if not JobStatus(state["status"]).is_terminal():
+        if not JobStatus(state.status).is_terminal():
             state = self.launcher.wait_for(run_id, self.settings.stop_wait_s)
-        return self.view(state), JobStatus(state["status"]).is_terminal()
+        return self.view(state), JobStatus(state.status).is_terminal()
 
     def _read(self, job_id, evaluation_id):
         if not isinstance(evaluation_id, str) or not EVALUATION_ID_PATTERN.fullmatch(evaluation_id):
@@ -162,48 +160,48 @@ class Evaluations:
 
     def view(self, state, detail=True):
         """What GET .../evaluations/{id} answers: the record, with the comparison of the figures."""
-        job_id, _, evaluation_id = state["job_id"].partition("/")
-        status = state.get("status")
+        job_id, _, evaluation_id = state.job_id.partition("/")
+        status = state.status
         view = {
             "evaluation_id": evaluation_id,
             "job_id": job_id,
             "status": status,
-            "stage": state.get("stage"),
-            "dataset": state.get("dataset"),
-            "checkpoint": state.get("checkpoint"),
-            "max_samples": state.get("max_samples"),
-            "baseline": state.get("baseline"),
-            "generation": state.get("generation"),
-            "phases": state.get("phases") or [],
-            "phase": state.get("phase") if status == JobStatus.RUNNING.value else None,
-            "phases_done": [p for p in state.get("phases") or [] if p in (state.get("results") or {})],
-            "results": comparison(state.get("results"), state.get("baseline")),
-            "samples": sample_count(state["paths"]["output_dir"], "tuned-predict")
-            if detail and "tuned-predict" in (state.get("results") or {})
+            "stage": state.stage,
+            "dataset": state.dataset,
+            "checkpoint": state.checkpoint,
+            "max_samples": state.max_samples,
+            "baseline": state.baseline,
+            "generation": state.generation,
+            "phases": state.phases or [],
+            "phase": state.phase if status == JobStatus.RUNNING.value else None,
+            "phases_done": [p for p in state.phases or [] if p in (state.results or {})],
+            "results": comparison(state.results, state.baseline),
+            "samples": sample_count(state.paths["output_dir"], "tuned-predict")
+            if detail and "tuned-predict" in (state.results or {})
             else None,
             "queue_position": None,
-            "attempt": state.get("attempt"),
-            "created_at": state.get("created_at"),
-            "started_at": state.get("started_at"),
-            "finished_at": state.get("finished_at"),
-            "error": state.get("error"),
-            "log_path": (state.get("paths") or {}).get("log"),
-            "output_dir": (state.get("paths") or {}).get("output_dir"),
+            "attempt": state.attempt,
+            "created_at": state.created_at,
+            "started_at": state.started_at,
+            "finished_at": state.finished_at,
+            "error": state.error,
+            "log_path": state.path("log"),
+            "output_dir": state.path("output_dir"),
         }
         if detail and status == JobStatus.FAILED.value:
-            view["log_tail"] = state.get("log_tail") or []
+            view["log_tail"] = state.log_tail or []
         return view
 
 
 def _check_job(job):
     """A job whose weights may be judged: finished as completed or stopped, of a stage with evaluations."""
-    if job.get("broken"):
+    if job.broken:
         raise Conflict(f"job {job['job_id']} has a damaged record; it cannot be evaluated")
-    if job["status"] not in _JUDGED:
+    if job.status not in _JUDGED:
         raise Conflict(
             f"job {job['job_id']} is {job['status']}; evaluations judge completed or stopped jobs",
-            extra={"job_status": job["status"]},
+            extra={"job_status": job.status},
         )
-    refused = plan.unsupported(job.get("stage") or "sft")
+    refused = plan.unsupported(job.stage or "sft")
     if refused:
-        raise Conflict(refused, extra={"job_status": job["status"]})
+        raise Conflict(refused, extra={"job_status": job.status})

@@ -47,7 +47,7 @@ class LocalExecutor:
 
     def place(self, state, slots, free_gpus):
         """(the launch's placement, the GPUs left) for a queued job, or (None, free_gpus) to wait."""
-        need = state.get("gpus") or 0
+        need = state.gpus or 0
         if slots <= 0 or need > len(free_gpus):
             return None, free_gpus  # first come, first served: the head of the queue waits for its GPUs
         return {"gpus": free_gpus[:need]}, free_gpus[need:]

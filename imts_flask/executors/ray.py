@@ -114,7 +114,7 @@ class RayExecutor:
 
     def place(self, state, slots, free_gpus):
         """Every queued job goes to Ray at once, with the GPUs it asks for: Ray places it."""
-        need = state.get("gpus") or 0
+        need = state.gpus or 0
         placement = {"gpus": None, "num_gpus": need}
         if self.settings.ray_gpus_per_node and need > self.settings.ray_gpus_per_node:
             # More GPUs than a node has: LLaMA Factory's Ray workers claim them across nodes.
@@ -124,10 +124,10 @@ class RayExecutor:
     def name_launch(self, state, launch):
         """Ray's name for the launch: the job's id the first time (`ray job status train_xxx` finds
         it), then one per launch, since Ray keeps the names it has seen."""
-        count = state.get("engine_launches") or 0
-        name = state["job_id"].replace("/", "-")  # an evaluation's run id: Ray's ids go into its URLs
+        count = state.engine_launches or 0
+        name = state.job_id.replace("/", "-")  # an evaluation's run id: Ray's ids go into its URLs
         launch["submission_id"] = name if not count else f"{name}-{launch['id']}"
-        state["engine_launches"] = count + 1
+        state.engine_launches = count + 1
 
     def withdraw(self, launch):
         """Take a job that was stopped while waiting out of Ray's queue."""

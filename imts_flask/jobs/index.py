@@ -26,6 +26,7 @@ import os
 from ..errors import NotFound
 from ..fsio import atomic_write_json
 from ..state import creation_order, parse_time
+from .record import RECORD as JobRecord
 
 log = logging.getLogger(__name__)
 
@@ -42,20 +43,20 @@ def _text(value):
 
 def index_line(state):
     """A job's line (RECORD bytes) from its record."""
-    finished = parse_time(state.get("finished_at"))
-    loss = (state.get("final") or {}).get("current_loss")
+    finished = parse_time(state.finished_at)
+    loss = (state.final or {}).get("current_loss")
     fields = [
-        state["job_id"],
-        state.get("status") or "pending",
+        state.job_id,
+        state.status or "pending",
         str(creation_order(state)[0]),
         str(int(finished.timestamp())) if finished else "-",
-        str(state["disk_bytes"]) if isinstance(state.get("disk_bytes"), int) else "-",
+        str(state.disk_bytes) if isinstance(state.disk_bytes, int) else "-",
         repr(float(loss)) if isinstance(loss, (int, float)) else "-",
-        state.get("priority") or "normal",
-        _text(state.get("tenant") or "-"),
+        state.priority or "normal",
+        _text(state.tenant or "-"),
     ]
     head = "\t".join(fields)
-    rest = [_text(state.get("model_name") or ""), _text(state.get("dataset") or "")]
+    rest = [_text(state.model_name or ""), _text(state.dataset or "")]
     data = (head + "\t" + "\t".join(rest) + "\t").encode("utf-8")
     if len(data) > RECORD - 1:
         room = RECORD - 1 - len((head + "\t\t\tcut").encode("utf-8"))
@@ -124,7 +125,7 @@ class JobIndex:
 
     def put(self, state):
         """Rewrite a job's line from `state` (appended if the index lacks it)."""
-        self.put_fresh(state["job_id"], lambda: state)
+        self.put_fresh(state.job_id, lambda: state)
 
     def put_fresh(self, job_id, read):
         """Rewrite a job's line from `read()`, its record as it is now, read under the index's lock."""
@@ -134,7 +135,7 @@ class JobIndex:
                 state = read()  # a damaged record too: it is listed, as failed
             except NotFound:
                 return
-            slot, old = self._find(fd, job_id, state.get("created_ns"))
+            slot, old = self._find(fd, job_id, state.created_ns)
             line = index_line(state)
             if old is not None and parse(line) == old:
                 return  # it says so already
@@ -152,7 +153,7 @@ class JobIndex:
         def mark(fd, seq):
             slot, old = self._find(fd, job_id, created_ns)
             if slot is not None and old["status"] != DELETED:
-                os.pwrite(fd, index_line({**_as_state(old), "status": DELETED}), slot)
+                os.pwrite(fd, index_line(_as_state(old, status=DELETED)), slot)
                 self._count(fd, seq, old, None)
 
         self._write(mark)
@@ -311,17 +312,10 @@ def _summary(state):
     return parse(index_line(state))
 
 
-def _as_state(line):
-    return {
-        "job_id": line["job_id"],
-        "status": line["status"],
-        "created_ns": line["created_ns"],
-        "disk_bytes": line["disk_bytes"],
-        "priority": line["priority"],
-        "tenant": line["tenant"],
-        "model_name": line["model_name"],
-        "dataset": line["dataset"],
-    }
+def _as_state(line, **values):
+    """A job record holding what an index line says (for a line rewritten from a line)."""
+    fields = ("job_id", "status", "created_ns", "disk_bytes", "priority", "tenant", "model_name", "dataset")
+    return JobRecord.new(**{**{name: line[name] for name in fields}, **values})
 
 
 def _backwards(fd):

@@ -14,7 +14,7 @@ from ..errors import Conflict
 from ..executors import make_executor
 from ..state import JobStatus, now_utc
 from .liveness import Liveness, here, monitor_alive
-from .record import CHANGED, UNCHANGED
+from ..runs.record import CHANGED, UNCHANGED
 from .scheduler import Scheduler
 from .store import JobStore
 
@@ -48,9 +48,9 @@ class Launcher:
         launch["submission_id"] = f"{job_id}-export-{launch['id']}"
 
         def record(state):
-            if (state.get("export") or {}).get("status") != "running":
+            if (state.export or {}).get("status") != "running":
                 return UNCHANGED
-            state["export"]["launch"] = launch
+            state.export["launch"] = launch
             return CHANGED
 
         self.store.update(job_id, record)
@@ -67,7 +67,7 @@ class Launcher:
         """
 
         def mark(state):
-            status = JobStatus(state["status"])
+            status = JobStatus(state.status)
             if status in (JobStatus.COMPLETED, JobStatus.FAILED):
                 raise Conflict(
                     f"job {job_id} is already {status.value}; only pending or running jobs can be stopped",
@@ -75,23 +75,23 @@ class Launcher:
                 )
             if state.pop("preempting", None):
                 return CHANGED  # a user's stop during a preemption: the job ends stopped, not queued
-            if status is JobStatus.STOPPED or state.get("stop_requested_at"):
+            if status is JobStatus.STOPPED or state.stop_requested_at:
                 return UNCHANGED
-            state["stop_requested_at"] = now_utc()
+            state.stop_requested_at = now_utc()
             if status is JobStatus.PENDING:
                 # Never started, or its monitor is starting: the monitor sees this and stands down.
-                state["status"] = JobStatus.STOPPED.value
+                state.status = JobStatus.STOPPED.value
             return CHANGED
 
         before = self.store.read(job_id)
         state = self.store.update(job_id, mark)
-        if state["status"] == JobStatus.RUNNING.value:
+        if state.status == JobStatus.RUNNING.value:
             if monitor_alive(state):
-                os.kill(state["monitor"]["pid"], signal.SIGTERM)
-            elif here(state.get("monitor")):
+                os.kill(state.monitor["pid"], signal.SIGTERM)
+            elif here(state.monitor):
                 state = self.liveness.reconcile(state)
-        elif before["status"] == JobStatus.PENDING.value and before.get("launch"):
-            self.executor.withdraw(before["launch"])  # free its place in the engine's queue
+        elif before.status == JobStatus.PENDING.value and before.launch:
+            self.executor.withdraw(before.launch)  # free its place in the engine's queue
         return state
 
     def wait_for(self, job_id, timeout_s, done=None):
@@ -99,7 +99,7 @@ class Launcher:
 
         It settles the job it waits for if its monitor is lost meanwhile (the client asked for it).
         """
-        done = done or (lambda s: JobStatus(s["status"]).is_terminal())
+        done = done or (lambda s: JobStatus(s.status).is_terminal())
         deadline = time.monotonic() + timeout_s
         while True:
             state = self.liveness.reconcile(self.store.read(job_id))

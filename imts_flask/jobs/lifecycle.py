@@ -15,7 +15,7 @@ from .checkpoints import disk_bytes, prune
 from ..errors import ServiceError, Conflict, NotFound
 from ..fsio import read_json
 from ..state import JobStatus
-from .record import setter
+from ..runs.record import setter
 from .store import JobStore
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class Lifecycle:
         """Delete a finished job (its exports stay); Conflict while it runs, exports, or seeds a resume."""
 
         def check(state):
-            export = state.get("export") or {}
+            export = state.export or {}
             if export.get("status") == "running":
                 raise Conflict(f"job {job_id} is exporting to {export.get('export_dir')}; wait for it to end")
             evaluating = self.store.active_evaluations(job_id)
@@ -47,12 +47,12 @@ class Lifecycle:
                     "stop it or wait for it, then delete the job",
                     extra={"evaluations": [run.split("/")[1] for run in evaluating]},
                 )
-            serving = [s for s in self.store.deployments_of(job_id) if not JobStatus(s["status"]).is_terminal()]
+            serving = [s for s in self.store.deployments_of(job_id) if not JobStatus(s.status).is_terminal()]
             if serving:
                 raise Conflict(
                     f"job {job_id} is served by deployment {serving[0]['job_id']}; stop it (DELETE "
                     "/deployments/{id}) or register the job's weights as a model version, then delete the job",
-                    extra={"deployments": [s["job_id"] for s in serving]},
+                    extra={"deployments": [s.job_id for s in serving]},
                 )
             waiting = self._resumes_waiting_on(job_id)
             if waiting:
@@ -63,14 +63,14 @@ class Lifecycle:
                 )
 
         state = self.store.delete(job_id, check)
-        log.info("job %s: deleted (%s, %s bytes)", job_id, state.get("status"), state.get("disk_bytes"))
+        log.info("job %s: deleted (%s, %s bytes)", job_id, state.status, state.disk_bytes)
         return state
 
     def _resumes_waiting_on(self, job_id):
         return [
-            s["job_id"]
+            s.job_id
             for s in self.store.active_states()
-            if (s.get("resumed_from") or {}).get("job_id") == job_id and not s.get("seeded_at")
+            if (s.resumed_from or {}).get("job_id") == job_id and not s.seeded_at
         ]
 
     # -- the cleanup round -----------------------------------------------------------------
@@ -172,7 +172,7 @@ class Lifecycle:
     def _checkpoints_in_use(self, job_id):
         """The best checkpoint, and those that unfinished evaluations and live deployments of the job read."""
         names = {self.store.read(job_id).get("best_checkpoint")}
-        names.update((s.get("source") or {}).get("checkpoint") for s in self.store.deployments_of(job_id))
+        names.update((s.source or {}).get("checkpoint") for s in self.store.deployments_of(job_id))
         for run_id in self.store.active_evaluations(job_id):
             with contextlib.suppress(NotFound):
                 names.add(self.store.read(run_id).get("checkpoint"))

@@ -21,7 +21,7 @@ from .. import queue
 from . import preemption
 from ..tenancy.usage import Ledger
 from .checkpoints import latest_resumable
-from .record import CHANGED, UNCHANGED, changed, setter
+from ..runs.record import CHANGED, UNCHANGED, changed, setter
 from .store import JobStore
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ def here(process):
 
 
 def monitor_alive(state):
-    monitor = state.get("monitor") or {}
+    monitor = state.monitor or {}
     return here(monitor) and is_same_process(monitor.get("pid"), monitor.get("start_ticks"))
 
 
@@ -48,25 +48,25 @@ def account(store, settings, state, monitor):
     failure is logged: GET /usage lacks the attempt, the job loses nothing.
     """
     try:
-        if state.get("monitor") != monitor:
+        if state.monitor != monitor:
             return
-        accounted = Ledger(settings).append(state, state.get("kind") or "job")
+        accounted = Ledger(settings).append(state, state.kind or "job")
         if accounted:
             mark = setter(accounted=accounted)
             store.update(
-                state["job_id"],
-                lambda current: mark(current) if current.get("monitor") == monitor else UNCHANGED,
+                state.job_id,
+                lambda current: mark(current) if current.monitor == monitor else UNCHANGED,
             )
     except (OSError, ServiceError) as exc:
-        log.warning("%s: the usage ledger could not be written (%s)", state.get("job_id"), exc)
+        log.warning("%s: the usage ledger could not be written (%s)", state.job_id, exc)
 
 
 def record_completed(state, output_dir, reason):
     """Record a run found complete on disk whose monitor could not say so."""
     progress = read_progress(output_dir)
-    state.update(status=JobStatus.COMPLETED.value, pid=None, final={**progress, "progress": 1.0})
-    if state.get("validation"):
-        state.update({k: v for k, v in validation_figures(output_dir).items() if v is not None})
+    state.set(status=JobStatus.COMPLETED.value, pid=None, final={**progress, "progress": 1.0})
+    if state.validation:
+        state.set({k: v for k, v in validation_figures(output_dir).items() if v is not None})
     return changed(reason=reason)
 
 
@@ -85,20 +85,20 @@ class Liveness:
     def loss(self, state):
         """How an unfinished job lost its monitor (died, stopped heartbeating, vanished with its host),
         or None while it has one, or never had one."""
-        if state.get("broken") or JobStatus(state["status"]).is_terminal():
+        if state.broken or JobStatus(state.status).is_terminal():
             return None
-        monitor = state.get("monitor") or {}
+        monitor = state.monitor or {}
         if not monitor.get("pid"):
             return None
         if here(monitor) and monitor.get("boot") and monitor["boot"] != boot_id():
             return "the job's monitor vanished with its host (the machine restarted)"
         if here(monitor) and not is_same_process(monitor.get("pid"), monitor.get("start_ticks")):
             return "the job's monitor process died without recording an outcome"
-        age = self._heartbeat_age(state["job_id"])
+        age = self._heartbeat_age(state.job_id)
         if age > self.settings.heartbeat_timeout_s:
             return f"the job's monitor has not heartbeaten for {age:.0f} s"
         if age > 3 * self.settings.heartbeat_s:  # a beat or two missed: ask the engine (a node died?)
-            return self.executor.lost(state.get("launch"), claimed=True)
+            return self.executor.lost(state.launch, claimed=True)
         return None
 
     def export_lost(self, export):
@@ -123,37 +123,37 @@ class Liveness:
         """
         expired = self._launch_expired(state)
         if expired:
-            return self.store.update(state["job_id"], _requeue(state["launch"]["id"], expired))
+            return self.store.update(state.job_id, _requeue(state.launch["id"], expired))
         loss = self.loss(state)
         if loss is None:
             self._force_stop_if_overdue(state)
             return state
-        monitor = state.get("monitor")
+        monitor = state.monitor
         # The first worker to see the loss writes why before it kills anything: a worker that then
         # finds the monitor dead (killed for its silence) settles it with that first cause.
         killed = 0
         try:
-            state = self.store.update(state["job_id"], lambda current: _note_loss(current, monitor, loss))
+            state = self.store.update(state.job_id, lambda current: _note_loss(current, monitor, loss))
         except Unavailable:
             # The job's lock is held, and its lost monitor is the one holding it: frozen (SIGSTOP, a
             # hung disk) inside a write of the record. Only its death frees the lock.
-            log.warning("job %s: %s, and its lock is held: killing its processes first", state["job_id"], loss)
+            log.warning("job %s: %s, and its lock is held: killing its processes first", state.job_id, loss)
             killed = self.kill(state)
-            state = self.store.update(state["job_id"], lambda current: _note_loss(current, monitor, loss))
-        if (state.get("lost") or {}).get("monitor") != monitor:
+            state = self.store.update(state.job_id, lambda current: _note_loss(current, monitor, loss))
+        if (state.lost or {}).get("monitor") != monitor:
             return state  # settled meanwhile
-        loss = state["lost"]["reason"]
+        loss = state.lost["reason"]
         killed += self.kill(state)
         account(self.store, self.settings, state, monitor)
         return self.store.update(
-            state["job_id"], lambda current: self._settle_lost(current, monitor, loss, killed)
+            state.job_id, lambda current: self._settle_lost(current, monitor, loss, killed)
         )
 
     def _launch_expired(self, state):
         """A slot was handed out but no monitor showed up (its spawner died, or the engine dropped it)."""
-        if not state.get("launch") or not queue.waiting(state):
+        if not state.launch or not queue.waiting(state):
             return None
-        return self.executor.lost(state["launch"], claimed=False)
+        return self.executor.lost(state.launch, claimed=False)
 
     def kill(self, state):
         """Kill what is left of a job's processes: on this host by pid, anywhere through the executor.
@@ -161,69 +161,69 @@ class Liveness:
         Outside the lock: the grace period may take seconds; two workers killing twice is harmless.
         The trainer first, with its grace period (it may save a checkpoint); then a hung monitor.
         """
-        trainer, monitor = state.get("trainer") or {}, state.get("monitor") or {}
+        trainer, monitor = state.trainer or {}, state.monitor or {}
         killed = 0
         if here(trainer):
             killed += terminate_tree(trainer.get("pid"), trainer.get("start_ticks"), self.settings.stop_grace_s)
         if here(monitor):
             killed += terminate_tree(monitor.get("pid"), monitor.get("start_ticks"), 0)
-        self.executor.stop(state.get("launch"))
+        self.executor.stop(state.launch)
         return killed
 
     def _settle_lost(self, state, monitor, loss, killed):
-        if JobStatus(state["status"]).is_terminal() or state.get("monitor") != monitor:
+        if JobStatus(state.status).is_terminal() or state.monitor != monitor:
             return UNCHANGED  # it recorded an outcome meanwhile, or another worker settled it
-        attempt = state.get("attempt") or 1
-        limit = state.get("max_attempts") or self.settings.max_attempts
-        state.update(pid=None, trainer=None)
+        attempt = state.attempt or 1
+        limit = state.max_attempts or self.settings.max_attempts
+        state.set(pid=None, trainer=None)
         state.pop("lost", None)  # its cause goes into the history entry
-        output_dir = (state.get("paths") or {}).get("output_dir") or ""
+        output_dir = state.path("output_dir") or ""
         if run_complete(output_dir):
             # The trainer had run to its end and saved its results: a new attempt would train past
             # the plan (85 of 84) and fail. The job is complete, whoever was watching it.
-            log.warning("job %s: %s, after its trainer finished; now completed", state["job_id"], loss)
+            log.warning("job %s: %s, after its trainer finished; now completed", state.job_id, loss)
             return record_completed(state, output_dir, f"completed: its trainer had finished; {loss}")
         if preemption.requeue(state):
             reason = f"{preemption.reason(state)}; {loss}"
-        elif state.get("stop_requested_at"):
-            state["status"] = JobStatus.STOPPED.value
+        elif state.stop_requested_at:
+            state.status = JobStatus.STOPPED.value
             reason = f"stopped; {loss}"
         elif attempt < limit:
             # Queued again as it was: its place in the queue is its creation time, so it goes first.
-            state.update(status=JobStatus.PENDING.value, launch=None, monitor=None, attempt=attempt + 1)
+            state.set(status=JobStatus.PENDING.value, launch=None, monitor=None, attempt=attempt + 1)
             reason = f"lost: {loss}; attempt {attempt + 1} of {limit} {_next_attempt(state, output_dir)}"
         else:
-            state.update(status=JobStatus.FAILED.value, reason="lost")
-            state["error"] = f"lost: {loss}" + (f" (attempt {attempt} of {limit})" if limit > 1 else "")
-            reason = state["error"]
-        log.warning("job %s: %s; now %s (%d processes killed)", state["job_id"], loss, state["status"], killed)
+            state.set(status=JobStatus.FAILED.value, reason="lost")
+            state.error = f"lost: {loss}" + (f" (attempt {attempt} of {limit})" if limit > 1 else "")
+            reason = state.error
+        log.warning("job %s: %s; now %s (%d processes killed)", state.job_id, loss, state.status, killed)
         return changed(reason=reason)
 
     def _force_stop_if_overdue(self, state):
         """The fallback of a stop: a monitor that has not finished well after its grace period is stopped
         through the executor (Ray's stop_job) and, on its own host, by killing its process trees."""
-        asked = parse_time(state.get("stop_requested_at"))
+        asked = parse_time(state.stop_requested_at)
         overdue = self.settings.stop_grace_s + STOP_FALLBACK_S
         if (
             asked is None
-            or state.get("status") != JobStatus.RUNNING.value
-            or state.get("stop_forced_at")
+            or state.status != JobStatus.RUNNING.value
+            or state.stop_forced_at
             or time.time() - asked.timestamp() < overdue
         ):
             return
-        updated = self.store.update(state["job_id"], _force_once)
-        if updated.get("stop_forced_at") and updated["status"] == JobStatus.RUNNING.value:
-            log.warning("job %s: its monitor did not stop within %.0f s; forcing it", state["job_id"], overdue)
+        updated = self.store.update(state.job_id, _force_once)
+        if updated.stop_forced_at and updated.status == JobStatus.RUNNING.value:
+            log.warning("job %s: its monitor did not stop within %.0f s; forcing it", state.job_id, overdue)
             self.kill(updated)
 
 
 def _next_attempt(state, output_dir):
     """What a run's next attempt does, in the words of its history."""
-    kind = state.get("kind")
+    kind = state.kind
     if kind == "deployment":
         return "starts its server again"
     if kind == "evaluation":
-        done = [p for p in state.get("phases") or [] if p in (state.get("results") or {})]
+        done = [p for p in state.phases or [] if p in (state.results or {})]
         return "runs the phases not done yet" + (f" (done: {', '.join(done)})" if done else "")
     checkpoint = latest_resumable(output_dir)
     if checkpoint is None:
@@ -233,10 +233,10 @@ def _next_attempt(state, output_dir):
 
 def _requeue(launch_id, why):
     def change(state):
-        if (state.get("launch") or {}).get("id") != launch_id or not queue.waiting(state):
+        if (state.launch or {}).get("id") != launch_id or not queue.waiting(state):
             return UNCHANGED
-        log.warning("job %s: launch %s is gone (%s); queued again", state["job_id"], launch_id, why)
-        state["launch"] = None
+        log.warning("job %s: launch %s is gone (%s); queued again", state.job_id, launch_id, why)
+        state.launch = None
         return CHANGED
 
     return change
@@ -244,16 +244,16 @@ def _requeue(launch_id, why):
 
 def _note_loss(state, monitor, loss):
     """Write why a job's monitor is lost (the first cause seen) before it is killed."""
-    if JobStatus(state["status"]).is_terminal() or state.get("monitor") != monitor:
+    if JobStatus(state.status).is_terminal() or state.monitor != monitor:
         return UNCHANGED
-    if (state.get("lost") or {}).get("monitor") == monitor:
+    if (state.lost or {}).get("monitor") == monitor:
         return UNCHANGED  # another worker saw it first: its cause stands
-    state["lost"] = {"reason": loss, "at": now_utc(), "monitor": monitor}
+    state.lost = {"reason": loss, "at": now_utc(), "monitor": monitor}
     return CHANGED
 
 
 def _force_once(state):
-    if state.get("stop_forced_at"):
+    if state.stop_forced_at:
         return UNCHANGED
-    state["stop_forced_at"] = now_utc()
+    state.stop_forced_at = now_utc()
     return CHANGED

@@ -20,7 +20,7 @@ from ..llamafactory.trainer_log import run_complete
 from ..state import JobStatus, now_utc, parse_time
 from .. import queue
 from .checkpoints import latest_resumable
-from .record import UNCHANGED, changed
+from ..runs.record import UNCHANGED, changed
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +29,12 @@ HIGH = queue.RANK["high"]
 
 def preempts(state):
     """Whether a run may preempt others when it cannot start."""
-    return queue.rank(state) == HIGH and not state.get("kind")
+    return queue.rank(state) == HIGH and not state.kind
 
 
 def in_flight(holding, job_id):
     """Whether a preemption asked for by `job_id` has not ended yet."""
-    return any((s.get("preempting") or {}).get("by") == job_id for s in holding)
+    return any((s.preempting or {}).get("by") == job_id for s in holding)
 
 
 def choose(settings, requester, holding, slots, free_gpus, now):
@@ -42,7 +42,7 @@ def choose(settings, requester, holding, slots, free_gpus, now):
     lowest = queue.RANK["normal"] if settings.preempt_normal else queue.RANK["low"]
     candidates = [s for s in holding if queue.rank(s) <= lowest and _may_preempt(settings, s, now)]
     candidates.sort(key=lambda s: (queue.rank(s), -_started(s)))
-    need_gpus = (requester.get("gpus") or 0) - len(free_gpus)
+    need_gpus = (requester.gpus or 0) - len(free_gpus)
     chosen = []
     for victim in candidates:
         if slots >= 1 and need_gpus <= 0:
@@ -54,20 +54,20 @@ def choose(settings, requester, holding, slots, free_gpus, now):
 
 
 def _started(state):
-    at = parse_time(state.get("started_at"))
+    at = parse_time(state.started_at)
     return at.timestamp() if at else 0.0
 
 
 def _may_preempt(settings, state, now):
     if (
-        state.get("kind")
-        or state.get("status") != JobStatus.RUNNING.value
-        or state.get("preemptible") is False
-        or state.get("stop_requested_at")
-        or (state.get("preemptions") or 0) >= settings.max_preemptions
+        state.kind
+        or state.status != JobStatus.RUNNING.value
+        or state.preemptible is False
+        or state.stop_requested_at
+        or (state.preemptions or 0) >= settings.max_preemptions
     ):
         return False
-    output_dir = (state.get("paths") or {}).get("output_dir") or ""
+    output_dir = state.path("output_dir") or ""
     if run_complete(output_dir):
         return False  # it has finished training; its monitor is recording that
     if latest_resumable(output_dir) is not None:
@@ -79,11 +79,11 @@ def mark(by):
     """The change that asks a running job to make way for job `by`."""
 
     def change(state):
-        if state.get("status") != JobStatus.RUNNING.value or state.get("stop_requested_at"):
+        if state.status != JobStatus.RUNNING.value or state.stop_requested_at:
             return UNCHANGED  # it ended, or someone stopped it meanwhile
         at = now_utc()
-        state["preempting"] = {"by": by, "at": at}
-        state["stop_requested_at"] = at
+        state.preempting = {"by": by, "at": at}
+        state.stop_requested_at = at
         return changed()
 
     return change
@@ -94,7 +94,7 @@ def requeue(state):
     preempting = state.pop("preempting", None)
     if not preempting:
         return False
-    state.update(
+    state.set(
         status=JobStatus.PENDING.value,
         pid=None,
         trainer=None,
@@ -102,10 +102,10 @@ def requeue(state):
         monitor=None,
         stop_requested_at=None,
         preempted_by=preempting["by"],
-        preemptions=(state.get("preemptions") or 0) + 1,
+        preemptions=(state.preemptions or 0) + 1,
     )
     state.pop("stop_forced_at", None)
-    log.info("job %s: preempted by %s; queued again", state["job_id"], preempting["by"])
+    log.info("job %s: preempted by %s; queued again", state.job_id, preempting["by"])
     return True
 
 

@@ -1,5 +1,5 @@
 """The job record (state.json): every field in one table, the record's version on disk, and the
-one way a change to a record says what it did.
+class it reads as.
 
 The status view (GET /jobs/{id}) and its schema, the listing summaries, what a resumed job takes
 over and what a webhook event carries all derive from FIELDS: adding a field is a row here, plus
@@ -12,28 +12,10 @@ priority, preemption and accounting fields. Reading fills what an older record l
 field's default, and the next write stores it as the current version.
 """
 
-import time
-import typing
-from dataclasses import dataclass
-
-from ..state import JobStatus, now_utc
+from ..runs.record import Field, record_class
+from ..state import JobStatus
 
 SCHEMA_VERSION = 5
-
-
-@dataclass(frozen=True)
-class Field:
-    name: str
-    kind: str  # the wire type: string, integer, number, boolean, object, strings, objects
-    about: str = ""  # its description in the OpenAPI document
-    default: object = None  # a new record's value, and an older record's where it lacks the field
-    stored: bool = True  # kept in state.json (False: computed for the status view only)
-    shown: bool = False  # in the status view (GET /jobs/{id}) and its schema
-    summary: bool = False  # in the listing summaries
-    resumed: bool = False  # a job resumed from this one takes it over
-    webhook: bool = False  # in each webhook event's "job"
-    optional: bool = False  # written only when set (a new record leaves it out)
-    nullable: bool = True  # may read null in the status view
 
 
 def _view(name, kind, about="", nullable=True):
@@ -115,6 +97,7 @@ FIELDS = (
           nullable=False),
     # state.json only
     Field("schema_version", "integer", default=SCHEMA_VERSION),
+    Field("kind", "string", "what the run is: none for a job (evaluation, deployment)", optional=True),
     Field("created_ns", "integer", "orders jobs created within the same second", summary=True),
     Field("tenant", "string", "the team it belongs to (none: an admin's, or made before tenants)", shown=True,
           summary=True, resumed=True, webhook=True),
@@ -148,117 +131,10 @@ SUMMARY = tuple(f.name for f in FIELDS if f.summary)
 RESUMED = tuple(f.name for f in FIELDS if f.resumed)
 WEBHOOK = tuple(f.name for f in FIELDS if f.webhook)
 
-_PY_TYPES = {"string": str, "integer": int, "number": float, "boolean": bool, "object": dict}
-# The record as a type: state.json's fields with their Python types (the store keeps dicts).
-Job = typing.TypedDict(
-    "Job", {f.name: _PY_TYPES.get(f.kind, list) | None for f in STORED}, total=False
-)
-
-
-def _default(field):
-    return list(field.default) if isinstance(field.default, tuple) else field.default
-
-
-def run_fields(kind, schema_version, key, paths):
-    """The fields of a run that is not a job (an evaluation, a deployment) which the queue, the
-    liveness checks and the monitor read as they read a job's: `key` and `paths` say what its
-    job_id and paths hold."""
-    return (
-        Field("attempt", "integer", "", 1, shown=True),
-        Field("max_attempts", "integer", "", 1),
-        Field("job_id", "string", key),
-        Field("kind", "string", default=kind),
-        Field("schema_version", "integer", default=schema_version),
-        Field("gpus", "integer", "GPUs it asked for"),
-        Field("created_ns", "integer"),
-        Field("updated_at", "string"),
-        Field("pid", "integer"),
-        Field("launch", "object"),
-        Field("monitor", "object"),
-        Field("trainer", "object"),
-        Field("stop_requested_at", "string"),
-        Field("paths", "object", paths),
-        Field("history", "objects", default=()),
-        Field("about", "string"),
-        Field("exit_code", "integer"),
-        Field("signal", "string"),
-        Field("reason", "string"),
-        Field("lost", "object", optional=True),
-        Field("tenant", "string", "the team it belongs to", shown=True),
-        Field("created_by", "string", "the name of the token that created it", shown=True),
-        Field("gpu_seconds", "number", "GPUs held x seconds running, every attempt", 0.0, shown=True),
-        Field("cpu_seconds", "number", "CPU seconds its processes used, every attempt", 0.0, shown=True),
-        Field("accounted", "object", "gpu_seconds and cpu_seconds already in the usage ledger", optional=True),
-    )
-
-
-def queued_now(max_attempts):
-    """The fields of a run made now and queued: its times, its attempts and its first history entry."""
-    created = now_utc()
-    return {
-        "created_at": created,
-        "created_ns": time.time_ns(),  # orders runs created within the same second
-        "updated_at": created,
-        "max_attempts": max(1, max_attempts),
-        "history": [{"status": JobStatus.PENDING.value, "at": created, "attempt": 1}],
-    }
-
-
-def build(fields, values, what="job"):
-    """A new record of a table of `fields`: each in the table's order, `values` over the defaults."""
-    unknown = set(values) - {f.name for f in fields}
-    if unknown:
-        raise ValueError(f"not fields of a {what} record: {sorted(unknown)}")
-    return {f.name: values.get(f.name, _default(f)) for f in fields if not f.optional or f.name in values}
+# The record as a type: a dataclass of state.json's fields (runs/record.py).
+RECORD = record_class("JobRecord", FIELDS, kind=None, schema_version=SCHEMA_VERSION)
 
 
 def new_record(**values):
     """A new job's record: every stored field in the table's order, `values` over the defaults."""
-    return build(STORED, values)
-
-
-def upgrade(record):
-    """Bring a job record of an earlier version up to this one, in place; return it (evaluations and
-    deployments have tables of their own: evaluations/record.py, deployments/record.py)."""
-    if record.get("schema_version") == SCHEMA_VERSION or record.get("kind") in ("evaluation", "deployment"):
-        return record
-    for field in STORED:
-        if field.name not in record and field.default is not None and not field.optional:
-            record[field.name] = _default(field)
-    record["schema_version"] = SCHEMA_VERSION
-    return record
-
-
-def pick(record, names):
-    """The named fields of a record (None where it has none)."""
-    return {name: record.get(name) for name in names}
-
-
-@dataclass(frozen=True)
-class Change:
-    """What a change to a record did: JobStore.update writes the record only when `write`, and a
-    status change keeps `details` (a reason, say) in its history entry."""
-
-    write: bool
-    details: dict | None = None
-
-
-UNCHANGED = Change(False)
-CHANGED = Change(True)
-
-
-def changed(**details):
-    """The record changed; `details` go with its status change into the history."""
-    return Change(True, details or None)
-
-
-def setter(**values):
-    """A change that sets `values`; it writes the record only if that changes something."""
-
-    def change(state):
-        if all(state.get(key) == value for key, value in values.items()):
-            return UNCHANGED
-        state.update(values)
-        return CHANGED
-
-    return change
+    return RECORD.new(**values)

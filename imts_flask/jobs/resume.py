@@ -23,12 +23,12 @@ class ResumePlan:
 
     def __init__(self, store: JobStore, job_id, name=None):
         self.source = store.read(job_id)
-        self.config = store.read_file(job_id, JobStore.TRAIN_CONFIG) if not self.source.get("broken") else {}
+        self.config = store.read_file(job_id, JobStore.TRAIN_CONFIG) if not self.source.broken else {}
         self.checkpoint = self._choose(store, name)
         self.datasets = store.read_file(job_id, JobStore.DATASET_INFO)
         self.request = store.read_file(job_id, JobStore.REQUEST)
         self._check_still_there()
-        self.history = log_until(self.source["paths"]["output_dir"], self.checkpoint["step"])
+        self.history = log_until(self.source.paths["output_dir"], self.checkpoint["step"])
         self.resumed_from = {
             "job_id": job_id,
             "checkpoint": self.checkpoint["name"],
@@ -37,8 +37,8 @@ class ResumePlan:
 
     def _choose(self, store, name):
         source = self.source
-        job_id, status = source["job_id"], source["status"]
-        if source.get("broken"):
+        job_id, status = source.job_id, source.status
+        if source.broken:
             raise Conflict(f"job {job_id} has a damaged record and cannot be resumed")
         if status not in (JobStatus.STOPPED.value, JobStatus.FAILED.value):
             raise Conflict(
@@ -48,7 +48,7 @@ class ResumePlan:
         refusal = resume_refusal(self.config)
         if refusal:
             raise Conflict(f"job {job_id} cannot be resumed: {refusal}")
-        checkpoints = list_checkpoints(source["paths"]["output_dir"])
+        checkpoints = list_checkpoints(source.paths["output_dir"])
         if name is None:
             complete = [c for c in checkpoints if c["complete"]]
             if not complete:

@@ -21,7 +21,7 @@ from ..state import JobStatus, now_utc
 from .. import queue
 from . import preemption
 from .liveness import Liveness
-from .record import CHANGED, UNCHANGED
+from ..runs.record import CHANGED, UNCHANGED
 from .store import JobStore
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class Scheduler:
             try:
                 self.liveness.reconcile(state)
             except Unavailable as exc:  # one job's lock held: the others are still scheduled
-                log.warning("job %s: not settled this pass (%s)", state["job_id"], exc)
+                log.warning("job %s: not settled this pass (%s)", state.job_id, exc)
         to_start, preempted = [], []
         with self.store.lock(SCHEDULER_LOCK):
             states = self.store.active_states()
@@ -66,19 +66,19 @@ class Scheduler:
                     high_waits = True
                     continue  # a high job waits for its victims; another high one may still fit
                 launch = {"id": secrets.token_hex(4), "at": now_utc(), **placement}
-                updated = self.store.update(state["job_id"], self._hand_out(launch))
-                if (updated.get("launch") or {}).get("id") == launch["id"]:
+                updated = self.store.update(state.job_id, self._hand_out(launch))
+                if (updated.launch or {}).get("id") == launch["id"]:
                     slots -= 1
-                    tenant = state.get("tenant")
+                    tenant = state.tenant
                     held[tenant] = held.get(tenant, 0) + quotas.units(state, by_gpus)
-                    to_start.append((state["job_id"], updated["launch"]))
+                    to_start.append((state.job_id, updated.launch))
         for victim, by in preempted:
             AuditLog(self.settings.path("audit_log")).write(
-                tenant=victim.get("tenant"),
+                tenant=victim.tenant,
                 token=None,
                 client=None,
                 action="preempt",
-                resource={"job_id": victim["job_id"], "by": by},
+                resource={"job_id": victim.job_id, "by": by},
                 outcome="stopping",
             )
         for job_id, launch in to_start:
@@ -87,15 +87,15 @@ class Scheduler:
 
     def _preempt(self, state, holding, slots, free_gpus):
         """Ask the jobs that make way for a high one to stop; [(victim, by)] of those asked now."""
-        if preemption.in_flight(holding, state["job_id"]):
+        if preemption.in_flight(holding, state.job_id):
             return []
         asked = []
         for victim in preemption.choose(self.settings, state, holding, slots, free_gpus, time.time()):
-            updated = self.store.update(victim["job_id"], preemption.mark(state["job_id"]))
+            updated = self.store.update(victim.job_id, preemption.mark(state.job_id))
             holding[holding.index(victim)] = updated  # not chosen twice in this pass
-            if (updated.get("preempting") or {}).get("by") == state["job_id"]:
-                log.info("job %s: preempted to make way for %s", victim["job_id"], state["job_id"])
-                asked.append((updated, state["job_id"]))
+            if (updated.preempting or {}).get("by") == state.job_id:
+                log.info("job %s: preempted to make way for %s", victim.job_id, state.job_id)
+                asked.append((updated, state.job_id))
         return asked
 
     def _hand_out(self, launch):
@@ -103,7 +103,7 @@ class Scheduler:
             if not queue.queued(state):
                 return UNCHANGED
             self.executor.name_launch(state, launch)
-            state["launch"] = launch
+            state.launch = launch
             return CHANGED
 
         return change
@@ -114,11 +114,11 @@ class Scheduler:
         holding the slots and GPUs: jobs, evaluations, deployments)."""
         states = self.store.active_states()
         by_gpus = bool(self.executor.gpu_ids())
-        holding = [s for s in states if not queue.queued(s) and s["job_id"] != state["job_id"]]
+        holding = [s for s in states if not queue.queued(s) and s.job_id != state.job_id]
         if quotas.at_limit(quotas.load(self.settings), quotas.held(states, by_gpus), state, by_gpus):
-            return "quota", [s for s in holding if s.get("tenant") == state.get("tenant")]
-        if preemption.in_flight(states, state["job_id"]):
-            making_way = [s for s in holding if (s.get("preempting") or {}).get("by") == state["job_id"]]
+            return "quota", [s for s in holding if s.tenant == state.tenant]
+        if preemption.in_flight(states, state.job_id):
+            making_way = [s for s in holding if (s.preempting or {}).get("by") == state.job_id]
             return "preemption", making_way
         return "capacity", holding
 
@@ -155,7 +155,7 @@ class Scheduler:
 
 def _failed(error):
     def change(state):
-        state.update(status=JobStatus.FAILED.value, error=error)
+        state.set(status=JobStatus.FAILED.value, error=error)
         return CHANGED
 
     return change

@@ -8,7 +8,7 @@ from ..errors import Conflict, Forbidden, ValidationFailed
 from ..state import JobStatus, now_utc
 from ..tenancy import principals, quotas
 from ..tenancy.usage import Ledger
-from .record import CHANGED, UNCHANGED
+from ..runs.record import CHANGED, UNCHANGED
 
 MAX_DAYS = 366
 
@@ -31,7 +31,7 @@ class Sharing:
             quotas.check_priority(self.settings, self.store.read(job_id).get("tenant"), priority)
 
         def change(state):
-            status = state["status"]
+            status = state.status
             if JobStatus(status).is_terminal():
                 raise Conflict(
                     f"job {job_id} is already {status}: only a pending or running job's place can change",
@@ -43,11 +43,11 @@ class Sharing:
                     field="queue_head",
                     extra={"job_status": status},
                 )
-            before = dict(state)
+            before = state.copy()
             if priority is not None:
-                state["priority"] = priority
+                state.priority = priority
             if queue_head is True:
-                state["queue_head_at"] = state.get("queue_head_at") or now_utc()
+                state.queue_head_at = state.queue_head_at or now_utc()
             elif queue_head is False:
                 state.pop("queue_head_at", None)
             return CHANGED if state != before else UNCHANGED

@@ -18,7 +18,7 @@ import yaml
 from ..errors import ServiceError, Conflict, InsufficientStorage, NotFound, Unavailable, ValidationFailed
 from ..fsio import TMP_PREFIX, atomic_write_json, atomic_write_yaml, fsync_dir, move_aside, read_json, write_tree
 from ..state import JobStatus, now_utc, parse_time
-from . import record
+from ..runs import record
 from .index import JobIndex, index_line
 
 log = logging.getLogger(__name__)
@@ -239,6 +239,10 @@ class JobStore:
     def _write_new(self, run_id, final, files, what):
         """Write a new run's files into staging and rename it into place; False if the name was taken."""
         staging = None
+        state = files[self.STATE]
+        if not isinstance(state, record.RunRecord):  # its JSON: as the store reads it back
+            state = record.read(state)
+        files = {**files, self.STATE: state.to_json()}
         try:
             # The marker goes first: a crash before the rename leaves a marker without a run,
             # which housekeeping drops, never a run that housekeeping cannot see.
@@ -247,7 +251,7 @@ class JobStore:
             write_tree(staging, files)
             indexed = JOB_ID_PATTERN.fullmatch(run_id) is not None
             if indexed:  # listed before it exists: a job on disk is always in the index
-                self.index.add(files[self.STATE])
+                self.index.add(state)
             os.rename(staging, final)
             staging = None
             fsync_dir(os.path.dirname(final))
@@ -285,7 +289,7 @@ class JobStore:
                 continue
             with contextlib.suppress(NotFound, ValueError):
                 state = self.read(name)
-                source = state.get("source") or {}
+                source = state.source or {}
                 if source.get("job_id") == job_id and not source.get("model"):
                     found.append(state)
         return found
@@ -329,7 +333,7 @@ class JobStore:
         path = os.path.join(job_dir, self.STATE)
         for attempt in range(2):
             try:
-                return record.upgrade(read_json(path))
+                return record.read(read_json(path))
             except FileNotFoundError:
                 if not os.path.isdir(job_dir):
                     raise NotFound(f"job {job_id} does not exist", field="job_id") from None
@@ -342,7 +346,7 @@ class JobStore:
     def _broken(self, job_id, reason):
         log.warning("job %s: %s", job_id, reason)
         damaged = {"job_id": job_id, "status": JobStatus.FAILED.value, "broken": True}
-        return record.upgrade({**damaged, "error": f"job record is damaged: {reason}"})
+        return record.read({**damaged, "error": f"job record is damaged: {reason}"})
 
     def update(self, job_id, change):
         """Apply `change(state)` under the job's lock and write the result atomically.
@@ -355,7 +359,7 @@ class JobStore:
         path = self.path(job_id, self.STATE)
         with self.lock(job_id):
             try:
-                state = record.upgrade(read_json(path))
+                state = record.read(read_json(path))
             except FileNotFoundError:
                 if not os.path.isdir(self._job_dir(job_id)):
                     raise NotFound(f"job {job_id} does not exist", field="job_id") from None
@@ -364,44 +368,44 @@ class JobStore:
                 raise Conflict(
                     f"job {job_id} has a damaged state.json ({exc}); it cannot be changed"
                 ) from None
-            before = state.get("status")
+            before = state.status
             listed = index_line(state) if JOB_ID_PATTERN.fullmatch(job_id) else None
             result = change(state)
             if not isinstance(result, record.Change):
                 raise TypeError(f"a change of a job record returns a record.Change, not {result!r}")
             if not result.write:
                 return state
-            after = state.get("status")
+            after = state.status
             if before != after:
                 if JobStatus(before).is_terminal():
                     log.info("job %s: ignored change of terminal status %s to %s", job_id, before, after)
-                    state["status"] = before
+                    state.status = before
                 else:
                     event = {"status": after, "at": now_utc()}
-                    if state.get("attempt"):
-                        event["attempt"] = state["attempt"]
+                    if state.attempt:
+                        event["attempt"] = state.attempt
                     event.update(result.details or {})
-                    state.setdefault("history", []).append(event)
-                    if JobStatus(after).is_terminal() and not state.get("finished_at"):
-                        state["finished_at"] = now_utc()
+                    state.history.append(event)
+                    if JobStatus(after).is_terminal() and not state.finished_at:
+                        state.finished_at = now_utc()
                     if self.notifier is not None and self.notifier.url(state):
                         self._mark_webhook_due(job_id)  # before the write: a crash after it is caught up
-            state["updated_at"] = now_utc()
+            state.updated_at = now_utc()
             try:
-                atomic_write_json(path, state)
+                atomic_write_json(path, state.to_json())
             except OSError as exc:
                 raise storage_error(exc, f"updating job {job_id}") from exc
             refresh = listed is not None and index_line(state) != listed
-            ended = JobStatus(state["status"]).is_terminal() and before != state["status"]
-            if JobStatus(state["status"]).is_terminal():
+            ended = JobStatus(state.status).is_terminal() and before != state.status
+            if JobStatus(state.status).is_terminal():
                 self._drop_active(job_id)
         # Outside the job's lock, which is released as soon as the record is written: a monitor
         # frozen (SIGSTOP) while it holds a lock holds up only what that lock guards.
         if refresh:
             self.index_refresh(job_id)
-        if ended and not state.get("kind"):
+        if ended and not state.kind:
             self._count_finished(state)
-        if before != state["status"] and self.notifier is not None:
+        if before != state.status and self.notifier is not None:
             self.notifier.notify(self.path(job_id), state)  # it spawns
         return state
 
@@ -458,7 +462,7 @@ class JobStore:
         marker = os.path.join(self.root, self.WEBHOOKS_DUE, job_id)
         with self.lock(job_id):
             try:
-                state = record.upgrade(read_json(self.path(job_id, self.STATE)))
+                state = record.read(read_json(self.path(job_id, self.STATE)))
             except (OSError, ValueError):
                 state = None  # deleted or damaged: nothing will be sent for it
             if state is None or settled(state):
@@ -477,9 +481,9 @@ class JobStore:
                 state = self.read(job_id)
             except NotFound:
                 state = None  # a create in flight, or one that crashed before its rename
-            if state is not None and not state.get("broken") and not JobStatus(state["status"]).is_terminal():
+            if state is not None and not state.broken and not JobStatus(state.status).is_terminal():
                 states.append(state)
-            elif state is not None and not state.get("broken"):
+            elif state is not None and not state.broken:
                 self._drop_active(job_id)
             else:
                 # Missing or damaged: drop the marker only once it is old, never in a race with a create.
@@ -527,8 +531,8 @@ class JobStore:
         """Add a job that just ended to the jobs finished in its state, and its run time to their
         histogram (after the job's record is written: a crash between the two misses one, never
         counts one twice). {state: n, "durations": {state: {"buckets": [n per bound], "sum": s}}}."""
-        status = state["status"]
-        started, ended = parse_time(state.get("started_at")), parse_time(state.get("finished_at"))
+        status = state.status
+        started, ended = parse_time(state.started_at), parse_time(state.finished_at)
         path = os.path.join(self.root, self.FINISHED_COUNTS)
         try:
             with self.lock("_finished_counts"):
@@ -566,10 +570,10 @@ class JobStore:
         self._job_dir(job_id)  # a malformed id is a 400 before any file, its lock file included
         with self.lock(job_id):
             state = self.read(job_id)  # NotFound for an unknown job
-            if not JobStatus(state["status"]).is_terminal():
+            if not JobStatus(state.status).is_terminal():
                 raise Conflict(
                     f"job {job_id} is {state['status']}; stop it before deleting it",
-                    extra={"job_status": state["status"]},
+                    extra={"job_status": state.status},
                 )
             if check is not None:
                 check(state)
@@ -582,7 +586,7 @@ class JobStore:
                 raise storage_error(exc, f"deleting job {job_id}") from exc
             self._drop_active(job_id)
             try:
-                self.index.remove(job_id, state.get("created_ns"))
+                self.index.remove(job_id, state.created_ns)
             except (OSError, ServiceError) as exc:  # the listing drops it when it finds no directory
                 log.warning("job %s: the jobs index could not drop it (%s)", job_id, exc)
         shutil.rmtree(doomed, ignore_errors=True)

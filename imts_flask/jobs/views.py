@@ -26,11 +26,11 @@ class _Job:
 
     def __init__(self, state, gpu_memory, detail):
         self.state, self.gpu_memory, self.detail = state, gpu_memory, detail
-        self.status = state.get("status")
+        self.status = state.status
         self.running = self.status == JobStatus.RUNNING.value
-        self.paths = state.get("paths") or {}
-        if state.get("final") is not None:
-            self.progress = dict(state["final"])
+        self.paths = state.paths or {}
+        if state.final is not None:
+            self.progress = dict(state.final)
         elif self.paths.get("output_dir"):
             # Pending jobs too: a job queued again after its host died, or a resumed one, shows
             # where it stands (a new job has no trainer_log.jsonl yet: one failed open).
@@ -46,7 +46,7 @@ def job_view(state, gpu_memory=None, detail=True):
     for field in record.FIELDS:
         if field.shown:
             compute = _COMPUTED.get(field.name)
-            value = compute(job) if compute else state.get(field.name)
+            value = compute(job) if compute else getattr(state, field.name)
             if value is not _LEFT_OUT:
                 view[field.name] = value
     return view
@@ -55,8 +55,8 @@ def job_view(state, gpu_memory=None, detail=True):
 def _eta(job):
     if not job.running:
         return None
-    if job.state.get("resumed_at_step") is not None:
-        return eta_after_resume(job.progress, job.state["resumed_at_step"])
+    if job.state.resumed_at_step is not None:
+        return eta_after_resume(job.progress, job.state.resumed_at_step)
     return job.progress.get("eta_seconds")
 
 
@@ -67,23 +67,23 @@ def _progress(job):
 
 def _tokens_per_second(job):
     # LLaMA Factory's own average counts the tokens seen before a resume: not for a resumed run.
-    average = None if job.state.get("resumed_at_step") else job.progress.get("tokens_average")
+    average = None if job.state.resumed_at_step else job.progress.get("tokens_average")
     return _rounded(job.progress.get("tokens_per_second") or average)
 
 
 def _samples_per_second(job):
     steps = job.progress.get("steps_per_second") or 0
-    return _rounded(steps * (job.state.get("samples_per_step") or 0) or None)
+    return _rounded(steps * (job.state.samples_per_step or 0) or None)
 
 
 def _log_tail(job):
     if job.detail and job.status == JobStatus.FAILED.value:
-        return job.state.get("log_tail") or []
+        return job.state.log_tail or []
     return _LEFT_OUT
 
 
 _COMPUTED = {
-    "pid": lambda job: job.state.get("pid") if job.running else None,
+    "pid": lambda job: job.state.pid if job.running else None,
     "config_path": lambda job: job.paths.get("config"),
     "progress": _progress,
     "current_loss": lambda job: job.progress.get("current_loss"),
@@ -92,7 +92,7 @@ _COMPUTED = {
     "epoch": lambda job: job.progress.get("epoch"),
     "learning_rate": lambda job: job.progress.get("learning_rate"),
     "eta_seconds": _eta,
-    "gpu_ids": lambda job: (job.state.get("launch") or {}).get("gpus"),
+    "gpu_ids": lambda job: (job.state.launch or {}).get("gpus"),
     "queue_position": lambda job: None,  # the service fills it in for a waiting job
     "waiting_for": lambda job: None,  # and why it waits, and what holds the slots
     "held_by": lambda job: None,
@@ -100,11 +100,11 @@ _COMPUTED = {
     "gpu_memory_mb": lambda job: job.gpu_memory // 2**20 if job.running and job.gpu_memory is not None else None,
     "tokens_per_second": _tokens_per_second,
     "samples_per_second": _samples_per_second,
-    "stop_requested": lambda job: bool(job.state.get("stop_requested_at")),
+    "stop_requested": lambda job: bool(job.state.stop_requested_at),
     "output_dir": lambda job: job.paths.get("output_dir"),
     "log_path": lambda job: job.paths.get("log"),
-    "export": lambda job: export_view(job.state.get("export")),
-    "tensorboard_dir": lambda job: tensorboard_dir(job.paths) if job.state.get("tensorboard") else None,
+    "export": lambda job: export_view(job.state.export),
+    "tensorboard_dir": lambda job: tensorboard_dir(job.paths) if job.state.tensorboard else None,
     "log_tail": _log_tail,
 }
 
@@ -134,5 +134,5 @@ def waiting_view(waiting):
     (reason, holders): the runs holding what it waits for, named where the caller may see them
     (another team's are counted, not named)."""
     reason, holders = waiting
-    named = [s["job_id"] for s in holders if principals.visible(s.get("tenant"))]
+    named = [s.job_id for s in holders if principals.visible(s.tenant)]
     return {"waiting_for": reason, "held_by": sorted(named), "held_by_others": len(holders) - len(named)}

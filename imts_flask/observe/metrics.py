@@ -99,7 +99,7 @@ class JobsCollector:
         yield GaugeMetricFamily(
             "imts_gpus_in_use",
             "GPUs handed to jobs",
-            value=sum(len(queue.gpus_of(s)) or (s.get("launch") or {}).get("num_gpus") or 0 for s in holding),
+            value=sum(len(queue.gpus_of(s)) or (s.launch or {}).get("num_gpus") or 0 for s in holding),
         )
         yield GaugeMetricFamily(
             "imts_disk_free_bytes",
@@ -114,8 +114,8 @@ class JobsCollector:
             labels=["job_id"],
         )
         for state in active:
-            if state.get("disk_bytes") is not None and not state.get("kind"):
-                per_job.add_metric([state["job_id"]], state["disk_bytes"])
+            if state.disk_bytes is not None and not state.kind:
+                per_job.add_metric([state.job_id], state.disk_bytes)
         yield per_job
         yield GaugeMetricFamily(
             "imts_jobs_disk_bytes",
@@ -139,7 +139,7 @@ class JobsCollector:
         counts = {}
         for state in active:
             waiting = queue.queued(state)
-            counts.setdefault(state.get("tenant") or "", [0, 0])[0 if waiting else 1] += 1
+            counts.setdefault(state.tenant or "", [0, 0])[0 if waiting else 1] += 1
         for tenant, (waiting, holding) in sorted(counts.items()):
             queued.add_metric([tenant], waiting)
             running.add_metric([tenant], holding)
@@ -189,9 +189,9 @@ class JobsCollector:
             "imts_job_progress_ratio", "Progress of a running job, 0..1", labels=["job_id"]
         )
         for state in active:
-            if state.get("status") != JobStatus.RUNNING.value:
+            if state.status != JobStatus.RUNNING.value:
                 continue
-            job_id = state["job_id"]
+            job_id = state.job_id
             for gpu, used in (self.service.gpu_memory_by_gpu(state) or {}).items():
                 memory.add_metric([job_id, gpu], used)
             view = self.service.view(state, detail=False)

@@ -113,16 +113,16 @@ class JobTracking:
         """Find the job's run (a new attempt's) or create it with the config as parameters; its id."""
         if not self.on:
             return None
-        self.run_id = state.get("mlflow_run_id")
+        self.run_id = state.mlflow_run_id
         if self.run_id:
             return self.run_id
         try:
             experiment = self.client.experiment_id(self.experiment)
             self.run_id = self.client.create_run(
                 experiment,
-                state["job_id"],
-                {"imts.job_id": state["job_id"], "imts.model_name": state.get("model_name"),
-                 "imts.dataset": state.get("dataset"), "mlflow.runName": state["job_id"]},
+                state.job_id,
+                {"imts.job_id": state.job_id, "imts.model_name": state.model_name,
+                 "imts.dataset": state.dataset, "mlflow.runName": state.job_id},
             )  # fmt: skip
             self.client.log_batch(self.run_id, params=_params(config))
         except TrackingError as exc:

@@ -59,9 +59,10 @@ class Notifier:
 
     def url(self, state):
         """Return where this job's events go, or "" when nowhere (an evaluation sends none)."""
-        if state.get("kind") == "evaluation":
+        if state.kind == "evaluation":
             return ""
-        return state.get("webhook_url") or self.settings.webhook_url
+        own = state.webhook_url if state.kind is None else None  # a job's own; a deployment has none
+        return own or self.settings.webhook_url
 
     def notify(self, job_dir, state):
         """Start a sender for the job's events not sent yet, in the background."""
@@ -90,7 +91,7 @@ class Notifier:
             sender.stdin.write(json.dumps(message).encode("utf-8"))
             sender.stdin.close()
         except OSError:
-            log.exception("job %s: could not start the webhook sender", state["job_id"])
+            log.exception("job %s: could not start the webhook sender", state.job_id)
 
     def sweep(self, store: JobStore):
         """Start senders for jobs whose last change's sender never started; forget settled jobs."""
@@ -109,7 +110,7 @@ class Notifier:
 
 def due_events(job_dir, state):
     """Return the events of the job's history that webhooks.log does not record yet, oldest first."""
-    history = state.get("history") or []
+    history = state.history or []
     sent = _last_sequence(os.path.join(job_dir, DELIVERY_LOG))
     return [_event(state, history, n) for n in range(sent + 1, len(history) + 1)]
 
@@ -118,7 +119,7 @@ def _event(state, history, sequence):
     change = history[sequence - 1]
     return {
         "event": "job.status_changed",
-        "job_id": state["job_id"],
+        "job_id": state.job_id,
         "status": change["status"],
         "previous_status": history[sequence - 2]["status"] if sequence > 1 else None,
         "sequence": sequence,
@@ -127,7 +128,7 @@ def _event(state, history, sequence):
         "attempt": change.get("attempt") or 1,
         "reason": change.get("reason"),
         # The job as it is when the event is sent.
-        "job": record.pick(state, record.WEBHOOK),
+        "job": state.pick(record.WEBHOOK),
     }
 
 

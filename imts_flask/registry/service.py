@@ -21,27 +21,25 @@ class Registry:
 
     def register(self, request):
         job = principals.check_visible(self.store.read(request["job_id"]), "job", request["job_id"])
-        if job["status"] != JobStatus.COMPLETED.value:
+        if job.status != JobStatus.COMPLETED.value:
             raise Conflict(
                 f"job {job['job_id']} is {job['status']}; only completed jobs can be registered",
-                extra={"job_status": job["status"]},
+                extra={"job_status": job.status},
             )
-        output_dir = job["paths"]["output_dir"]
-        checkpoint, weights = choose_weights(
-            output_dir, request.get("checkpoint"), job.get("best_checkpoint")
-        )
-        train_config = self.store.read_file(job["job_id"], JobStore.TRAIN_CONFIG)
+        output_dir = job.paths["output_dir"]
+        checkpoint, weights = choose_weights(output_dir, request.get("checkpoint"), job.best_checkpoint)
+        train_config = self.store.read_file(job.job_id, JobStore.TRAIN_CONFIG)
         lineage = {
-            "base_model": job.get("model_name"),
+            "base_model": job.model_name,
             "base_model_path": train_config["model_name_or_path"],
-            "stage": job.get("stage"),
+            "stage": job.stage,
             "finetuning_type": train_config.get("finetuning_type") or "lora",
             "template": train_config.get("template"),
-            "dataset": job.get("dataset"),
-            "dataset_sha256": dataset_hashes(self._dataset_info(job["job_id"])),
+            "dataset": job.dataset,
+            "dataset_sha256": dataset_hashes(self._dataset_info(job.job_id)),
             "figures": self._figures(job, checkpoint),
             # the caller's team; an admin's registration goes with the job's
-            "tenant": principals.owner()["tenant"] or job.get("tenant"),
+            "tenant": principals.owner()["tenant"] or job.tenant,
             "created_by": principals.owner()["created_by"],
         }
         return self.versions.register(
@@ -56,28 +54,25 @@ class Registry:
 
     def _figures(self, job, checkpoint):
         """The job's training and validation figures, and its completed evaluations of these weights."""
-        final = job.get("final") or {}
+        final = job.final or {}
         figures = {
             "final_loss": final.get("current_loss"),
-            "eval_loss": job.get("eval_loss"),
-            "best_eval_loss": job.get("best_eval_loss"),
-            "best_checkpoint": job.get("best_checkpoint"),
+            "eval_loss": job.eval_loss,
+            "best_eval_loss": job.best_eval_loss,
+            "best_checkpoint": job.best_checkpoint,
             "evaluations": [],
         }
-        for evaluation_id in sorted(self.store.evaluation_ids(job["job_id"])):
+        for evaluation_id in sorted(self.store.evaluation_ids(job.job_id)):
             try:
-                evaluation = self.store.read(evaluation_run(job["job_id"], evaluation_id))
+                evaluation = self.store.read(evaluation_run(job.job_id, evaluation_id))
             except Exception:  # one gone or damaged evaluation does not stop a registration
                 continue
-            if (
-                evaluation.get("status") == JobStatus.COMPLETED.value
-                and evaluation.get("checkpoint") == checkpoint
-            ):
+            if evaluation.status == JobStatus.COMPLETED.value and evaluation.checkpoint == checkpoint:
                 figures["evaluations"].append(
                     {
                         "evaluation_id": evaluation_id,
-                        "dataset": evaluation.get("dataset"),
-                        "results": evaluation.get("results"),
+                        "dataset": evaluation.dataset,
+                        "results": evaluation.results,
                     }
                 )
         return figures

@@ -160,7 +160,7 @@ class ModelRegistry:
                     "name": name,
                     "version": version,
                     "description": description,
-                    "job_id": job["job_id"],
+                    "job_id": job.job_id,
                     "checkpoint": checkpoint,
                     "weights": final_weights,
                     "weights_kind": "adapter" if adapter else "model",
@@ -184,7 +184,7 @@ class ModelRegistry:
                 if staging:
                     shutil.rmtree(staging, ignore_errors=True)
             self._log(name, f"registered version {version} from {job['job_id']} ({checkpoint})")
-        log.info("model %s version %s registered from job %s", name, version, job["job_id"])
+        log.info("model %s version %s registered from job %s", name, version, job.job_id)
         return self.version(name, version)
 
     # -- read ------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ def admitting(settings, store, tenant):
 
 def units(state, by_gpus):
     """What a run counts against max_running_gpus: its GPUs, or 1 on a service without GPUs."""
-    return (state.get("gpus") or 0) if by_gpus else 1
+    return (state.gpus or 0) if by_gpus else 1
 
 
 def held(states, by_gpus):
@@ -59,14 +59,14 @@ def held(states, by_gpus):
     found = {}
     for state in states:
         if not queue.queued(state):
-            found[state.get("tenant")] = found.get(state.get("tenant"), 0) + units(state, by_gpus)
+            found[state.tenant] = found.get(state.tenant, 0) + units(state, by_gpus)
     return found
 
 
 def at_limit(quotas, held_units, state, by_gpus):
     """Whether a queued run must wait for its team's running quota."""
-    limit = (quotas.get(state.get("tenant")) or {}).get("max_running_gpus")
-    return limit is not None and held_units.get(state.get("tenant"), 0) + units(state, by_gpus) > limit
+    limit = (quotas.get(state.tenant) or {}).get("max_running_gpus")
+    return limit is not None and held_units.get(state.tenant, 0) + units(state, by_gpus) > limit
 
 
 def check_priority(settings, tenant, priority):
@@ -100,7 +100,7 @@ def check_new_run(settings, store, tenant, priority="normal", preemptible=True):
             )
     limit = limits.get("max_non_preemptible")
     if preemptible is False and limit is not None:
-        held = sum(1 for s in states if s.get("tenant") == tenant and s.get("preemptible") is False)
+        held = sum(1 for s in states if s.tenant == tenant and s.preemptible is False)
         if held >= limit:
             raise Forbidden(
                 f"team {tenant} has {held} unfinished jobs that may not be preempted, its "
@@ -111,7 +111,7 @@ def check_new_run(settings, store, tenant, priority="normal", preemptible=True):
     limit = limits.get("max_queued_jobs")
     if limit is None:
         return
-    waiting = sum(1 for s in states if s.get("tenant") == tenant and queue.queued(s))
+    waiting = sum(1 for s in states if s.tenant == tenant and queue.queued(s))
     if waiting >= limit:
         raise TooManyRequests(
             f"team {tenant} has {waiting} runs queued, its max_queued_jobs is {limit}: "

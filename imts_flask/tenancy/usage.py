@@ -31,10 +31,10 @@ _files = {}  # path -> _Month, read once and then from where it was left
 
 def unaccounted(state):
     """(gpu_seconds, cpu_seconds) a run used that the ledger does not hold yet."""
-    done = state.get("accounted") or {}
+    done = state.accounted or {}
     return (
-        max(0.0, (state.get("gpu_seconds") or 0.0) - done.get("gpu_seconds", 0.0)),
-        max(0.0, (state.get("cpu_seconds") or 0.0) - done.get("cpu_seconds", 0.0)),
+        max(0.0, (state.gpu_seconds or 0.0) - done.get("gpu_seconds", 0.0)),
+        max(0.0, (state.cpu_seconds or 0.0) - done.get("cpu_seconds", 0.0)),
     )
 
 
@@ -51,7 +51,7 @@ class Meter:
     WRITE_EVERY_S = 30.0
 
     def __init__(self, state, gpus, pid, ticks):
-        self.base = (state.get("gpu_seconds") or 0.0, state.get("cpu_seconds") or 0.0)
+        self.base = (state.gpu_seconds or 0.0, state.cpu_seconds or 0.0)
         self.gpus, self.pid, self.ticks = gpus, pid, ticks
         self.started = self.written = time.monotonic()
         self.cpu = 0.0
@@ -120,12 +120,12 @@ class Ledger:
         line = {
             "at": at,
             "day": at[:10],
-            "tenant": state.get("tenant"),
+            "tenant": state.tenant,
             "kind": kind,
-            "id": state.get("job_id"),
-            "launch": (state.get("launch") or {}).get("id"),
+            "id": state.job_id,
+            "launch": (state.launch or {}).get("id"),
             # With id and launch, the line's key: the figure the attempt started from.
-            "since": (state.get("accounted") or {}).get("gpu_seconds", 0.0),
+            "since": (state.accounted or {}).get("gpu_seconds", 0.0),
             "gpu_seconds": round(gpu, 3),
             "cpu_seconds": round(cpu, 3),
         }
@@ -136,7 +136,7 @@ class Ledger:
             os.fsync(fd)
         finally:
             os.close(fd)
-        return {name: state.get(name) or 0.0 for name in ("gpu_seconds", "cpu_seconds")}
+        return {name: getattr(state, name) or 0.0 for name in ("gpu_seconds", "cpu_seconds")}
 
     def lines(self, month):
         path = self._path(month)
@@ -153,7 +153,7 @@ class Ledger:
         """GPU-hours `tenant` used this calendar month (UTC): the ledger's, plus its running runs'."""
         month = now_utc()[:7]
         seconds = sum(line["gpu_seconds"] for line in self.lines(month) if line.get("tenant") == tenant)
-        seconds += sum(unaccounted(s)[0] for s in live_states if s.get("tenant") == tenant)
+        seconds += sum(unaccounted(s)[0] for s in live_states if s.tenant == tenant)
         return seconds / 3600.0
 
     def totals(self, live_states):
@@ -163,7 +163,7 @@ class Ledger:
             for line in self.lines(month):
                 found[line.get("tenant")] = found.get(line.get("tenant"), 0.0) + line["gpu_seconds"]
         for state in live_states:
-            found[state.get("tenant")] = found.get(state.get("tenant"), 0.0) + unaccounted(state)[0]
+            found[state.tenant] = found.get(state.tenant, 0.0) + unaccounted(state)[0]
         return found
 
     def report(self, start, end, tenant=None, live_states=()):
@@ -192,8 +192,8 @@ class Ledger:
         if start <= today <= end:
             for state in live_states:
                 gpu, cpu = unaccounted(state)
-                if (gpu or cpu) and tenant in (None, state.get("tenant")):
-                    count(state.get("tenant"), today, gpu, cpu, state["job_id"])
+                if (gpu or cpu) and tenant in (None, state.tenant):
+                    count(state.tenant, today, gpu, cpu, state.job_id)
 
         def shown(key, row):
             return {

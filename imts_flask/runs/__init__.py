@@ -1,0 +1,49 @@
+"""The core every kind of run shares: jobs, evaluations and deployments are kinds of run.
+
+A run is a directory with its record (state.json), its config and its logs, under sidecar locks,
+queued for the same slots and GPUs and started by a detached monitor. What they share lives here:
+
+- record.py      the typed record: a dataclass per kind made from its table of fields, to_json and
+                 from_json, its version on disk; the one way a change says what it did
+- store.py       the run store: layout, ids, locks, the state machine, active markers; it raises the
+                 service's errors (not found, conflict, full, unavailable), never HTTP statuses
+- supervisor.py  a run's supervisor in its monitor process, and the public context it hands the
+                 kind's runner (update my record, start my process, wait, say how it ended)
+- queue.py, scheduler.py, liveness.py, launcher.py, preemption.py, usage.py
+                 the queue's order, handing out slots, settling lost monitors, starting monitors,
+                 making way for a high run, what each attempt used
+
+A kind is a package of its own beside the others, with record.py (RECORD, its class), service.py
+(its use cases) and runner.py (`run(context, record)`, what its monitor does). Adding a kind is a
+new package and one line in KINDS.PACKAGES.
+"""
+
+import importlib
+
+
+class Kinds:
+    """Every kind of run by name, and where its package is."""
+
+    # A job's record names no kind (as every release wrote it): None is "job".
+    PACKAGES = {
+        "job": "imts_flask.jobs",
+        "evaluation": "imts_flask.evaluations",
+        "deployment": "imts_flask.deployments",
+    }
+
+    def package(self, kind):
+        try:
+            return importlib.import_module(self.PACKAGES[kind or "job"])
+        except KeyError:
+            raise ValueError(f"no kind of run is called {kind!r}") from None
+
+    def record_class(self, kind):
+        """The record class of a kind (its package's record.RECORD)."""
+        return importlib.import_module(f"{self.PACKAGES[kind or 'job']}.record").RECORD
+
+    def runner(self, kind):
+        """What a kind's monitor runs: its package's runner.run(context, record)."""
+        return importlib.import_module(f"{self.PACKAGES[kind or 'job']}.runner").run
+
+
+KINDS = Kinds()
