@@ -217,7 +217,7 @@ class Monitor:
             return
         self._looked = time.monotonic()
         try:
-            if self.store.read(self.job_id).get("stop_requested_at"):
+            if self.store.read(self.job_id).stop_requested_at:
                 log.info("a stop was requested in the job's record: stopping the trainer")
                 self.stop.set = True
         except Exception:  # a record being replaced, a lock: the next look will do
@@ -355,8 +355,8 @@ class Monitor:
         except (InsufficientStorage, Unavailable) as exc:
             log.warning("the run's MLflow id could not be recorded (%s)", exc)
         final = self.store.update(self.job_id, self._owned(lambda s: self._record_outcome(s, rc, used)))
-        if JobStatus(final["status"]).is_terminal():  # a preempted job's run goes on with its next attempt
-            tracking.end(final["status"])
+        if JobStatus(final.status).is_terminal():  # a preempted job's run goes on with its next attempt
+            tracking.end(final.status)
         Scheduler(self.settings, self.store).schedule()  # a slot is free: start the next queued job
 
     def _track(self, tracking, state, config):
@@ -432,7 +432,7 @@ class Monitor:
             state.set(figures)
         if status == JobStatus.STOPPED.value and preemption.requeue(state):
             return changed(reason=preemption.reason(state))  # it waits for the GPUs it made way with
-        state.pop("preempting", None)
+        state.preempting = None
         if status == JobStatus.COMPLETED.value:
             state.status = JobStatus.COMPLETED.value
             state.final["progress"] = 1.0

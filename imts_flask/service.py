@@ -297,7 +297,12 @@ class TrainingService:
         self.uploads.delete(name, in_use=self._jobs_using)
 
     def _jobs_using(self, name):
-        return [s.job_id for s in self.store.active_states() if name in (s.dataset or "").split(",")]
+        return [
+            s.job_id
+            for s in self.store.active_states()
+            if s.kind in (None, "evaluation")
+            and name in (s.dataset or "").split(",")  # a deployment reads none
+        ]
 
     # -- delete ----------------------------------------------------------------------------
 
@@ -455,7 +460,7 @@ class TrainingService:
         if not os.path.isfile(path):
             if not JobStatus(state.status).is_terminal():  # LLaMA Factory draws it at the end
                 raise Conflict(
-                    f"job {job_id} is {state['status']}: {name} is drawn when its training ends",
+                    f"job {job_id} is {state.status}: {name} is drawn when its training ends",
                     extra={"job_status": state.status},
                 )
             raise NotFound(f"job {job_id} has no {name}", field="name")
@@ -534,7 +539,7 @@ class TrainingService:
         state = self.store.read(job_id)
         if state.status != JobStatus.COMPLETED.value:
             raise Conflict(
-                f"job {job_id} is {state['status']}; only completed jobs can be exported",
+                f"job {job_id} is {state.status}; only completed jobs can be exported",
                 extra={"job_status": state.status},
             )
         target = exports.resolve(self.settings.path("exports_dir"), self.settings.home, export_dir)

@@ -300,7 +300,7 @@ def test_a_job_whose_monitor_died_on_its_last_attempt_is_lost_and_its_trainer_ki
     job_id = _create(client)
     running = wait_for(lambda: (s := _status(client, job_id))["status"] == "running" and s)
     state = client.application.extensions["imts"].store.read(job_id)
-    os.kill(state["monitor"]["pid"], signal.SIGKILL)
+    os.kill(state.monitor["pid"], signal.SIGKILL)
     final = wait_for(lambda: (s := _status(client, job_id))["status"] != "running" and s, timeout=30)
     assert final["status"] == "failed" and final["reason"] == "lost"
     wait_for(
@@ -354,7 +354,7 @@ def test_listing_searches_model_and_dataset_and_sorts_by_finish_or_loss(make_app
         _finished(client, job_id)
     ends = ("2026-01-01T00:00:03", "2026-01-01T00:00:01", "2026-01-01T00:00:02")
     for job_id, loss, end in zip(ids, (0.5, 0.2, 0.9), ends, strict=True):  # as if they had trained so
-        store.update(job_id, lambda s, loss=loss: setter(final={**s["final"], "current_loss": loss})(s))
+        store.update(job_id, lambda s, loss=loss: setter(final={**s.final, "current_loss": loss})(s))
         store.update(job_id, setter(finished_at=end))
     listed = client.get(f"{BASE}/jobs?q=SFT").get_json()
     assert listed["total"] == 2 and {j["job_id"] for j in listed["jobs"]} == {ids[0], ids[2]}

@@ -117,7 +117,7 @@ def test_an_unreachable_ray_leaves_jobs_pending_until_it_answers(ray_app):
     ray.down = True
     job_id = api_create(client)
     service = client.application.extensions["imts"]
-    wait_for(lambda: service.store.read(job_id)["launch"])
+    wait_for(lambda: service.store.read(job_id).launch)
     assert api_status(client, job_id)["status"] == "pending"
     health = client.get(f"{API}/health")
     assert health.status_code == 200 and health.get_json()["checks"]["executor"]["ok"] is False

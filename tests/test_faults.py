@@ -289,7 +289,7 @@ def test_4_a_live_unrelated_pid_is_never_reported_running_nor_signalled(make_app
     service = client.application.extensions["imts"]
     job_ids = [client.post(f"{BASE}/jobs", json=FAKE).get_json()["job_id"] for _ in range(2)]
     for job_id in job_ids:
-        wait_for(lambda j=job_id: service.store.read(j)["status"] == "completed")
+        wait_for(lambda j=job_id: service.store.read(j).status == "completed")
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
 
     def forge(job_id, pid=bystander.pid):
@@ -419,11 +419,11 @@ def test_8_damaged_records_are_reported_and_the_api_keeps_working(make_app, home
     client = make_app("--steps", "1").test_client()
     service = client.application.extensions["imts"]
     good = client.post(f"{BASE}/jobs", json=FAKE).get_json()["job_id"]
-    wait_for(lambda: service.store.read(good)["status"] == "completed")
+    wait_for(lambda: service.store.read(good).status == "completed")
     damaged = {}
     for content in (b"", b'{"job_id": "train_', b"\x00garbage\xff"):
         job_id = client.post(f"{BASE}/jobs", json=FAKE).get_json()["job_id"]
-        wait_for(lambda j=job_id: service.store.read(j)["status"] == "completed")
+        wait_for(lambda j=job_id: service.store.read(j).status == "completed")
         open(service.store.path(job_id, "state.json"), "wb").write(content)
         damaged[job_id] = content
     bare = os.path.join(service.store.root, "train_0000aaaa")
@@ -457,7 +457,7 @@ def test_9_enospc_during_a_state_write_answers_507_and_keeps_the_old_state(make_
     job_id = client.post(f"{BASE}/jobs", json=FAKE).get_json()["job_id"]
     # Running, with its disk use measured (the monitor's first write after the start): the record
     # then stays as it is while the disk is "full".
-    wait_for(lambda: (s := service.store.read(job_id))["status"] == "running" and s["disk_bytes"])
+    wait_for(lambda: (s := service.store.read(job_id)).status == "running" and s.disk_bytes)
     path = service.store.path(job_id, "state.json")
     before = open(path, "rb").read()
 
@@ -473,7 +473,7 @@ def test_9_enospc_during_a_state_write_answers_507_and_keeps_the_old_state(make_
     assert created.status_code == 507 and sorted(service.store.job_ids()) == [job_id]
     monkeypatch.undo()
     assert client.post(f"{BASE}/jobs/{job_id}/stop").status_code == 200
-    assert service.store.read(job_id)["status"] == "stopped"
+    assert service.store.read(job_id).status == "stopped"
 
 
 def test_the_suite_imports_nothing_heavy_into_the_api():
@@ -592,8 +592,8 @@ def test_10_a_lost_monitor_frozen_inside_its_jobs_lock_is_killed_and_the_job_set
     finally:
         frozen.kill()
     state = store.read(job_id)
-    assert state["status"] == "failed" and state["reason"] == "lost"
-    assert "has not heartbeaten" in state["error"]
+    assert state.status == "failed" and state.reason == "lost"
+    assert "has not heartbeaten" in state.error
 
 
 def test_10b_a_lock_held_by_another_frozen_process_holds_up_that_job_only(tmp_path, caplog):
@@ -615,4 +615,4 @@ def test_10b_a_lock_held_by_another_frozen_process_holds_up_that_job_only(tmp_pa
         frozen.kill()
         frozen.wait()
     assert f"job {job_id}: not settled this pass" in caplog.text
-    assert store.read(job_id)["status"] == "running"  # nothing written; a later pass settles it
+    assert store.read(job_id).status == "running"  # nothing written; a later pass settles it

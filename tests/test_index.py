@@ -140,7 +140,7 @@ def test_a_status_line_left_behind_is_put_right_by_the_listing_that_reads_the_jo
         "/api/v1/training/jobs", json={"model_name": "tiny-llama", "dataset": "demo_sft"}
     ).get_json()
     job_id = job_id["job_id"]
-    wait_for(lambda: store.read(job_id)["status"] == "completed")
+    wait_for(lambda: store.read(job_id).status == "completed")
     stale = store.read(job_id)
     stale.status = "running"
     store.index.put(stale)  # as if the host lost power after the record was written, before its line

@@ -106,15 +106,15 @@ def test_a_launch_whose_monitor_never_appeared_is_queued_again(make_app, monkeyp
     dropped = []
     monkeypatch.setattr(service.launcher.scheduler, "_start", lambda job_id, launch: dropped.append(launch))
     job_id = _create(client)
-    first_launch = wait_for(lambda: service.store.read(job_id)["launch"])
+    first_launch = wait_for(lambda: service.store.read(job_id).launch)
     wait_for(lambda: dropped)  # the pass (a background thread) got as far as not starting it
-    assert service.store.read(job_id)["monitor"] is None
+    assert service.store.read(job_id).monitor is None
     monkeypatch.undo()
     time.sleep(1.5)
     service.housekeep()
     final = _done(client, job_id)
     assert final["status"] == "completed"
-    assert service.store.read(job_id)["launch"]["id"] != first_launch["id"]
+    assert service.store.read(job_id).launch["id"] != first_launch["id"]
 
 
 def test_the_housekeeper_settles_lost_jobs_and_starts_the_next_without_requests(make_app):
@@ -130,12 +130,12 @@ def test_the_housekeeper_settles_lost_jobs_and_starts_the_next_without_requests(
     ).test_client()
     service = client.application.extensions["imts"]
     first, second = _create(client), _create(client)
-    wait_for(lambda: service.store.read(first)["status"] == "running")
-    os.kill(service.store.read(first)["monitor"]["pid"], signal.SIGKILL)
+    wait_for(lambda: service.store.read(first).status == "running")
+    os.kill(service.store.read(first).monitor["pid"], signal.SIGKILL)
     # No API call from here on: only the housekeeping thread can notice.
-    wait_for(lambda: service.store.read(first)["status"] == "failed", timeout=30)
-    assert service.store.read(first)["reason"] == "lost"
-    wait_for(lambda: service.store.read(second)["status"] == "running", timeout=30)
+    wait_for(lambda: service.store.read(first).status == "failed", timeout=30)
+    assert service.store.read(first).reason == "lost"
+    wait_for(lambda: service.store.read(second).status == "running", timeout=30)
     client.post(f"{BASE}/jobs/{second}/stop")
 
 

@@ -37,8 +37,8 @@ def test_a_record_of_the_first_format_reads_and_shows_as_it_did(tmp_path, name):
         with open(os.path.join(job_dir, relative), "w") as handle:
             handle.write(content)
     read = store.read(written["job_id"])
-    assert read["schema_version"] == record.SCHEMA_VERSION
-    assert {key: read[key] for key in written} == written  # nothing it held changes
+    assert read.schema_version == record.SCHEMA_VERSION
+    assert {key: read.to_json()[key] for key in written} == written  # nothing it held changes
     view = views.job_view(read)
     expected = {k: v for k, v in fixture["view"].items() if k != "queue_position"}  # the service's to fill
     if expected.get("export"):  # the first format exported the final weights: the view now says so
@@ -69,7 +69,7 @@ def test_an_older_record_without_attempts_gets_the_defaults_it_was_read_with(tmp
     with open(os.path.join(store.root, "train_0000abcd", "state.json"), "w") as handle:
         json.dump(minimal, handle)
     read = store.read("train_0000abcd")
-    assert (read["attempt"], read["max_attempts"], read["history"]) == (1, 1, [])
+    assert (read.attempt, read.max_attempts, read.history) == (1, 1, [])
     assert views.job_view(read)["attempt"] == 1
 
 

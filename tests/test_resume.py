@@ -153,8 +153,8 @@ def test_idempotency_key_on_resume(make_app):
 def _kill_monitor_and_trainer(client, job_id):
     """kill -9 of the job's monitor and trainer at once, as a host that loses power."""
     state = client.application.extensions["imts"].store.read(job_id)
-    os.kill(state["monitor"]["pid"], signal.SIGKILL)
-    os.kill(state["trainer"]["pid"], signal.SIGKILL)
+    os.kill(state.monitor["pid"], signal.SIGKILL)
+    os.kill(state.trainer["pid"], signal.SIGKILL)
 
 
 def test_a_lost_job_is_queued_again_and_resumes_from_its_last_complete_checkpoint(make_app):
@@ -254,9 +254,9 @@ def test_a_run_that_finished_while_its_monitor_was_silent_completes_without_a_ne
     client = app.test_client()
     service = app.extensions["imts"]
     job_id = api_create(client)
-    state = wait_for(lambda: (s := service.store.read(job_id))["status"] == "running" and s)
-    os.kill(state["monitor"]["pid"], signal.SIGSTOP)
-    output = state["paths"]["output_dir"]
+    state = wait_for(lambda: (s := service.store.read(job_id)).status == "running" and s)
+    os.kill(state.monitor["pid"], signal.SIGSTOP)
+    output = state.paths["output_dir"]
     wait_for(lambda: os.path.exists(os.path.join(output, "all_results.json")), timeout=30)
     liveness = service.launcher.liveness
     wait_for(lambda: liveness.loss(service.store.read(job_id)), timeout=30)  # silent now
@@ -271,8 +271,8 @@ def test_a_run_that_finished_while_its_monitor_was_silent_completes_without_a_ne
     assert [e["status"] for e in events] == ["pending", "running", "completed"]
     assert "has not heartbeaten" in events[-1]["reason"] and "trainer had finished" in events[-1]["reason"]
     assert (
-        not psutil.pid_exists(state["monitor"]["pid"])
-        or psutil.Process(state["monitor"]["pid"]).status() == psutil.STATUS_ZOMBIE
+        not psutil.pid_exists(state.monitor["pid"])
+        or psutil.Process(state.monitor["pid"]).status() == psutil.STATUS_ZOMBIE
     )
 
 

@@ -251,7 +251,7 @@ def test_a_lost_attempt_is_accounted_once_and_only_for_its_own_monitor(tmp_path)
     settings = Settings(home=str(tmp_path))
     for _ in range(2):  # two workers, or one worker twice
         account(store, settings, store.read(job_id), lost)
-    assert store.read(job_id)["accounted"] == {"gpu_seconds": 60.0, "cpu_seconds": 7.5}
+    assert store.read(job_id).accounted == {"gpu_seconds": 60.0, "cpu_seconds": 7.5}
 
     def written():  # the file's own lines (GET /usage would also count a line written twice once)
         usage = tmp_path / "logs" / "usage"
@@ -261,7 +261,7 @@ def test_a_lost_attempt_is_accounted_once_and_only_for_its_own_monitor(tmp_path)
         (job_id, "team-a", 60.0)
     ]
     # A newer attempt runs under another monitor: the old one's loss accounts nothing of it.
-    store.update(job_id, lambda s: s.update(monitor={"pid": 2, "id": "m-2"}, gpu_seconds=90.0) or CHANGED)
+    store.update(job_id, lambda s: s.set(monitor={"pid": 2, "id": "m-2"}, gpu_seconds=90.0) or CHANGED)
     account(store, settings, store.read(job_id), lost)
     assert len(written()) == 1
 
@@ -312,9 +312,7 @@ def test_the_victims_are_the_fewest_lowest_and_newest_and_the_rules_spare_the_re
     ]
     holding = [older, *spared, newer]
     # One GPU free, the job needs two: one victim, the newest low one.
-    assert [v.job_id for v in preemption.choose(settings, high, holding, 0, ["7"], now)] == [
-        "train_0000000b"
-    ]
+    assert [v.job_id for v in preemption.choose(settings, high, holding, 0, ["7"], now)] == ["train_0000000b"]
     # No GPU free: both low ones, newest first; three needed: more than may be taken, so none.
     assert [v.job_id for v in preemption.choose(settings, high, holding, 0, [], now)] == [
         "train_0000000b", "train_0000000a",

@@ -10,6 +10,7 @@ import pytest
 
 from imts_flask import fsio
 from imts_flask.errors import Conflict, InsufficientStorage, NotFound, Unavailable, ValidationFailed
+from imts_flask.jobs.record import new_record
 from imts_flask.jobs.store import JOB_ID_PATTERN, JobStore
 from imts_flask.runs.record import CHANGED, changed, setter
 from imts_flask.state import creation_order
@@ -35,7 +36,7 @@ def test_create_writes_every_file_into_a_new_job_directory(store):
     assert JOB_ID_PATTERN.fullmatch(job_id)
     job_dir = store.path(job_id)
     assert sorted(os.listdir(job_dir)) == ["dataset", "state.json", "training_config.yaml"]
-    assert store.read(job_id)["status"] == "pending"
+    assert store.read(job_id).status == "pending"
     assert os.listdir(os.path.join(store.root, JobStore.STAGING)) == []
 
 
@@ -62,15 +63,15 @@ def test_damaged_state_is_reported_not_raised(store, content):
     with open(store.path(job_id, JobStore.STATE), "wb") as handle:
         handle.write(content)
     state = store.read(job_id)
-    assert state["status"] == "failed" and state["broken"] is True
-    assert "state.json" in state["error"]
+    assert state.status == "failed" and state.broken is True
+    assert "state.json" in state.error
     other = _create(store)
     assert {line["job_id"] for line in store.listed()} == {job_id, other}
 
 
 def test_job_directory_without_state_is_reported(store):
     os.makedirs(os.path.join(store.root, "train_0000abcd"))
-    assert "missing" in store.read("train_0000abcd")["error"]
+    assert "missing" in store.read("train_0000abcd").error
 
 
 def test_unknown_and_malformed_ids(store):
@@ -85,12 +86,12 @@ def test_terminal_status_never_changes(store):
     job_id = _create(store)
     store.update(job_id, setter(status="running"))
     store.update(job_id, setter(status="stopped"))
-    finished = store.read(job_id)["finished_at"]
+    finished = store.read(job_id).finished_at
     state = store.update(job_id, setter(status="completed"))
-    assert state["status"] == "stopped"
-    assert store.read(job_id)["status"] == "stopped"
-    assert store.read(job_id)["finished_at"] == finished
-    assert [h["status"] for h in state["history"]] == ["running", "stopped"]
+    assert state.status == "stopped"
+    assert store.read(job_id).status == "stopped"
+    assert store.read(job_id).finished_at == finished
+    assert [h["status"] for h in state.history] == ["running", "stopped"]
 
 
 def _bump(state):
@@ -175,14 +176,14 @@ def test_state_json_is_readable_by_hand(store):
 
 def test_creation_order_is_finer_than_created_at():
     same_second = [
-        {"job_id": "train_ffffffff", "created_at": "2026-01-01T00:00:00", "created_ns": 1},
-        {"job_id": "train_00000000", "created_at": "2026-01-01T00:00:00", "created_ns": 2},
+        new_record(job_id="train_ffffffff", created_at="2026-01-01T00:00:00", created_ns=1),
+        new_record(job_id="train_00000000", created_at="2026-01-01T00:00:00", created_ns=2),
     ]
-    assert [s["job_id"] for s in sorted(same_second, key=creation_order)] == [
+    assert [s.job_id for s in sorted(same_second, key=creation_order)] == [
         "train_ffffffff",
         "train_00000000",
     ]
-    legacy = {"job_id": "train_11111111", "created_at": "2026-01-01T00:00:01"}  # written before created_ns
+    legacy = new_record(job_id="train_11111111", created_at="2026-01-01T00:00:01")  # before created_ns
     assert creation_order(legacy) > creation_order(same_second[1])
 
 
@@ -190,13 +191,13 @@ def test_a_status_change_keeps_its_details_in_history(store):
     job_id = _create(store)
 
     def requeue(state):
-        state.update(status="running", attempt=2)
+        state.set(status="running", attempt=2)
         return changed(reason="lost: the monitor died")
 
     state = store.update(job_id, requeue)
-    assert state["history"][-1] == {
+    assert state.history[-1] == {
         "status": "running",
-        "at": state["history"][-1]["at"],
+        "at": state.history[-1]["at"],
         "attempt": 2,
         "reason": "lost: the monitor died",
     }
@@ -214,13 +215,13 @@ def test_delete_renames_out_then_removes_and_refuses_unfinished_jobs(tmp_path):
     refusals = []
 
     def veto(state):
-        refusals.append(state["status"])
+        refusals.append(state.status)
         raise Conflict("not now")
 
     with pytest.raises(Conflict):
         store.delete(job_id, veto)
     assert refusals == ["stopped"] and os.path.lexists(links / job_id)
-    assert store.delete(job_id)["status"] == "stopped"
+    assert store.delete(job_id).status == "stopped"
     assert store.job_ids() == [] and not os.path.lexists(links / job_id)
     assert os.listdir(os.path.join(store.root, JobStore.TRASH)) == []
     with pytest.raises(NotFound):

@@ -90,9 +90,9 @@ def test_a_new_attempt_after_a_lost_monitor_is_posted_with_its_reason(make_app, 
     )
     client = client.test_client()
     job_id = client.post(f"{BASE}/jobs", json={**BODY, "webhook_url": hook.url}).get_json()["job_id"]
-    state = wait_for(lambda: (s := client.application.extensions["imts"].store.read(job_id))["trainer"] and s)
-    os.kill(state["monitor"]["pid"], signal.SIGKILL)
-    os.kill(state["trainer"]["pid"], signal.SIGKILL)
+    state = wait_for(lambda: (s := client.application.extensions["imts"].store.read(job_id)).trainer and s)
+    os.kill(state.monitor["pid"], signal.SIGKILL)
+    os.kill(state.trainer["pid"], signal.SIGKILL)
     wait_for(lambda: client.get(f"{BASE}/jobs/{job_id}").get_json()["status"] == "completed", timeout=60)
     wait_for(lambda: len(hook.events) == 5, timeout=30)
     events = sorted(hook.events, key=lambda e: e["sequence"])
@@ -165,7 +165,7 @@ def test_a_change_whose_writer_died_before_sending_is_sent_by_the_sweep(tmp_path
         }
     )  # created without announcing it: that event is due too
     child = subprocess.run([sys.executable, "-c", KILLED_AFTER_THE_WRITE, store.root, job_id], timeout=60)
-    assert child.returncode == -signal.SIGKILL and store.read(job_id)["status"] == "running"
+    assert child.returncode == -signal.SIGKILL and store.read(job_id).status == "running"
     assert store.webhooks_due() == [job_id]
     time.sleep(1)
     assert hook.events == []  # nobody sent them

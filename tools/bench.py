@@ -443,7 +443,7 @@ def queued_jobs(home, count, tenants, running):
             values.update(status="running", priority="normal", monitor=me, launch={"id": "bench", "gpus": []})
             open(os.path.join(job_dir, "monitor.heartbeat"), "w").close()
         with open(os.path.join(job_dir, "state.json"), "w") as handle:
-            json.dump(record.new_record(**values), handle)
+            json.dump(record.new_record(**values).to_json(), handle)
         open(os.path.join(jobs, ".active", job_id), "w").close()
 
 
@@ -473,7 +473,7 @@ def bench_scheduler(root, queued, tenants, slots=4):
         start = time.perf_counter()
         held = {}
         for state in queue.in_order(states, held):
-            held[state["tenant"]] = held.get(state["tenant"], 0) + 1
+            held[state.tenant] = held.get(state.tenant, 0) + 1
         orders.append((time.perf_counter() - start) * 1000)
     return {
         "queued": queued,

@@ -147,7 +147,7 @@ def run_deployment(monitor, state):
         return
     if settings.executor != "local" and not settings.deploy_public_host:
         # Placed by an engine on one of its nodes: the base_url names that node.
-        base_url = f"http://{HOST}:{state['port']}/v1"
+        base_url = f"http://{HOST}:{state.port}/v1"
         state = store.update(run_id, monitor._owned(setter(base_url=base_url)))
     with open(state.paths["api_key"], encoding="utf-8") as handle:
         api_key = handle.read().strip()
@@ -210,7 +210,7 @@ def run_deployment(monitor, state):
 
 def _stop_requested(monitor):
     try:
-        return bool(monitor.store.read(monitor.job_id).get("stop_requested_at"))
+        return bool(monitor.store.read(monitor.job_id).stop_requested_at)
     except Exception:  # a record being replaced: the stop flag or the next look will do
         return False
 

@@ -190,7 +190,7 @@ class Deployments:
         principals.check_visible(job, "job", request["job_id"])
         if job.status not in _SERVABLE:
             raise Conflict(
-                f"job {job['job_id']} is {job['status']}; only completed or stopped jobs can be deployed",
+                f"job {job.job_id} is {job.status}; only completed or stopped jobs can be deployed",
                 extra={"job_status": job.status},
             )
         if (job.stage or "sft") == "rm":
@@ -255,7 +255,7 @@ class Deployments:
         if isinstance(deployment_id, str) and DEPLOYMENT_ID_PATTERN.fullmatch(deployment_id):
             with contextlib.suppress(NotFound):
                 state = self.store.read(deployment_id)
-        expected = (state or {}).get("api_key_sha256") or _NO_KEY
+        expected = (state.api_key_sha256 if state is not None else None) or _NO_KEY
         presented = hashlib.sha256((key or "").encode()).hexdigest()
         if not (hmac.compare_digest(presented, expected) and key and state):
             raise Unauthorized(
@@ -267,7 +267,7 @@ class Deployments:
         status = record.shown_status(state)
         if status != record.READY:
             raise Conflict(
-                f"deployment {state['job_id']} is {status}, not ready", extra={"deployment_status": status}
+                f"deployment {state.job_id} is {status}, not ready", extra={"deployment_status": status}
             )
         return state.port
 
@@ -280,7 +280,7 @@ class Deployments:
             key = handle.read().strip()
         body = {"model": state.model, "messages": messages, "max_tokens": max_tokens, "stream": True}
         request = urllib.request.Request(
-            f"http://{probe_host(state['host'])}:{port}/v1/chat/completions",
+            f"http://{probe_host(state.host)}:{port}/v1/chat/completions",
             data=json.dumps(body).encode(),
             headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
         )

@@ -92,7 +92,7 @@ def _stop_requested(monitor):
     if monitor.stop.set:
         return True
     try:
-        return bool(monitor.store.read(monitor.job_id).get("stop_requested_at"))
+        return bool(monitor.store.read(monitor.job_id).stop_requested_at)
     except Exception:  # a record being replaced: the monitor's own look will see it
         return False
 

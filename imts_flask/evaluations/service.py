@@ -196,10 +196,10 @@ class Evaluations:
 def _check_job(job):
     """A job whose weights may be judged: finished as completed or stopped, of a stage with evaluations."""
     if job.broken:
-        raise Conflict(f"job {job['job_id']} has a damaged record; it cannot be evaluated")
+        raise Conflict(f"job {job.job_id} has a damaged record; it cannot be evaluated")
     if job.status not in _JUDGED:
         raise Conflict(
-            f"job {job['job_id']} is {job['status']}; evaluations judge completed or stopped jobs",
+            f"job {job.job_id} is {job.status}; evaluations judge completed or stopped jobs",
             extra={"job_status": job.status},
         )
     refused = plan.unsupported(job.stage or "sft")

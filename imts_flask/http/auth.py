@@ -9,6 +9,7 @@ or deployment answers 404, as one that does not exist. /metrics (per-job series)
 
 import ipaddress
 import re
+import types
 
 from ..errors import Forbidden, Unauthorized
 from ..tenancy import principals
@@ -94,6 +95,9 @@ def init_app(app, settings):
         return response
 
 
+_NOBODYS = types.SimpleNamespace(tenant=object())  # what a run that does not exist reads as
+
+
 def _check_owner(store, what, ident, part):
     """A 404 for another tenant's resource, and the same 404 for one that does not exist, before
     the view reads the body (else a 400 about the body would tell the two apart). A malformed id
@@ -105,5 +109,5 @@ def _check_owner(store, what, ident, part):
     except ValidationFailed:
         return
     except NotFound:
-        state = {"tenant": object()}  # no one's: nobody sees it
+        state = _NOBODYS  # no one's: nobody sees it
     principals.check_visible(state, what, ident, field=part)

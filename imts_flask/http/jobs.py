@@ -54,8 +54,8 @@ def create_job():
 
 
 def _job_created(cls, state, replayed):
-    payload = schema(cls).dump({**state, "message": CREATED_MESSAGE})
-    return created(payload, f"{PREFIX}/jobs/{state['job_id']}", replayed)
+    payload = schema(cls).dump({**state.to_json(), "message": CREATED_MESSAGE})
+    return created(payload, f"{PREFIX}/jobs/{state.job_id}", replayed)
 
 
 @bp.post("/jobs/<job_id>/resume")

@@ -73,7 +73,7 @@ class Launcher:
                     f"job {job_id} is already {status.value}; only pending or running jobs can be stopped",
                     extra={"job_status": status.value},
                 )
-            if state.pop("preempting", None):
+            if state.take("preempting"):
                 return CHANGED  # a user's stop during a preemption: the job ends stopped, not queued
             if status is JobStatus.STOPPED or state.stop_requested_at:
                 return UNCHANGED

@@ -50,7 +50,7 @@ class Lifecycle:
             serving = [s for s in self.store.deployments_of(job_id) if not JobStatus(s.status).is_terminal()]
             if serving:
                 raise Conflict(
-                    f"job {job_id} is served by deployment {serving[0]['job_id']}; stop it (DELETE "
+                    f"job {job_id} is served by deployment {serving[0].job_id}; stop it (DELETE "
                     "/deployments/{id}) or register the job's weights as a model version, then delete the job",
                     extra={"deployments": [s.job_id for s in serving]},
                 )
@@ -70,7 +70,7 @@ class Lifecycle:
         return [
             s.job_id
             for s in self.store.active_states()
-            if (s.resumed_from or {}).get("job_id") == job_id and not s.seeded_at
+            if s.kind is None and (s.resumed_from or {}).get("job_id") == job_id and not s.seeded_at
         ]
 
     # -- the cleanup round -----------------------------------------------------------------
@@ -171,11 +171,11 @@ class Lifecycle:
 
     def _checkpoints_in_use(self, job_id):
         """The best checkpoint, and those that unfinished evaluations and live deployments of the job read."""
-        names = {self.store.read(job_id).get("best_checkpoint")}
+        names = {self.store.read(job_id).best_checkpoint}
         names.update((s.source or {}).get("checkpoint") for s in self.store.deployments_of(job_id))
         for run_id in self.store.active_evaluations(job_id):
             with contextlib.suppress(NotFound):
-                names.add(self.store.read(run_id).get("checkpoint"))
+                names.add(self.store.read(run_id).checkpoint)
         return names - {None}
 
     def _measure(self, job_id):

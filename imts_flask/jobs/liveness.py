@@ -65,7 +65,7 @@ def record_completed(state, output_dir, reason):
     """Record a run found complete on disk whose monitor could not say so."""
     progress = read_progress(output_dir)
     state.set(status=JobStatus.COMPLETED.value, pid=None, final={**progress, "progress": 1.0})
-    if state.validation:
+    if state.kind is None and state.validation:
         state.set({k: v for k, v in validation_figures(output_dir).items() if v is not None})
     return changed(reason=reason)
 
@@ -176,7 +176,7 @@ class Liveness:
         attempt = state.attempt or 1
         limit = state.max_attempts or self.settings.max_attempts
         state.set(pid=None, trainer=None)
-        state.pop("lost", None)  # its cause goes into the history entry
+        state.lost = None  # its cause goes into the history entry
         output_dir = state.path("output_dir") or ""
         if run_complete(output_dir):
             # The trainer had run to its end and saved its results: a new attempt would train past

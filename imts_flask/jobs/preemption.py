@@ -91,7 +91,7 @@ def mark(by):
 
 def requeue(state):
     """Queue a preempted job again instead of recording it stopped; True if it was one."""
-    preempting = state.pop("preempting", None)
+    preempting = state.take("preempting")
     if not preempting:
         return False
     state.set(
@@ -104,10 +104,10 @@ def requeue(state):
         preempted_by=preempting["by"],
         preemptions=(state.preemptions or 0) + 1,
     )
-    state.pop("stop_forced_at", None)
+    state.stop_forced_at = None
     log.info("job %s: preempted by %s; queued again", state.job_id, preempting["by"])
     return True
 
 
 def reason(state):
-    return f"preempted by {state['preempted_by']}: queued again, it resumes from its checkpoint"
+    return f"preempted by {state.preempted_by}: queued again, it resumes from its checkpoint"

@@ -28,7 +28,7 @@ class Sharing:
                 field="queue_head",
             )
         if priority is not None:
-            quotas.check_priority(self.settings, self.store.read(job_id).get("tenant"), priority)
+            quotas.check_priority(self.settings, self.store.read(job_id).tenant, priority)
 
         def change(state):
             status = state.status
@@ -49,7 +49,7 @@ class Sharing:
             if queue_head is True:
                 state.queue_head_at = state.queue_head_at or now_utc()
             elif queue_head is False:
-                state.pop("queue_head_at", None)
+                state.queue_head_at = None
             return CHANGED if state != before else UNCHANGED
 
         updated = self.store.update(job_id, change)

@@ -572,7 +572,7 @@ class JobStore:
             state = self.read(job_id)  # NotFound for an unknown job
             if not JobStatus(state.status).is_terminal():
                 raise Conflict(
-                    f"job {job_id} is {state['status']}; stop it before deleting it",
+                    f"job {job_id} is {state.status}; stop it before deleting it",
                     extra={"job_status": state.status},
                 )
             if check is not None:

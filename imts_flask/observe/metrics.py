@@ -194,6 +194,8 @@ class JobsCollector:
             job_id = state.job_id
             for gpu, used in (self.service.gpu_memory_by_gpu(state) or {}).items():
                 memory.add_metric([job_id, gpu], used)
+            if state.kind is not None:
+                continue  # an evaluation or a deployment: no training series
             view = self.service.view(state, detail=False)
             if view["tokens_per_second"] is not None:
                 tokens.add_metric([job_id], view["tokens_per_second"])

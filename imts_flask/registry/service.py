@@ -23,7 +23,7 @@ class Registry:
         job = principals.check_visible(self.store.read(request["job_id"]), "job", request["job_id"])
         if job.status != JobStatus.COMPLETED.value:
             raise Conflict(
-                f"job {job['job_id']} is {job['status']}; only completed jobs can be registered",
+                f"job {job.job_id} is {job.status}; only completed jobs can be registered",
                 extra={"job_status": job.status},
             )
         output_dir = job.paths["output_dir"]

@@ -183,7 +183,7 @@ class ModelRegistry:
             finally:
                 if staging:
                     shutil.rmtree(staging, ignore_errors=True)
-            self._log(name, f"registered version {version} from {job['job_id']} ({checkpoint})")
+            self._log(name, f"registered version {version} from {job.job_id} ({checkpoint})")
         log.info("model %s version %s registered from job %s", name, version, job.job_id)
         return self.version(name, version)
 

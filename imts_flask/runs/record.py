@@ -42,57 +42,7 @@ def _default(field):
     return list(field.default) if isinstance(field.default, tuple) else field.default
 
 
-class _MappingShim:
-    """TRANSITIONAL: the dict reads of the code not converted yet (removed once every module reads
-    attributes)."""
-
-    def _has(self, key):
-        return key in self.__dataclass_fields__ and key != "extras"
-
-    def __getitem__(self, key):
-        if self._has(key):
-            return getattr(self, key)
-        return self.extras[key]
-
-    def get(self, key, default=None):
-        if self._has(key):
-            value = getattr(self, key)
-            return default if value is None and default is not None else value
-        return self.extras.get(key, default)
-
-    def __setitem__(self, key, value):
-        if self._has(key):
-            setattr(self, key, value)
-        else:
-            self.extras[key] = value
-
-    def __contains__(self, key):
-        return (self._has(key) and getattr(self, key) is not None) or key in self.extras
-
-    def update(self, values=(), **more):
-        for key, value in {**dict(values), **more}.items():
-            self[key] = value
-
-    def setdefault(self, key, default=None):
-        if self.get(key) is None:
-            self[key] = default
-        return self[key]
-
-    def pop(self, key, default=None):
-        if self._has(key):
-            value = getattr(self, key)
-            setattr(self, key, None)
-            return default if value is None else value
-        return self.extras.pop(key, default)
-
-    def keys(self):
-        return self.to_json().keys()
-
-    def items(self):
-        return self.to_json().items()
-
-
-class RunRecord(_MappingShim):
+class RunRecord:
     """What every kind's record is: its fields as attributes, `extras` for the keys its table does
     not know. Made by record_class; never made directly."""
 
@@ -107,7 +57,8 @@ class RunRecord(_MappingShim):
         known = {f.name for f in cls.FIELDS}
         values = {k: v for k, v in data.items() if k in known}
         extras = {k: v for k, v in data.items() if k not in known}
-        record = cls(**values, extras=extras)
+        nulls = {f.name for f in cls.FIELDS if f.optional and f.name in data and data[f.name] is None}
+        record = cls(**values, extras=extras, nulls=nulls)
         record.schema_version = cls.SCHEMA_VERSION
         return record
 
@@ -124,8 +75,8 @@ class RunRecord(_MappingShim):
         out = {}
         for field in self.FIELDS:
             value = getattr(self, field.name)
-            if field.optional and value is None:
-                continue
+            if field.optional and value is None and field.name not in self.nulls:
+                continue  # left out, as a record without it was written
             out[field.name] = value
         out.update(self.extras)
         return out
@@ -133,9 +84,15 @@ class RunRecord(_MappingShim):
     def set(self, values=(), **more):
         """Set several fields at once, from a mapping and keywords (each a field of the kind)."""
         for name, value in {**dict(values), **more}.items():
-            if name not in self.__dataclass_fields__:
+            if name not in self.__dataclass_fields__ or name in ("extras", "nulls"):
                 raise AttributeError(f"{name!r} is no field of a {self.KIND or 'job'} record")
             setattr(self, name, value)
+
+    def take(self, name):
+        """A field's value, leaving it None (an optional one is then left out of the file)."""
+        value = getattr(self, name)
+        self.set(**{name: None})
+        return value
 
     def copy(self):
         return type(self).from_json(self.to_json())
@@ -161,6 +118,8 @@ def record_class(name, fields, kind, schema_version):
             default = dataclasses.field(default=field.default)
         attributes.append((field.name, python_type, default))
     attributes.append(("extras", dict, dataclasses.field(default_factory=dict, repr=False, compare=False)))
+    # The optional fields the file held as null: written back so, as the file held them.
+    attributes.append(("nulls", set, dataclasses.field(default_factory=set, repr=False, compare=False)))
     cls = dataclasses.make_dataclass(
         name,
         attributes,

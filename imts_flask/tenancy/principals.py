@@ -64,11 +64,11 @@ def visible(tenant):
     return caller is None or caller.admin or caller.tenant == tenant
 
 
-def check_visible(state, what, ident, field="job_id"):
-    """A 404 for a resource of another tenant, worded as for one that does not exist."""
-    if not visible((state or {}).get("tenant")):
+def check_visible(record, what, ident, field="job_id"):
+    """A 404 for a resource (its record) of another tenant, worded as for one that does not exist."""
+    if not visible(record.tenant):
         raise NotFound(f"{what} {ident} does not exist", field=field)
-    return state
+    return record
 
 
 def check_may_change(action="change things"):
