@@ -24,32 +24,32 @@ def read_state(directory):
     try:
         if os.path.getsize(path) > _MAX_BYTES:
             return {}
-        state = read_json(path)
+        saved = read_json(path)
     except (OSError, ValueError):
         return {}
-    return state if isinstance(state, dict) else {}
+    return saved if isinstance(saved, dict) else {}
 
 
-def evaluations(state):
-    """The evaluation entries of a trainer state's log_history: {step, eval_loss, eval_*...}."""
+def evaluations(saved):
+    """The evaluation entries of a saved trainer state's log_history: {step, eval_loss, eval_*...}."""
     found = []
-    for entry in state.get("log_history") or []:
+    for entry in saved.get("log_history") or []:
         if isinstance(entry, dict) and _number(entry.get("eval_loss")) is not None:
             found.append({k: v for k, v in entry.items() if k == "step" or k.startswith("eval_")})
     return found
 
 
-def early_stopped(state):
+def early_stopped(saved):
     """Whether transformers' EarlyStoppingCallback ended the run: `patience` evaluations in a row
     without improvement, before the planned last step."""
-    callbacks = (state.get("stateful_callbacks") or {}).get("EarlyStoppingCallback")
+    callbacks = (saved.get("stateful_callbacks") or {}).get("EarlyStoppingCallback")
     for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
         if not isinstance(callback, dict):
             continue
         patience = (callback.get("args") or {}).get("early_stopping_patience")
         counter = (callback.get("attributes") or {}).get("early_stopping_patience_counter")
         if isinstance(patience, int) and isinstance(counter, int) and counter >= patience > 0:
-            step, planned = state.get("global_step"), state.get("max_steps")
+            step, planned = saved.get("global_step"), saved.get("max_steps")
             return not (isinstance(step, int) and isinstance(planned, int) and step >= planned)
     return False
 
@@ -57,16 +57,16 @@ def early_stopped(state):
 def validation_figures(output_dir):
     """A finished run's figures on its held-out data, from output_dir/trainer_state.json:
     {eval_loss (the last), best_eval_loss, best_checkpoint, stopped_early}; {} without a final state."""
-    state = read_state(output_dir)
-    if not state:
+    saved = read_state(output_dir)
+    if not saved:
         return {}
-    found = evaluations(state)
-    best = state.get("best_model_checkpoint")
+    found = evaluations(saved)
+    best = saved.get("best_model_checkpoint")
     figures = {
         "eval_loss": found[-1]["eval_loss"] if found else None,
-        "best_eval_loss": _number(state.get("best_metric")),
+        "best_eval_loss": _number(saved.get("best_metric")),
         "best_checkpoint": os.path.basename(best.rstrip("/")) if isinstance(best, str) and best else None,
-        "stopped_early": early_stopped(state),
+        "stopped_early": early_stopped(saved),
     }
     if figures["best_eval_loss"] is None and found:
         figures["best_eval_loss"] = min(e["eval_loss"] for e in found)

@@ -215,13 +215,13 @@ class ModelRegistry:
         if not self._visible(name):
             raise NotFound(f"model {name!r} has no version {version}", field="version")
         try:
-            state = read_json(os.path.join(self._version_dir(name, version), STATE))
+            stored = read_json(os.path.join(self._version_dir(name, version), STATE))
         except (FileNotFoundError, ValueError):
             raise NotFound(f"model {name!r} has no version {version}", field="version") from None
         aliases = self._aliases(name)
-        state["aliases"] = sorted(a for a, v in aliases.items() if v == state["version"])
-        state["reference"] = f"{name}:{state['version']}"
-        return state
+        stored["aliases"] = sorted(a for a, v in aliases.items() if v == stored["version"])
+        stored["reference"] = f"{name}:{stored['version']}"
+        return stored
 
     def resolve(self, reference, field="model"):
         """The version that "name:3" or "name@alias" names (a 400 that says why, if none)."""
