@@ -5,6 +5,8 @@ detached monitors raise and catch them, and serve no HTTP. The HTTP layer alone 
 statuses, in one table (http/errors.py), as MLflow's exceptions map error codes.
 """
 
+import errno
+
 
 class ServiceError(Exception):
     """A failure a caller can be told about: a machine-readable code, a message and field errors
@@ -80,3 +82,10 @@ class InsufficientStorage(ServiceError):
     """The disk is full: nothing was written."""
 
     code = "insufficient_storage"
+
+
+def storage_error(exc, what):
+    """Translate an OSError from a write into the API error a client should see."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InsufficientStorage(f"no space left on the device while {what}; nothing was changed")
+    return Unavailable(f"the job store is not writable while {what} ({exc.strerror}); nothing was changed")

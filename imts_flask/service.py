@@ -13,7 +13,7 @@ import time
 from .catalog import Catalog
 from .datasets.uploads import Uploads
 from .deployments.service import Deployments
-from .errors import Conflict, Forbidden, InsufficientStorage, NotFound
+from .errors import Conflict, Forbidden, InsufficientStorage, NotFound, storage_error
 from .evaluations.service import Evaluations
 from .fsio import filesystem_problems, read_tail
 from .jobs import exports, record
@@ -24,7 +24,7 @@ from .jobs.lifecycle import Lifecycle
 from .jobs.liveness import here
 from .jobs.resume import ResumePlan
 from .jobs.sharing import Sharing
-from .jobs.store import JobStore, storage_error
+from .jobs.store import JobStore
 from .jobs.views import job_view, waiting_view
 from .llamafactory.allowlist import validate_custom_config
 from .llamafactory.configs import build_train_config

@@ -11,7 +11,8 @@ import pytest
 from imts_flask import fsio
 from imts_flask.errors import Conflict, InsufficientStorage, NotFound, Unavailable, ValidationFailed
 from imts_flask.jobs.record import new_record
-from imts_flask.jobs.store import JOB_ID_PATTERN, JobStore
+from imts_flask.jobs.store import JobStore
+from imts_flask.runs.ids import JOB_ID_PATTERN
 from imts_flask.runs.record import CHANGED, changed, setter
 from imts_flask.state import creation_order
 
@@ -50,7 +51,7 @@ def test_a_failed_create_leaves_no_job_behind(store, monkeypatch):
     def full_disk(path, obj):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("imts_flask.jobs.store.write_tree", full_disk)
+    monkeypatch.setattr("imts_flask.runs.store.write_tree", full_disk)
     with pytest.raises(InsufficientStorage):
         _create(store)
     assert store.job_ids() == []

@@ -134,7 +134,8 @@ def test_failed_deliveries_are_retried_with_backoff(make_app, receiver):
 KILLED_AFTER_THE_WRITE = textwrap.dedent(
     """
     import os, signal, sys, types
-    from imts_flask.jobs import store
+    from imts_flask.jobs.store import JobStore
+    from imts_flask.runs import store
     from imts_flask.runs.record import setter
     from imts_flask.observe.webhooks import Notifier
 
@@ -143,7 +144,7 @@ KILLED_AFTER_THE_WRITE = textwrap.dedent(
         write(path, obj)
         os.kill(os.getpid(), signal.SIGKILL)
     store.atomic_write_json = write_and_die
-    jobs = store.JobStore(sys.argv[1], 5, Notifier(types.SimpleNamespace(webhook_url="")))
+    jobs = JobStore(sys.argv[1], 5, Notifier(types.SimpleNamespace(webhook_url="")))
     jobs.update(sys.argv[2], setter(status="running"))
     """
 )

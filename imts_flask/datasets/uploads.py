@@ -26,9 +26,9 @@ import subprocess
 import tempfile
 import time
 
-from ..errors import Conflict, NotFound, ServiceError, Unavailable, ValidationFailed
+from ..errors import Conflict, NotFound, ServiceError, Unavailable, ValidationFailed, storage_error
 from ..fsio import atomic_write_json, fsync_dir, move_aside, read_json
-from ..jobs.store import JobStore, storage_error
+from ..jobs.store import JobStore
 from ..settings import package_pythonpath
 from ..state import now_utc
 from ..tenancy import principals

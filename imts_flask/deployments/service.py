@@ -16,8 +16,9 @@ import urllib.request
 
 from ..errors import Conflict, NotFound, Unauthorized, ValidationFailed
 from ..jobs.checkpoints import choose_weights
-from ..jobs.store import DEPLOYMENT_ID_PATTERN, JobStore
+from ..jobs.store import JobStore
 from ..jobs.views import waiting_view
+from ..runs.ids import DEPLOYMENT_ID_PATTERN
 from ..runs.record import queued_now
 from ..state import JobStatus, creation_order
 from ..tenancy import principals, quotas

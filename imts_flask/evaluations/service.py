@@ -7,8 +7,9 @@ import os
 
 from ..errors import Conflict, NotFound
 from ..jobs.checkpoints import choose_weights
-from ..jobs.store import EVALUATION_ID_PATTERN, JobStore, evaluation_run
+from ..jobs.store import JobStore
 from ..jobs.views import waiting_view
+from ..runs.ids import EVALUATION_ID_PATTERN, evaluation_run
 from ..runs.record import queued_now
 from ..state import JobStatus, creation_order
 from ..tenancy import principals, quotas

@@ -8,7 +8,7 @@ Policy allows only this origin's scripts and styles, none inline.
 
 from flask import Blueprint, abort, redirect, render_template
 
-from ..jobs.store import JOB_ID_PATTERN
+from ..runs.ids import JOB_ID_PATTERN
 
 bp = Blueprint(
     "dashboard",

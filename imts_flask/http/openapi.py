@@ -24,9 +24,9 @@ from marshmallow import class_registry, validate
 from ..datasets.rows import FORMATS as DATASET_FORMATS
 from ..datasets.uploads import NAME as DATASET_NAME
 from ..deployments.service import backends
-from ..jobs.store import EVALUATION_ID_PATTERN, JOB_ID_PATTERN
 from ..llamafactory.allowlist import CUSTOM_KEYS
 from ..llamafactory.templates import installed_templates
+from ..runs.ids import EVALUATION_ID_PATTERN, JOB_ID_PATTERN
 from ..settings import VERSION
 from . import RESOURCES
 from .wire import ErrorSchema

@@ -5,7 +5,8 @@ import logging
 
 from ..errors import Conflict, ValidationFailed
 from ..jobs.checkpoints import choose_weights
-from ..jobs.store import JobStore, evaluation_run
+from ..jobs.store import JobStore
+from ..runs.ids import evaluation_run
 from ..state import JobStatus
 from ..tenancy import principals
 from .versions import ModelRegistry, dataset_hashes, is_reference

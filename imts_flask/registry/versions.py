@@ -28,10 +28,9 @@ import re
 import shutil
 import tempfile
 
-from ..errors import Conflict, NotFound, ValidationFailed
+from ..errors import Conflict, NotFound, ValidationFailed, storage_error
 from ..fsio import atomic_write_bytes, atomic_write_json, read_json, write_tree
 from ..jobs.checkpoints import CHECKPOINT_STATE, TRAINING_RECORDS
-from ..jobs.store import storage_error
 from ..state import now_utc
 from ..tenancy import principals
 
