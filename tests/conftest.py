@@ -1,5 +1,6 @@
 """Fixtures: a throw-away service home per test, apps built with create_app, a fake trainer."""
 
+import contextlib
 import hashlib
 import os
 import stat
@@ -55,9 +56,31 @@ def home(tmp_path):
     return make_home(tmp_path / "home")
 
 
+def stop_processes_under(root):
+    """Kill what a test left running under `root`: monitors, fake trainers and fake servers outlive
+    the app that started them (detached, as in service); a server nobody stops would run on for the
+    rest of the suite."""
+    import psutil
+
+    root = os.path.realpath(root)
+    left = []
+    for proc in psutil.process_iter(["pid", "cmdline", "cwd"]):
+        with contextlib.suppress(psutil.Error):
+            places = [proc.info["cwd"] or "", *(proc.info["cmdline"] or [])]
+            if proc.pid != os.getpid() and any(
+                os.path.realpath(p).startswith(root + os.sep) for p in places if p
+            ):
+                left.append(proc)
+    for proc in left:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(left, timeout=5)
+
+
 @pytest.fixture
 def make_app(home, tmp_path):
-    """Build an app on the throw-away home with a fake trainer behaving as `options` say."""
+    """Build an app on the throw-away home with a fake trainer behaving as `options` say; what its
+    runs left running is stopped when the test ends."""
 
     def build(*options, **overrides):
         from imts_flask import create_app
@@ -77,7 +100,8 @@ def make_app(home, tmp_path):
         app.config["TESTING"] = True
         return app
 
-    return build
+    yield build
+    stop_processes_under(str(tmp_path))
 
 
 @pytest.fixture

@@ -93,7 +93,7 @@ def test_a_stop_reaches_a_monitor_on_another_host_through_the_record(ray_app):
     assert response.status_code == 200 and response.get_json()["status"] == "stopped"
     wait_for(lambda: ray.jobs[job_id]["status"] in ("SUCCEEDED", "STOPPED"))
     log = open(os.path.join(_job_dir(client, job_id), "monitor.log")).read()
-    assert "a stop was requested in the job's record" in log
+    assert "a stop was requested in the run's record" in log
 
 
 def test_a_dead_node_sends_the_job_to_another_attempt_on_another_node(ray_app):

@@ -491,14 +491,15 @@ def test_a_trainer_whose_start_cannot_be_recorded_is_stopped_not_left_running(tm
     """A full disk while a monitor records the trainer it just started: the trainer must not run
     on unrecorded (the soak saw the next attempt start a second one beside it)."""
     from imts_flask.errors import InsufficientStorage
-    from imts_flask.monitor import Monitor
+    from imts_flask.monitor import open_store
+    from imts_flask.monitor.supervisor import Supervisor
     from imts_flask.procs import start_ticks
     from imts_flask.settings import load_settings
 
     settings = load_settings({"home": make_home(tmp_path / "home"), "stop_grace_s": 2}, environ={})
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
-        monitor = Monitor(settings, "train_0000abcd")
+        monitor = Supervisor(settings, "train_0000abcd", open_store(settings))
         trainer = subprocess.Popen(["sleep", "60"], start_new_session=True)
 
         def full_disk(_state):

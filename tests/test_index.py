@@ -1,6 +1,7 @@
 """The jobs index (imts_flask/jobs/index.py): every job on disk listed once, in creation order,
 through crashes in the middle of its writes, another instance's creates and deletes, and damage."""
 
+import errno
 import json
 import logging
 import os
@@ -73,16 +74,20 @@ def test_a_line_cut_short_by_a_crash_is_dropped_and_no_job_is_listed_twice(tmp_p
     assert os.path.getsize(store.index.path) == RECORD * 3
 
 
-def test_a_create_killed_before_its_directory_appeared_is_dropped_by_the_listing(make_app):
+def test_a_create_killed_before_its_directory_appeared_is_never_shown_and_dropped_by_the_cleanup_round(
+    make_app,
+):
     client = make_app("--steps", "1").test_client()
     service = client.application.extensions["imts"]
     phantom = record.new_record(
         job_id="train_0000dead", created_ns=time.time_ns(), created_at="2026-11-30T00:00:00"
     )
     service.store.index.add(phantom)  # listed, but the process died before the rename
-    listing = client.get("/api/v1/training/jobs").get_json()
-    assert listing["jobs"] == [] and listing["total"] == 1  # the count still had it ...
-    assert client.get("/api/v1/training/jobs").get_json()["total"] == 0  # ... until the listing dropped it
+    for _ in range(2):  # a read changes nothing
+        listing = client.get("/api/v1/training/jobs").get_json()
+        assert listing["jobs"] == [] and listing["total"] == 1  # the count still has it ...
+    assert service.lifecycle.run()["indexed"] == ([], ["train_0000dead"])
+    assert client.get("/api/v1/training/jobs").get_json()["total"] == 0  # ... until the cleanup round
     assert _listed(service.store) == []
 
 
@@ -133,9 +138,10 @@ def test_a_damaged_or_missing_index_is_rebuilt_from_the_directories_and_the_log_
     assert store.index.counts()["jobs"] == {"": {"pending": 2, "completed": 1}}
 
 
-def test_a_status_line_left_behind_is_put_right_by_the_listing_that_reads_the_job(make_app):
+def test_a_status_line_left_behind_is_shown_as_its_record_says_and_put_right_by_the_cleanup_round(make_app):
     client = make_app("--steps", "1").test_client()
-    store = client.application.extensions["imts"].store
+    service = client.application.extensions["imts"]
+    store = service.store
     job_id = client.post(
         "/api/v1/training/jobs", json={"model_name": "tiny-llama", "dataset": "demo_sft"}
     ).get_json()
@@ -144,13 +150,36 @@ def test_a_status_line_left_behind_is_put_right_by_the_listing_that_reads_the_jo
     stale = store.read(job_id)
     stale.status = "running"
     store.index.put(stale)  # as if the host lost power after the record was written, before its line
-    assert [line["status"] for line in store.listed()] == ["running"]
+    before = open(store.index.path, "rb").read(), open(store.index.counts_path, "rb").read()
     # ?status=running reads the line, then the record: the job is completed, so it is not on the page.
     assert client.get("/api/v1/training/jobs?status=running").get_json()["jobs"] == []
-    store.index.put(stale)
     assert client.get("/api/v1/training/jobs").get_json()["jobs"][0]["status"] == "completed"
+    # A read changes nothing (a full disk or a read-only store answers it the same).
+    assert (open(store.index.path, "rb").read(), open(store.index.counts_path, "rb").read()) == before
+    assert service.lifecycle.run()["relisted"] == [job_id]
     assert [line["status"] for line in store.listed()] == ["completed"]
     assert store.index.counts()["jobs"] == {"": {"completed": 1}}
+
+
+def test_a_listing_answers_with_a_line_whose_create_died_and_an_index_it_cannot_write(tmp_path, monkeypatch):
+    from imts_flask.service import TrainingService
+    from imts_flask.settings import load_settings
+
+    service = TrainingService(load_settings({"home": str(tmp_path)}, environ={}))
+    store = service.store
+    kept = _make(store)
+    gone = _make(store)
+    os.rename(store.path(gone), str(tmp_path / "elsewhere"))  # its line stays: a create that died
+
+    def full_disk(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "pwrite", full_disk)
+        total, page = service.list_jobs()
+    assert [view["job_id"] for view in page] == [kept] and total == 2
+    assert store.reconcile_index() == ([], [gone])
+    assert service.list_jobs()[0] == 1
 
 
 def test_a_change_to_an_old_job_finds_its_line_by_creation_time_not_by_reading_them_all(

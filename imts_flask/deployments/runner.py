@@ -1,4 +1,4 @@
-"""Running a deployment's server, in the monitor that claimed its launch (imts_flask/monitor.py).
+"""Running a deployment's server, in the monitor that claimed its launch (monitor/supervisor.py).
 
 The server is the monitor's child in its own process group, its output appended to deployment.log.
 The monitor heartbeats as for a job; each beat it asks the server's /v1/models (once it answers the
@@ -19,12 +19,12 @@ import urllib.request
 from ..errors import InsufficientStorage, Unavailable
 from ..executors import HOST
 from ..procs import start_ticks, terminate_tree
-from ..runs.record import CHANGED, UNCHANGED, changed, setter
+from ..runs.record import changed, setter
 from ..settings import PROJECT_ROOT, package_pythonpath
 from ..state import JobStatus, now_utc
 from . import record
 
-log = logging.getLogger("imts.monitor")
+log = logging.getLogger(__name__)
 
 CHAT = '"POST /v1/chat/completions'  # uvicorn's access line of a chat completion
 RESTART_PAUSE_S = 2.0
@@ -58,8 +58,8 @@ def answers(host, port, api_key, timeout=2.0):
 class _Watch:
     """What the monitor looks at on each beat of a live server."""
 
-    def __init__(self, monitor, state, api_key, log_path, started):
-        self.monitor, self.state, self.api_key = monitor, state, api_key
+    def __init__(self, sup, state, api_key, log_path, started):
+        self.sup, self.state, self.api_key = sup, state, api_key
         self.log_path = log_path
         self.started = started
         self.offset = os.path.getsize(log_path) if os.path.exists(log_path) else 0
@@ -73,9 +73,7 @@ class _Watch:
         """While the server starts, ask it at every look: ready is recorded within 0.2 s."""
         if not self.ready and answers(self.state.host, self.state.port, self.api_key, timeout=0.5):
             try:
-                self.monitor.store.update(
-                    self.monitor.job_id, self.monitor._owned(setter(ready_at=now_utc()))
-                )
+                self.sup.update(setter(ready_at=now_utc()))
             except (InsufficientStorage, Unavailable) as exc:
                 log.warning("ready, but not recorded yet (%s): trying again", exc)
                 return
@@ -84,7 +82,7 @@ class _Watch:
             log.info("the server answers on port %s: ready", self.state.port)
 
     def beat(self):
-        settings = self.monitor.settings
+        settings = self.sup.settings
         changes = self._counted()
         if changes:
             self._record(changes)
@@ -105,7 +103,7 @@ class _Watch:
 
     def _record(self, changes):
         try:
-            self.monitor.store.update(self.monitor.job_id, self.monitor._owned(setter(**changes)))
+            self.sup.update(setter(**changes))
         except (InsufficientStorage, Unavailable) as exc:  # the total goes with the next write
             log.warning("figures not recorded this time (%s)", exc)
 
@@ -130,28 +128,19 @@ class _Watch:
         return data[:end].decode("utf-8", "replace").count(CHAT)
 
 
-def run_deployment(monitor, state):
+def run(sup, state):
     """Serve a claimed deployment until it is stopped, idle, or its server keeps dying."""
-    store, run_id, settings = monitor.store, monitor.job_id, monitor.settings
-    monitor.launch = state.launch
-
-    def mark_running(current):
-        if current.status != JobStatus.PENDING.value or current.monitor != monitor.me:
-            return UNCHANGED
-        current.set(status=JobStatus.RUNNING.value, started_at=current.started_at or now_utc(), ready_at=None)
-        return CHANGED
-
-    state = store.update(run_id, mark_running)
-    if state.status != JobStatus.RUNNING.value or state.monitor != monitor.me:
-        log.info("deployment became %s while starting: nothing to run", state.status)
+    store, run_id, settings = sup.store, sup.run_id, sup.settings
+    state = sup.mark_running(ready_at=None)
+    if state is None:
         return
     if settings.executor != "local" and not settings.deploy_public_host:
         # Placed by an engine on one of its nodes: the base_url names that node.
         base_url = f"http://{HOST}:{state.port}/v1"
-        state = store.update(run_id, monitor._owned(setter(base_url=base_url)))
+        state = sup.update(setter(base_url=base_url))
     with open(state.paths["api_key"], encoding="utf-8") as handle:
         api_key = handle.read().strip()
-    monitor.extra_env.update(
+    sup.extra_env.update(
         API_HOST=state.host,
         API_PORT=str(state.port),
         API_KEY=api_key,
@@ -162,37 +151,37 @@ def run_deployment(monitor, state):
     restarts = state.restarts or 0
     while True:
         try:
-            proc = monitor._run(server_command(settings, state.paths["config"]), record.LOG)
+            proc = sup.start(server_command(settings, state.paths["config"]), record.LOG)
         except OSError as exc:
-            _end(monitor, JobStatus.FAILED, error=f"the server could not start: {exc}")
+            _end(sup, JobStatus.FAILED, error=f"the server could not start: {exc}")
             return
         ticks = start_ticks(proc.pid)
         running = setter(
             pid=proc.pid, trainer={"pid": proc.pid, "start_ticks": ticks, "pgid": proc.pid}, ready_at=None
         )
-        current = monitor.record_started(proc, ticks, monitor._owned(running))
+        current = sup.record_started(proc, ticks, sup.owned(running))
         if current.pid != proc.pid:
             terminate_tree(proc.pid, ticks, 0, popen=proc)
             return
         log.info("server started: pid %s on %s:%s", proc.pid, state.host, state.port)
-        watch = _Watch(monitor, current, api_key, log_path, time.monotonic())
-        monitor.ending_early = False
-        rc = monitor._wait(proc, ticks, on_beat=watch.beat, on_tick=watch.tick)
+        watch = _Watch(sup, current, api_key, log_path, time.monotonic())
+        sup.ending_early = False
+        rc = sup.wait(proc, ticks, on_beat=watch.beat, on_tick=watch.tick)
         log.info("server exited: %s", rc)
         watch.tally()  # what it answered since the last beat
-        if monitor.stop.set or _stop_requested(monitor):
-            _end(monitor, JobStatus.STOPPED, stop_reason="requested")
+        if sup.stop_requested():
+            _end(sup, JobStatus.STOPPED, stop_reason="requested")
             return
         if watch.idle:
-            _end(monitor, JobStatus.STOPPED, stop_reason="idle")
+            _end(sup, JobStatus.STOPPED, stop_reason="idle")
             return
-        reason, signal_name, lines = monitor.failure(log_path, rc, "see deployment.log", what="the server")
+        reason, signal_name, lines = sup.failure(log_path, rc, "see deployment.log", what="the server")
         if watch.timed_out:
             reason = f"the server did not answer /v1/models within {settings.deploy_start_timeout_s:.0f} s"
         restarts += 1
         if restarts >= max(1, settings.max_attempts):
             _end(
-                monitor,
+                sup,
                 JobStatus.FAILED,
                 error=f"the server died {restarts} times; the last: {reason}",
                 exit_code=rc if rc >= 0 else None,
@@ -204,21 +193,14 @@ def run_deployment(monitor, state):
         dead = setter(
             restarts=restarts, error=reason, pid=None, trainer=None, ready_at=None
         )  # starting again
-        store.update(run_id, monitor._owned(dead))
+        sup.update(dead)
         time.sleep(RESTART_PAUSE_S)
 
 
-def _stop_requested(monitor):
-    try:
-        return bool(monitor.store.read(monitor.job_id).stop_requested_at)
-    except Exception:  # a record being replaced: the stop flag or the next look will do
-        return False
-
-
-def _end(monitor, status, **values):
+def _end(sup, status, **values):
     def change(state):
         state.set(status=status.value, pid=None, trainer=None, **values)
         why = values.get("error") or (values.get("stop_reason") and f"stopped: {values['stop_reason']}")
         return changed(reason=why) if why else changed()
 
-    monitor.store.update(monitor.job_id, monitor._owned(change))
+    sup.update(change)

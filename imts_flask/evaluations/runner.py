@@ -1,4 +1,4 @@
-"""Running an evaluation's phases, in the monitor that claimed its launch (imts_flask/monitor.py).
+"""Running an evaluation's phases, in the monitor that claimed its launch (monitor/supervisor.py).
 
 Each phase is one llamafactory-cli run with its own config, in its own process group, its output
 appended to evaluation.log. A phase whose results are on disk is done: an attempt after a lost
@@ -13,44 +13,33 @@ from ..errors import ServiceError
 from ..observe.tracking import log_evaluation
 from ..procs import start_ticks, terminate_tree
 from ..runs.record import CHANGED, UNCHANGED, changed, setter
-from ..state import JobStatus, now_utc
+from ..state import JobStatus
 from .results import comparison, phase_done, phase_figures
 
-log = logging.getLogger("imts.monitor")
+log = logging.getLogger(__name__)
 
 EVALUATION_LOG = "evaluation.log"
 
 
-def run_evaluation(monitor, state):
+def run(sup, state):
     """Run the phases of a claimed evaluation and record how it ended."""
-    store, run_id = monitor.store, monitor.job_id
-    monitor.launch = state.launch
+    store, run_id = sup.store, sup.run_id
     output_dir = state.paths["output_dir"]
-
-    def mark_running(current):
-        if current.status != JobStatus.PENDING.value or current.monitor != monitor.me:
-            return UNCHANGED
-        current.set(status=JobStatus.RUNNING.value, started_at=current.started_at or now_utc())
-        return CHANGED
-
-    state = store.update(run_id, mark_running)
-    if state.status != JobStatus.RUNNING.value or state.monitor != monitor.me:
-        log.info("evaluation became %s while starting: nothing to run", state.status)
+    state = sup.mark_running()
+    if state is None:
         return
     for phase in state.phases:
         phase_dir = os.path.join(output_dir, phase)
         if phase_done(phase_dir):
-            _record_phase(monitor, phase, phase_dir)  # done by an earlier attempt
+            _record_phase(sup, phase, phase_dir)  # done by an earlier attempt
             continue
-        if _stop_requested(monitor):
+        if sup.stop_requested():
             break
-        rc = _run_phase(monitor, phase, state.paths["configs"][phase])
-        if _stop_requested(monitor):
+        rc = _run_phase(sup, phase, state.paths["configs"][phase])
+        if sup.stop_requested():
             break
         if rc != 0 or not phase_done(phase_dir):
-            reason, signal_name, lines = monitor.failure(
-                store.path(run_id, EVALUATION_LOG), rc, "see log_tail"
-            )
+            reason, signal_name, lines = sup.failure(store.path(run_id, EVALUATION_LOG), rc, "see log_tail")
             if rc == 0:
                 reason = f"llamafactory-cli wrote no results for phase {phase}"
             error = f"phase {phase}: {reason}"
@@ -63,9 +52,9 @@ def run_evaluation(monitor, state):
                 signal=signal_name,
                 log_tail=lines,
             )
-            store.update(run_id, monitor._owned(failed))
+            sup.update(failed)
             return
-        _record_phase(monitor, phase, phase_dir)
+        _record_phase(sup, phase, phase_dir)
     else:
         # The figures go to the job's MLflow run before the record says completed: a caller that
         # sees "completed" finds them there (a crash in between logs them again, on the same keys).
@@ -73,14 +62,14 @@ def run_evaluation(monitor, state):
             current = store.read(run_id)
             job = store.read(current.training_job_id)
             results = comparison(current.results, current.baseline)
-            log_evaluation(monitor.settings, job.mlflow_run_id, current.evaluation_id, results)
+            log_evaluation(sup.settings, job.mlflow_run_id, current.evaluation_id, results)
         except (OSError, ServiceError) as exc:  # the figures are in the record; only MLflow lacks them
             log.warning("the evaluation's figures could not be sent to MLflow (%s)", exc)
         ended = setter(status=JobStatus.COMPLETED.value, pid=None, trainer=None, phase=None, exit_code=0)
-        store.update(run_id, monitor._owned(ended))
+        sup.update(ended)
         log.info("evaluation completed")
         return
-    store.update(run_id, monitor._owned(_stopped))
+    sup.update(_stopped)
 
 
 def _stopped(state):
@@ -88,42 +77,33 @@ def _stopped(state):
     return changed(reason="stopped between or during its phases")
 
 
-def _stop_requested(monitor):
-    if monitor.stop.set:
-        return True
+def _run_phase(sup, phase, config_path):
     try:
-        return bool(monitor.store.read(monitor.job_id).stop_requested_at)
-    except Exception:  # a record being replaced: the monitor's own look will see it
-        return False
-
-
-def _run_phase(monitor, phase, config_path):
-    try:
-        proc = monitor._run([monitor.settings.llamafactory_cli, "train", config_path], EVALUATION_LOG)
+        proc = sup.start([sup.settings.llamafactory_cli, "train", config_path], EVALUATION_LOG)
     except OSError as exc:
         log.error("phase %s could not start: %s", phase, exc)
         return 127
     ticks = start_ticks(proc.pid)
 
     def running(current):
-        if current.monitor != monitor.me or current.status != JobStatus.RUNNING.value:
+        if current.monitor != sup.me or current.status != JobStatus.RUNNING.value:
             return UNCHANGED
         current.set(
             phase=phase, pid=proc.pid, trainer={"pid": proc.pid, "start_ticks": ticks, "pgid": proc.pid}
         )
         return CHANGED
 
-    state = monitor.record_started(proc, ticks, running)
+    state = sup.record_started(proc, ticks, running)
     if state.pid != proc.pid:
         terminate_tree(proc.pid, ticks, 0, popen=proc)
         return -15
     log.info("phase %s started: pid %s", phase, proc.pid)
-    rc = monitor._wait(proc, ticks)
+    rc = sup.wait(proc, ticks)
     log.info("phase %s exited: %s", phase, rc)
     return rc
 
 
-def _record_phase(monitor, phase, phase_dir):
+def _record_phase(sup, phase, phase_dir):
     figures = phase_figures(phase_dir)
 
     def change(state):
@@ -134,4 +114,4 @@ def _record_phase(monitor, phase, phase_dir):
         state.results = results
         return CHANGED
 
-    monitor.store.update(monitor.job_id, monitor._owned(change))
+    sup.update(change)

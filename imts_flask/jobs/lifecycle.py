@@ -66,6 +66,19 @@ class Lifecycle:
         log.info("job %s: deleted (%s, %s bytes)", job_id, state.status, state.disk_bytes)
         return state
 
+    def _relist(self, lines):
+        """Make the index lines of unfinished jobs say what their records say, where a change's own
+        refresh of its line failed (a full disk, a crash between the two writes); the ids mended.
+        A listing shows the record's status meanwhile: a read never writes."""
+        mended = []
+        for line in lines:
+            with contextlib.suppress(NotFound):
+                state = self.store.read(line["job_id"])
+                if state.status != line["status"] and not state.broken:
+                    self.store.index_refresh(line["job_id"])
+                    mended.append(line["job_id"])
+        return mended
+
     def _resumes_waiting_on(self, job_id):
         return [
             s.job_id
@@ -111,6 +124,7 @@ class Lifecycle:
             or number % stride == phase
         ]
         done["temp_files"] = self.store.clean_temp_files(scanned)
+        done["relisted"] = self._relist(line for line in lines if not JobStatus(line["status"]).is_terminal())
         for line in lines:
             if not JobStatus(line["status"]).is_terminal():
                 continue

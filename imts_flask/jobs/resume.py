@@ -3,7 +3,7 @@
 The new job takes the original's request, its training config (with its own paths) and its copy of
 the datasets' entries, so it trains what the original planned, to the same total_steps. Its
 trainer_log.jsonl starts with the original's history up to the checkpoint. The checkpoint itself
-is copied by the new job's monitor (imts_flask/monitor.py) before its trainer starts.
+is copied by the new job's monitor (jobs/runner.py) before its trainer starts.
 """
 
 import json

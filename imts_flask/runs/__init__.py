@@ -3,19 +3,20 @@
 A run is a directory with its record (state.json), its config and its logs, under sidecar locks,
 queued for the same slots and GPUs and started by a detached monitor. What they share lives here:
 
-- record.py      the typed record: a dataclass per kind made from its table of fields, to_json and
-                 from_json, its version on disk; the one way a change says what it did
-- store.py       the run store: layout, ids, locks, the state machine, active markers; it raises the
-                 service's errors (not found, conflict, full, unavailable), never HTTP statuses
-- supervisor.py  a run's supervisor in its monitor process, and the public context it hands the
-                 kind's runner (update my record, start my process, wait, say how it ended)
-- queue.py, scheduler.py, liveness.py, launcher.py, preemption.py, usage.py
-                 the queue's order, handing out slots, settling lost monitors, starting monitors,
-                 making way for a high run, what each attempt used
+- record.py       the typed record: a dataclass per kind made from its table of fields, to_json and
+                  from_json, its version on disk; the one way a change says what it did
+- store.py        the run store: layout, locks, create, read, update (the state machine), the
+                  markers of runs not finished; it raises the service's errors (not found, conflict,
+                  full, unavailable), never HTTP statuses
+- ids.py          the ids of runs; idempotency.py, a create once per Idempotency-Key;
+                  leftovers.py, what a crash in the middle of a write leaves
+- KINDS (below)   every kind by name: its record class and its runner
 
-A kind is a package of its own beside the others, with record.py (RECORD, its class), service.py
-(its use cases) and runner.py (`run(context, record)`, what its monitor does). Adding a kind is a
-new package and one line in KINDS.PACKAGES.
+The monitor (imts_flask/monitor/) hands a kind's runner its supervisor, the public context of a
+run in its process (claim, mark running, update my record, start my process, wait, stop, why it
+failed). A kind is a package of its own beside the others, with record.py (RECORD, its class),
+runner.py (`run(supervisor, record)`, what its monitor does) and service.py (what the API calls).
+Adding a kind is a new package and one line in Kinds.PACKAGES.
 """
 
 import importlib
