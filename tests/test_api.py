@@ -223,7 +223,7 @@ def test_unexpected_errors_are_500_without_internals(client, monkeypatch):
     def explode(*args, **kwargs):
         raise RuntimeError("secret internal detail")
 
-    monkeypatch.setattr(client.application.extensions["imts"], "list_jobs", explode)
+    monkeypatch.setattr(client.application.extensions["imts"].jobs, "list", explode)
     response = client.get(f"{BASE}/jobs")
     body = _assert_error(response, 500)
     assert "secret" not in response.get_data(as_text=True) and body["incident"]

@@ -123,7 +123,7 @@ def test_an_unreachable_ray_leaves_jobs_pending_until_it_answers(ray_app):
     assert health.status_code == 200 and health.get_json()["checks"]["executor"]["ok"] is False
     ray.down = False
     time.sleep(1.5)  # past launch_timeout_s
-    service.housekeep()  # the launch Ray never got is queued again and submitted
+    service.housekeeper.run()  # the launch Ray never got is queued again and submitted
     assert api_done(client, job_id)["status"] == "completed"
 
 

@@ -304,7 +304,7 @@ def test_4_a_live_unrelated_pid_is_never_reported_running_nor_signalled(make_app
 
     try:
         forge(job_ids[0])
-        service.housekeep()  # a worker's housekeeping: the pid lives, but it is not the monitor
+        service.housekeeper.run()  # a worker's housekeeping: the pid lives, but it is not the monitor
         read = client.get(f"{BASE}/jobs/{job_ids[0]}").get_json()
         assert read["status"] == "failed" and read["reason"] == "lost" and read["pid"] is None
         forge(job_ids[1])

@@ -176,10 +176,10 @@ def test_a_listing_answers_with_a_line_whose_create_died_and_an_index_it_cannot_
 
     with monkeypatch.context() as patch:
         patch.setattr(os, "pwrite", full_disk)
-        total, page = service.list_jobs()
+        total, page = service.jobs.list()
     assert [view["job_id"] for view in page] == [kept] and total == 2
     assert store.reconcile_index() == ([], [gone])
-    assert service.list_jobs()[0] == 1
+    assert service.jobs.list()[0] == 1
 
 
 def test_a_change_to_an_old_job_finds_its_line_by_creation_time_not_by_reading_them_all(

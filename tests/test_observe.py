@@ -16,8 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from imts_flask.http.openapi import documented_rules
 from imts_flask.http.server import metrics_dir
+from imts_flask.jobs.files import decode_whole_chars
 from imts_flask.runs.record import setter
-from imts_flask.service import _decode_whole_chars
 
 from conftest import PROJECT, fake_cli, make_home, wait_for
 from harness import Service, require
@@ -79,8 +79,8 @@ def test_log_can_be_tailed_by_offset_and_read_by_lines(finished):
 
 def test_log_slices_never_split_a_character():
     text = "损失下降".encode()
-    assert _decode_whole_chars(text[:4]) == ("损", 3)
-    assert _decode_whole_chars(text) == ("损失下降", 12)
+    assert decode_whole_chars(text[:4]) == ("损", 3)
+    assert decode_whole_chars(text) == ("损失下降", 12)
 
 
 def test_metrics_series_drops_duplicates_after_a_resume(finished):

@@ -111,7 +111,7 @@ def test_a_launch_whose_monitor_never_appeared_is_queued_again(make_app, monkeyp
     assert service.store.read(job_id).monitor is None
     monkeypatch.undo()
     time.sleep(1.5)
-    service.housekeep()
+    service.housekeeper.run()
     final = _done(client, job_id)
     assert final["status"] == "completed"
     assert service.store.read(job_id).launch["id"] != first_launch["id"]

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from imts_flask.http.jobs_schemas import JobStatusSchema
+from imts_flask.http.jobs_responses import JobStatusSchema
 from imts_flask.jobs import record, views
 from imts_flask.jobs.store import JobStore
 from imts_flask.runs.record import setter

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from imts_flask.jobs.store import JobStore
-from imts_flask.observe.webhooks import Notifier
+from imts_flask.jobs.webhooks import Notifier
 from imts_flask.runs.record import setter
 from imts_flask.settings import load_settings
 from imts_flask.state import now_utc
@@ -137,7 +137,7 @@ KILLED_AFTER_THE_WRITE = textwrap.dedent(
     from imts_flask.jobs.store import JobStore
     from imts_flask.runs import store
     from imts_flask.runs.record import setter
-    from imts_flask.observe.webhooks import Notifier
+    from imts_flask.jobs.webhooks import Notifier
 
     write = store.atomic_write_json
     def write_and_die(path, obj):

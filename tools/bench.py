@@ -451,9 +451,9 @@ def bench_scheduler(root, queued, tenants, slots=4):
     """A scheduling pass (every worker runs one on each create, stop and job end, and in housekeeping)
     and the queue position of the last job (GET /jobs/{id} of a queued job), with `queued` jobs of
     `tenants` teams waiting behind full slots; and the queue's order alone."""
-    from imts_flask import queue
     from imts_flask.jobs.scheduler import Scheduler
     from imts_flask.jobs.store import JobStore
+    from imts_flask.runs import queue
 
     home = os.path.join(root, "scheduler")
     queued_jobs(home, queued, tenants, slots)

@@ -5,8 +5,8 @@ import os
 import subprocess
 import time
 
-from .. import queue
 from ..errors import ValidationFailed
+from ..runs import queue
 from ..state import parse_time
 from .common import monitor_argv, monitor_env
 

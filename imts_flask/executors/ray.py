@@ -15,8 +15,8 @@ import time
 import urllib.error
 import urllib.request
 
-from .. import queue
 from ..errors import ValidationFailed
+from ..runs import queue
 from ..state import parse_time
 from .common import MONITOR_LOG_ENV, monitor_argv, monitor_env
 

@@ -32,7 +32,7 @@ def init_app(app, service):
     app.json.ensure_ascii = False
     app.json.sort_keys = False
     app.before_request(_forget_caller)  # first: a request refused before auth is nobody's
-    app.before_request(service.ensure_housekeeper)
+    app.before_request(service.housekeeper.ensure_started)
     metrics.init_app(app)  # times every request, the refused ones too
     guard.init_app(app, settings)  # 421 / 403 before anything else looks at a request
     auth.init_app(app, settings)  # 401 without a token, where tokens are configured

@@ -34,7 +34,7 @@ def upload_dataset():
         raise ValidationFailed(
             "send multipart/form-data with a file part named 'file' and a name", field="body"
         )
-    with service.receiving_upload() as (staging, most):
+    with service.datasets.receiving() as (staging, most):
         request.upload_dir, request.max_content_length = staging, most
         form, files = request.form.to_dict(), request.files  # a full disk here is the service's 507
         fields = load(schema(DatasetUploadSchema), form)
@@ -42,7 +42,7 @@ def upload_dataset():
         if upload is None or not upload.filename:
             raise ValidationFailed("a file part named 'file' (with a file name) is required", field="file")
         upload.stream.close()  # written: the checker reads it from disk
-        described = service.add_dataset(
+        described = service.datasets.add(
             fields["name"], upload.stream.name, upload.filename, fields.get("format"), overwrite
         )
     return created(schema(DatasetSchema).dump(described), f"{PREFIX}/datasets/{fields['name']}")
@@ -51,7 +51,7 @@ def upload_dataset():
 @bp.get("/datasets")
 @doc("Every dataset a job may name: the operator's and uploads", responses={200: DatasetListSchema})
 def list_datasets():
-    return schema(DatasetListSchema).dump({"datasets": get_service().datasets()})
+    return schema(DatasetListSchema).dump({"datasets": get_service().datasets.list()})
 
 
 @bp.get("/datasets/<name>")
@@ -63,11 +63,11 @@ def list_datasets():
 )
 def get_dataset(name):
     preview = load(schema(PreviewQuerySchema), request.args.to_dict())["preview"]
-    return schema(DatasetSchema).dump(get_service().dataset(name, preview))
+    return schema(DatasetSchema).dump(get_service().datasets.get(name, preview))
 
 
 @bp.delete("/datasets/<name>")
 @doc("Delete an uploaded dataset", responses={204: None}, errors=(400, 403, 404, 409, 503))
 def delete_dataset(name):
-    get_service().delete_dataset(name)
+    get_service().datasets.delete(name)
     return "", 204

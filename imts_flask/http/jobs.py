@@ -7,23 +7,25 @@ from marshmallow import ValidationError
 from ..errors import ServiceError, ValidationFailed
 from ..llamafactory.allowlist import allowed_keys
 from . import get_service
-from .jobs_schemas import (
+from .jobs_responses import (
     CheckpointListSchema,
     CustomConfigSchema,
     EventListSchema,
-    ExportRequestSchema,
     ExportResponseSchema,
     JobCreatedSchema,
     JobListSchema,
     JobResumedSchema,
     JobStatusSchema,
-    ListQuerySchema,
-    LogQuerySchema,
     LogSliceSchema,
     MessageSchema,
-    MetricsQuerySchema,
     MetricsSeriesSchema,
     RawRequestSchema,
+)
+from .jobs_schemas import (
+    ExportRequestSchema,
+    ListQuerySchema,
+    LogQuerySchema,
+    MetricsQuerySchema,
     RequestQuerySchema,
     ResumeRequestSchema,
     TrainingJobRequestSchema,
@@ -49,7 +51,7 @@ def create_job():
     body = json_body()
     key = idempotency_key()
     job_request = load(schema(TrainingJobRequestSchema), body)
-    state, replayed = get_service().create_job(job_request, body, idempotency_key=key)
+    state, replayed = get_service().jobs.create(job_request, body, idempotency_key=key)
     return _job_created(JobCreatedSchema, state, replayed)
 
 
@@ -70,7 +72,7 @@ def _job_created(cls, state, replayed):
 def resume_job(job_id):
     body = load(schema(ResumeRequestSchema), optional_json_body())
     key = idempotency_key()
-    state, replayed = get_service().resume_job(job_id, body.get("checkpoint"), idempotency_key=key)
+    state, replayed = get_service().jobs.resume(job_id, body.get("checkpoint"), idempotency_key=key)
     return _job_created(JobResumedSchema, state, replayed)
 
 
@@ -81,7 +83,7 @@ def resume_job(job_id):
     errors=(400, 404, 409, 503),
 )
 def delete_job(job_id):
-    get_service().delete_job(job_id)
+    get_service().jobs.delete(job_id)
     return "", 204
 
 
@@ -89,7 +91,7 @@ def delete_job(job_id):
 @doc("List jobs, newest first", query=ListQuerySchema, responses={200: JobListSchema}, errors=(400,))
 def list_jobs():
     query = load(schema(ListQuerySchema), request.args.to_dict())
-    total, jobs = get_service().list_jobs(**query)
+    total, jobs = get_service().jobs.list(**query)
     # The views are built field for field as JobListSchema documents them: no second pass through it.
     return {"total": total, "limit": query["limit"], "offset": query["offset"], "jobs": jobs}
 
@@ -104,7 +106,7 @@ def list_jobs():
 )
 def job_request(job_id):
     defaults = load(schema(RequestQuerySchema), request.args.to_dict())["defaults"]
-    received = get_service().job_request(job_id)
+    received = get_service().jobs.request(job_id)
     if not defaults:
         return received
     try:
@@ -128,7 +130,7 @@ def custom_config_keys():
 def get_job(job_id):
     # The hottest read (every client polls it): the view is built field for field as JobStatusSchema
     # documents it, so it goes out as it is; tests/test_fuzz.py checks it against the document.
-    return get_service().job(job_id)
+    return get_service().jobs.get(job_id)
 
 
 @bp.post("/jobs/<job_id>/stop")
@@ -136,7 +138,7 @@ def get_job(job_id):
     "Stop a job (no body needed)", responses={200: MessageSchema, 202: MessageSchema}, errors=(400, 404, 409)
 )
 def stop_job(job_id):
-    view, done = get_service().stop_job(job_id)
+    view, done = get_service().jobs.stop(job_id)
     if done:
         message = (
             f"任务 {job_id} 已停止"
@@ -161,7 +163,7 @@ def export_model(job_id):
         raise ValidationFailed(
             f"job_id in the body ({body['job_id']}) differs from the path ({job_id})", field="job_id"
         )
-    export, done = get_service().export_model(
+    export, done = get_service().jobs.export(
         job_id, body["export_dir"], body["merge_lora"], body.get("checkpoint")
     )
     payload = {
@@ -190,7 +192,7 @@ def export_model(job_id):
 )
 def job_logs(job_id):
     query = load(schema(LogQuerySchema), request.args.to_dict())
-    return schema(LogSliceSchema).dump(get_service().job_log(job_id, **query))
+    return schema(LogSliceSchema).dump(get_service().job_files.log(job_id, **query))
 
 
 @bp.get("/jobs/<job_id>/metrics")
@@ -202,19 +204,19 @@ def job_logs(job_id):
 )
 def job_metrics(job_id):
     query = load(schema(MetricsQuerySchema), request.args.to_dict())
-    return schema(MetricsSeriesSchema).dump(get_service().job_metrics(job_id, **query))
+    return schema(MetricsSeriesSchema).dump(get_service().job_files.metrics(job_id, **query))
 
 
 @bp.get("/jobs/<job_id>/events")
 @doc("The job's state transitions with their times", responses={200: EventListSchema}, errors=(400, 404))
 def job_events(job_id):
-    return schema(EventListSchema).dump(get_service().job_events(job_id))
+    return schema(EventListSchema).dump(get_service().job_files.events(job_id))
 
 
 @bp.get("/jobs/<job_id>/checkpoints")
 @doc("Checkpoints saved so far", responses={200: CheckpointListSchema}, errors=(400, 404))
 def job_checkpoints(job_id):
-    return schema(CheckpointListSchema).dump(get_service().job_checkpoints(job_id))
+    return schema(CheckpointListSchema).dump(get_service().job_files.checkpoints(job_id))
 
 
 @bp.get("/jobs/<job_id>/artifacts/training_loss.png")
@@ -225,7 +227,7 @@ def job_checkpoints(job_id):
 )
 def loss_plot(job_id):
     return send_file(
-        get_service().artifact_path(job_id, "training_loss.png"),
+        get_service().job_files.artifact_path(job_id, "training_loss.png"),
         mimetype="image/png",
         etag=True,
         conditional=True,

@@ -18,7 +18,7 @@ bp = Blueprint("metrics", __name__)
 )
 def prometheus_metrics():
     """Prometheus text format: requests by endpoint and status, jobs by state, queue, slots, disk."""
-    from ..observe import metrics
+    from . import figures as metrics
 
     return Response(metrics.render(get_service()), mimetype=metrics.CONTENT_TYPE)
 
@@ -32,7 +32,7 @@ def init_app(app):
 
     @app.after_request
     def _count_request(response):
-        from ..observe import metrics
+        from . import figures as metrics
 
         endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
         started = g.get("imts_started", time.perf_counter())

@@ -25,13 +25,14 @@ bp = Blueprint("models", __name__, url_prefix=PREFIX)
 )
 def list_models():
     service = get_service()
-    return schema(ModelListSchema).dump({"models": service.models(), "registered": service.registry.names()})
+    listed = {"models": service.catalog.models(), "registered": service.registry.names()}
+    return schema(ModelListSchema).dump(listed)
 
 
 @bp.get("/templates")
 @doc("The chat templates a job may name (custom_config.template)", responses={200: TemplateListSchema})
 def list_templates():
-    return schema(TemplateListSchema).dump({"templates": get_service().templates()})
+    return schema(TemplateListSchema).dump({"templates": get_service().catalog.templates()})
 
 
 @bp.post("/models")

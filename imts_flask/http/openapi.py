@@ -269,7 +269,7 @@ def _wire_rules(self, field, ret, **kwargs):
 
 def _custom_config(service):
     """custom_config as this service takes it: each allowed key with its type, nothing else."""
-    allowed = {**CUSTOM_KEYS, **service.extra_custom_keys}
+    allowed = {**CUSTOM_KEYS, **service.jobs.extra_custom_keys}
     properties = {key: _key_schema(rule) for key, rule in allowed.items()}
     templates = installed_templates()
     if templates:

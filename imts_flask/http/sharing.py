@@ -4,7 +4,7 @@ used (GET /usage)."""
 from flask import Blueprint, request
 
 from . import get_service
-from .jobs_schemas import JobStatusSchema
+from .jobs_responses import JobStatusSchema
 from .openapi import doc
 from .requests import PREFIX, json_body, load, schema
 from .sharing_schemas import JobChangeSchema, UsageQuerySchema, UsageSchema
@@ -23,7 +23,7 @@ def change_job(job_id):
     change = load(schema(JobChangeSchema), json_body())
     service = get_service()
     service.sharing.change_job(job_id, change.get("priority"), change.get("queue_head"))
-    return service.job(job_id)
+    return service.jobs.get(job_id)
 
 
 @bp.get("/usage")

@@ -2,7 +2,7 @@
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from ..queue import PRIORITIES
+from ..runs.queue import PRIORITIES
 from .wire import JsonBoolean, RequestSchema, ResponseSchema, given
 
 

@@ -139,7 +139,11 @@ def _safetensors_problem(path):
     except OSError as exc:
         return f"is unreadable ({exc.strerror})"
     except ValueError as exc:
-        return "is cut short (its header runs past the end)" if "cut short" in str(exc) else "has a damaged header"
+        return (
+            "is cut short (its header runs past the end)"
+            if "cut short" in str(exc)
+            else "has a damaged header"
+        )
     ends = [t["data_offsets"][1] for t in tensors.values()]
     expected = 8 + length + max(ends, default=0)
     if size != expected:

@@ -12,9 +12,9 @@ import time
 
 from ..errors import Conflict
 from ..executors import make_executor
+from ..runs.record import CHANGED, UNCHANGED
 from ..state import JobStatus, now_utc
 from .liveness import Liveness, here, monitor_alive
-from ..runs.record import CHANGED, UNCHANGED
 from .scheduler import Scheduler
 from .store import JobStore
 

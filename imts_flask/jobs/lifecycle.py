@@ -1,9 +1,11 @@
 """End of life for jobs: delete, retention, checkpoint pruning, log links and disk use, in housekeeping.
 
 One worker at a time runs a cleanup round, at most every `cleanup_interval_s`: it makes the jobs
-index list exactly the job directories, removes finished jobs older than `retention_days`, prunes the checkpoints of completed jobs to the newest
-`keep_checkpoints`, repairs the logs/training_jobs links, measures jobs whose disk use is not
-recorded, and removes what a crash in the middle of a write left (temp files, staging, trash). Each removal is logged in logs/imts.log.
+index list exactly the job directories (and say what the records of unfinished jobs say),
+removes finished jobs older than `retention_days`, prunes the checkpoints of completed jobs to
+the newest `keep_checkpoints`, repairs the logs/training_jobs links, measures jobs whose disk
+use is not recorded, and removes what a crash in the middle of a write left (temp files,
+staging, trash). Each removal is logged in logs/imts.log.
 """
 
 import contextlib
@@ -11,11 +13,11 @@ import logging
 import os
 import time
 
-from .checkpoints import disk_bytes, prune
-from ..errors import ServiceError, Conflict, NotFound
+from ..errors import Conflict, NotFound, ServiceError
 from ..fsio import read_json
-from ..state import JobStatus
 from ..runs.record import setter
+from ..state import JobStatus
+from .checkpoints import disk_bytes, prune
 from .store import JobStore
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,8 @@ class Lifecycle:
             if serving:
                 raise Conflict(
                     f"job {job_id} is served by deployment {serving[0].job_id}; stop it (DELETE "
-                    "/deployments/{id}) or register the job's weights as a model version, then delete the job",
+                    "/deployments/{id}) or register the job's weights as a model version, then delete "
+                    "the job",
                     extra={"deployments": [s.job_id for s in serving]},
                 )
             waiting = self._resumes_waiting_on(job_id)
@@ -135,7 +138,11 @@ class Lifecycle:
                     done["deleted"].append(job_id)
                     continue
                 recent = (line["finished"] or 0) >= finished_since
-                if line["status"] == JobStatus.COMPLETED.value and self.settings.keep_checkpoints > 0 and recent:
+                if (
+                    line["status"] == JobStatus.COMPLETED.value
+                    and self.settings.keep_checkpoints > 0
+                    and recent
+                ):
                     removed = self.prune(job_id)
                     if removed:
                         done["pruned"][job_id] = removed

@@ -16,12 +16,12 @@ from ..executors import HOST
 from ..llamafactory.trainer_log import read_progress, run_complete
 from ..llamafactory.trainer_state import validation_figures
 from ..procs import boot_id, is_same_process, terminate_tree
-from ..state import JobStatus, now_utc, parse_time
-from .. import queue
-from . import preemption
-from ..tenancy.usage import Ledger
-from .checkpoints import latest_resumable
+from ..runs import queue
 from ..runs.record import CHANGED, UNCHANGED, changed, setter
+from ..state import JobStatus, now_utc, parse_time
+from ..tenancy.usage import Ledger
+from . import preemption
+from .checkpoints import latest_resumable
 from .store import JobStore
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,9 @@ class Liveness:
         trainer, monitor = state.trainer or {}, state.monitor or {}
         killed = 0
         if here(trainer):
-            killed += terminate_tree(trainer.get("pid"), trainer.get("start_ticks"), self.settings.stop_grace_s)
+            killed += terminate_tree(
+                trainer.get("pid"), trainer.get("start_ticks"), self.settings.stop_grace_s
+            )
         if here(monitor):
             killed += terminate_tree(monitor.get("pid"), monitor.get("start_ticks"), 0)
         self.executor.stop(state.launch)

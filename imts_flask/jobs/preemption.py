@@ -17,10 +17,10 @@ their place; they go back to the queue and resume from that checkpoint when GPUs
 import logging
 
 from ..llamafactory.trainer_log import run_complete
-from ..state import JobStatus, now_utc, parse_time
-from .. import queue
-from .checkpoints import latest_resumable
+from ..runs import queue
 from ..runs.record import UNCHANGED, changed
+from ..state import JobStatus, now_utc, parse_time
+from .checkpoints import latest_resumable
 
 log = logging.getLogger(__name__)
 

@@ -6,17 +6,15 @@ trainer_log.jsonl starts with the original's history up to the checkpoint. The c
 is copied by the new job's monitor (jobs/runner.py) before its trainer starts.
 """
 
-import json
 import os
 
-import yaml
-
-from .checkpoints import at_the_end, list_checkpoints
 from ..errors import Conflict, ValidationFailed
-from ..state import JobStatus
-from .store import JobStore
-from ..llamafactory.trainer_log import TRAINER_LOG, log_until
 from ..llamafactory.configs import resume_refusal
+from ..llamafactory.trainer_log import TRAINER_LOG, log_until
+from ..state import JobStatus
+from .checkpoints import at_the_end, list_checkpoints
+from .store import JobStore
+
 
 class ResumePlan:
     """The checkpoint of `job_id` to go on from (`name`, else the newest complete one), or a refusal."""

@@ -80,7 +80,9 @@ class _Attempt:
             try:
                 proc = sup.start([settings.llamafactory_cli, "train", config_path], JobStore.TRAIN_LOG)
             except OSError as exc:
-                raise _CannotStart(f"could not start {settings.llamafactory_cli}: {exc.strerror or exc}") from exc
+                raise _CannotStart(
+                    f"could not start {settings.llamafactory_cli}: {exc.strerror or exc}"
+                ) from exc
         except _CannotStart as exc:
             sup.update(setter(status=JobStatus.FAILED.value, error=str(exc)))
             return
@@ -132,7 +134,9 @@ class _Attempt:
         self._measured = time.monotonic()
         figures = {"disk_bytes": disk_bytes(self.store.path(self.job_id))}
         if self.gpus.ids:
-            figures["gpu_memory_bytes"] = self.gpus.memory_of(tree_pids(trainer.pid, start_ticks(trainer.pid)))
+            figures["gpu_memory_bytes"] = self.gpus.memory_of(
+                tree_pids(trainer.pid, start_ticks(trainer.pid))
+            )
         self.store.update(self.job_id, setter(**figures))
 
     def _track(self, tracking, state, config):
@@ -171,7 +175,9 @@ class _Attempt:
                 ) from exc
             problem = incomplete_reason(copy, source["step"])
             if problem:
-                raise _CannotStart(f"cannot resume: {source['checkpoint']} of job {source['job_id']}: {problem}")
+                raise _CannotStart(
+                    f"cannot resume: {source['checkpoint']} of job {source['job_id']}: {problem}"
+                )
             self.sup.update(setter(seeded_at=now_utc()))
         if run_complete(output_dir):
             raise _AlreadyFinished
@@ -196,7 +202,9 @@ class _Attempt:
     def _record_outcome(self, state, rc, used):
         sup = self.sup
         output_dir = state.paths["output_dir"]
-        status, progress = outcome(rc, output_dir, sup.signalled or bool(state.stop_requested_at), sup.ending_early)
+        status, progress = outcome(
+            rc, output_dir, sup.signalled or bool(state.stop_requested_at), sup.ending_early
+        )
         state.set(pid=None, exit_code=rc if rc >= 0 else None, signal=None, final=progress, disk_bytes=used)
         if state.validation:
             figures = {k: v for k, v in validation_figures(output_dir).items() if v is not None}
@@ -291,7 +299,11 @@ def _export_into(sup, export, staged):
         os.makedirs(staged)
         for name in os.listdir(weights):
             source = os.path.join(weights, name)
-            if os.path.isfile(source) and name not in TRAINING_RECORDS and not name.startswith(CHECKPOINT_STATE):
+            if (
+                os.path.isfile(source)
+                and name not in TRAINING_RECORDS
+                and not name.startswith(CHECKPOINT_STATE)
+            ):
                 shutil.copy2(source, os.path.join(staged, name))
         return 0
     config = build_export_config(train_config, staged, weights)

@@ -15,13 +15,13 @@ import time
 
 from ..errors import Unavailable
 from ..executors import make_executor
+from ..runs import queue
+from ..runs.record import CHANGED, UNCHANGED
+from ..state import JobStatus, now_utc
 from ..tenancy import quotas
 from ..tenancy.audit import AuditLog
-from ..state import JobStatus, now_utc
-from .. import queue
 from . import preemption
 from .liveness import Liveness
-from ..runs.record import CHANGED, UNCHANGED
 from .store import JobStore
 
 log = logging.getLogger(__name__)

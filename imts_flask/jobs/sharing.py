@@ -3,12 +3,12 @@
 
 import datetime
 
-from .. import queue
 from ..errors import Conflict, Forbidden, ValidationFailed
+from ..runs import queue
+from ..runs.record import CHANGED, UNCHANGED
 from ..state import JobStatus, now_utc
 from ..tenancy import principals, quotas
 from ..tenancy.usage import Ledger
-from ..runs.record import CHANGED, UNCHANGED
 
 MAX_DAYS = 366
 

@@ -8,9 +8,8 @@ import os
 import secrets
 import shutil
 
-from ..errors import Conflict, NotFound, ServiceError
+from ..errors import Conflict, NotFound, ServiceError, storage_error
 from ..fsio import atomic_write_json, fsync_dir, move_aside, read_json
-from ..errors import storage_error
 from ..runs.ids import JOB_ID_PATTERN
 from ..runs.store import RunStore
 from ..state import JobStatus, parse_time

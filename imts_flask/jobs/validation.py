@@ -39,7 +39,12 @@ class ValidationWatch:
             else:
                 self.stalled += 1
             self.best = loss if self.best is None else min(self.best, loss)
-            if self.min_delta and self.patience and self.stalled >= self.patience and self.end_at_step is None:
+            if (
+                self.min_delta
+                and self.patience
+                and self.stalled >= self.patience
+                and self.end_at_step is None
+            ):
                 self.end_at_step = step
         figures = {"eval_loss": new[-1][1], "best_eval_loss": self.best}
         best = self._best_checkpoint()

@@ -97,7 +97,9 @@ _COMPUTED = {
     "waiting_for": lambda job: None,  # and why it waits, and what holds the slots
     "held_by": lambda job: None,
     "held_by_others": lambda job: None,
-    "gpu_memory_mb": lambda job: job.gpu_memory // 2**20 if job.running and job.gpu_memory is not None else None,
+    "gpu_memory_mb": lambda job: (
+        job.gpu_memory // 2**20 if job.running and job.gpu_memory is not None else None
+    ),
     "tokens_per_second": _tokens_per_second,
     "samples_per_second": _samples_per_second,
     "stop_requested": lambda job: bool(job.state.stop_requested_at),

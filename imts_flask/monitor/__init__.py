@@ -22,7 +22,7 @@ from ..executors.common import MONITOR_LOG_ENV, MONITOR_SETTINGS_ENV
 from ..jobs import runner as job_runner
 from ..jobs.scheduler import Scheduler
 from ..jobs.store import JobStore
-from ..observe.webhooks import Notifier
+from ..jobs.webhooks import Notifier
 from ..runs import KINDS
 from ..runs.record import setter
 from ..settings import Settings

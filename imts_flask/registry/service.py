@@ -15,9 +15,9 @@ log = logging.getLogger(__name__)
 
 
 class Registry:
-    def __init__(self, settings, store: JobStore, in_use):
+    def __init__(self, store: JobStore, versions: ModelRegistry, in_use):
         self.store = store
-        self.versions = ModelRegistry(settings, store)
+        self.versions = versions
         self.in_use = in_use  # in_use(name, version): the live deployments serving that version
 
     def register(self, request):
@@ -77,6 +77,11 @@ class Registry:
                     }
                 )
         return figures
+
+    @staticmethod
+    def is_reference(name):
+        """Whether a model name names a registered version ("support-bot:3", "support-bot@prod")."""
+        return is_reference(name)
 
     def base_for_training(self, reference, finetuning_type):
         """(model_name_or_path, template, adapter) for a job trained on top of a registered version."""

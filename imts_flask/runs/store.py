@@ -26,7 +26,15 @@ import time
 import filelock
 import yaml
 
-from ..errors import Conflict, NotFound, ServiceError, Unavailable, ValidationFailed, storage_error
+from ..errors import (
+    Conflict,
+    InsufficientStorage,
+    NotFound,
+    ServiceError,
+    Unavailable,
+    ValidationFailed,
+    storage_error,
+)
 from ..fsio import (
     atomic_write_json,
     atomic_write_yaml,
@@ -115,6 +123,14 @@ class RunStore:
 
     def exists(self, job_id):
         return os.path.isdir(self._job_dir(job_id))
+
+    def require_free(self, min_free_mb):
+        """Refuse a new run (or upload) while the store's disk has less than `min_free_mb` free."""
+        free_mb = shutil.disk_usage(self.root).free // (1024 * 1024)
+        if free_mb < min_free_mb:
+            raise InsufficientStorage(
+                f"only {free_mb} MB free under {self.root} (at least {min_free_mb} MB needed)"
+            )
 
     def _lock_file(self, name, timeout):
         name = run_key(name)  # an evaluation's run id

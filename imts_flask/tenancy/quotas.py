@@ -16,8 +16,8 @@ bad leaves the last valid quotas in force, in every process (its snapshot in the
 import contextlib
 import logging
 
-from .. import queue
 from ..errors import Forbidden, TooManyRequests
+from ..runs import queue
 from .config import shared_file
 from .usage import Ledger
 

@@ -1,4 +1,9 @@
-"""What each endpoint does, below HTTP: create, read, list, stop, export, health."""
+"""What the API does with jobs, below HTTP: create, resume, read, list, stop, export, delete.
+
+A job is a run of the kind "job" (runs/): its record (record.py), its directory in the store
+(store.py), started by the scheduler (launcher.py) and run by its monitor (runner.py). What it
+wrote (its log, loss series, checkpoints) is read by files.py.
+"""
 
 import contextlib
 import hashlib
@@ -6,39 +11,23 @@ import itertools
 import json
 import logging
 import os
-import shutil
-import threading
 import time
 
-from .catalog import Catalog
-from .datasets.uploads import Uploads
-from .deployments.service import Deployments
-from .errors import Conflict, Forbidden, InsufficientStorage, NotFound, storage_error
-from .evaluations.service import Evaluations
-from .fsio import filesystem_problems, read_tail
-from .jobs import exports, record
-from .jobs.checkpoints import FINAL, choose_weights, list_checkpoints
-from .jobs.index import visible_total
-from .jobs.launcher import Launcher
-from .jobs.lifecycle import Lifecycle
-from .jobs.liveness import here
-from .jobs.resume import ResumePlan
-from .jobs.sharing import Sharing
-from .jobs.store import JobStore
-from .jobs.views import job_view, waiting_view
-from .llamafactory.allowlist import validate_custom_config
-from .llamafactory.configs import build_train_config
-from .llamafactory.templates import installed_templates
-from .llamafactory.trainer_log import read_series
-from .llamafactory.trainer_state import checkpoint_evaluation
-from .observe.gpus import Gpus
-from .observe.webhooks import Notifier
-from .procs import tree_pids
-from .registry.service import Registry, is_reference
-from .runs.record import CHANGED, UNCHANGED
-from .state import TIME_FORMAT, JobStatus, now_utc
-from .tenancy import principals, quotas
-from .tenancy.config import Tenants
+from ..errors import Conflict, NotFound
+from ..llamafactory.allowlist import validate_custom_config
+from ..llamafactory.configs import build_train_config
+from ..observe.gpus import Gpus
+from ..procs import tree_pids
+from ..runs.record import CHANGED, UNCHANGED
+from ..state import JobStatus, now_utc
+from ..tenancy import principals, quotas
+from . import exports, record
+from .checkpoints import FINAL, choose_weights
+from .index import visible_total
+from .liveness import here
+from .resume import ResumePlan
+from .store import JobStore
+from .views import job_view, waiting_view
 
 log = logging.getLogger(__name__)
 
@@ -60,44 +49,37 @@ def _job_paths(job_dir):
     }
 
 
-class TrainingService:
-    def __init__(self, settings):
+def _job_paths(job_dir):
+    return {
+        "config": os.path.join(job_dir, JobStore.TRAIN_CONFIG),
+        "output_dir": os.path.join(job_dir, JobStore.OUTPUT),
+        "log": os.path.join(job_dir, JobStore.TRAIN_LOG),
+        "request": os.path.join(job_dir, JobStore.REQUEST),
+        "dataset_info": os.path.join(job_dir, JobStore.DATASET_INFO),
+    }
+
+
+class Jobs:
+    """The jobs' use cases; the parts they use are handed in, built by the composition root."""
+
+    def __init__(
+        self, settings, store, catalog, registry, launcher, lifecycle, notifier, gpus, start_queued_soon
+    ):
         self.settings = settings
-        self.notifier = Notifier(settings)
-        self.store = JobStore(
-            settings.path("jobs_dir"),
-            settings.lock_timeout_s,
-            self.notifier,
-            settings.log_links_dir,
-            deployments_root=settings.path("deployments_dir"),
-        )
-        problems = filesystem_problems(self.store.root)
-        if problems:  # a store whose locks do not lock would lose jobs quietly: refuse to start
-            raise RuntimeError("the job store cannot be used: " + "; ".join(problems))
-        self.tenants = Tenants(settings)  # who each token is; read again when its file changes
-        self.uploads = Uploads(settings, self.store)
-        self.catalog = Catalog(settings, self.uploads)
-        self.launcher = Launcher(settings, self.store)
-        self.lifecycle = Lifecycle(settings, self.store, self.uploads)
-        self.evaluations = Evaluations(
-            settings, self.store, self.catalog, self.launcher, self.start_queued_soon
-        )
-        self.registry = Registry(
-            settings, self.store, in_use=lambda name, v: self.deployments.serving(name, v)
-        )
-        self.deployments = Deployments(
-            settings, self.store, self.catalog, self.launcher, self.registry.versions, self.start_queued_soon
-        )
-        self.sharing = Sharing(settings, self.store, self.start_queued_soon)
-        # The GPUs this service hands out (with Ray they are the cluster's, read on its nodes).
-        self.gpus = Gpus(self.launcher.executor.gpu_ids())
+        self.store = store
+        self.catalog = catalog
+        self.registry = registry
+        self.launcher = launcher
+        self.lifecycle = lifecycle
+        self.notifier = notifier
+        self.gpus: Gpus = gpus  # the GPUs this service hands out: a running job's memory is read on them
+        self.start_queued_soon = start_queued_soon
         # Read once: a bad config/custom_config.yaml stops the service at start, not a request later.
-        self.extra_custom_keys = self.catalog.extra_custom_keys()
-        self._housekeeper_pid = None
+        self.extra_custom_keys = catalog.extra_custom_keys()
 
     # -- create ----------------------------------------------------------------------------
 
-    def create_job(self, request, original, idempotency_key=None):
+    def create(self, request, original, idempotency_key=None):
         """Validate what a job needs against what exists, write the job, start it.
 
         Returns (state, replayed): replayed is True when `idempotency_key` already created this job.
@@ -110,7 +92,9 @@ class TrainingService:
         )
         gpus = self.launcher.executor.gpus_for(request.get("gpus"))
         adapter = None
-        if is_reference(request["model_name"]):  # a registered version: "support-bot:3", "support-bot@prod"
+        if self.registry.is_reference(
+            request["model_name"]
+        ):  # a registered version: "support-bot:3", "support-bot@prod"
             model_path, default_template, adapter = self.registry.base_for_training(
                 request["model_name"], request["finetuning_type"]
             )
@@ -124,7 +108,7 @@ class TrainingService:
             datasets.update(
                 self.catalog.resolve_datasets(validation["dataset"], request["stage"], "validation.dataset")
             )
-        self._check_disk()
+        self.store.require_free(self.settings.min_free_disk_mb)
 
         def make_files(job_id, job_dir):
             # Here, not before: a retry with its Idempotency-Key gets its job back, quota or not.
@@ -213,7 +197,7 @@ class TrainingService:
 
     # -- resume ----------------------------------------------------------------------------
 
-    def resume_job(self, job_id, checkpoint=None, idempotency_key=None):
+    def resume(self, job_id, checkpoint=None, idempotency_key=None):
         """Create a new job that continues a stopped or failed job from one of its checkpoints.
 
         The new job has the same request, model, datasets and hyperparameters, copies the checkpoint
@@ -221,7 +205,7 @@ class TrainingService:
         up to that step. The original job's files are not changed. Returns (state, replayed).
         """
         plan = ResumePlan(self.store, job_id, checkpoint)
-        self._check_disk()
+        self.store.require_free(self.settings.min_free_disk_mb)
 
         def make_files(new_id, job_dir):
             quotas.check_new_run(
@@ -242,120 +226,9 @@ class TrainingService:
         tenant = principals.owner()["tenant"] or plan.source.tenant
         return self._create(make_files, asked, idempotency_key, tenant)
 
-    # -- datasets and models ---------------------------------------------------------------
-
-    def add_dataset(self, name, uploaded, filename, fmt=None, overwrite=False):
-        """Check an uploaded file row by row and register it under `name`; return its description."""
-        self._check_disk()
-        self.uploads.add(
-            name,
-            uploaded,
-            filename,
-            fmt,
-            overwrite,
-            taken=self.catalog.is_operator_dataset,
-            in_use=self._jobs_using,
-        )
-        return self.catalog.dataset(name)
-
-    def datasets(self):
-        """Every dataset a job may name: the operator's and the uploads."""
-        return self.catalog.datasets()
-
-    def models(self):
-        """Every model a job may name, with its template, architecture, parameters and size."""
-        return self.catalog.models()
-
-    def templates(self):
-        """The chat templates a job may name (those of the installed LLaMA Factory)."""
-        return installed_templates() or []
-
-    @contextlib.contextmanager
-    def receiving_upload(self):
-        """Yield (a fresh directory for an incoming file, the most bytes it may take); a full disk
-        while the file streams in is a 507, and the directory goes when the upload is done."""
-        with self.uploads.receiving() as staging:
-            try:
-                yield staging, self.settings.max_upload_mb * 1024 * 1024
-            except OSError as exc:
-                raise storage_error(exc, "receiving the upload") from exc
-
-    def dataset(self, name, preview=0):
-        """Describe a dataset a job may name, with its first `preview` rows when asked."""
-        described = self.catalog.dataset(name)
-        if preview:
-            shown = self.uploads.preview(described["file"], preview)
-            described.update(preview=shown["rows"], preview_truncated=shown["truncated"])
-        return described
-
-    def delete_dataset(self, name):
-        """Remove an uploaded dataset; the operator's are not the API's to remove."""
-        if self.catalog.is_operator_dataset(name):
-            raise Forbidden(
-                f"dataset '{name}' belongs to the operator's data directory; it is not removed here"
-            )
-        self.uploads.delete(name, in_use=self._jobs_using)
-
-    def _jobs_using(self, name):
-        return [
-            s.job_id
-            for s in self.store.active_states()
-            if s.kind in (None, "evaluation")
-            and name in (s.dataset or "").split(",")  # a deployment reads none
-        ]
-
-    # -- delete ----------------------------------------------------------------------------
-
-    def delete_job(self, job_id):
-        """Delete a finished job's directory (its exports stay)."""
-        self.lifecycle.delete(job_id)
-
-    def start_queued_soon(self):
-        """Start queued jobs in the background, so the request that queued one answers at once.
-
-        If this worker dies first, any worker's housekeeping starts them.
-        """
-        threading.Thread(target=self._start_queued, name="imts-start", daemon=True).start()
-
-    def _start_queued(self):
-        try:
-            self.launcher.schedule()
-        except Exception:
-            log.exception("starting queued jobs failed; housekeeping will retry")
-
-    def housekeep(self):
-        """Settle jobs whose monitor is gone, start queued jobs that now fit, send webhook events
-        whose sender never started, and run a due cleanup round."""
-        self.launcher.schedule()
-        self.notifier.sweep(self.store)
-        self.lifecycle.maybe_run()
-
-    def ensure_housekeeper(self):
-        """Start this process's housekeeping thread once (lazily: nothing starts at import or fork)."""
-        if self.settings.housekeeping_s <= 0 or self._housekeeper_pid == os.getpid():
-            return
-        self._housekeeper_pid = os.getpid()
-        threading.Thread(target=self._housekeeping_loop, name="imts-housekeeper", daemon=True).start()
-
-    def _housekeeping_loop(self):
-        while True:
-            time.sleep(self.settings.housekeeping_s)
-            try:
-                self.housekeep()
-            except Exception:  # keep the loop alive; the next round may succeed
-                log.exception("housekeeping failed")
-
-    def _check_disk(self):
-        free_mb = shutil.disk_usage(self.store.root).free // (1024 * 1024)
-        if free_mb < self.settings.min_free_disk_mb:
-            raise InsufficientStorage(
-                f"only {free_mb} MB free under {self.store.root} "
-                f"(at least {self.settings.min_free_disk_mb} MB needed)"
-            )
-
     # -- read ------------------------------------------------------------------------------
 
-    def job(self, job_id):
+    def get(self, job_id):
         """Return the current view of one job (a read: it settles nothing, the scheduler does)."""
         view = self.view(self.store.read(job_id))
         if view["status"] == JobStatus.PENDING.value and not view["gpu_ids"]:
@@ -367,23 +240,6 @@ class TrainingService:
         """Turn a stored state into what GET /jobs/{id} answers, with live progress when running."""
         running = state.status == JobStatus.RUNNING.value
         return job_view(state, gpu_memory=self.gpu_memory_bytes(state) if running else None, detail=detail)
-
-    def gpu_figures(self):
-        """The GPUs this service hands out, as NVML reads them, each with the jobs handed it."""
-        reading = self.gpus.read()
-        holders = {}
-        for state in self.store.active_states():
-            if not principals.visible(state.tenant):
-                continue  # another team's: the GPU shows busy without saying whose
-            for gpu in (state.launch or {}).get("gpus") or []:
-                holders.setdefault(gpu, []).append(state.job_id)
-        gpus = [{**g, "job_ids": holders.get(g["id"], [])} for g in reading["gpus"]]
-        return {
-            "available": reading["available"],
-            "detail": reading["error"],
-            "driver": reading["driver"],
-            "gpus": gpus,
-        }
 
     def gpu_memory_bytes(self, state):
         """GPU memory of a running job's process tree: read now on its host, else the monitor's reading."""
@@ -397,76 +253,7 @@ class TrainingService:
             return None
         return self.gpus.memory_by_gpu(tree_pids(trainer.get("pid"), trainer.get("start_ticks")))
 
-    # -- logs, series, events, checkpoints -------------------------------------------------
-
-    def job_log(self, job_id, offset=0, limit=64 * 1024, tail=None):
-        """Return a slice of training.log from a byte offset, or its last `tail` lines."""
-        path = self.store.path(job_id, JobStore.TRAIN_LOG)
-        self.store.read(job_id)  # 404 for an unknown job
-        size = os.path.getsize(path) if os.path.exists(path) else 0
-        if tail is not None:
-            lines = read_tail(path, 1024 * 1024).splitlines()[-tail:]
-            return {"job_id": job_id, "size": size, "lines": lines}
-        offset = min(offset, size)
-        data = b""
-        if offset < size:
-            with open(path, "rb") as handle:
-                handle.seek(offset)
-                data = handle.read(limit)
-        text, used = _decode_whole_chars(data)
-        next_offset = offset + used
-        return {
-            "job_id": job_id,
-            "offset": offset,
-            "next_offset": next_offset,
-            "size": size,
-            "eof": next_offset >= size,
-            "data": text,
-        }
-
-    def job_metrics(self, job_id, since_step=0, limit=1000):
-        """Return the loss / learning-rate / epoch series of a job after `since_step`."""
-        state = self.store.read(job_id)
-        points = read_series(state.path("output_dir", ""), since_step, limit)
-        return {
-            "job_id": job_id,
-            "since_step": since_step,
-            "points": points,
-            "next_since_step": points[-1]["step"] if points else since_step,
-        }
-
-    def job_events(self, job_id):
-        """Return a job's state transitions with their times."""
-        state = self.store.read(job_id)
-        return {"job_id": job_id, "events": list(state.history or [])}
-
-    def job_checkpoints(self, job_id):
-        state = self.store.read(job_id)
-        checkpoints = list_checkpoints(state.path("output_dir", ""))
-        if state.status == JobStatus.RUNNING.value and checkpoints and not checkpoints[-1]["complete"]:
-            checkpoints[-1]["problem"] = "being saved"  # the trainer is writing it right now
-        for checkpoint in checkpoints:
-            checkpoint["modified_at"] = time.strftime(TIME_FORMAT, time.gmtime(checkpoint["modified_at"]))
-            if state.validation and checkpoint["complete"]:
-                figures = checkpoint_evaluation(checkpoint["path"], checkpoint["step"]) or {}
-                checkpoint.update(eval_loss=figures.get("eval_loss"), eval_metrics=figures or None)
-                checkpoint["best"] = checkpoint["name"] == state.best_checkpoint
-        return {"job_id": job_id, "checkpoints": checkpoints}
-
-    def artifact_path(self, job_id, name):
-        """Return the path of a file LLaMA Factory wrote for the job (only known names)."""
-        state = self.store.read(job_id)
-        path = os.path.join(state.path("output_dir", ""), name)
-        if not os.path.isfile(path):
-            if not JobStatus(state.status).is_terminal():  # LLaMA Factory draws it at the end
-                raise Conflict(
-                    f"job {job_id} is {state.status}: {name} is drawn when its training ends",
-                    extra={"job_status": state.status},
-                )
-            raise NotFound(f"job {job_id} has no {name}", field="name")
-        return path
-
-    def list_jobs(self, status=None, limit=100, offset=0, q=None, sort="created", order=None):
+    def list(self, status=None, limit=100, offset=0, q=None, sort="created", order=None):
         """Return (total matching, one page of job views): newest first, or as `sort` and `order` say.
 
         Newest first (the default) reads the jobs index from its end until the page is full, and
@@ -503,7 +290,7 @@ class TrainingService:
             return needle in f"{state.model_name or ''}\n{state.dataset or ''}".casefold()
         return False
 
-    def job_request(self, job_id):
+    def request(self, job_id):
         """The request a job was created with, as received (a resumed job's names its source)."""
         self.store.read(job_id)  # 404 for an unknown job
         try:
@@ -513,7 +300,7 @@ class TrainingService:
 
     # -- stop ------------------------------------------------------------------------------
 
-    def stop_job(self, job_id):
+    def stop(self, job_id):
         """Stop a job and wait a bounded time for it; return (state, finished stopping)."""
         state = self.launcher.request_stop(job_id)
         # A stopped queued job may unblock the queue: started in the background, as after a create,
@@ -526,9 +313,9 @@ class TrainingService:
             log.info("job %s: stop answered with status %s", job_id, state.status)
         return self.view(state), done
 
-    # -- export ----------------------------------------------------------------------------
+    # -- export, delete ----------------------------------------------------------------------------
 
-    def export_model(self, job_id, export_dir, merge_lora, checkpoint=None):
+    def export(self, job_id, export_dir, merge_lora, checkpoint=None):
         """Start (or join) an export of a completed job's weights (the final ones, "best" or a
         checkpoint-N); return (export state, finished)."""
         state = self.store.read(job_id)
@@ -591,39 +378,9 @@ class TrainingService:
         export = state.export
         return export, export["status"] != "running"
 
-    # -- health ----------------------------------------------------------------------------
-
-    def health(self):
-        """Return (healthy, checks): trainer runnable, jobs directory writable, disk not nearly full."""
-        cli = self.settings.llamafactory_cli
-        jobs = self.store.root
-        free_mb = shutil.disk_usage(jobs).free // (1024 * 1024)
-        executor_ok, executor = self.launcher.executor.health()
-        gpus_ok, gpus = self.gpus.health()
-        registry_ok, registry = self.uploads.health()
-        checks = {
-            "llamafactory_cli": {"ok": os.path.isfile(cli) and os.access(cli, os.X_OK), "path": cli},
-            "executor": {"ok": executor_ok, **executor},
-            "uploads_registry": {"ok": registry_ok, **registry},
-            "tenants": {
-                "ok": self.tenants.problem is None,
-                "path": self.tenants.path,
-                "detail": self.tenants.problem,
-            },
-            "gpus": {"ok": gpus_ok, **gpus},
-            "jobs_dir_writable": {"ok": os.access(jobs, os.W_OK | os.X_OK), "path": jobs},
-            "disk_free": {
-                "ok": free_mb >= self.settings.min_free_disk_mb,
-                "free_mb": free_mb,
-                "min_free_mb": self.settings.min_free_disk_mb,
-            },
-        }
-        # The executor's engine (Ray) and the uploads registry are shared by every instance: their
-        # trouble is reported (degraded), but it does not turn this instance unhealthy, or a load
-        # balancer would take every instance out of service, status reads and job creation all.
-        shared = ("executor", "uploads_registry", "tenants")
-        healthy = all(c["ok"] for name, c in checks.items() if name not in shared)
-        return healthy, checks
+    def delete(self, job_id):
+        """Delete a finished job's directory (its exports stay)."""
+        self.lifecycle.delete(job_id)
 
 
 def _ordered(lines, sort, order):
@@ -661,13 +418,3 @@ def _validation_described(config, validation, early_stopping):
             "min_delta": early_stopping.get("min_delta") or 0.0,
         }
     return described
-
-
-def _decode_whole_chars(data):
-    """Decode UTF-8 without splitting a character at the end; return (text, bytes used)."""
-    for cut in range(4):
-        try:
-            return data[: len(data) - cut].decode("utf-8"), len(data) - cut
-        except UnicodeDecodeError:
-            continue
-    return data.decode("utf-8", errors="replace"), len(data)

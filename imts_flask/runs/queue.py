@@ -12,7 +12,7 @@ at the same priority take turns.
 import heapq
 from collections import deque
 
-from .state import JobStatus, creation_order
+from ..state import JobStatus, creation_order
 
 PRIORITIES = ("low", "normal", "high")
 RANK = {name: number for number, name in enumerate(PRIORITIES)}

@@ -2,7 +2,7 @@
 
 The events are the job's `history` in state.json: event N is its N-th status change. After a
 change, the store calls Notifier.notify, which starts a detached sender (`python -m
-imts_flask.observe.webhooks`). The sender posts, in order, every event of the job that webhooks.log does not
+imts_flask.jobs.webhooks`). The sender posts, in order, every event of the job that webhooks.log does not
 record yet, retrying with exponential backoff on errors and 5xx/429 answers, and appends each outcome
 (with its sequence) to webhooks.log. One sender per job works at a time (a sidecar lock); a sender
 that finds the lock taken leaves its events to the holder.
@@ -23,10 +23,10 @@ import urllib.error
 import urllib.request
 
 from ..errors import NotFound, Unavailable
-from ..jobs import record
-from ..jobs.store import JobStore
 from ..settings import package_pythonpath
 from ..state import now_utc
+from . import record
+from .store import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class Notifier:
         env = dict(os.environ, PYTHONPATH=package_pythonpath())
         try:
             sender = subprocess.Popen(
-                [self.settings.python, "-m", "imts_flask.observe.webhooks", job_dir],
+                [self.settings.python, "-m", "imts_flask.jobs.webhooks", job_dir],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,

@@ -13,8 +13,8 @@ from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from .. import queue
 from ..jobs.store import DURATION_BUCKETS
+from ..runs import queue
 from ..state import JobStatus
 from ..tenancy.usage import Ledger
 
@@ -192,11 +192,11 @@ class JobsCollector:
             if state.status != JobStatus.RUNNING.value:
                 continue
             job_id = state.job_id
-            for gpu, used in (self.service.gpu_memory_by_gpu(state) or {}).items():
+            for gpu, used in (self.service.jobs.gpu_memory_by_gpu(state) or {}).items():
                 memory.add_metric([job_id, gpu], used)
             if state.kind is not None:
                 continue  # an evaluation or a deployment: no training series
-            view = self.service.view(state, detail=False)
+            view = self.service.jobs.view(state, detail=False)
             if view["tokens_per_second"] is not None:
                 tokens.add_metric([job_id], view["tokens_per_second"])
             if view["current_loss"] is not None:

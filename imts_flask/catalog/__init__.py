@@ -9,12 +9,12 @@ import re
 
 import yaml
 
-from .datasets.uploads import NAME as DATASET_NAME
-from .errors import NotFound, ValidationFailed
-from .fsio import safetensors_header
-from .llamafactory.allowlist import parse_extra_keys
-from .llamafactory.templates import installed_templates
-from .tenancy import principals
+from ..datasets.uploads import NAME as DATASET_NAME
+from ..errors import NotFound, ValidationFailed
+from ..fsio import safetensors_header
+from ..llamafactory.allowlist import parse_extra_keys
+from ..llamafactory.templates import installed_templates
+from ..tenancy import principals
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}")
 _LOCAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
@@ -143,6 +143,10 @@ class Catalog:
         return sorted(n[: -len(".json")] for n in names if n.endswith(".json") and _LOCAL_NAME.fullmatch(n))
 
     # -- templates -------------------------------------------------------------------------
+
+    def templates(self):
+        """The chat templates a job may name (those of the installed LLaMA Factory)."""
+        return installed_templates() or []
 
     def check_template(self, template, field="custom_config.template"):
         known = installed_templates()
