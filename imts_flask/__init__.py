@@ -6,7 +6,7 @@ import os
 
 from .settings import VERSION as __version__  # noqa: F401 (the package's version)
 
-log = logging.getLogger("imts")
+log = logging.getLogger(__name__)
 
 
 def _configure_logging(settings):

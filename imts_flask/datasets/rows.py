@@ -34,7 +34,13 @@ from .readers import (
 
 FORMATS = ("alpaca", "sharegpt", "pairwise", "kto", "text")
 
-STAGES = {"alpaca": ["sft"], "sharegpt": ["sft"], "pairwise": ["rm", "dpo"], "kto": ["kto"], "text": ["pt"]}
+STAGES_BY_FORMAT = {
+    "alpaca": ["sft"],
+    "sharegpt": ["sft"],
+    "pairwise": ["rm", "dpo"],
+    "kto": ["kto"],
+    "text": ["pt"],
+}
 
 MAX_PROBLEMS = 10
 
@@ -256,7 +262,7 @@ def check(path, fmt=None, max_decoded=DEFAULT_MAX_DECODED):
     report["sha256"] = None
     if not report["problems"]:
         report["sha256"] = handle["r"].sha256.hexdigest() if "r" in handle else _sha256(path)
-    report["stages"] = STAGES.get(report["format"], [])
+    report["stages"] = STAGES_BY_FORMAT.get(report["format"], [])
     return report
 
 

@@ -33,7 +33,7 @@ from ..settings import package_pythonpath
 from ..state import now_utc
 from ..tenancy import principals
 from .readers import EXTENSIONS, kind_of
-from .rows import FORMATS, STAGES
+from .rows import FORMATS, STAGES_BY_FORMAT
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +268,7 @@ class Uploads:
         meta = {
             "name": name,
             "format": report["format"],
-            "stages": STAGES[report["format"]],
+            "stages": STAGES_BY_FORMAT[report["format"]],
             "rows": report["rows"],
             "bytes": report["bytes"],
             "sha256": report["sha256"],

@@ -10,7 +10,10 @@ is for do_predict alone).
 
 import os
 
-STAGES = ("sft", "rm", "pt")
+from .record import MODELS
+
+# The stages whose models an evaluation can judge, and the phases it runs for each.
+JUDGED_STAGES = ("sft", "rm", "pt")
 _STEPS = {"sft": ("eval", "predict"), "rm": ("eval",), "pt": ("eval",)}
 # What the trained model was run with, so that it is judged the same way.
 _CARRIED = (
@@ -32,14 +35,14 @@ MAX_EVAL_BATCH = 8
 
 def unsupported(stage):
     """Why a job of `stage` cannot be evaluated, or None."""
-    if stage in STAGES:
+    if stage in JUDGED_STAGES:
         return None
     return f"evaluations judge sft, rm and pt jobs; this job's stage is {stage}"
 
 
 def phases(stage, baseline):
     """The phases in the order they run: tuned-eval, tuned-predict, then base-* with baseline."""
-    models = ("tuned", "base") if baseline else ("tuned",)
+    models = MODELS if baseline else MODELS[:1]
     return [f"{model}-{step}" for model in models for step in _STEPS[stage]]
 
 

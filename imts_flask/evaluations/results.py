@@ -8,6 +8,7 @@ import math
 import os
 
 from ..fsio import read_json
+from .record import MODELS
 
 RESULTS = "all_results.json"
 PREDICTIONS = "generated_predictions.jsonl"
@@ -69,7 +70,7 @@ def sample_count(output_dir, phase):
 def samples(output_dir, phases, offset, limit):
     """Rows offset..offset+limit of the predictions: {index, prompt, label, tuned, base}."""
     lines = {model: _lines(os.path.join(output_dir, f"{model}-predict", PREDICTIONS), offset, limit)
-             for model in ("tuned", "base") if f"{model}-predict" in phases}  # fmt: skip
+             for model in MODELS if f"{model}-predict" in phases}  # fmt: skip
     tuned, base = lines.get("tuned") or [], lines.get("base") or []
     rows = []
     for i in range(max(len(tuned), len(base))):

@@ -32,7 +32,6 @@ _WEIGHTS = (
 )
 _TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 _ZIP_END = b"PK\x05\x06"  # end of central directory: the last record torch.save writes
-_MAX_HEADER = 100 * 1024 * 1024
 _COPYING, _REMOVING = ".copying-", ".removing-"
 _LEFTOVERS = (_COPYING, _REMOVING)
 

@@ -24,10 +24,13 @@ from ..tenancy import principals, quotas
 from . import exports, record
 from .checkpoints import FINAL, choose_weights
 from .index import visible_total
+from .launcher import Launcher
+from .lifecycle import Lifecycle
 from .liveness import here
 from .resume import ResumePlan
 from .store import JobStore
 from .views import job_view, waiting_view
+from .webhooks import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +52,6 @@ def _job_paths(job_dir):
     }
 
 
-def _job_paths(job_dir):
-    return {
-        "config": os.path.join(job_dir, JobStore.TRAIN_CONFIG),
-        "output_dir": os.path.join(job_dir, JobStore.OUTPUT),
-        "log": os.path.join(job_dir, JobStore.TRAIN_LOG),
-        "request": os.path.join(job_dir, JobStore.REQUEST),
-        "dataset_info": os.path.join(job_dir, JobStore.DATASET_INFO),
-    }
-
-
 class Jobs:
     """The jobs' use cases; the parts they use are handed in, built by the composition root."""
 
@@ -66,12 +59,12 @@ class Jobs:
         self, settings, store, catalog, registry, launcher, lifecycle, notifier, gpus, start_queued_soon
     ):
         self.settings = settings
-        self.store = store
-        self.catalog = catalog
-        self.registry = registry
-        self.launcher = launcher
-        self.lifecycle = lifecycle
-        self.notifier = notifier
+        self.store: JobStore = store
+        self.catalog = catalog  # catalog.Catalog: what a request may name
+        self.registry = registry  # registry.service.Registry: the model versions a job may train on
+        self.launcher: Launcher = launcher
+        self.lifecycle: Lifecycle = lifecycle
+        self.notifier: Notifier = notifier
         self.gpus: Gpus = gpus  # the GPUs this service hands out: a running job's memory is read on them
         self.start_queued_soon = start_queued_soon
         # Read once: a bad config/custom_config.yaml stops the service at start, not a request later.

@@ -16,7 +16,7 @@ import urllib.request
 
 from ..llamafactory.trainer_log import NewEntries
 
-log = logging.getLogger("imts.monitor")
+log = logging.getLogger(__name__)
 
 _TIMEOUT_S = 5.0
 _MAX_PARAM_CHARS = 500  # MLflow's limit of a parameter value in older servers

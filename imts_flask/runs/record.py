@@ -28,7 +28,6 @@ class Field:
     default: object = None  # a new record's value, and an older record's where it lacks the field
     stored: bool = True  # kept in state.json (False: computed for the status view only)
     shown: bool = False  # in the status view and its schema
-    summary: bool = False  # in the listing summaries
     resumed: bool = False  # a job resumed from this one takes it over
     webhook: bool = False  # in each webhook event's "job"
     optional: bool = False  # written only when set (a new record leaves it out)

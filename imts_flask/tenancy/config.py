@@ -36,13 +36,13 @@ import time
 import yaml
 
 from ..fsio import atomic_write_json, read_json
+from ..runs.queue import PRIORITIES
 from .principals import ADMIN, MEMBER, VIEWER, Principal
 
 log = logging.getLogger(__name__)
 
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 DIGEST = re.compile(r"[0-9a-f]{64}")
-PRIORITIES = ("low", "normal", "high")
 # Each a whole number >= 0 (max_gpu_hours: a number); see tenancy/quotas.py.
 QUOTAS = ("max_running_gpus", "max_queued_jobs", "max_gpu_hours", "max_non_preemptible")
 

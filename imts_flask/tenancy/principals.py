@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from ..errors import Forbidden, NotFound
 
 ADMIN, MEMBER, VIEWER = "admin", "member", "viewer"
-ROLES = (ADMIN, MEMBER, VIEWER)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import resource
+import threading
 import time
 
 from ..procs import tree_cpu_seconds
@@ -27,6 +28,7 @@ from ..state import now_utc
 log = logging.getLogger(__name__)
 
 _files = {}  # path -> _Month, read once and then from where it was left
+_files_lock = threading.Lock()  # requests read them in threads (or greenlets) side by side
 
 
 def unaccounted(state):
@@ -140,7 +142,8 @@ class Ledger:
 
     def lines(self, month):
         path = self._path(month)
-        return list(_files.setdefault(path, _Month()).refresh(path).lines.values())
+        with _files_lock:  # one reader moves a month's offset at a time: no line read twice or skipped
+            return list(_files.setdefault(path, _Month()).refresh(path).lines.values())
 
     def months(self):
         try:
