@@ -1,5 +1,5 @@
 """Prometheus over HTTP: every request counted and timed, and GET /metrics at the root, where
-Prometheus looks by default. The job figures are computed at scrape time (observe/metrics.py)."""
+Prometheus looks by default. The job figures are computed at scrape time (figures.py)."""
 
 import time
 

@@ -1,1 +1,2 @@
-"""Watching the service: Prometheus metrics, GPU figures through NVML, webhooks on job changes."""
+"""What the monitors and the service read from the engines beside them: GPU figures through NVML,
+and the runs they log to MLflow (tracking.py)."""
