@@ -2,9 +2,13 @@
 
 import contextlib
 import hashlib
+import http.server
+import io
+import json
 import os
 import stat
 import sys
+import threading
 import time
 
 import pytest
@@ -182,3 +186,203 @@ def tree_digest(path):
                     hashlib.sha256(handle.read()).hexdigest(),
                 )
     return digest
+
+
+# -- uploads (the datasets endpoint) -----------------------------------------------------------------
+
+
+ALPACA_ROWS = [{"instruction": f"Say {i}", "input": "", "output": f"{i}"} for i in range(6)]
+
+
+def jsonl_bytes(rows):
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+def upload(client, name, content, filename="data.jsonl", query="", **fields):
+    data = {"name": name, "file": (io.BytesIO(content), filename), **fields}
+    return client.post(f"{API}/datasets{query}", data=data, content_type="multipart/form-data")
+
+
+def uploads_root(client):
+    return client.application.extensions["imts"].uploads.root
+
+
+def uploads_registry(client):
+    path = os.path.join(uploads_root(client), "dataset_info.json")
+    return json.load(open(path)) if os.path.exists(path) else {}
+
+
+# -- a webhook receiver ------------------------------------------------------------------------------
+
+
+class Receiver:
+    """A local HTTP endpoint recording what it is sent; answers the codes in `script` first."""
+
+    def __init__(self, script=()):
+        self.events, self.script = [], list(script)
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                code = receiver.script.pop(0) if receiver.script else 200
+                if code == 200:
+                    receiver.events.append(json.loads(body))
+                self.send_response(code)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+# -- tenants (three teams, an admin, a viewer) -------------------------------------------------------
+
+
+TENANT_TOKENS = {"a": "tok-a", "a-view": "tok-a-view", "b": "tok-b", "c": "tok-c", "ops": "tok-ops"}
+
+
+def sha(token):
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def tenants_file(extra_c_token=None, quotas=None):
+    c_tokens = [{"name": "c-ci", "role": "member", "sha256": sha(TENANT_TOKENS["c"])}]
+    if extra_c_token:
+        c_tokens.append({"name": "c-new", "role": "member", "sha256": sha(extra_c_token)})
+    return {
+        "tenants": {
+            "team-a": {
+                "max_priority": "high",
+                "quotas": quotas or {},
+                "tokens": [
+                    {"name": "a-ci", "role": "member", "sha256": sha(TENANT_TOKENS["a"])},
+                    {"name": "a-dash", "role": "viewer", "sha256": sha(TENANT_TOKENS["a-view"])},
+                ],
+            },
+            "team-b": {"tokens": [{"name": "b-ci", "role": "member", "sha256": sha(TENANT_TOKENS["b"])}]},
+            "team-c": {"tokens": c_tokens},
+        },
+        "admins": [{"name": "ops", "sha256": sha(TENANT_TOKENS["ops"])}],
+    }
+
+
+def write_tenants(home, data):
+    path = os.path.join(home, "config", "tenants.yaml")
+    with open(path + ".tmp", "w") as handle:
+        yaml.safe_dump(data, handle)
+    os.replace(path + ".tmp", path)
+
+
+class As:
+    """A test client speaking with one token."""
+
+    def __init__(self, client, token):
+        self.client, self.headers = client, {"Authorization": f"Bearer {token}"}
+
+    def __getattr__(self, method):
+        def call(path, headers=None, **kw):
+            return getattr(self.client, method)(path, headers={**self.headers, **(headers or {})}, **kw)
+
+        return call
+
+
+def audit_lines(home):
+    path = os.path.join(home, "logs", "audit.log")
+    return [json.loads(line) for line in open(path)] if os.path.exists(path) else []
+
+
+# -- the one error shape -----------------------------------------------------------------------------
+
+
+def assert_error(response, status, field=None):
+    """Assert an answer is the API's error: `status`, the one shape, a message, no traceback, and
+    (with `field`) an error naming that field; return its body."""
+    text = response.get_data(as_text=True)
+    assert response.status_code == status, text[:500]
+    body = response.get_json()
+    assert set(body) >= {"status", "error", "message", "errors", "path"}, body
+    assert body["status"] == status and body["message"], body
+    assert "Traceback" not in text
+    if field is not None:
+        assert field in [e["field"] for e in body["errors"]], body
+    return body
+
+
+# -- outside parts: skipped where missing, unless CI demands them ------------------------------------
+
+
+def require(available, what):
+    """Skip a test whose outside part (nginx, a JDK, ray) is missing, unless CI demands it."""
+    if not available:
+        if os.environ.get("IMTS_REQUIRE_INTEGRATIONS") == "1":
+            pytest.fail(f"{what} is missing (install it: see .ci/run)")
+        pytest.skip(f"{what} is not installed")
+
+
+# -- a headless Chromium (the dashboard's tests) -----------------------------------------------------
+
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+SCREENSHOTS = os.path.join(PROJECT, "docs", "screenshots")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.options import Options
+        from selenium.webdriver.chrome.service import Service as DriverService
+    except ImportError:
+        webdriver = None
+    require(
+        webdriver and os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER),
+        "chromium, chromium-driver, selenium",
+    )
+    options = Options()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",  # the machine's network is closed: no calls home
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1280,900",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=DriverService(CHROMEDRIVER), options=options)
+    driver.set_script_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def find_element(driver, css, timeout=30):
+    from selenium.webdriver.common.by import By
+
+    return wait_for(
+        lambda: (found := driver.find_elements(By.CSS_SELECTOR, css)) and found[0], timeout=timeout
+    )
+
+
+def text_of(driver, css):
+    from selenium.webdriver.common.by import By
+
+    found = driver.find_elements(By.CSS_SELECTOR, css)
+    return found[0].text if found else ""
+
+
+def no_console_errors(driver):
+    errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, errors  # a CSP violation or a script error shows here

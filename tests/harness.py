@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import psutil
-import pytest
 import requests
 
 from imts_flask.llamafactory.environment import free_port
@@ -103,14 +102,6 @@ class Service(Api):
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(timeout=60)
-
-
-def require(available, what):
-    """Skip a test whose outside part (nginx, a JDK, ray) is missing, unless CI demands it."""
-    if not available:
-        if os.environ.get("IMTS_REQUIRE_INTEGRATIONS") == "1":
-            pytest.fail(f"{what} is missing (install it: see .ci/run)")
-        pytest.skip(f"{what} is not installed")
 
 
 def start_nginx(tmp_path, servers):

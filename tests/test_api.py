@@ -11,7 +11,7 @@ import pytest
 
 from imts_flask.runs.record import setter
 
-from conftest import wait_for
+from conftest import assert_error, wait_for
 
 BASE = "/api/v1/training"
 BODY = {"model_name": "tiny-llama", "dataset": "demo_sft", "custom_config": {"cutoff_len": 64}}
@@ -33,17 +33,6 @@ def _finished(client, job_id):
     return wait_for(
         lambda: (s := _status(client, job_id))["status"] in ("completed", "failed", "stopped") and s
     )
-
-
-def _assert_error(response, status, field=None):
-    assert response.status_code == status
-    body = response.get_json()
-    assert set(body) >= {"status", "error", "message", "errors", "path"}
-    assert body["status"] == status and body["message"]
-    assert "Traceback" not in response.get_data(as_text=True)
-    if field:
-        assert field in [e["field"] for e in body["errors"]], body
-    return body
 
 
 def _jobs_on_disk(app):
@@ -113,7 +102,7 @@ def test_stop_of_a_finished_job_is_a_conflict(make_app):
     client = make_app("--steps", "2").test_client()
     job_id = _create(client)
     _finished(client, job_id)
-    body = _assert_error(client.post(f"{BASE}/jobs/{job_id}/stop"), 409)
+    body = assert_error(client.post(f"{BASE}/jobs/{job_id}/stop"), 409)
     assert body["job_status"] == "completed"
     assert _status(client, job_id)["status"] == "completed"
 
@@ -134,7 +123,7 @@ def test_list_is_newest_first_with_filter_and_paging(make_app):
         "offset": 0,
         "jobs": [],
     }
-    _assert_error(client.get(f"{BASE}/jobs?status=done"), 400, "status")
+    assert_error(client.get(f"{BASE}/jobs?status=done"), 400, "status")
 
 
 def test_camel_case_request_from_the_guides_dto(make_app):
@@ -170,14 +159,14 @@ def test_camel_case_request_from_the_guides_dto(make_app):
     ],
 )
 def test_bad_requests_are_400_and_create_nothing(client, body, field):
-    _assert_error(client.post(f"{BASE}/jobs", json=body), 400, field)
+    assert_error(client.post(f"{BASE}/jobs", json=body), 400, field)
     assert _jobs_on_disk(client.application) == []
 
 
 def test_body_that_is_not_json_or_not_an_object(client):
-    _assert_error(client.post(f"{BASE}/jobs", data="{not json", content_type="application/json"), 400, "body")
-    _assert_error(client.post(f"{BASE}/jobs", data=""), 400, "body")
-    _assert_error(client.post(f"{BASE}/jobs", json=[1, 2]), 400, "body")
+    assert_error(client.post(f"{BASE}/jobs", data="{not json", content_type="application/json"), 400, "body")
+    assert_error(client.post(f"{BASE}/jobs", data=""), 400, "body")
+    assert_error(client.post(f"{BASE}/jobs", json=[1, 2]), 400, "body")
     assert _jobs_on_disk(client.application) == []
 
 
@@ -185,28 +174,28 @@ def test_json_without_content_type_is_415(make_app):
     # A body without a type is what a no-cors fetch of a Blob sends: JSON endpoints take application/json.
     client = make_app("--steps", "1").test_client()
     response = client.post(f"{BASE}/jobs", data=json.dumps(BODY), content_type=None)
-    _assert_error(response, 415, "Content-Type")
+    assert_error(response, 415, "Content-Type")
     assert _jobs_on_disk(client.application) == []
 
 
 def test_oversized_body_is_413(client):
-    _assert_error(
+    assert_error(
         client.post(f"{BASE}/jobs", data="x" * (2 * 1024 * 1024), content_type="application/json"), 413
     )
 
 
 def test_unknown_and_malformed_job_ids(client):
-    _assert_error(client.get(f"{BASE}/jobs/train_00000000"), 404, "job_id")
-    _assert_error(client.get(f"{BASE}/jobs/not-a-job"), 400, "job_id")
-    _assert_error(client.post(f"{BASE}/jobs/train_00000000/stop"), 404)
-    _assert_error(client.get(f"{BASE}/nowhere"), 404)
-    _assert_error(client.delete(f"{BASE}/jobs"), 405)
+    assert_error(client.get(f"{BASE}/jobs/train_00000000"), 404, "job_id")
+    assert_error(client.get(f"{BASE}/jobs/not-a-job"), 400, "job_id")
+    assert_error(client.post(f"{BASE}/jobs/train_00000000/stop"), 404)
+    assert_error(client.get(f"{BASE}/nowhere"), 404)
+    assert_error(client.delete(f"{BASE}/jobs"), 405)
 
 
 def test_a_405_says_which_methods_are_allowed(client):
     for method, path in (("TRACE", "/health"), ("DELETE", "/jobs"), ("PUT", "/jobs/train_00000000/stop")):
         response = client.open(f"{BASE}{path}", method=method)
-        _assert_error(response, 405)
+        assert_error(response, 405)
         allowed = {m.strip() for m in response.headers["Allow"].split(",")}
         assert allowed and allowed <= {"GET", "HEAD", "OPTIONS", "POST", "DELETE", "PATCH", "PUT"}
         assert all(m in response.get_json()["message"] for m in allowed - {"HEAD", "OPTIONS"})
@@ -214,9 +203,9 @@ def test_a_405_says_which_methods_are_allowed(client):
 
 def test_a_huge_offset_is_a_400_naming_it(client):
     for query in ("offset=48166428573250261560586141696", "offset=1000000001", "offset=-1"):
-        _assert_error(client.get(f"{BASE}/jobs?{query}"), 400, "offset")
+        assert_error(client.get(f"{BASE}/jobs?{query}"), 400, "offset")
     assert client.get(f"{BASE}/jobs?offset=1000000000").status_code == 200
-    _assert_error(client.get(f"{BASE}/jobs/train_00000000/logs?offset={2**63}"), 400, "offset")
+    assert_error(client.get(f"{BASE}/jobs/train_00000000/logs?offset={2**63}"), 400, "offset")
 
 
 def test_unexpected_errors_are_500_without_internals(client, monkeypatch):
@@ -225,7 +214,7 @@ def test_unexpected_errors_are_500_without_internals(client, monkeypatch):
 
     monkeypatch.setattr(client.application.extensions["imts"].jobs, "list", explode)
     response = client.get(f"{BASE}/jobs")
-    body = _assert_error(response, 500)
+    body = assert_error(response, 500)
     assert "secret" not in response.get_data(as_text=True) and body["incident"]
 
 
@@ -255,7 +244,7 @@ def test_export_outside_the_exports_root_is_refused(make_app, export_dir):
     client = make_app("--steps", "1").test_client()
     job_id = _create(client)
     _finished(client, job_id)
-    _assert_error(
+    assert_error(
         client.post(f"{BASE}/jobs/{job_id}/export", json={"export_dir": export_dir}), 400, "export_dir"
     )
     assert _status(client, job_id)["export"] is None
@@ -264,8 +253,8 @@ def test_export_outside_the_exports_root_is_refused(make_app, export_dir):
 def test_export_of_an_unfinished_job_or_mismatched_id(make_app):
     client = make_app("--steps", "1000", "--interval", "0.05").test_client()
     job_id = _create(client)
-    _assert_error(client.post(f"{BASE}/jobs/{job_id}/export", json={"export_dir": "x"}), 409)
-    _assert_error(
+    assert_error(client.post(f"{BASE}/jobs/{job_id}/export", json={"export_dir": "x"}), 409)
+    assert_error(
         client.post(f"{BASE}/jobs/{job_id}/export", json={"job_id": "train_99999999", "export_dir": "x"}),
         400,
         "job_id",
@@ -288,7 +277,7 @@ def test_health(client, make_app, tmp_path):
 
 def test_full_disk_refuses_new_jobs_with_507(make_app):
     client = make_app(min_free_disk_mb=10**12).test_client()
-    _assert_error(client.post(f"{BASE}/jobs", json=BODY), 507)
+    assert_error(client.post(f"{BASE}/jobs", json=BODY), 507)
     assert _jobs_on_disk(client.application) == []
 
 
@@ -376,7 +365,7 @@ def test_listing_searches_model_and_dataset_and_sorts_by_finish_or_loss(make_app
         j["job_id"] for j in client.get(f"{BASE}/jobs?sort=loss&limit=1&offset=1").get_json()["jobs"]
     ] == [ids[0]]
     for query, field in (("sort=size", "sort"), ("order=up", "order"), ("q=", "q"), ("q=" + "x" * 201, "q")):
-        _assert_error(client.get(f"{BASE}/jobs?{query}"), 400, field)
+        assert_error(client.get(f"{BASE}/jobs?{query}"), 400, field)
 
 
 def test_a_jobs_request_as_received_and_the_custom_config_keys(make_app):
@@ -397,8 +386,8 @@ def test_a_jobs_request_as_received_and_the_custom_config_keys(make_app):
         "normal",
         True,
     )
-    _assert_error(client.get(f"{BASE}/jobs/{job_id}/request?defaults=maybe"), 400, "defaults")
-    _assert_error(client.get(f"{BASE}/jobs/train_00000000/request"), 404, "job_id")
+    assert_error(client.get(f"{BASE}/jobs/{job_id}/request?defaults=maybe"), 400, "defaults")
+    assert_error(client.get(f"{BASE}/jobs/train_00000000/request"), 404, "job_id")
     keys = {k["key"]: k for k in client.get(f"{BASE}/custom-config").get_json()["keys"]}
     assert keys["cutoff_len"] == {
         "key": "cutoff_len",

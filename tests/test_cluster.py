@@ -16,8 +16,8 @@ import psutil
 import pytest
 import requests
 
-from conftest import PROJECT, TINY_MODEL, make_home, wait_for
-from harness import Api, Service, free_port, java_flow_available, require, run_java_flow, start_nginx
+from conftest import PROJECT, TINY_MODEL, make_home, require, wait_for
+from harness import Api, Service, free_port, java_flow_available, run_java_flow, start_nginx
 
 pytestmark = pytest.mark.e2e
 

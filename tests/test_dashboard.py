@@ -10,13 +10,22 @@ import time
 import pytest
 import requests
 
-from conftest import PROJECT, TINY_MODEL, fake_cli, make_home, wait_for
-from harness import Service, require, start_nginx
+from conftest import (
+    PROJECT,
+    SCREENSHOTS,
+    TINY_MODEL,
+    fake_cli,
+    find_element,
+    make_home,
+    no_console_errors,
+    require,
+    text_of,
+    wait_for,
+)
+from harness import Service, start_nginx
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-SCREENSHOTS = os.path.join(PROJECT, "docs", "screenshots")
 REAL = {
     "model_name": "tiny-llama",
     "dataset": "demo_sft",
@@ -24,39 +33,6 @@ REAL = {
     "learning_rate": 1e-3,  # the loss visibly falls in the screenshot
     "custom_config": {"template": "default", "cutoff_len": 64, "logging_steps": 2},
 }
-
-
-@pytest.fixture(scope="module")
-def browser():
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.options import Options
-        from selenium.webdriver.chrome.service import Service as DriverService
-    except ImportError:
-        webdriver = None
-    require(
-        webdriver and os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER),
-        "chromium, chromium-driver, selenium",
-    )
-    options = Options()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",  # the machine's network is closed: no calls home
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=1280,900",
-    ):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=DriverService(CHROMEDRIVER), options=options)
-    driver.set_script_timeout(30)
-    yield driver
-    driver.quit()
 
 
 @pytest.fixture(scope="module")
@@ -70,82 +46,64 @@ def service(tmp_path_factory):
     svc.stop()
 
 
-def _find(driver, css, timeout=30):
-    from selenium.webdriver.common.by import By
-
-    return wait_for(
-        lambda: (found := driver.find_elements(By.CSS_SELECTOR, css)) and found[0], timeout=timeout
-    )
-
-
-def _text(driver, css):
-    from selenium.webdriver.common.by import By
-
-    found = driver.find_elements(By.CSS_SELECTOR, css)
-    return found[0].text if found else ""
-
-
-def _no_console_errors(driver):
-    errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-    assert not errors, errors  # a CSP violation or a script error shows here
-
-
 def test_the_list_shows_a_real_job_and_its_page_follows_it_live(browser, service):
     browser.get_log("browser")
     job_id = service.create(REAL)
     wait_for(lambda: (service.status(job_id)["current_step"] or 0) > 10, timeout=180, interval=0.3)
     browser.get(service.root + "/")  # redirected to the list
     assert browser.current_url.endswith("/dashboard")
-    row = _find(browser, f'tr[data-job="{job_id}"]')
+    row = find_element(browser, f'tr[data-job="{job_id}"]')
     assert row.get_attribute("data-status") == "running" and "running" in row.text
     os.makedirs(SCREENSHOTS, exist_ok=True)
     browser.save_screenshot(os.path.join(SCREENSHOTS, "dashboard-jobs.png"))
 
     browser.get(f"{service.root}/dashboard/jobs/{job_id}")
-    _find(browser, "#chart[data-points]")
-    bar = _find(browser, "#progress")
+    find_element(browser, "#chart[data-points]")
+    bar = find_element(browser, "#progress")
     first = (
         float(bar.get_attribute("aria-valuenow")),
-        int(_find(browser, "#chart").get_attribute("data-points")),
+        int(find_element(browser, "#chart").get_attribute("data-points")),
     )
-    log_before = len(_text(browser, "#log"))
+    log_before = len(text_of(browser, "#log"))
     # The progress bar, the loss curve and the log all move while it trains, without a reload.
     wait_for(
         lambda: (
             float(bar.get_attribute("aria-valuenow")) > first[0]
-            and int(_find(browser, "#chart").get_attribute("data-points")) > first[1]
-            and len(_text(browser, "#log")) > log_before
+            and int(find_element(browser, "#chart").get_attribute("data-points")) > first[1]
+            and len(text_of(browser, "#log")) > log_before
         ),
         timeout=60,
         interval=0.5,
     )
-    log_text = _text(browser, "#log")
+    log_text = text_of(browser, "#log")
     with open(os.path.join(service.home, "jobs", job_id, "training.log"), errors="replace") as handle:
         written = handle.read()
     assert "imts monitor" in log_text and log_text.splitlines()[0] in written
-    assert _text(browser, "#job-status") == "running" and "tiny-llama" in _text(browser, "#facts")
+    assert text_of(browser, "#job-status") == "running" and "tiny-llama" in text_of(browser, "#facts")
     wait_for(
-        lambda: int(_find(browser, "#chart").get_attribute("data-points")) >= 60, timeout=120, interval=0.5
+        lambda: int(find_element(browser, "#chart").get_attribute("data-points")) >= 60,
+        timeout=120,
+        interval=0.5,
     )
     browser.save_screenshot(os.path.join(SCREENSHOTS, "dashboard-job.png"))
-    _no_console_errors(browser)
+    no_console_errors(browser)
 
     # Stop asks first: cancelled, nothing happens; accepted, the job stops and the API's answer shows.
-    stop = _find(browser, "#stop")
+    stop = find_element(browser, "#stop")
     stop.click()
     wait_for(lambda: browser.switch_to.alert).dismiss()
     time.sleep(1)
     assert service.status(job_id)["status"] == "running"
     stop.click()
     wait_for(lambda: browser.switch_to.alert).accept()
-    wait_for(lambda: _text(browser, "#job-status") == "stopped", timeout=60, interval=0.5)
+    wait_for(lambda: text_of(browser, "#job-status") == "stopped", timeout=60, interval=0.5)
     assert service.status(job_id)["status"] == "stopped"
-    assert f"任务 {job_id} 已停止" in _text(browser, "#notice")
+    assert f"任务 {job_id} 已停止" in text_of(browser, "#notice")
     # Refused actions show the API's message: a stopped job cannot be exported.
     browser.execute_script("document.getElementById('export').disabled = false")
-    _find(browser, "#export").click()
+    find_element(browser, "#export").click()
     wait_for(lambda: browser.switch_to.alert).accept()
-    wait_for(lambda: "only completed jobs can be exported" in _text(browser, "#notice"), timeout=30)
+    wait_for(lambda: "only completed jobs can be exported" in text_of(browser, "#notice"), timeout=30)
 
 
 def test_markup_in_a_log_or_an_error_is_shown_as_text_and_runs_nothing(browser, service):
@@ -159,21 +117,21 @@ def test_markup_in_a_log_or_an_error_is_shown_as_text_and_runs_nothing(browser, 
     state.update(status="failed", error=hostile, log_tail=[hostile])
     open(os.path.join(job_dir, "state.json"), "w").write(json.dumps(state))
     browser.get(f"{service.root}/dashboard/jobs/{job_id}")
-    wait_for(lambda: hostile in _text(browser, "#log"), timeout=30)
-    wait_for(lambda: hostile in _text(browser, "#failure"), timeout=30)
+    wait_for(lambda: hostile in text_of(browser, "#log"), timeout=30)
+    wait_for(lambda: hostile in text_of(browser, "#failure"), timeout=30)
     assert browser.execute_script("return window.__pwned") is None
     assert (
         browser.execute_script("return document.querySelectorAll('#log *, #failure img, #failure b').length")
         == 0
     )
     browser.get(service.root + "/dashboard")
-    _find(browser, f'tr[data-job="{job_id}"]')
+    find_element(browser, f'tr[data-job="{job_id}"]')
     assert browser.execute_script("return window.__pwned") is None
 
 
 def test_an_idle_page_costs_304s(browser, service):
     browser.get(service.root + "/dashboard?status=stopped")
-    _find(browser, "#jobs tbody tr")
+    find_element(browser, "#jobs tbody tr")
     access = os.path.join(service.home, "access.log")
     start = os.path.getsize(access)
     time.sleep(10)  # a few polls of an unchanged listing
@@ -190,7 +148,7 @@ def test_a_phone_width_screen_does_not_break(browser, service):
     try:
         for path in ("/dashboard", f"/dashboard/jobs/{job_id}"):
             browser.get(service.root + path)
-            _find(browser, "#jobs tbody tr, #chart[data-points]")
+            find_element(browser, "#jobs tbody tr, #chart[data-points]")
             overflow = browser.execute_script(
                 "return document.documentElement.scrollWidth - window.innerWidth"
             )
@@ -221,14 +179,14 @@ def test_with_auth_the_page_asks_for_the_token_and_data_needs_it(browser, secure
     assert "'unsafe-inline'" not in page.headers["Content-Security-Policy"]
     assert requests.get(f"{secured.root}/dashboard/static/api.js", timeout=30).status_code == 200
     browser.get(secured.root + "/dashboard")
-    form = _find(browser, "#token-form:not([hidden])")
+    form = find_element(browser, "#token-form:not([hidden])")
     refused = browser.execute_async_script(
         "const done = arguments[0]; fetch('/api/v1/training/jobs').then((r) => done(r.status));"
     )
     assert refused == 401 and not browser.find_elements("css selector", f'tr[data-job="{job_id}"]')
     form.find_element("css selector", "#token").send_keys("s3cret-token")
     form.find_element("css selector", "button").click()
-    _find(browser, f'tr[data-job="{job_id}"]')
+    find_element(browser, f'tr[data-job="{job_id}"]')
     assert browser.execute_script("return sessionStorage.getItem('imts-token')") == "s3cret-token"
     assert browser.find_element("css selector", "#token-form").get_attribute("hidden") is not None
 
@@ -242,8 +200,8 @@ def test_the_page_works_behind_nginx(browser, service, tmp_path):
     try:
         browser.get_log("browser")  # what earlier tests' refusals left there
         browser.get(f"http://127.0.0.1:{port}/")
-        _find(browser, f'#jobs tbody tr[data-job="{job_id}"]')
-        _no_console_errors(browser)
+        find_element(browser, f'#jobs tbody tr[data-job="{job_id}"]')
+        no_console_errors(browser)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -255,17 +213,17 @@ def test_the_job_page_shows_eval_loss_and_evaluations_side_by_side_with_samples(
     assert service.wait_done(job_id)["status"] == "completed"
     browser.get_log("browser")
     browser.get(f"{service.root}/dashboard/jobs/{job_id}")
-    chart = _find(browser, "#chart[data-eval-points]")
+    chart = find_element(browser, "#chart[data-eval-points]")
     wait_for(lambda: int(chart.get_attribute("data-eval-points")) >= 5, timeout=30)  # steps 16..80 and 96
-    wait_for(lambda: "★ best" in _text(browser, "#checkpoints"), timeout=30)
+    wait_for(lambda: "★ best" in text_of(browser, "#checkpoints"), timeout=30)
 
-    form = _find(browser, "#evaluate")
+    form = find_element(browser, "#evaluate")
     form.find_element("css selector", "[name=dataset]").send_keys("demo_sft")
     samples = form.find_element("css selector", "[name=max_samples]")
     samples.clear()
     samples.send_keys("4")
     form.find_element("css selector", "button[type=submit]").click()
-    wait_for(lambda: "queued" in _text(browser, "#notice"), timeout=30)
+    wait_for(lambda: "queued" in text_of(browser, "#notice"), timeout=30)
     done = '#evaluations [data-status="completed"]'
     card = wait_for(lambda: (c := browser.find_elements("css selector", done)) and c[0], timeout=240)
     rows = [r.text.split() for r in card.find_elements("css selector", ".figures tbody tr")]
@@ -283,13 +241,13 @@ def test_the_job_page_shows_eval_loss_and_evaluations_side_by_side_with_samples(
     lines[0] = json.dumps({**json.loads(lines[0]), "predict": hostile})
     open(predictions, "w").write("\n".join(lines) + "\n")
     card.find_element("css selector", "button.samples").click()
-    first = _find(browser, '#samples .sample[data-index="0"]')
+    first = find_element(browser, '#samples .sample[data-index="0"]')
     assert hostile in first.find_element("css selector", ".base dd").text
     assert first.find_element("css selector", ".label dd").text.strip()
     assert browser.execute_script("return window.__pwned") is None
     assert len(browser.find_elements("css selector", "#samples .sample")) == 4
     browser.save_screenshot(os.path.join(SCREENSHOTS, "dashboard-evaluations.png"))
-    _no_console_errors(browser)
+    no_console_errors(browser)
 
 
 def test_the_deployments_page_lists_chats_streamed_as_text_and_stops(browser, tmp_path):
@@ -309,18 +267,18 @@ def test_the_deployments_page_lists_chats_streamed_as_text_and_stops(browser, tm
         deployment_id = created.json()["deployment_id"]
         browser.get_log("browser")
         browser.get(f"{svc.root}/dashboard/deployments")
-        row = _find(browser, f'tr[data-deployment="{deployment_id}"][data-status="ready"]', timeout=60)
+        row = find_element(browser, f'tr[data-deployment="{deployment_id}"][data-status="ready"]', timeout=60)
         assert "fake-bot" in row.text and created.json()["base_url"] in row.text
         row.find_element("css selector", "button.chat-open").click()
-        _find(browser, "#chat-input").send_keys("Add three and three.")
-        _find(browser, "#chat-form button").click()
-        answer = _find(browser, '.turn[data-role="assistant"][data-streaming="false"]')
+        find_element(browser, "#chat-input").send_keys("Add three and three.")
+        find_element(browser, "#chat-form button").click()
+        answer = find_element(browser, '.turn[data-role="assistant"][data-streaming="false"]')
         assert answer.text == "assistant: <b>six</b> and <img src=x onerror=alert(1)>"  # as text
         assert not browser.find_elements("css selector", "#chat-log b, #chat-log img")
         browser.save_screenshot(os.path.join(SCREENSHOTS, "dashboard-deployments.png"))
         row.find_element("css selector", "button.stop").click()
-        _find(browser, f'tr[data-deployment="{deployment_id}"][data-status="stopped"]', timeout=60)
-        _no_console_errors(browser)
+        find_element(browser, f'tr[data-deployment="{deployment_id}"][data-status="stopped"]', timeout=60)
+        no_console_errors(browser)
     finally:
         svc.stop()
 
@@ -339,14 +297,14 @@ def test_a_chat_answer_that_breaks_off_shows_why_on_the_page(browser, tmp_path):
         assert svc.wait_done(job_id)["status"] == "completed"
         created = requests.post(f"{svc.base}/deployments", json={"job_id": job_id}, timeout=30).json()
         browser.get(f"{svc.root}/dashboard/deployments")
-        row = _find(
+        row = find_element(
             browser, f'tr[data-deployment="{created["deployment_id"]}"][data-status="ready"]', timeout=60
         )
         row.find_element("css selector", "button.chat-open").click()
-        _find(browser, "#chat-input").send_keys("Add three and three.")
-        _find(browser, "#chat-form button").click()
-        _find(browser, '.turn[data-role="assistant"][data-streaming="false"]')
-        shown = _find(browser, "#notice.error:not([hidden])")
+        find_element(browser, "#chat-input").send_keys("Add three and three.")
+        find_element(browser, "#chat-form button").click()
+        find_element(browser, '.turn[data-role="assistant"][data-streaming="false"]')
+        shown = find_element(browser, "#notice.error:not([hidden])")
         assert "without finishing" in shown.text, shown.text
         requests.delete(f"{svc.base}/deployments/{created['deployment_id']}", timeout=60)
     finally:
@@ -385,10 +343,10 @@ def test_with_tenants_the_page_shows_the_tokens_team_only_and_hides_a_viewers_bu
             f"{svc.base}/jobs", json=body, headers={"Authorization": "Bearer tok-b"}, timeout=30
         )
         browser.get(svc.root + "/dashboard")
-        form = _find(browser, "#token-form:not([hidden])")  # asked once, as a person would answer it
+        form = find_element(browser, "#token-form:not([hidden])")  # asked once, as a person would answer it
         form.find_element("css selector", "#token").send_keys("tok-b-view")
         form.find_element("css selector", "button").click()
-        _find(browser, f'tr[data-job="{ours.json()["job_id"]}"]')
+        find_element(browser, f'tr[data-job="{ours.json()["job_id"]}"]')
         assert not browser.find_elements("css selector", f'tr[data-job="{theirs.json()["job_id"]}"]')
         browser.get(f"{svc.root}/dashboard/jobs/{ours.json()['job_id']}")
         wait_for(lambda: browser.execute_script("return document.body.dataset.role") == "viewer")

@@ -9,9 +9,8 @@ import os
 
 import pytest
 import requests
-from test_dashboard import SCREENSHOTS, _find, _no_console_errors, _text, browser  # noqa: F401 (a fixture)
 
-from conftest import make_home, wait_for
+from conftest import SCREENSHOTS, find_element, make_home, no_console_errors, text_of, wait_for
 from harness import Service
 
 pytestmark = pytest.mark.e2e
@@ -42,8 +41,8 @@ def _set(driver, name, value):
 
 def _open_form(driver, url):
     driver.get(url)
-    _find(driver, "#f-model_name option")  # the choices came from the API
-    _find(driver, "#f-custom_config\\.cutoff_len")
+    find_element(driver, "#f-model_name option")  # the choices came from the API
+    find_element(driver, "#f-custom_config\\.cutoff_len")
 
 
 def _job_ids(svc):
@@ -51,7 +50,7 @@ def _job_ids(svc):
 
 
 @pytest.fixture(scope="module")
-def formed(browser, console):  # noqa: F811
+def formed(browser, console):
     """A job made from the form by a double click, followed to its end."""
     browser.get_log("browser")
     before = _job_ids(console)
@@ -79,44 +78,44 @@ def formed(browser, console):  # noqa: F811
     return job_id, made, final
 
 
-def test_a_job_made_in_the_form_runs_and_a_double_click_makes_one(browser, console, formed):  # noqa: F811
+def test_a_job_made_in_the_form_runs_and_a_double_click_makes_one(browser, console, formed):
     job_id, made, final = formed
     assert made == {job_id}  # one job for two clicks: one Idempotency-Key per filled form
     assert final["status"] == "completed", final.get("error")
     request = requests.get(f"{console.base}/jobs/{job_id}/request", timeout=30).json()
     assert request["epochs"] == 1 and request["custom_config"]["cutoff_len"] == 64
     assert request["priority"] == "normal" and "preemptible" not in request  # the defaults, not sent
-    _no_console_errors(browser)
+    no_console_errors(browser)
 
 
-def test_a_refused_field_shows_the_apis_reason_beside_it(browser, console):  # noqa: F811
+def test_a_refused_field_shows_the_apis_reason_beside_it(browser, console):
     before = _job_ids(console)
     _open_form(browser, f"{console.root}/dashboard/new")
     _set(browser, "dataset", "demo_sft")
     _set(browser, "epochs", 0)
     _set(browser, "custom_config.cutoff_len", 0)
     browser.find_element("css selector", "#submit").click()
-    reason = wait_for(lambda: _text(browser, '[data-error-for="epochs"]'))
+    reason = wait_for(lambda: text_of(browser, '[data-error-for="epochs"]'))
     body = {"model_name": "tiny-llama", "dataset": "demo_sft", "epochs": 0}
     api = requests.post(f"{console.base}/jobs", json=body, timeout=30).json()
     assert reason == api["errors"][0]["reason"]
     assert "invalid" in browser.find_element("css selector", "#f-epochs").get_attribute("class")
-    assert "epochs" in _text(browser, "#notice")
+    assert "epochs" in text_of(browser, "#notice")
     _set(browser, "epochs", 1)
     browser.find_element("css selector", "#submit").click()
-    cut = wait_for(lambda: _text(browser, '[data-error-for="custom_config.cutoff_len"]'))
+    cut = wait_for(lambda: text_of(browser, '[data-error-for="custom_config.cutoff_len"]'))
     assert cut == "must be between 1 and 1048576"
-    assert _text(browser, '[data-error-for="epochs"]') == ""  # cleared once it was right
+    assert text_of(browser, '[data-error-for="epochs"]') == ""  # cleared once it was right
     assert _job_ids(console) == before  # nothing was made
 
 
-def test_clone_fills_the_form_with_the_jobs_request(browser, console, formed):  # noqa: F811
+def test_clone_fills_the_form_with_the_jobs_request(browser, console, formed):
     job_id, _, _ = formed
     browser.get(f"{console.root}/dashboard/jobs/{job_id}")
-    clone = _find(browser, "#clone")
+    clone = find_element(browser, "#clone")
     wait_for(lambda: job_id in clone.get_attribute("href"))
     clone.click()
-    wait_for(lambda: _text(browser, "#clone-of") == f"from {job_id}")
+    wait_for(lambda: text_of(browser, "#clone-of") == f"from {job_id}")
     values = browser.execute_script(
         "return ['epochs', 'learning_rate', 'custom_config.cutoff_len', 'dataset', 'model_name']"
         ".map((n) => document.getElementById('f-' + n).value)"
@@ -124,7 +123,7 @@ def test_clone_fills_the_form_with_the_jobs_request(browser, console, formed):  
     assert values == ["1", "0.001", "64", "demo_sft", "tiny-llama"]
 
 
-def test_upload_with_progress_preview_as_text_then_delete(browser, console, tmp_path):  # noqa: F811
+def test_upload_with_progress_preview_as_text_then_delete(browser, console, tmp_path):
     browser.get_log("browser")
     path = tmp_path / "hostile.jsonl"
     with open(path, "w") as handle:  # about 3 MB: the progress bar has bytes to count
@@ -132,15 +131,15 @@ def test_upload_with_progress_preview_as_text_then_delete(browser, console, tmp_
         for i in range(6000):
             handle.write(json.dumps({"instruction": f"row {i}", "input": "", "output": "y" * 500}) + "\n")
     browser.get(f"{console.root}/dashboard/datasets")
-    _find(browser, 'tr[data-name="demo_sft"]')
+    find_element(browser, 'tr[data-name="demo_sft"]')
     browser.find_element("css selector", "#upload-file").send_keys(str(path))
     browser.find_element("css selector", "#upload-name").send_keys("console_sft")
     browser.find_element("css selector", "#upload-send").click()
-    wait_for(lambda: "uploaded console_sft" in _text(browser, "#upload-state"), timeout=120)
+    wait_for(lambda: "uploaded console_sft" in text_of(browser, "#upload-state"), timeout=120)
     bar = browser.find_element("css selector", "#upload-progress")
     assert int(bar.get_attribute("data-sent")) >= os.path.getsize(path)  # every byte was counted
     assert "6001 rows checked" in bar.text
-    row = _find(browser, 'tr[data-name="console_sft"]')
+    row = find_element(browser, 'tr[data-name="console_sft"]')
     assert "upload" in row.text and "6001" in row.text
     row.find_element("css selector", ".preview-button").click()
     cell = wait_for(
@@ -154,37 +153,37 @@ def test_upload_with_progress_preview_as_text_then_delete(browser, console, tmp_
     assert long_value and len(long_value[0]) == 121 and long_value[0].endswith("…")  # cut at 120
     browser.save_screenshot(os.path.join(SCREENSHOTS, "dashboard-datasets.png"))
     # The operator's dataset cannot be deleted from here; the upload can, after a confirmation.
-    assert not _find(browser, 'tr[data-name="demo_sft"] .delete-button').is_enabled()
+    assert not find_element(browser, 'tr[data-name="demo_sft"] .delete-button').is_enabled()
     row.find_element("css selector", ".delete-button").click()
     browser.switch_to.alert.dismiss()  # "cancel": nothing happens
     assert requests.get(f"{console.base}/datasets/console_sft", timeout=30).status_code == 200
-    _find(browser, 'tr[data-name="console_sft"] .delete-button').click()
+    find_element(browser, 'tr[data-name="console_sft"] .delete-button').click()
     browser.switch_to.alert.accept()
     wait_for(lambda: not browser.find_elements("css selector", 'tr[data-name="console_sft"]'))
     assert requests.get(f"{console.base}/datasets/console_sft", timeout=30).status_code == 404
-    assert "deleted console_sft" in _text(browser, "#notice")
-    _no_console_errors(browser)
+    assert "deleted console_sft" in text_of(browser, "#notice")
+    no_console_errors(browser)
 
 
-def test_an_upload_the_api_refuses_shows_its_reason(browser, console, tmp_path):  # noqa: F811
+def test_an_upload_the_api_refuses_shows_its_reason(browser, console, tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"instruction": "ok", "output": "ok"}\nnot json at all\n')
     browser.get(f"{console.root}/dashboard/datasets")
     browser.find_element("css selector", "#upload-file").send_keys(str(path))
     browser.find_element("css selector", "#upload-name").send_keys("../../jobs")  # a hostile name
     browser.find_element("css selector", "#upload-send").click()
-    message = wait_for(lambda: _text(browser, "#notice.error"))
+    message = wait_for(lambda: text_of(browser, "#notice.error"))
     assert "name" in message
     browser.find_element("css selector", "#upload-name").clear()
     browser.find_element("css selector", "#upload-name").send_keys("bad_rows")
     browser.find_element("css selector", "#upload-send").click()
     wait_for(
-        lambda: "line 2" in _text(browser, "#notice.error") or "row 2" in _text(browser, "#notice.error")
+        lambda: "line 2" in text_of(browser, "#notice.error") or "row 2" in text_of(browser, "#notice.error")
     )
     assert requests.get(f"{console.base}/datasets/bad_rows", timeout=30).status_code == 404
 
 
-def test_two_finished_runs_compare_on_one_chart_with_the_settings_that_differ(browser, console, formed):  # noqa: F811
+def test_two_finished_runs_compare_on_one_chart_with_the_settings_that_differ(browser, console, formed):
     browser.get_log("browser")
     first, _, _ = formed
     body = {"model_name": "tiny-llama", "dataset": "demo_sft", "epochs": 2.0, "learning_rate": 0.0005,
@@ -193,9 +192,9 @@ def test_two_finished_runs_compare_on_one_chart_with_the_settings_that_differ(br
     assert console.wait_done(second, timeout=300)["status"] == "completed"
     browser.get(f"{console.root}/dashboard")
     for job_id in (first, second):
-        _find(browser, f'tr[data-job="{job_id}"] input.pick').click()
-    _find(browser, "#compare").click()
-    chart = _find(browser, "#compare-chart[data-curves]")
+        find_element(browser, f'tr[data-job="{job_id}"] input.pick').click()
+    find_element(browser, "#compare").click()
+    chart = find_element(browser, "#compare-chart[data-curves]")
     assert chart.get_attribute("data-curves") == "2"  # a loss curve for each run
     assert len(browser.find_elements("css selector", "#compare-chart .u-series")) >= 3  # step + 2 runs
     differ = {
@@ -207,27 +206,27 @@ def test_two_finished_runs_compare_on_one_chart_with_the_settings_that_differ(br
         HOSTILE in differ["custom_config.default_system"]
         and browser.execute_script("return window.pwned") is None
     )
-    finals = _text(browser, "#finals")
+    finals = text_of(browser, "#finals")
     assert first in finals and second in finals and "completed" in finals
     browser.save_screenshot(os.path.join(SCREENSHOTS, "dashboard-compare.png"))
     # Cloned, the hostile run's form shows its values as values, and runs nothing.
     _open_form(browser, f"{console.root}/dashboard/new?clone={second}")
-    wait_for(lambda: _text(browser, "#clone-of") == f"from {second}")
+    wait_for(lambda: text_of(browser, "#clone-of") == f"from {second}")
     assert browser.execute_script("return document.getElementById('f-epochs').value") == "2"
     assert browser.execute_script("return window.pwned") is None
-    _no_console_errors(browser)
+    no_console_errors(browser)
 
 
-def test_the_list_searches_and_sorts_and_the_models_page_lists_what_exists(browser, console, formed):  # noqa: F811
+def test_the_list_searches_and_sorts_and_the_models_page_lists_what_exists(browser, console, formed):
     job_id, _, _ = formed
     browser.get(f"{console.root}/dashboard")
-    _find(browser, f'tr[data-job="{job_id}"]')
+    find_element(browser, f'tr[data-job="{job_id}"]')
     browser.find_element("css selector", "#search").send_keys("no-such-model")
-    wait_for(lambda: "no jobs" in _text(browser, "#jobs tbody"))
+    wait_for(lambda: "no jobs" in text_of(browser, "#jobs tbody"))
     assert "q=no-such-model" in browser.current_url
     browser.find_element("css selector", "#search").clear()
     browser.find_element("css selector", "#search").send_keys("DEMO_SFT")  # any case
-    _find(browser, f'tr[data-job="{job_id}"]')
+    find_element(browser, f'tr[data-job="{job_id}"]')
     browser.execute_script(
         "const s = document.getElementById('sort'); s.value = 'loss'; s.dispatchEvent(new Event('change'));"
     )
@@ -248,19 +247,19 @@ def test_the_list_searches_and_sorts_and_the_models_page_lists_what_exists(brows
     )
     assert registered.status_code == 201, registered.text
     browser.get(f"{console.root}/dashboard/models")
-    row = _find(browser, 'tr[data-model="tiny-llama"]')
+    row = find_element(browser, 'tr[data-model="tiny-llama"]')
     assert "LlamaForCausalLM" in row.text
-    version = _find(browser, 'tr[data-version="console-bot:1"]')
+    version = find_element(browser, 'tr[data-version="console-bot:1"]')
     assert job_id in version.text and "demo_sft" in version.text and "tiny-llama" in version.text
     assert (
         version.find_element("css selector", "a").get_attribute("href").endswith(f"/dashboard/jobs/{job_id}")
     )
-    assert "no deployments" in _text(browser, "#model-deployments")
+    assert "no deployments" in text_of(browser, "#model-deployments")
     browser.save_screenshot(os.path.join(SCREENSHOTS, "dashboard-models.png"))
-    _no_console_errors(browser)
+    no_console_errors(browser)
 
 
-def test_the_new_pages_fit_a_phone_width_screen(browser, console, formed):  # noqa: F811
+def test_the_new_pages_fit_a_phone_width_screen(browser, console, formed):
     job_id, _, _ = formed
     browser.set_window_size(390, 844)
     try:
@@ -272,7 +271,7 @@ def test_the_new_pages_fit_a_phone_width_screen(browser, console, formed):  # no
         }
         for path, ready in pages.items():
             browser.get(console.root + path)
-            _find(browser, ready)
+            find_element(browser, ready)
             overflow = browser.execute_script(
                 "return document.documentElement.scrollWidth - window.innerWidth"
             )

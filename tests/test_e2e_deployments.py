@@ -9,8 +9,8 @@ import psutil
 import pytest
 import requests
 
-from conftest import PROJECT, TINY_MODEL, make_home, wait_for
-from harness import Service, require, start_nginx
+from conftest import PROJECT, TINY_MODEL, make_home, require, wait_for
+from harness import Service, start_nginx
 
 pytestmark = pytest.mark.e2e
 

@@ -17,10 +17,23 @@ import time
 import pytest
 import requests
 
-from conftest import API, PROJECT, api_create, api_done, api_status, make_home, wait_for
+from conftest import (
+    ALPACA_ROWS,
+    API,
+    PROJECT,
+    Receiver,
+    api_create,
+    api_done,
+    api_status,
+    assert_error,
+    jsonl_bytes,
+    make_home,
+    upload,
+    uploads_registry,
+    uploads_root,
+    wait_for,
+)
 from harness import Service
-from test_datasets import ALPACA_ROWS, _jsonl, _registry, _uploads_root, upload
-from test_webhooks import Receiver
 
 MIB = 1024 * 1024
 BODY = {"model_name": "tiny-llama", "dataset": "demo_sft"}
@@ -33,16 +46,6 @@ def _all_files(root):
         for name in dirs + files:
             found.add(os.path.relpath(os.path.join(directory, name), root))
     return {p for p in found if not p.startswith("logs")}
-
-
-def _error(response, status, field=None):
-    assert response.status_code == status, response.get_data(as_text=True)[:500]
-    body = response.get_json()
-    assert body["status"] == status and body["message"], body
-    assert "Traceback" not in response.get_data(as_text=True)
-    if field is not None:
-        assert field in [e["field"] for e in body["errors"]], body
-    return body
 
 
 # -- 1. memory bombs: the row checker's depth, row size and memory are bounded ----------------------
@@ -78,7 +81,7 @@ def test_a_deeply_nested_json_file_is_refused_with_flat_memory(tmp_path):
         ("bomb.jsonl", b"[" * 100_000 + b"]" * 100_000 + b"\n", "nested deeper than 32 levels"),
         (
             "deep.jsonl",
-            _jsonl([{**ALPACA_ROWS[0], "meta": json.loads("[" * 40 + "]" * 40)}]),
+            jsonl_bytes([{**ALPACA_ROWS[0], "meta": json.loads("[" * 40 + "]" * 40)}]),
             "nested deeper than 32 levels",
         ),
         ("long.jsonl", b'{"text": "' + b"x" * (17 * MIB) + b'"}\n', "larger than 16 MiB"),
@@ -88,9 +91,9 @@ def test_a_deeply_nested_json_file_is_refused_with_flat_memory(tmp_path):
 )
 def test_a_row_that_costs_too_much_is_a_400_naming_the_row_and_the_limit(make_app, filename, content, words):
     client = make_app().test_client()
-    body = _error(upload(client, "bomb", content, filename=filename), 400, "file")
+    body = assert_error(upload(client, "bomb", content, filename=filename), 400, "file")
     assert body["errors"][0]["reason"].startswith("row 1") and words in body["errors"][0]["reason"]
-    assert _registry(client) == {}
+    assert uploads_registry(client) == {}
 
 
 def test_a_long_csv_field_within_the_row_limit_is_fine(make_app):
@@ -116,22 +119,22 @@ def test_a_small_parquet_that_decodes_to_a_huge_row_is_refused(make_app):
     client = make_app().test_client()
     content = _parquet([{"text": "x" * (20 * MIB)}])
     assert len(content) < 64 * 1024  # zstd: a few KB on the wire
-    body = _error(upload(client, "zip_bomb", content, filename="d.parquet"), 400, "file")
+    body = assert_error(upload(client, "zip_bomb", content, filename="d.parquet"), 400, "file")
     assert body["errors"][0]["reason"].startswith("row 1") and "16 MiB" in body["errors"][0]["reason"]
 
 
 def test_an_upload_that_decodes_past_max_decoded_mb_is_refused(make_app):
     client = make_app(max_decoded_mb=1).test_client()
     content = _parquet([{"text": f"{i} " + "y" * 1000} for i in range(3000)])  # 3 MB decoded
-    body = _error(upload(client, "amplified", content, filename="d.parquet"), 400, "file")
+    body = assert_error(upload(client, "amplified", content, filename="d.parquet"), 400, "file")
     assert "max_decoded_mb" in body["message"] and "1 MiB" in body["message"]
-    assert _registry(client) == {}
+    assert uploads_registry(client) == {}
 
 
 def test_a_preview_cuts_long_values_and_says_so(make_app):
     client = make_app().test_client()
     rows = [{"text": "z" * MIB}, {"text": "short"}]
-    assert upload(client, "long_rows", _jsonl(rows)).status_code == 201
+    assert upload(client, "long_rows", jsonl_bytes(rows)).status_code == 201
     response = client.get(f"{API}/datasets/long_rows?preview=2")
     assert response.status_code == 200 and len(response.get_data()) < 64 * 1024
     shown = response.get_json()
@@ -147,32 +150,32 @@ def test_a_preview_cuts_long_values_and_says_so(make_app):
 @pytest.mark.parametrize("name", ["dataset_info.json", "dataset_info", "dataset_info.json.bak"])
 def test_a_dataset_name_of_the_registrys_own_file_is_refused(make_app, name):
     client = make_app().test_client()
-    body = _error(upload(client, name, _jsonl(ALPACA_ROWS)), 400, "name")
+    body = assert_error(upload(client, name, jsonl_bytes(ALPACA_ROWS)), 400, "name")
     assert "reserved" in body["message"]
     assert client.post(f"{API}/jobs", json=BODY).status_code == 201
     assert client.get(f"{API}/datasets").status_code == 200
-    assert upload(client, "after", _jsonl(ALPACA_ROWS)).status_code == 201
+    assert upload(client, "after", jsonl_bytes(ALPACA_ROWS)).status_code == 201
 
 
 def test_a_damaged_registry_is_rebuilt_from_the_versions_and_never_takes_jobs_down(make_app):
     client = make_app().test_client()
-    kept = upload(client, "kept", _jsonl(ALPACA_ROWS)).get_json()
-    registry = os.path.join(_uploads_root(client), "dataset_info.json")
+    kept = upload(client, "kept", jsonl_bytes(ALPACA_ROWS)).get_json()
+    registry = os.path.join(uploads_root(client), "dataset_info.json")
     os.remove(registry)
     os.mkdir(registry)  # what an upload named dataset_info.json used to leave behind
     assert client.post(f"{API}/jobs", json=BODY).status_code == 201
     assert client.post(f"{API}/jobs", json={**BODY, "dataset": "kept"}).status_code == 201
     listed = {d["name"]: d for d in client.get(f"{API}/datasets").get_json()["datasets"]}
     assert listed["kept"]["file"] == kept["file"] and listed["kept"]["rows"] == kept["rows"]
-    assert os.path.isfile(registry) and _registry(client)["kept"]["file_name"].startswith("kept/")
-    aside = [n for n in os.listdir(_uploads_root(client)) if n.startswith("dataset_info.json.damaged-")]
+    assert os.path.isfile(registry) and uploads_registry(client)["kept"]["file_name"].startswith("kept/")
+    aside = [n for n in os.listdir(uploads_root(client)) if n.startswith("dataset_info.json.damaged-")]
     assert len(aside) == 1  # the damaged one is kept for a person to look at, never deleted
     assert client.get(f"{API}/health").get_json()["checks"]["uploads_registry"]["ok"] is True
 
 
 def test_a_registry_that_cannot_be_repaired_shows_in_health_and_jobs_still_start(make_app, monkeypatch):
     client = make_app().test_client()
-    registry = os.path.join(_uploads_root(client), "dataset_info.json")
+    registry = os.path.join(uploads_root(client), "dataset_info.json")
     os.mkdir(registry)
     real_rename = os.rename
 
@@ -188,7 +191,7 @@ def test_a_registry_that_cannot_be_repaired_shows_in_health_and_jobs_still_start
     assert check["ok"] is False and "dataset_info.json" in check["problem"]
     assert health.get_json()["degraded"] == ["uploads_registry"]
     assert client.post(f"{API}/jobs", json=BODY).status_code == 201
-    refused = upload(client, "new_one", _jsonl(ALPACA_ROWS))
+    refused = upload(client, "new_one", jsonl_bytes(ALPACA_ROWS))
     assert refused.status_code == 503 and "registry" in refused.get_json()["message"]
 
 
@@ -199,7 +202,7 @@ def test_a_registry_that_cannot_be_repaired_shows_in_health_and_jobs_still_start
 def test_a_json_endpoint_takes_only_application_json(client, home, content_type):
     before = _all_files(home)
     response = client.post(f"{API}/jobs", data=json.dumps(BODY), content_type=content_type)
-    _error(response, 415, "Content-Type")
+    assert_error(response, 415, "Content-Type")
     assert _all_files(home) == before
 
 
@@ -223,15 +226,15 @@ def test_a_cross_site_form_cannot_stop_a_job(make_app, headers):
         content_type="application/x-www-form-urlencoded",
         headers=headers,
     )
-    _error(response, 403, "Origin")
+    assert_error(response, 403, "Origin")
     assert api_status(client, job_id)["status"] == "running"
     assert client.post(f"{API}/jobs/{job_id}/stop").status_code in (200, 202)  # curl and Spring: no Origin
 
 
 def test_a_no_cors_fetch_cannot_replace_a_dataset(make_app):
     client = make_app().test_client()
-    first = upload(client, "mine", _jsonl(ALPACA_ROWS)).get_json()
-    data = {"name": "mine", "file": (io.BytesIO(_jsonl(ALPACA_ROWS[:2])), "x.jsonl")}
+    first = upload(client, "mine", jsonl_bytes(ALPACA_ROWS)).get_json()
+    data = {"name": "mine", "file": (io.BytesIO(jsonl_bytes(ALPACA_ROWS[:2])), "x.jsonl")}
     response = client.post(
         f"{API}/datasets?overwrite=true",
         data=data,
@@ -242,7 +245,7 @@ def test_a_no_cors_fetch_cannot_replace_a_dataset(make_app):
             "Sec-Fetch-Mode": "no-cors",
         },
     )
-    _error(response, 403, "Origin")
+    assert_error(response, 403, "Origin")
     assert client.get(f"{API}/datasets/mine").get_json()["sha256"] == first["sha256"]
 
 
@@ -256,7 +259,7 @@ def test_the_dashboards_own_requests_pass(make_app):
 @pytest.mark.parametrize("host", ["evil.example", "evil.example:8000", "rebind.attacker.test"])
 def test_an_unknown_host_name_is_421(client, host):
     response = client.get(f"{API}/jobs", headers={"Host": host})
-    _error(response, 421, "Host")
+    assert_error(response, 421, "Host")
 
 
 @pytest.mark.parametrize(
@@ -270,7 +273,7 @@ def test_allowed_hosts_names_the_public_names(make_app):
     client = make_app(allowed_hosts="api.example.com,.corp.example").test_client()
     for host in ("api.example.com", "gpu1.corp.example:8000", "localhost"):
         assert client.get(f"{API}/jobs", headers={"Host": host}).status_code == 200, host
-    _error(client.get(f"{API}/jobs", headers={"Host": "example.com"}), 421, "Host")
+    assert_error(client.get(f"{API}/jobs", headers={"Host": "example.com"}), 421, "Host")
     anything = make_app(allowed_hosts="*").test_client()
     assert anything.get(f"{API}/jobs", headers={"Host": "whatever.test"}).status_code == 200
 
@@ -464,9 +467,9 @@ def test_a_chunked_body_over_the_limit_is_413(deployed):
 
 def test_too_many_form_parts_is_413_naming_the_parts_limit(client):
     fields = {f"f{i}": "x" for i in range(1500)}
-    fields["file"] = (io.BytesIO(_jsonl(ALPACA_ROWS)), "d.jsonl")
+    fields["file"] = (io.BytesIO(jsonl_bytes(ALPACA_ROWS)), "d.jsonl")
     response = client.post(f"{API}/datasets", data=fields, content_type="multipart/form-data")
-    body = _error(response, 413)
+    body = assert_error(response, 413)
     assert "parts" in body["message"] and "bytes" not in body["message"]
 
 
@@ -488,7 +491,7 @@ def test_a_lone_surrogate_in_a_text_value_is_a_400_not_a_500(client, home):
     body = (
         '{"model_name": "tiny-llama", "dataset": "demo_sft", "custom_config": {"default_system": "\\ud800"}}'
     )
-    _error(client.post(f"{API}/jobs", data=body, content_type="application/json"), 400)
+    assert_error(client.post(f"{API}/jobs", data=body, content_type="application/json"), 400)
     assert _all_files(home) == before
 
 
@@ -507,7 +510,7 @@ def test_cross_site_requests_cannot_deploy_stop_chat_or_move_an_alias(make_app, 
         ("PUT", f"{API}/models/bot/aliases/prod", {"version": 1}),
         ("DELETE", f"{API}/models/bot/versions/1", None),
     ):
-        _error(client.open(path, method=method, json=body, headers=EVIL), 403, "Origin")
+        assert_error(client.open(path, method=method, json=body, headers=EVIL), 403, "Origin")
     assert not os.path.exists(os.path.join(home, "deployments"))
     assert not os.path.exists(os.path.join(home, "models", "registry"))
 
@@ -580,7 +583,7 @@ def test_a_name_with_a_trailing_newline_is_refused_and_nothing_written(
 ):
     before = _all_files(home)
     response = client.open(f"{API}{path}", method=method, json=body)
-    _error(response, 400, field)
+    assert_error(response, 400, field)
     assert _all_files(home) == before
 
 
@@ -590,5 +593,5 @@ def test_an_upload_named_with_a_trailing_newline_is_refused(client, home):
         f"{API}/datasets",
         data={"name": "mine\n", "file": (io.BytesIO(b'{"instruction": "q", "output": "a"}\n'), "d.jsonl")},
     )
-    _error(response, 400, "name")
+    assert_error(response, 400, "name")
     assert _all_files(home) == before

@@ -12,8 +12,8 @@ import time
 import pytest
 import requests
 
-from conftest import PROJECT, make_home
-from harness import Service, java_flow_available, require, run_java_flow, start_nginx
+from conftest import PROJECT, make_home, require
+from harness import Service, java_flow_available, run_java_flow, start_nginx
 
 pytestmark = pytest.mark.e2e
 

@@ -19,8 +19,8 @@ from imts_flask.http.server import metrics_dir
 from imts_flask.jobs.files import decode_whole_chars
 from imts_flask.runs.record import setter
 
-from conftest import PROJECT, fake_cli, make_home, wait_for
-from harness import Service, require
+from conftest import PROJECT, fake_cli, make_home, require, wait_for
+from harness import Service
 
 BASE = "/api/v1/training"
 BODY = {"model_name": "tiny-llama", "dataset": "demo_sft"}

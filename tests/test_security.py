@@ -12,8 +12,7 @@ import threading
 import pytest
 import yaml
 
-from conftest import API, wait_for
-from test_datasets import ALPACA_ROWS, _jsonl, _uploads_root, upload
+from conftest import ALPACA_ROWS, API, assert_error, jsonl_bytes, upload, uploads_root, wait_for
 
 BASE = "/api/v1/training"
 BODY = {"model_name": "tiny-llama", "dataset": "demo_sft"}
@@ -28,15 +27,6 @@ def _files(root):
             if not path.startswith(("logs", os.path.join("jobs", ".locks"))):
                 found.add(path)
     return found
-
-
-def _refused(response, status, field=None):
-    assert response.status_code == status, response.get_data(as_text=True)
-    body = response.get_json()
-    assert body["status"] == status and body["message"] and "Traceback" not in response.get_data(as_text=True)
-    if field is not None:
-        assert field in [e["field"] for e in body["errors"]], body
-    return body
 
 
 # -- authentication ----------------------------------------------------------------------------
@@ -66,7 +56,7 @@ def secured(make_app):
 def test_every_bad_token_gets_the_same_401(secured, header):
     headers = {} if header is None else {"Authorization": header}
     response = secured.get(f"{BASE}/jobs", headers=headers)
-    body = _refused(response, 401, "Authorization")
+    body = assert_error(response, 401, "Authorization")
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
     reference = secured.get(f"{BASE}/jobs").get_json()
     assert body == reference  # missing, malformed and wrong look alike
@@ -80,8 +70,8 @@ def test_valid_tokens_open_every_endpoint_but_health_needs_none(secured):
         assert secured.get("/metrics", headers=headers).status_code == 200
         assert secured.get(f"{BASE}/openapi.json", headers=headers).status_code == 200
     for path in ("/metrics", f"{BASE}/openapi.json", f"{BASE}/jobs/train_00000000", "/no/such/path"):
-        _refused(secured.get(path), 401)
-    _refused(secured.post(f"{BASE}/jobs", json=BODY), 401)
+        assert_error(secured.get(path), 401)
+    assert_error(secured.post(f"{BASE}/jobs", json=BODY), 401)
     assert secured.application.extensions["imts"].store.job_ids() == []
     created = secured.post(f"{BASE}/jobs", json=BODY, headers={"Authorization": "Bearer first-token"})
     assert created.status_code == 201
@@ -104,8 +94,8 @@ def test_the_dashboard_is_open_but_its_data_is_not(secured):
         assert "unsafe-inline" not in response.headers["Content-Security-Policy"]
     page = secured.get("/dashboard").get_data(as_text=True)
     assert '<script type="module"' in page and "<script>" not in page  # no inline script to allow
-    _refused(secured.get(f"{BASE}/gpus"), 401, "Authorization")
-    _refused(secured.get("/dashboard/../api/v1/training/jobs"), 401)
+    assert_error(secured.get(f"{BASE}/gpus"), 401, "Authorization")
+    assert_error(secured.get("/dashboard/../api/v1/training/jobs"), 401)
 
 
 # -- custom_config -----------------------------------------------------------------------------
@@ -134,7 +124,7 @@ def test_the_dashboard_is_open_but_its_data_is_not(secured):
 )
 def test_custom_config_refusals(client, home, custom, field, words):
     before = _files(home)
-    body = _refused(client.post(f"{BASE}/jobs", json={**BODY, "custom_config": custom}), 400, field)
+    body = assert_error(client.post(f"{BASE}/jobs", json={**BODY, "custom_config": custom}), 400, field)
     assert words in " ".join(e["reason"] for e in body["errors"] if e["field"] == field)
     assert _files(home) == before
     assert not os.path.exists("/tmp/imts-pwned")
@@ -166,12 +156,12 @@ def test_the_operator_extends_the_allowlist_and_opts_into_remote_code(make_app, 
     )
     assert config["deepspeed"] == os.path.join(config_dir, "deepspeed", "ds_z2.json")
     assert config["neftune_noise_alpha"] == 5 and config["trust_remote_code"] is True
-    _refused(
+    assert_error(
         client.post(f"{BASE}/jobs", json={**BODY, "custom_config": {"neftune_noise_alpha": 500}}),
         400,
         "custom_config.neftune_noise_alpha",
     )
-    _refused(
+    assert_error(
         client.post(f"{BASE}/jobs", json={**BODY, "custom_config": {"deepspeed": "ds_z9"}}),
         400,
         "custom_config.deepspeed",
@@ -222,7 +212,9 @@ def test_export_dirs_outside_the_root_are_refused(completed, home, tmp_path, exp
     os.makedirs(exports, exist_ok=True)
     os.symlink(outside, os.path.join(exports, "planted"))  # a symlink planted in the exports root
     before = _files(home)
-    _refused(client.post(f"{BASE}/jobs/{job_id}/export", json={"export_dir": export_dir}), 400, "export_dir")
+    assert_error(
+        client.post(f"{BASE}/jobs/{job_id}/export", json={"export_dir": export_dir}), 400, "export_dir"
+    )
     assert _files(home) == before and os.listdir(outside) == []
     assert not os.path.exists("/tmp/imts-out")
 
@@ -252,7 +244,7 @@ def test_malformed_job_ids_touch_nothing(client, home, job_id):
 )
 def test_path_like_names_are_refused(client, home, patch, field):
     before = _files(home)
-    _refused(client.post(f"{BASE}/jobs", json={**BODY, **patch}), 400, field)
+    assert_error(client.post(f"{BASE}/jobs", json={**BODY, **patch}), 400, field)
     assert _files(home) == before
 
 
@@ -261,7 +253,7 @@ def test_path_like_names_are_refused(client, home, patch, field):
 
 def test_a_10_mb_body_is_413(client, home):
     before = _files(home)
-    _refused(
+    assert_error(
         client.post(
             f"{BASE}/jobs", data=b"{" + b" " * (10 * 1024 * 1024) + b"}", content_type="application/json"
         ),
@@ -278,7 +270,7 @@ def test_deeply_nested_bodies_are_400(client, depth):
         + "]" * depth
         + "}}"
     )
-    _refused(client.post(f"{BASE}/jobs", data=body, content_type="application/json"), 400, "body")
+    assert_error(client.post(f"{BASE}/jobs", data=body, content_type="application/json"), 400, "body")
 
 
 def test_the_trainer_gets_an_allowlisted_environment_and_exact_argv(make_app, monkeypatch):
@@ -304,7 +296,7 @@ def test_the_trainer_gets_an_allowlisted_environment_and_exact_argv(make_app, mo
 )
 def test_dataset_names_that_could_reach_elsewhere_are_refused(client, home, name):
     before = _files(home)
-    _refused(upload(client, name, _jsonl(ALPACA_ROWS)), 400, "name")
+    assert_error(upload(client, name, jsonl_bytes(ALPACA_ROWS)), 400, "name")
     assert _files(home) == before
 
 
@@ -318,26 +310,28 @@ def test_malformed_dataset_names_in_paths_touch_nothing(client, home, name):
 
 
 def test_the_uploaded_file_name_never_chooses_a_path(client, home):
-    response = upload(client, "named", _jsonl(ALPACA_ROWS), filename="../../../../tmp/imts-planted.jsonl")
+    response = upload(
+        client, "named", jsonl_bytes(ALPACA_ROWS), filename="../../../../tmp/imts-planted.jsonl"
+    )
     assert response.status_code == 201
     stored = response.get_json()["file"]
-    assert stored.startswith(_uploads_root(client) + os.sep + "named" + os.sep)
+    assert stored.startswith(uploads_root(client) + os.sep + "named" + os.sep)
     assert os.path.basename(stored) == "data.jsonl" and not os.path.exists("/tmp/imts-planted.jsonl")
 
 
 @pytest.mark.parametrize(
     ("fmt", "content"),
     [
-        ("pairwise", _jsonl(ALPACA_ROWS)),
-        ("kto", _jsonl(ALPACA_ROWS)),
-        ("sharegpt", _jsonl(ALPACA_ROWS)),
-        ("text", _jsonl(ALPACA_ROWS)),
-        ("alpaca", _jsonl([{"text": "plain"}])),
+        ("pairwise", jsonl_bytes(ALPACA_ROWS)),
+        ("kto", jsonl_bytes(ALPACA_ROWS)),
+        ("sharegpt", jsonl_bytes(ALPACA_ROWS)),
+        ("text", jsonl_bytes(ALPACA_ROWS)),
+        ("alpaca", jsonl_bytes([{"text": "plain"}])),
     ],
 )
 def test_a_file_claiming_one_format_and_holding_another_is_refused(client, home, fmt, content):
     before = _files(home)
-    body = _refused(upload(client, "liar", content, format=fmt), 400, "file")
+    body = assert_error(upload(client, "liar", content, format=fmt), 400, "file")
     assert body["errors"][0]["reason"].startswith("row 1: ")
     assert _files(home) == before
 
@@ -345,7 +339,7 @@ def test_a_file_claiming_one_format_and_holding_another_is_refused(client, home,
 def test_an_oversized_upload_is_413_and_leaves_nothing(make_app, home):
     client = make_app(max_upload_mb=1).test_client()
     before = _files(home)
-    _refused(upload(client, "huge", b"x" * (3 * 1024 * 1024)), 413)
+    assert_error(upload(client, "huge", b"x" * (3 * 1024 * 1024)), 413)
     assert _files(home) == before
 
 
@@ -354,7 +348,7 @@ def test_concurrent_uploads_of_one_name_one_wins_never_a_mixture(make_app):
     results = []
 
     def send(rows):
-        results.append(upload(app.test_client(), "race", _jsonl(rows)))
+        results.append(upload(app.test_client(), "race", jsonl_bytes(rows)))
 
     threads = [threading.Thread(target=send, args=(ALPACA_ROWS[: 2 + i],)) for i in range(4)]
     for thread in threads:
@@ -367,4 +361,4 @@ def test_concurrent_uploads_of_one_name_one_wins_never_a_mixture(make_app):
     client = app.test_client()
     shown = client.get(f"{API}/datasets/race?preview=20").get_json()
     assert shown["rows"] == winner["rows"] == len(shown["preview"]) and shown["sha256"] == winner["sha256"]
-    assert len(os.listdir(os.path.join(_uploads_root(client), "race"))) == 1  # one version, no mixture
+    assert len(os.listdir(os.path.join(uploads_root(client), "race"))) == 1  # one version, no mixture

@@ -8,17 +8,18 @@ import os
 import time
 
 import pytest
-from test_tenants import BODY, TOKENS, As, audit_lines, tenants_file, write_tenants
 
 from imts_flask.runs.record import CHANGED
 
-from conftest import API, wait_for
+from conftest import API, TENANT_TOKENS, As, audit_lines, tenants_file, wait_for, write_tenants
+
+BODY = {"model_name": "tiny-llama", "dataset": "demo_sft"}
 
 LONG = ("--steps", "400", "--interval", "0.05")
 
 
 def clients(client):
-    return {name: As(client, token) for name, token in TOKENS.items()}
+    return {name: As(client, token) for name, token in TENANT_TOKENS.items()}
 
 
 def status(who, job_id):

@@ -4,7 +4,6 @@ nothing of it, viewers only read, /metrics is the admins', the file is read agai
 and the audit log has a line for every change and every refusal."""
 
 import collections
-import hashlib
 import io
 import json
 import os
@@ -19,56 +18,20 @@ import yaml
 
 from imts_flask.tenancy import config
 
-from conftest import API, PROJECT, make_home, wait_for
+from conftest import (
+    API,
+    PROJECT,
+    TENANT_TOKENS,
+    As,
+    audit_lines,
+    make_home,
+    tenants_file,
+    wait_for,
+    write_tenants,
+)
 
 FAKE_SERVER = os.path.join(PROJECT, "tests", "fake_server.py")
-TOKENS = {"a": "tok-a", "a-view": "tok-a-view", "b": "tok-b", "c": "tok-c", "ops": "tok-ops"}
 BODY = {"model_name": "tiny-llama", "dataset": "demo_sft"}
-
-
-def sha(token):
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def tenants_file(extra_c_token=None, quotas=None):
-    c_tokens = [{"name": "c-ci", "role": "member", "sha256": sha(TOKENS["c"])}]
-    if extra_c_token:
-        c_tokens.append({"name": "c-new", "role": "member", "sha256": sha(extra_c_token)})
-    return {
-        "tenants": {
-            "team-a": {
-                "max_priority": "high",
-                "quotas": quotas or {},
-                "tokens": [
-                    {"name": "a-ci", "role": "member", "sha256": sha(TOKENS["a"])},
-                    {"name": "a-dash", "role": "viewer", "sha256": sha(TOKENS["a-view"])},
-                ],
-            },
-            "team-b": {"tokens": [{"name": "b-ci", "role": "member", "sha256": sha(TOKENS["b"])}]},
-            "team-c": {"tokens": c_tokens},
-        },
-        "admins": [{"name": "ops", "sha256": sha(TOKENS["ops"])}],
-    }
-
-
-def write_tenants(home, data):
-    path = os.path.join(home, "config", "tenants.yaml")
-    with open(path + ".tmp", "w") as handle:
-        yaml.safe_dump(data, handle)
-    os.replace(path + ".tmp", path)
-
-
-class As:
-    """A test client speaking with one token."""
-
-    def __init__(self, client, token):
-        self.client, self.headers = client, {"Authorization": f"Bearer {token}"}
-
-    def __getattr__(self, method):
-        def call(path, headers=None, **kw):
-            return getattr(self.client, method)(path, headers={**self.headers, **(headers or {})}, **kw)
-
-        return call
 
 
 @pytest.fixture
@@ -79,16 +42,11 @@ def teams(make_app, home):
         max_concurrent_jobs=4,
     )  # fmt: skip
     client = app.test_client()
-    return {name: As(client, token) for name, token in TOKENS.items()} | {"anonymous": client}
+    return {name: As(client, token) for name, token in TENANT_TOKENS.items()} | {"anonymous": client}
 
 
 def done(who, job_id):
     return wait_for(lambda: (s := who.get(f"{API}/jobs/{job_id}").get_json())["status"] == "completed" and s)
-
-
-def audit_lines(home):
-    path = os.path.join(home, "logs", "audit.log")
-    return [json.loads(line) for line in open(path)] if os.path.exists(path) else []
 
 
 def test_a_job_is_its_teams_alone_on_every_route_and_verb(teams):
@@ -247,7 +205,7 @@ def test_an_idempotency_key_is_each_teams_own(teams):
 def test_quotas_a_team_at_its_running_limit_waits_without_blocking_the_others(make_app, home):
     write_tenants(home, tenants_file(quotas={"max_running_gpus": 1, "max_queued_jobs": 2}))
     client = make_app("--steps", "400", "--interval", "0.05", max_concurrent_jobs=3).test_client()
-    a, b = As(client, TOKENS["a"]), As(client, TOKENS["b"])
+    a, b = As(client, TENANT_TOKENS["a"]), As(client, TENANT_TOKENS["b"])
     first = a.post(f"{API}/jobs", json=BODY).get_json()["job_id"]
     wait_for(lambda: a.get(f"{API}/jobs/{first}").get_json()["status"] == "running")
     second = a.post(f"{API}/jobs", json=BODY).get_json()["job_id"]
@@ -357,7 +315,7 @@ def test_a_worker_booting_while_the_file_is_missing_keeps_the_last_valid_one(mak
     os.rename(_tenants_path(home), _tenants_path(home) + ".away")
     client = make_app().test_client()  # a new worker
     assert client.get(f"{API}/jobs").status_code == 401
-    assert As(client, TOKENS["a"]).get(f"{API}/jobs").status_code == 200
+    assert As(client, TENANT_TOKENS["a"]).get(f"{API}/jobs").status_code == 200
     health = client.get(f"{API}/health").get_json()
     assert "tenants" in health["degraded"] and "is missing" in health["checks"]["tenants"]["detail"]
     quotas_read = subprocess.run(
@@ -421,7 +379,7 @@ def test_under_gunicorn_a_file_renamed_emptied_and_rewritten_in_a_loop_never_let
             for path_ in ("/jobs", "/datasets", "/deployments", "/models"):
                 anonymous[requests.get(f"{svc.base}{path_}", timeout=30).status_code] += 1
             anonymous[requests.get(f"{svc.root}/metrics", timeout=30).status_code] += 1
-            headers = {"Authorization": f"Bearer {TOKENS['a']}"}
+            headers = {"Authorization": f"Bearer {TENANT_TOKENS['a']}"}
             member[requests.get(f"{svc.base}/jobs", headers=headers, timeout=30).status_code] += 1
     finally:
         stop.set()
@@ -458,8 +416,8 @@ def test_max_queued_jobs_holds_under_racing_creates(tmp_path):
     svc = Service(
         home, workers=3, llamafactory_cli=fake_cli(home, "--steps", "2000", "--interval", "0.05")
     ).start()
-    b = {"Authorization": f"Bearer {TOKENS['b']}"}
-    a = {"Authorization": f"Bearer {TOKENS['a']}"}
+    b = {"Authorization": f"Bearer {TENANT_TOKENS['b']}"}
+    a = {"Authorization": f"Bearer {TENANT_TOKENS['a']}"}
     try:
         busy = requests.post(f"{svc.base}/jobs", json=BODY, headers=b, timeout=30).json()["job_id"]
         wait_for(
@@ -479,11 +437,11 @@ def test_max_queued_jobs_holds_under_racing_creates(tmp_path):
         assert listed["total"] == 3
     finally:
         for job in requests.get(
-            f"{svc.base}/jobs", headers={"Authorization": f"Bearer {TOKENS['ops']}"}, timeout=30
+            f"{svc.base}/jobs", headers={"Authorization": f"Bearer {TENANT_TOKENS['ops']}"}, timeout=30
         ).json()["jobs"]:
             requests.post(
                 f"{svc.base}/jobs/{job['job_id']}/stop",
-                headers={"Authorization": f"Bearer {TOKENS['ops']}"},
+                headers={"Authorization": f"Bearer {TENANT_TOKENS['ops']}"},
                 timeout=60,
             )
         svc.stop()
@@ -492,7 +450,11 @@ def test_max_queued_jobs_holds_under_racing_creates(tmp_path):
 def test_a_waiting_job_names_its_own_teams_holders_and_counts_the_others(make_app, home):
     write_tenants(home, tenants_file())
     client = make_app("--steps", "2000", "--interval", "0.05", max_concurrent_jobs=2).test_client()
-    a, b, ops = As(client, TOKENS["a"]), As(client, TOKENS["b"]), As(client, TOKENS["ops"])
+    a, b, ops = (
+        As(client, TENANT_TOKENS["a"]),
+        As(client, TENANT_TOKENS["b"]),
+        As(client, TENANT_TOKENS["ops"]),
+    )
     ours = a.post(f"{API}/jobs", json=BODY).get_json()["job_id"]
     theirs = b.post(f"{API}/jobs", json=BODY).get_json()["job_id"]
     for who, job_id in ((a, ours), (b, theirs)):

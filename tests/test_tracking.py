@@ -10,8 +10,8 @@ import time
 import pytest
 import requests
 
-from conftest import API, PROJECT, api_create, api_done, api_status, wait_for
-from harness import free_port, require
+from conftest import API, PROJECT, api_create, api_done, api_status, require, wait_for
+from harness import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -1,13 +1,11 @@
 """Webhooks: every state change is POSTed to the job's URL, retried on failure, never blocking the API."""
 
-import http.server
 import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
 import pytest
@@ -18,37 +16,10 @@ from imts_flask.runs.record import setter
 from imts_flask.settings import load_settings
 from imts_flask.state import now_utc
 
-from conftest import wait_for
+from conftest import Receiver, wait_for
 
 BASE = "/api/v1/training"
 BODY = {"model_name": "tiny-llama", "dataset": "demo_sft"}
-
-
-class Receiver:
-    """A local HTTP endpoint recording what it is sent; answers the codes in `script` first."""
-
-    def __init__(self, script=()):
-        self.events, self.script = [], list(script)
-        receiver = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                code = receiver.script.pop(0) if receiver.script else 200
-                if code == 200:
-                    receiver.events.append(json.loads(body))
-                self.send_response(code)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
 
 
 @pytest.fixture
