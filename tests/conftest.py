@@ -21,6 +21,7 @@ TINY_MODEL = os.path.join(PROJECT, "models", "tiny-llama")
 DEMO_DATA = os.path.join(PROJECT, "data")
 SHARED_DATA = os.path.abspath(os.path.join(PROJECT, "..", "shared", "llamafactory-data"))
 FAKE_TRAINER = os.path.join(PROJECT, "tests", "fake_trainer.py")
+FAKE_SERVER = os.path.join(PROJECT, "tests", "fake_server.py")  # a FAKE deployment server
 
 # The integration guide's example request body (section 2.1), verbatim.
 GUIDE_EXAMPLE = {

@@ -1,5 +1,5 @@
 """A FAKE Ray job server for executor tests: the Jobs REST API's few calls, with entrypoints run as
-local processes on pretend nodes. It is not Ray; tests/test_cluster.py runs a real Ray cluster.
+local processes on pretend nodes. It is not Ray; tests/executors/test_cluster.py runs a real Ray cluster.
 
 - POST /api/jobs/            submit (a known submission_id is refused, as Ray does)
 - GET  /api/jobs/<id>        PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED, with driver_node_id

@@ -1,4 +1,4 @@
-"""Schemathesis hooks for tests/test_fuzz.py (SCHEMATHESIS_HOOKS=fuzz_hooks).
+"""Schemathesis hooks for tests/http/test_fuzz.py (SCHEMATHESIS_HOOKS=fuzz_hooks).
 
 A positive case is one the OpenAPI document calls valid; the service must accept it (2xx), or
 refuse it only for a reason the document gives a status for (401, 403, 404, 409, 429, ...). Some

@@ -86,3 +86,28 @@ def test_no_two_rooms_import_each_other_by_any_road():
 
     circles = sorted(room for room in arrows if room in reaches(room))
     assert circles == []
+
+
+TESTS = os.path.join(PROJECT, "tests")
+NOT_MIRRORS = {"e2e", "java", "prometheus", "records", "__pycache__"}  # across the package, or data
+
+
+def test_the_tests_mirror_the_package():
+    folders = {d for d in os.listdir(TESTS) if os.path.isdir(os.path.join(TESTS, d))} - NOT_MIRRORS
+    subpackages = {m.split(".")[1] for m in MODULES if m.count(".") >= 1}
+    assert folders and folders <= subpackages, folders - subpackages
+
+
+def test_no_test_module_imports_another():
+    # Helpers every test uses live in conftest.py (and harness.py for services run as deployed).
+    offenders = []
+    for folder, _dirs, files in os.walk(TESTS):
+        for name in files:
+            if name.startswith("test_") and name.endswith(".py"):
+                path = os.path.join(folder, name)
+                tree = ast.parse(open(path, encoding="utf-8").read(), path)
+                for node in ast.walk(tree):
+                    module = node.module if isinstance(node, ast.ImportFrom) else None
+                    names = [a.name for a in node.names] if isinstance(node, ast.Import) else [module or ""]
+                    offenders += [(name, n) for n in names if n.startswith("test_")]
+    assert offenders == []

@@ -129,7 +129,7 @@ def custom_config_keys():
 @doc("Status, progress and loss of a job", responses={200: JobStatusSchema}, errors=(400, 404))
 def get_job(job_id):
     # The hottest read (every client polls it): the view is built field for field as JobStatusSchema
-    # documents it, so it goes out as it is; tests/test_fuzz.py checks it against the document.
+    # documents it, so it goes out as it is; tests/http/test_fuzz.py checks it against the document.
     return get_service().jobs.get(job_id)
 
 

@@ -3,7 +3,7 @@
 The fields and their order are record.FIELDS' shown ones: each is the record's own value, or, for
 the few the view works out (progress from the tail of the trainer's log, the GPUs handed out,
 paths, ...), the function of that name below. No disk but the tail of the trainer's log; no Flask.
-The schema of the answer derives from the same table (http/schemas.py), and tests/test_fuzz.py
+The schema of the answer derives from the same table (http/schemas.py), and tests/http/test_fuzz.py
 checks the two against each other.
 """
 

@@ -1,7 +1,7 @@
 """Evaluations of a job's weights (and its base model) through the API.
 
 These run the FAKE trainer (tests/fake_trainer.py: an evaluation run, do_train false, writes what
-LLaMA Factory's do_eval and do_predict write, with made-up figures); tests/test_e2e_evaluations.py
+LLaMA Factory's do_eval and do_predict write, with made-up figures); tests/e2e/test_e2e_evaluations.py
 runs the real llamafactory-cli on the demo model.
 """
 
@@ -11,7 +11,7 @@ import signal
 
 import pytest
 
-from conftest import API, api_create, api_done, api_status, wait_for
+from conftest import API, DEMO_DATA, api_create, api_done, api_status, wait_for
 
 JOB = {"model_name": "tiny-llama", "dataset": "demo_sft"}
 TERMINAL = ("completed", "failed", "stopped")
@@ -93,7 +93,7 @@ def test_an_evaluation_with_baseline_compares_the_tuned_model_with_its_base(trai
 
     page = client.get(f"{API}/jobs/{job_id}/evaluations/{evaluation_id}/samples?offset=1&limit=2").get_json()
     assert page["total"] == 5 and [s["index"] for s in page["samples"]] == [1, 2]
-    rows = json.load(open(os.path.join(os.path.dirname(__file__), "..", "data", "demo_sft.json")))
+    rows = json.load(open(os.path.join(DEMO_DATA, "demo_sft.json")))
     first = page["samples"][0]
     assert first["label"] == rows[1]["output"] == first["tuned"] and first["base"] == "I do not know."
     assert rows[1]["instruction"] in first["prompt"]

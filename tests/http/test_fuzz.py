@@ -19,7 +19,7 @@ import pytest
 import requests
 import yaml
 
-from conftest import PROJECT, fake_cli, make_home, wait_for
+from conftest import FAKE_SERVER, PROJECT, fake_cli, make_home, wait_for
 from harness import Service
 
 TOKENS = {"member": "fuzz-member", "other": "fuzz-other-team", "admin": "fuzz-admin"}
@@ -33,7 +33,6 @@ ROWS = {
     "kto": [{"instruction": f"Say {i}", "output": f"{i}", "label": i % 2 == 0} for i in range(4)],
     "text": [{"text": f"plain text {i}"} for i in range(4)],
 }
-FAKE_SERVER = os.path.join(PROJECT, "tests", "fake_server.py")
 
 
 def _sha(token):

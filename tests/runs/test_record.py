@@ -10,7 +10,9 @@ from imts_flask.jobs import record, views
 from imts_flask.jobs.store import JobStore
 from imts_flask.runs.record import setter
 
-RECORDS = os.path.join(os.path.dirname(__file__), "records", "v1.json")
+from conftest import PROJECT
+
+RECORDS = os.path.join(PROJECT, "tests", "records", "v1.json")
 
 
 def _first_format(tmp_path):

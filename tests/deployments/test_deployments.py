@@ -1,6 +1,6 @@
 """Deployments with a FAKE server (tests/fake_server.py) and the fake trainer: the API's checks, the
 key shown once, the slot taken from the training queue, restarts, idle stops, lost monitors.
-The real server with the real openai client is in tests/test_e2e_deployments.py."""
+The real server with the real openai client is in tests/e2e/test_e2e_deployments.py."""
 
 import json
 import os
@@ -11,9 +11,8 @@ import psutil
 import pytest
 import requests
 
-from conftest import API, PROJECT, api_create, api_done, api_status, completed_job, wait_for
+from conftest import API, FAKE_SERVER, api_create, api_done, api_status, completed_job, wait_for
 
-FAKE_SERVER = os.path.join(PROJECT, "tests", "fake_server.py")
 PORTS = "18530-18539"
 
 

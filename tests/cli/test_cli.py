@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import PROJECT, fake_cli, make_home, wait_for
+from conftest import FAKE_SERVER, PROJECT, fake_cli, make_home, wait_for
 from harness import Service
 
 
@@ -18,7 +18,7 @@ def service(tmp_path_factory):
         home,
         llamafactory_cli=fake_cli(home, "--steps", "30", "--interval", "0.05", "--save-every", "10"),
         max_concurrent_jobs=2,
-        deploy_command=f"{sys.executable} {os.path.join(PROJECT, 'tests', 'fake_server.py')}",
+        deploy_command=f"{sys.executable} {FAKE_SERVER}",
         deploy_ports="18680-18689",
     ).start()
     yield svc

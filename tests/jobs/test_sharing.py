@@ -1,7 +1,7 @@
 """Sharing one service among teams, with the FAKE trainer: the queue's order (priority, then fair
 share, then first come), PATCH /jobs/{id}, preemption with a checkpoint and its rules, GPU and CPU
 accounting, GET /usage and the monthly GPU-hours quota. The preemption of a real trainer that then
-resumes to its total_steps is in tests/test_e2e.py."""
+resumes to its total_steps is in tests/e2e/test_e2e.py."""
 
 import json
 import os

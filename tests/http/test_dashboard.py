@@ -11,6 +11,7 @@ import pytest
 import requests
 
 from conftest import (
+    FAKE_SERVER,
     PROJECT,
     SCREENSHOTS,
     TINY_MODEL,
@@ -254,7 +255,7 @@ def test_the_deployments_page_lists_chats_streamed_as_text_and_stops(browser, tm
     """The page with a FAKE trainer and a FAKE server (tests/fake_server.py, whose streamed answer
     holds markup): the real server is in test_e2e_deployments.py."""
     home = make_home(tmp_path / "home")
-    fake_server = f"{__import__('sys').executable} {os.path.join(PROJECT, 'tests', 'fake_server.py')}"
+    fake_server = f"{__import__('sys').executable} {FAKE_SERVER}"
     svc = Service(
         home, llamafactory_cli=fake_cli(str(tmp_path)), deploy_command=fake_server, deploy_ports="18640-18649"
     ).start()
@@ -287,7 +288,7 @@ def test_a_chat_answer_that_breaks_off_shows_why_on_the_page(browser, tmp_path):
     """The server's stream stops after a piece (the FAKE server's --break-stream, as LLaMA Factory's
     does when it fails once its answer has started): the page says so instead of a silent answer."""
     home = make_home(tmp_path / "home")
-    server = os.path.join(PROJECT, "tests", "fake_server.py")
+    server = FAKE_SERVER
     fake_server = f"{__import__('sys').executable} {server} --break-stream"
     svc = Service(
         home, llamafactory_cli=fake_cli(str(tmp_path)), deploy_command=fake_server, deploy_ports="18650-18659"

@@ -1,6 +1,6 @@
 """Executors: the Ray executor against a FAKE Ray job server (tests/fake_ray.py) whose pretend nodes
 run the real monitor and the FAKE trainer as another host would; the shared-filesystem check.
-The real Ray cluster is in tests/test_cluster.py."""
+The real Ray cluster is in tests/executors/test_cluster.py."""
 
 import json
 import os
@@ -16,7 +16,7 @@ from imts_flask.fsio import filesystem_problems
 from imts_flask.llamafactory.environment import trainer_env
 from imts_flask.settings import load_settings
 
-from conftest import API, api_create, api_done, api_status, fake_cli, make_home, wait_for
+from conftest import API, FAKE_SERVER, api_create, api_done, api_status, fake_cli, make_home, wait_for
 from fake_ray import FakeRay
 from harness import Service
 
@@ -227,9 +227,8 @@ def test_two_local_instances_on_one_home_agree(tmp_path):
 
 
 def test_a_deployment_runs_as_a_ray_job_and_its_base_url_names_the_node(ray_app):
-    server = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fake_server.py")
     client, ray = ray_app(
-        "--steps", "2", deploy_command=f"{sys.executable} {server}", deploy_ports="18660-18669"
+        "--steps", "2", deploy_command=f"{sys.executable} {FAKE_SERVER}", deploy_ports="18660-18669"
     )
     job_id = api_create(client)
     api_done(client, job_id)

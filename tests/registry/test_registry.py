@@ -7,9 +7,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import API, PROJECT, api_create, api_done, completed_job, wait_for
-
-FAKE_SERVER = os.path.join(PROJECT, "tests", "fake_server.py")
+from conftest import API, FAKE_SERVER, api_create, api_done, completed_job, wait_for
 
 
 @pytest.fixture

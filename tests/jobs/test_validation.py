@@ -1,7 +1,7 @@
 """Validation during training, early stopping, the best checkpoint and exporting it.
 
 These run the FAKE trainer (tests/fake_trainer.py --eval-losses), which logs evaluations and
-writes trainer_state.json as LLaMA Factory and transformers do; tests/test_e2e.py runs the real
+writes trainer_state.json as LLaMA Factory and transformers do; tests/e2e/test_e2e.py runs the real
 llamafactory-cli on the demo model.
 """
 

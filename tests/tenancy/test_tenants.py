@@ -20,6 +20,7 @@ from imts_flask.tenancy import config
 
 from conftest import (
     API,
+    FAKE_SERVER,
     PROJECT,
     TENANT_TOKENS,
     As,
@@ -30,7 +31,6 @@ from conftest import (
     write_tenants,
 )
 
-FAKE_SERVER = os.path.join(PROJECT, "tests", "fake_server.py")
 BODY = {"model_name": "tiny-llama", "dataset": "demo_sft"}
 
 

@@ -94,13 +94,22 @@ def test_a_create_killed_before_its_directory_appeared_is_never_shown_and_droppe
 def test_kill_9_in_the_middle_of_creates_leaves_every_job_listed_once(tmp_path):
     root = str(tmp_path / "jobs")
     code = (
-        "import sys, time; sys.path[:0] = [sys.argv[2], sys.argv[3]];"
+        "import sys, time; sys.path[:0] = sys.argv[2:5];"
         "from imts_flask.jobs.store import JobStore; from test_index import _make;"
         "store = JobStore(sys.argv[1]); print('ready', flush=True)\n"
         "while True: _make(store)"
     )
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, root, PROJECT, os.path.join(PROJECT, "tests")], stdout=subprocess.PIPE
+        [
+            sys.executable,
+            "-c",
+            code,
+            root,
+            PROJECT,
+            os.path.join(PROJECT, "tests"),
+            os.path.dirname(__file__),
+        ],
+        stdout=subprocess.PIPE,
     )
     proc.stdout.readline()
     store = JobStore(root)

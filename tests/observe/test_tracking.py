@@ -1,7 +1,7 @@
 """Tracking in a real MLflow server (`mlflow server`, from `make mlflow`'s venv, started here on a
 free port), fed by the service over MLflow's REST API; jobs run the FAKE trainer, whose
 trainer_log.jsonl is written as LLaMA Factory writes it. TensorBoard's event files are the real
-trainer's: tests/test_e2e_evaluations.py."""
+trainer's: tests/e2e/test_e2e_evaluations.py."""
 
 import os
 import subprocess
