@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PORT ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup demo run test lint unit e2e bench bench-smoke soak gpu-check mlflow clean
+.PHONY: setup demo run test lint unit e2e bench bench-smoke bench-compare soak gpu-check mlflow clean
 
 setup: $(VENV)/.installed demo
 
@@ -36,7 +36,7 @@ unit: setup
 e2e: setup
 	$(BIN)/python -m pytest -v -m e2e $(PYTEST_ARGS)
 
-# A real MLflow tracking server for tests/test_tracking.py, in its own venv: the service speaks
+# A real MLflow tracking server for tests/observe/test_tracking.py, in its own venv: the service speaks
 # MLflow's REST API and never imports mlflow (MLFLOW_VENV/bin/mlflow server ...).
 MLFLOW_VENV ?= .venv-mlflow
 mlflow: $(MLFLOW_VENV)/.installed
@@ -51,6 +51,10 @@ bench: setup
 
 bench-smoke: setup
 	$(BIN)/python tools/bench.py --smoke
+
+# The API's figures of BASE and of this checkout side by side, with ratios: make bench-compare BASE=<rev>
+bench-compare: setup
+	$(BIN)/python tools/bench_compare.py $(BASE)
 
 # The chaos soak: real jobs under faults, invariants checked (tools/soak.py). SOAK_ARGS="--minutes 3 --seed 1"
 SOAK_ARGS ?=
