@@ -32,6 +32,9 @@ class Kinds:
         "deployment": "imts_flask.deployments",
     }
 
+    def __init__(self):
+        self._classes = {}
+
     def package(self, kind):
         try:
             return importlib.import_module(self.PACKAGES[kind or "job"])
@@ -40,7 +43,12 @@ class Kinds:
 
     def record_class(self, kind):
         """The record class of a kind (its package's record.RECORD)."""
-        return importlib.import_module(f"{self.PACKAGES[kind or 'job']}.record").RECORD
+        found = self._classes.get(kind)  # every record read asks: no import machinery each time
+        if found is None:
+            found = self._classes[kind] = importlib.import_module(
+                f"{self.PACKAGES[kind or 'job']}.record"
+            ).RECORD
+        return found
 
     def runner(self, kind):
         """What a kind's monitor runs: its package's runner.run(context, record)."""
