@@ -94,3 +94,8 @@ def view(state):
         shown["log_tail"] = state.log_tail
     shown["gpu_ids"] = list((state.launch or {}).get("gpus") or [])
     return shown
+
+
+def next_attempt(state):
+    """What a lost deployment's next attempt does."""
+    return "starts its server again"

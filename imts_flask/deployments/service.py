@@ -156,7 +156,7 @@ class Deployments:
         def create(make):
             with quotas.admitting(self.settings, self.store, principals.owner()["tenant"]):
                 with self.store.lock(PORTS_LOCK):  # two creates never take one port
-                    run_id = self.store.create_deployment(make)
+                    run_id = self.store.create_run(record.KIND, make)
             os.chmod(self.store.path(run_id, record.API_KEY_FILE), 0o600)
             return run_id
 
@@ -231,7 +231,7 @@ class Deployments:
     def list(self, limit=100, offset=0, status=None):
         """(total, one page of deployments), newest first."""
         states = []
-        for deployment_id in self.store.deployment_ids():
+        for deployment_id in self.store.run_ids(record.KIND):
             try:
                 state = self.store.read(deployment_id)
             except NotFound:

@@ -59,3 +59,9 @@ RECORD = record_class("EvaluationRecord", FIELDS, kind=KIND, schema_version=SCHE
 
 def new_record(**values):
     return RECORD.new(**values)
+
+
+def next_attempt(state):
+    """What a lost evaluation's next attempt does: the phases it has not done."""
+    done = [p for p in state.phases or [] if p in (state.results or {})]
+    return "runs the phases not done yet" + (f" (done: {', '.join(done)})" if done else "")

@@ -16,12 +16,11 @@ from ..executors import HOST
 from ..llamafactory.trainer_log import read_progress, run_complete
 from ..llamafactory.trainer_state import validation_figures
 from ..procs import boot_id, is_same_process, terminate_tree
-from ..runs import queue
+from ..runs import KINDS, queue
 from ..runs.record import CHANGED, UNCHANGED, changed, setter
 from ..state import JobStatus, now_utc, parse_time
 from ..tenancy.usage import Ledger
 from . import preemption
-from .checkpoints import latest_resumable
 from .store import JobStore
 
 log = logging.getLogger(__name__)
@@ -193,7 +192,7 @@ class Liveness:
         elif attempt < limit:
             # Queued again as it was: its place in the queue is its creation time, so it goes first.
             state.set(status=JobStatus.PENDING.value, launch=None, monitor=None, attempt=attempt + 1)
-            reason = f"lost: {loss}; attempt {attempt + 1} of {limit} {_next_attempt(state, output_dir)}"
+            reason = f"lost: {loss}; attempt {attempt + 1} of {limit} {KINDS.next_attempt(state)}"
         else:
             state.set(status=JobStatus.FAILED.value, reason="lost")
             state.error = f"lost: {loss}" + (f" (attempt {attempt} of {limit})" if limit > 1 else "")
@@ -217,20 +216,6 @@ class Liveness:
         if updated.stop_forced_at and updated.status == JobStatus.RUNNING.value:
             log.warning("job %s: its monitor did not stop within %.0f s; forcing it", state.job_id, overdue)
             self.kill(updated)
-
-
-def _next_attempt(state, output_dir):
-    """What a run's next attempt does, in the words of its history."""
-    kind = state.kind
-    if kind == "deployment":
-        return "starts its server again"
-    if kind == "evaluation":
-        done = [p for p in state.phases or [] if p in (state.results or {})]
-        return "runs the phases not done yet" + (f" (done: {', '.join(done)})" if done else "")
-    checkpoint = latest_resumable(output_dir)
-    if checkpoint is None:
-        return "starts over: no complete checkpoint was saved yet"
-    return f"resumes from {checkpoint['name']}"
 
 
 def _requeue(launch_id, why):

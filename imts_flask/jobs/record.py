@@ -14,6 +14,7 @@ field's default, and the next write stores it as the current version.
 
 from ..runs.record import Field, record_class
 from ..state import JobStatus
+from .checkpoints import latest_resumable
 
 SCHEMA_VERSION = 5
 
@@ -139,3 +140,11 @@ RECORD = record_class("JobRecord", FIELDS, kind=None, schema_version=SCHEMA_VERS
 def new_record(**values):
     """A new job's record: every stored field in the table's order, `values` over the defaults."""
     return RECORD.new(**values)
+
+
+def next_attempt(state):
+    """What a lost job's next attempt does, in the words of its history."""
+    checkpoint = latest_resumable(state.path("output_dir") or "")
+    if checkpoint is None:
+        return "starts over: no complete checkpoint was saved yet"
+    return f"resumes from {checkpoint['name']}"

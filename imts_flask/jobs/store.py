@@ -10,7 +10,7 @@ import shutil
 
 from ..errors import Conflict, NotFound, ServiceError, storage_error
 from ..fsio import atomic_write_json, fsync_dir, move_aside, read_json
-from ..runs.ids import JOB_ID_PATTERN
+from ..runs.ids import DEPLOYMENT_ID_PATTERN, JOB_ID_PATTERN
 from ..runs.store import RunStore
 from ..state import JobStatus, parse_time
 from .index import JobIndex, index_line
@@ -35,8 +35,8 @@ class JobStore(RunStore):
     # counter imts_jobs_finished_total, which alert rules take increase() of; and their run times.
     FINISHED_COUNTS = ".finished-counts.json"
 
-    def __init__(self, root, lock_timeout=10.0, notifier=None, links_dir=None, deployments_root=None):
-        super().__init__(root, lock_timeout, notifier, deployments_root)
+    def __init__(self, root, lock_timeout=10.0, notifier=None, links_dir=None, folders=None):
+        super().__init__(root, lock_timeout, notifier, folders)
         # <links_dir>/<job_id> is a symlink to the job's directory (the guide's log path), or None.
         self.links_dir = links_dir
         self.index = JobIndex(self.root, lambda: self.lock("_index"), self._every_state)
@@ -75,6 +75,19 @@ class JobStore(RunStore):
                 self._link(job_id)
                 return job_id
         raise ServiceError("could not allocate a unique job id")
+
+    def deployments_of(self, job_id):
+        """The records of live deployments that serve a job's own files (by their markers)."""
+        found = []
+        for name in os.listdir(os.path.join(self.root, self.ACTIVE)):
+            if not DEPLOYMENT_ID_PATTERN.fullmatch(name):
+                continue
+            with contextlib.suppress(NotFound, ValueError):
+                state = self.read(name)
+                source = state.source or {}
+                if source.get("job_id") == job_id and not source.get("model"):
+                    found.append(state)
+        return found
 
     def job_ids(self):
         """Return the ids of every job directory (no particular order)."""

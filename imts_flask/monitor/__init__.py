@@ -82,5 +82,5 @@ def open_store(settings):
         settings.path("jobs_dir"),
         settings.lock_timeout_s,
         Notifier(settings),
-        deployments_root=settings.path("deployments_dir"),
+        folders=KINDS.folders(settings),
     )

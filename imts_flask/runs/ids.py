@@ -1,15 +1,44 @@
-"""The ids of runs: a job (train_x), an evaluation of one (train_x/eval_y), a deployment (deploy_x)."""
+"""The ids of runs: a job (train_x), an evaluation of one (train_x/eval_y), and a run of each kind
+with a folder of its own (deploy_x, ...: its prefix in runs.KINDS and 8 lowercase letters or digits)."""
 
+import functools
 import re
 
-JOB_ID_PATTERN = re.compile(r"train_[0-9a-z]{8}")
-EVALUATION_ID_PATTERN = re.compile(r"eval_[0-9a-z]{8}")
-DEPLOYMENT_ID_PATTERN = re.compile(r"deploy_[0-9a-z]{8}")
-# A run is a job, an evaluation of one (train_x/eval_y) or a deployment (deploy_x): each has a
-# record, a lock, a monitor, and a place in the one queue.
-RUN_ID_PATTERN = re.compile(r"(train_[0-9a-z]{8})(?:/(eval_[0-9a-z]{8}))?|(deploy_[0-9a-z]{8})")
-# Lock and marker names of runs: "/" is no file name character.
-RUN_KEY = re.compile(r"train_[0-9a-z]{8}(?:\.eval_[0-9a-z]{8})?|deploy_[0-9a-z]{8}")
+from . import KINDS
+
+_TAIL = "[0-9a-z]{8}"
+
+
+def id_pattern(prefix):
+    """The whole-string pattern of a kind's ids."""
+    return re.compile(re.escape(prefix) + _TAIL)
+
+
+JOB_ID_PATTERN = id_pattern("train_")
+EVALUATION_ID_PATTERN = id_pattern("eval_")
+DEPLOYMENT_ID_PATTERN = id_pattern("deploy_")
+
+
+@functools.lru_cache(maxsize=4)
+def _patterns(table):
+    """(run id, run key) patterns for the kinds in `table`. A run is a job, an evaluation of one
+    (train_x/eval_y) or a run of a kind with a folder of its own: each has a record, a lock, a
+    monitor, and a place in the one queue. Its key names its lock and markers: "/" is no file
+    name character."""
+    own = "|".join(re.escape(kind.prefix) for kind in table if kind.folder)
+    run = re.compile(rf"(train_{_TAIL})(?:/(eval_{_TAIL}))?|((?:{own}){_TAIL})")
+    key = re.compile(rf"train_{_TAIL}(?:\.eval_{_TAIL})?|(?:{own}){_TAIL}")
+    return run, key
+
+
+def match_run_id(run_id):
+    """The match of a run id: groups (job id, evaluation id, id of a run with a folder); or None."""
+    return _patterns(KINDS.TABLE)[0].fullmatch(run_id) if isinstance(run_id, str) else None
+
+
+def is_run_key(key):
+    """Whether a lock or marker file name stands for a run."""
+    return _patterns(KINDS.TABLE)[1].fullmatch(key) is not None
 
 
 def evaluation_run(job_id, evaluation_id):

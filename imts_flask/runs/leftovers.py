@@ -11,15 +11,17 @@ import shutil
 import time
 
 from ..fsio import TMP_PREFIX
+from . import KINDS
 from .ids import EVALUATION_ID_PATTERN
 
 
 def clean(store, job_ids, min_age_s=300):
     """Remove temp files, staging and trash directories left by a crash in the middle of a write:
-    in staging and trash, in every deployment's directory, and in the directories of `job_ids`
-    (and their evaluations). Only leftovers older than `min_age_s` go (a younger one may belong to
-    a write in flight), and a directory that vanishes meanwhile (a DELETE) is passed over: other
-    processes change the store while this runs. The cleanup round calls it, never a worker's boot.
+    in staging and trash, in the directory of every run of a kind with a folder of its own (each
+    deployment's), and in the directories of `job_ids` (and their evaluations). Only leftovers
+    older than `min_age_s` go (a younger one may belong to a write in flight), and a directory that
+    vanishes meanwhile (a DELETE) is passed over: other processes change the store while this runs.
+    The cleanup round calls it, never a worker's boot.
     """
     cutoff = time.time() - min_age_s
     candidates = [
@@ -27,7 +29,7 @@ def clean(store, job_ids, min_age_s=300):
         for folder in (store.STAGING, store.TRASH)
         for name in _names(os.path.join(store.root, folder))
     ]
-    run_dirs = [store.path(d) for d in store.deployment_ids()]
+    run_dirs = [store.path(d) for kind in KINDS.with_folders() for d in store.run_ids(kind.name)]
     for job_id in job_ids:
         job_dir = os.path.join(store.root, job_id)
         run_dirs.append(job_dir)

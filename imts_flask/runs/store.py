@@ -3,7 +3,8 @@ the state machine, and the markers of runs not finished.
 
     jobs/<job_id>/                       a job (jobs/store.py adds its index, links and counter)
     jobs/<job_id>/evaluations/<eval_id>/ an evaluation of it
-    deployments/<deploy_id>/             a deployment
+    deployments/<deploy_id>/             a deployment: a run of a kind with a folder of its own
+                                         (runs.KINDS), beside jobs/ unless told otherwise
 
 Each run is a directory holding its record (state.json) with its config and logs, created whole
 (written in staging, renamed into place) under a sidecar lock (.locks/<key>.lock). A change is a
@@ -43,15 +44,15 @@ from ..fsio import (
     write_tree,
 )
 from ..state import JobStatus, now_utc
-from . import idempotency, leftovers, record
+from . import KINDS, idempotency, leftovers, record
 from .ids import (
-    DEPLOYMENT_ID_PATTERN,
     EVALUATION_ID_PATTERN,
     JOB_ID_PATTERN,
-    RUN_ID_PATTERN,
-    RUN_KEY,
     evaluation_run,
+    id_pattern,
+    is_run_key,
     key_run_id,
+    match_run_id,
     run_key,
 )
 
@@ -88,12 +89,11 @@ class RunStore:
 
     EVALUATIONS = "evaluations"
 
-    def __init__(self, root, lock_timeout=10.0, notifier=None, deployments_root=None):
+    def __init__(self, root, lock_timeout=10.0, notifier=None, folders=None):
         self.root = os.path.abspath(root)
-        # deployments/<deploy_x>/: beside jobs/ unless told (settings.deployments_dir)
-        self.deployments_root = os.path.abspath(
-            deployments_root or os.path.join(os.path.dirname(self.root), "deployments")
-        )
+        # The folder of each kind with one (deployments/<deploy_x>/): {kind: path}, as the settings
+        # say (KINDS.folders); a kind not named here keeps its runs beside jobs/.
+        self.folders = {kind: os.path.abspath(path) for kind, path in (folders or {}).items()}
         self.lock_timeout = lock_timeout
         # Told of each status change: notifier.url(state) says whether it has a webhook, and
         # notifier.notify(job_dir, state) runs after the change is written (webhooks.Notifier).
@@ -104,18 +104,24 @@ class RunStore:
     def _job_dir(self, job_id):
         """The directory of a run: jobs/<job_id>, jobs/<job_id>/evaluations/<evaluation_id>, or
         deployments/<deployment_id>."""
-        match = RUN_ID_PATTERN.fullmatch(job_id) if isinstance(job_id, str) else None
+        match = match_run_id(job_id)
         if not match:
             raise ValidationFailed(
                 "job_id must look like train_ followed by 8 lowercase letters or digits",
                 field="job_id",
             )
-        job, evaluation, deployment = match.groups()
-        if deployment:
-            return os.path.join(self.deployments_root, deployment)
+        job, evaluation, own = match.groups()
+        if own:
+            return os.path.join(self.folder(KINDS.of_id(own).name), own)
         if evaluation:
             return os.path.join(self.root, job, self.EVALUATIONS, evaluation)
         return os.path.join(self.root, job_id)
+
+    def folder(self, kind):
+        """The folder of a kind's runs (deployments/ for deployments)."""
+        if kind not in self.folders:
+            self.folders[kind] = os.path.join(os.path.dirname(self.root), KINDS.named(kind).folder)
+        return self.folders[kind]
 
     def path(self, job_id, name=""):
         """Return the absolute path of file `name` (a class constant) inside a job's directory."""
@@ -191,28 +197,31 @@ class RunStore:
                     return run_id
         raise ServiceError("could not allocate a unique evaluation id")
 
-    def create_deployment(self, make_files):
-        """Create a deployment atomically (deployments/<deploy_x>/, renamed into place whole); its id."""
+    def create_run(self, kind, make_files):
+        """Create a run of a kind with a folder of its own (deployments/<deploy_x>/, renamed into
+        place whole); its id. `make_files(run_id, run_dir)` returns the files as for create."""
+        prefix, what = KINDS.named(kind).prefix, f"creating the {kind}"
         try:
-            os.makedirs(self.deployments_root, exist_ok=True)
+            os.makedirs(self.folder(kind), exist_ok=True)
         except OSError as exc:
-            raise storage_error(exc, "creating the deployment") from exc
+            raise storage_error(exc, what) from exc
         for _ in range(16):
-            run_id = "deploy_" + secrets.token_hex(4)
+            run_id = prefix + secrets.token_hex(4)
             final = self._job_dir(run_id)
             if os.path.exists(final):
                 continue
-            if self._write_new(run_id, final, make_files(run_id, final), "creating the deployment"):
+            if self._write_new(run_id, final, make_files(run_id, final), what):
                 return run_id
-        raise ServiceError("could not allocate a unique deployment id")
+        raise ServiceError(f"could not allocate a unique {kind} id")
 
-    def deployment_ids(self):
-        """The ids of every deployment on disk (no particular order)."""
+    def run_ids(self, kind):
+        """The ids of every run of a kind with a folder of its own, on disk (no particular order)."""
         try:
-            names = os.listdir(self.deployments_root)
+            names = os.listdir(self.folder(kind))
         except FileNotFoundError:
             return []
-        return [name for name in names if DEPLOYMENT_ID_PATTERN.fullmatch(name)]
+        pattern = id_pattern(KINDS.named(kind).prefix)
+        return [name for name in names if pattern.fullmatch(name)]
 
     def _write_new(self, run_id, final, files, what):
         """Write a new run's files into staging and rename it into place; False if the name was taken."""
@@ -259,19 +268,6 @@ class RunStore:
         return [
             key_run_id(n) for n in os.listdir(os.path.join(self.root, self.ACTIVE)) if n.startswith(prefix)
         ]
-
-    def deployments_of(self, job_id):
-        """The records of live deployments that serve a job's own files (by their markers)."""
-        found = []
-        for name in os.listdir(os.path.join(self.root, self.ACTIVE)):
-            if not DEPLOYMENT_ID_PATTERN.fullmatch(name):
-                continue
-            with contextlib.suppress(NotFound, ValueError):
-                state = self.read(name)
-                source = state.source or {}
-                if source.get("job_id") == job_id and not source.get("model"):
-                    found.append(state)
-        return found
 
     def create_once(self, key, fingerprint, make_files, create=None):
         """Create a run once per idempotency key (idempotency.py); return (its id, True if it existed)."""
@@ -405,7 +401,7 @@ class RunStore:
         """Read the jobs marked as not finished; drop markers of finished or vanished jobs."""
         states = []
         for key in os.listdir(os.path.join(self.root, self.ACTIVE)):
-            if not RUN_KEY.fullmatch(key):
+            if not is_run_key(key):
                 continue
             job_id = key_run_id(key)  # a job, or an evaluation of one
             marker = self._active_marker(job_id)

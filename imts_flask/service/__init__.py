@@ -28,6 +28,7 @@ from ..jobs.webhooks import Notifier
 from ..observe.gpus import Gpus
 from ..registry.service import Registry
 from ..registry.versions import ModelRegistry
+from ..runs import KINDS
 from ..tenancy import principals
 from ..tenancy.config import Tenants
 from .housekeeping import Housekeeper
@@ -44,7 +45,7 @@ class TrainingService:
             settings.lock_timeout_s,
             self.notifier,
             settings.log_links_dir,
-            deployments_root=settings.path("deployments_dir"),
+            folders=KINDS.folders(settings),
         )
         problems = filesystem_problems(self.store.root)
         if problems:  # a store whose locks do not lock would lose jobs quietly: refuse to start
