@@ -65,7 +65,7 @@ class Kinds:
     def of_id(self, run_id):
         """The kind with a folder of its own whose ids `run_id` looks like, or None."""
         for kind in self.with_folders():
-            if run_id.startswith(kind.prefix):
+            if run_id.startswith(kind.prefix) and len(run_id) == len(kind.prefix) + 8:
                 return kind
         return None
 

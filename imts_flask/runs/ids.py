@@ -1,7 +1,6 @@
 """The ids of runs: a job (train_x), an evaluation of one (train_x/eval_y), and a run of each kind
 with a folder of its own (deploy_x, ...: its prefix in runs.KINDS and 8 lowercase letters or digits)."""
 
-import functools
 import re
 
 from . import KINDS
@@ -19,7 +18,6 @@ EVALUATION_ID_PATTERN = id_pattern("eval_")
 DEPLOYMENT_ID_PATTERN = id_pattern("deploy_")
 
 
-@functools.lru_cache(maxsize=4)
 def _patterns(table):
     """(run id, run key) patterns for the kinds in `table`. A run is a job, an evaluation of one
     (train_x/eval_y) or a run of a kind with a folder of its own: each has a record, a lock, a
@@ -31,14 +29,25 @@ def _patterns(table):
     return run, key
 
 
+_made = (None, None)  # (the table, its patterns): every path of a run asks, so made once per table
+
+
+def _current():
+    global _made
+    table = KINDS.TABLE
+    if _made[0] is not table:
+        _made = (table, _patterns(table))
+    return _made[1]
+
+
 def match_run_id(run_id):
     """The match of a run id: groups (job id, evaluation id, id of a run with a folder); or None."""
-    return _patterns(KINDS.TABLE)[0].fullmatch(run_id) if isinstance(run_id, str) else None
+    return _current()[0].fullmatch(run_id) if isinstance(run_id, str) else None
 
 
 def is_run_key(key):
     """Whether a lock or marker file name stands for a run."""
-    return _patterns(KINDS.TABLE)[1].fullmatch(key) is not None
+    return _current()[1].fullmatch(key) is not None
 
 
 def evaluation_run(job_id, evaluation_id):
