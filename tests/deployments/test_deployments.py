@@ -4,12 +4,15 @@ The real server with the real openai client is in tests/e2e/test_e2e_deployments
 
 import json
 import os
+import socket
 import stat
 import sys
 
 import psutil
 import pytest
 import requests
+
+from imts_flask.deployments.service import port_free
 
 from conftest import API, FAKE_SERVER, api_create, api_done, api_status, completed_job, wait_for
 
@@ -372,3 +375,21 @@ def test_the_vllm_backend_is_refused_where_vllm_or_a_gpu_is_missing(deploy_app):
     response = client.post(f"{API}/deployments", json={"job_id": job_id, "backend": "vllm"})
     assert response.status_code == 400 and response.get_json()["errors"][0]["field"] == "backend"
     assert client.post(f"{API}/deployments", json={"job_id": job_id, "backend": "tgi"}).status_code == 400
+
+
+def test_a_port_whose_last_connections_wait_in_time_wait_is_free():
+    # A server that closed its connections first leaves them in TIME-WAIT for a minute; the next
+    # deployment binds with SO_REUSEADDR (as uvicorn does), so the port is free for it.
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        conn, _ = server.accept()
+        conn.close()  # the server's side closes first: its end of the connection waits in TIME-WAIT
+        client.recv(1)
+        client.close()
+    with socket.socket() as plain, pytest.raises(OSError):
+        plain.bind(("127.0.0.1", port))  # a bind without SO_REUSEADDR sees the port taken
+    assert port_free("127.0.0.1", port)
