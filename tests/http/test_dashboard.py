@@ -288,8 +288,7 @@ def test_a_chat_answer_that_breaks_off_shows_why_on_the_page(browser, tmp_path):
     """The server's stream stops after a piece (the FAKE server's --break-stream, as LLaMA Factory's
     does when it fails once its answer has started): the page says so instead of a silent answer."""
     home = make_home(tmp_path / "home")
-    server = FAKE_SERVER
-    fake_server = f"{__import__('sys').executable} {server} --break-stream"
+    fake_server = f"{__import__('sys').executable} {FAKE_SERVER} --break-stream"
     svc = Service(
         home, llamafactory_cli=fake_cli(str(tmp_path)), deploy_command=fake_server, deploy_ports="18650-18659"
     ).start()
