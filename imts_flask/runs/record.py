@@ -82,7 +82,7 @@ class RunRecord:
     @classmethod
     def new(cls, **values):
         """A new record: `values` over the defaults; a name that is no field of the kind is an error."""
-        unknown = set(values) - {f.name for f in cls.FIELDS}
+        unknown = set(values) - cls.NAMES
         if unknown:
             raise ValueError(f"not fields of a {cls.KIND or 'job'} record: {sorted(unknown)}")
         return cls(**values)
