@@ -193,13 +193,18 @@ def test_3b_kill9_of_the_monitor_on_the_last_attempt_is_lost_within_the_heartbea
 def test_3d_a_run_that_finished_under_a_frozen_monitor_completes_at_its_total_steps(real_service, epochs):
     """The chaos soak's finding, with the real trainer: the monitor is frozen (SIGSTOP) past the
     heartbeat timeout while its trainer runs to the end. The job completes at its planned total
-    (84 steps for 1.4 epochs, 120 for 2), attempt 1, never resumed past its end (85 of 84)."""
-    svc = real_service(heartbeat_s=1, heartbeat_timeout_s=6, housekeeping_s=1, stop_grace_s=3)
+    (84 steps for 1.4 epochs, 120 for 2), attempt 1, never resumed past its end (85 of 84).
+
+    The freeze comes once the trainer logs its first step: its start (about 6 s of imports here)
+    must not count against the timeout, or the loss is found before the run could finish."""
+    svc = real_service(heartbeat_s=1, heartbeat_timeout_s=10, housekeeping_s=1, stop_grace_s=3)
     job_id = svc.create({**REAL, "epochs": epochs, "custom_config": {**FAST, "save_steps": 40}})
     state_path = os.path.join(_job_dir(svc, job_id), "state.json")
     state = wait_for(lambda: (s := json.load(open(state_path)))["status"] == "running" and s, timeout=120)
-    os.kill(state["monitor"]["pid"], signal.SIGSTOP)
     output = state["paths"]["output_dir"]
+    log_path = os.path.join(output, "trainer_log.jsonl")
+    wait_for(lambda: os.path.exists(log_path) and _log_entries(log_path), timeout=120, interval=0.05)
+    os.kill(state["monitor"]["pid"], signal.SIGSTOP)
     wait_for(lambda: os.path.exists(os.path.join(output, "all_results.json")), timeout=300, interval=0.5)
     # No API request from here: a worker's housekeeping notices the silent monitor on its own.
     final = wait_for(lambda: (s := json.load(open(state_path)))["status"] != "running" and s, timeout=120)
