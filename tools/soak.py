@@ -775,8 +775,18 @@ class Soak:
             with contextlib.suppress(psutil.Error):
                 monitor.suspend()
 
+    def monitored(self):
+        """The jobs whose monitor is alive now: one just launched is not yet listed as running."""
+        found = set()
+        for proc in psutil.process_iter(["cmdline"]):
+            with contextlib.suppress(psutil.Error):
+                cmdline = proc.info["cmdline"] or []
+                if "imts_flask.monitor" in cmdline and "train" in cmdline:
+                    found.update(part for part in cmdline if part.startswith("train_"))
+        return found
+
     def fault_host_death(self, _job_id, kind="host_death"):
-        for job_id in self.running():
+        for job_id in sorted(set(self.running()) | self.monitored()):
             self.deaths.append((job_id, self.hit(job_id, kind)))
         self.note(f"{kind}: kill -9 of everything ({len(self.deaths)} running jobs hit so far)")
         self.restart(kind, kill_jobs=True)
@@ -1018,9 +1028,16 @@ class Soak:
         if "trainer_kill" in kinds and state == "failed" and view["signal"] != "SIGKILL":
             if not self.lost_later(job, "trainer_kill"):
                 self.violate(f"{job_id}: its trainer was killed, yet it failed with {view['error']!r}")
-        losses = sum(k in LOSSES for k in kinds)
-        if "trainer_kill" in kinds and view["attempt"] > 1 + losses:
-            self.violate(f"{job_id}: a killed trainer was tried again (attempt {view['attempt']})")
+        if "trainer_kill" in kinds:
+            # Counted from the attempt the kill hit: a loss before it (a host death while the job
+            # waited for its monitor, which no listing of running jobs names) is not its doing.
+            kill = next(f for f in job["faults"] if f["kind"] == "trainer_kill")
+            after = sum(f["kind"] in LOSSES and f["at"] > kill["at"] for f in job["faults"])
+            if view["attempt"] > (kill["attempt"] or 1) + after:
+                self.violate(
+                    f"{job_id}: a killed trainer (attempt {kill['attempt']}) was tried again "
+                    f"(attempt {view['attempt']}); {self.story(job_id)}"
+                )
         if state == "failed" and view["reason"] == "lost" and view["attempt"] < view["max_attempts"]:
             self.violate(f"{job_id}: failed lost at attempt {view['attempt']} of {view['max_attempts']}")
         if state == "failed" and view["reason"] != "lost" and "trainer_kill" not in kinds:
@@ -1031,6 +1048,19 @@ class Soak:
             events = (self.call("GET", f"/jobs/{job_id}/events", who="ops")[1] or {}).get("events", [])
             if any(e.get("resumed_from") == torn for e in events):
                 self.violate(f"{job_id}: resumed from {torn}, a save cut short")
+
+    def story(self, job_id):
+        """A job's history as its record tells it, for a violation's line."""
+        try:
+            state = json.load(open(os.path.join(self.home, "jobs", job_id, "state.json")))
+        except (OSError, ValueError) as exc:
+            return f"its record is unreadable ({exc})"
+        entries = (
+            f"{h.get('at')} {h.get('status')} #{h.get('attempt')}"
+            + (f" ({h['reason']})" if h.get("reason") else "")
+            for h in state.get("history", [])
+        )
+        return "history: " + " | ".join(entries)
 
     def lost_later(self, job, kind):
         """Whether a fault after `kind` (a host death, say) explains the job's end instead."""
