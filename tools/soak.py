@@ -52,6 +52,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import statistics
@@ -88,6 +89,7 @@ FAULTS = (
 )
 NEEDS_A_RUNNING_JOB = {"monitor_kill", "trainer_kill", "monitor_freeze", "save_death"}
 # Faults after which a job goes on in a new attempt (its monitor is gone).
+JOB_ID = re.compile(r"train_[a-z0-9]{8}")
 LOSSES = {"monitor_kill", "monitor_freeze", "host_death", "save_death"}
 # The workload leaves a job a fault hit alone this long, so that its recovery is seen whole.
 RECOVERY_S = 120
@@ -782,7 +784,8 @@ class Soak:
             with contextlib.suppress(psutil.Error):
                 cmdline = proc.info["cmdline"] or []
                 if "imts_flask.monitor" in cmdline and "train" in cmdline:
-                    found.update(part for part in cmdline if part.startswith("train_"))
+                    # A job's id alone: an evaluation's run id is train_<job>/eval_<id>.
+                    found.update(part for part in cmdline if JOB_ID.fullmatch(part))
         return found
 
     def fault_host_death(self, _job_id, kind="host_death"):
