@@ -18,12 +18,12 @@ from ..errors import Conflict, NotFound, Unauthorized, ValidationFailed
 from ..jobs.checkpoints import choose_weights
 from ..jobs.store import JobStore
 from ..jobs.views import waiting_view
+from ..runs.endpoints import probe_host
 from ..runs.ids import DEPLOYMENT_ID_PATTERN
 from ..runs.record import queued_now
 from ..state import JobStatus, creation_order
 from ..tenancy import principals, quotas
 from . import record
-from .runner import probe_host
 
 log = logging.getLogger(__name__)
 
