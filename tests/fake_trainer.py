@@ -254,6 +254,11 @@ def save_weights(directory):
     header += b" " * (-len(header) % 8)
     with open(os.path.join(directory, "adapter_model.safetensors"), "wb") as handle:
         handle.write(len(header).to_bytes(8, "little") + header + b"\0" * 8)
+    # What LLaMA Factory writes beside a LoRA adapter: its config and the chat template it trained with.
+    with open(os.path.join(directory, "adapter_config.json"), "w") as handle:
+        json.dump({"peft_type": "LORA", "r": 8, "lora_alpha": 16}, handle)
+    with open(os.path.join(directory, "chat_template.jinja"), "w") as handle:
+        handle.write("FAKE TEMPLATE {{ messages[-1]['content'] }}")
 
 
 def save_weights_and_state(directory, step, max_steps, evals=None):

@@ -1,9 +1,10 @@
 """Build the demo assets deterministically: the tiny-llama model and small datasets per stage.
 
 Run with the project's venv: `python tools/make_demo.py [--home DIR]`. It writes
-`<home>/models/tiny-llama/` (a 2-layer LlamaForCausalLM with a byte-level BPE tokenizer that has the
-special tokens of LLaMA Factory's default, llama3 and qwen templates) and `<home>/data/` (demo data
-and its dataset_info.json). Nothing is downloaded. Rerunning it rebuilds the same files.
+`<home>/models/tiny-llama/` and its twin `tiny-llama-hd64/` for vLLM (each a 2-layer
+LlamaForCausalLM with a byte-level BPE tokenizer that has the special tokens of LLaMA Factory's
+default, llama3 and qwen templates) and `<home>/data/` (demo data and its dataset_info.json).
+Nothing is downloaded. Rerunning it rebuilds the same files.
 """
 
 import argparse
@@ -13,6 +14,23 @@ import random
 import shutil
 
 MODEL_NAME = "tiny-llama"
+# Its twin that vLLM's CPU attention serves (it refuses tiny-llama's head_dim of 16): head_dim 64,
+# the same tokenizer. Shared base-model servers (imts_flask/serving/) run on it in the tests.
+SERVE_MODEL_NAME = "tiny-llama-hd64"
+SHAPES = {
+    MODEL_NAME: {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+    },
+    SERVE_MODEL_NAME: {
+        "hidden_size": 128,
+        "intermediate_size": 256,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+    },
+}
 SPECIAL_TOKENS = {"bos": "<s>", "eos": "</s>", "unk": "<unk>", "pad": "<pad>"}
 # Tokens LLaMA Factory's templates insert: llama3 and qwen (the default template uses eos only).
 TEMPLATE_TOKENS = [
@@ -129,7 +147,7 @@ def build_datasets(data_dir, seed=0):
     return corpus
 
 
-def build_model(model_dir, corpus, seed=0):
+def build_model(model_dir, corpus, seed=0, shape=SHAPES[MODEL_NAME]):
     """Train a byte-level BPE tokenizer on `corpus` and save a randomly initialised tiny Llama."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -157,11 +175,8 @@ def build_model(model_dir, corpus, seed=0):
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **shape,
         max_position_embeddings=4096,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -183,12 +198,13 @@ def main():
     parser.add_argument("--force", action="store_true", help="rebuild the model even if it exists")
     args = parser.parse_args()
     corpus = build_datasets(os.path.join(args.home, "data"))
-    model_dir = os.path.join(args.home, "models", MODEL_NAME)
-    if args.force or not os.path.exists(os.path.join(model_dir, "model.safetensors")):
-        build_model(model_dir, corpus)
-        print(f"built {model_dir}")
-    else:
-        print(f"{model_dir} exists (use --force to rebuild)")
+    for name, shape in SHAPES.items():
+        model_dir = os.path.join(args.home, "models", name)
+        if args.force or not os.path.exists(os.path.join(model_dir, "model.safetensors")):
+            build_model(model_dir, corpus, shape=shape)
+            print(f"built {model_dir}")
+        else:
+            print(f"{model_dir} exists (use --force to rebuild)")
     print(f"wrote demo datasets to {os.path.join(args.home, 'data')}")
 
 

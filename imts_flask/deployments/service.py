@@ -18,7 +18,7 @@ from ..errors import Conflict, NotFound, Unauthorized, ValidationFailed
 from ..jobs.checkpoints import choose_weights
 from ..jobs.store import JobStore
 from ..jobs.views import waiting_view
-from ..runs.endpoints import probe_host
+from ..runs.endpoints import PORTS_LOCK, free_port, port_free, probe_host  # noqa: F401 (port_free: its tests)
 from ..runs.ids import DEPLOYMENT_ID_PATTERN
 from ..runs.record import queued_now
 from ..state import JobStatus, creation_order
@@ -27,32 +27,10 @@ from . import record
 
 log = logging.getLogger(__name__)
 
-PORTS_LOCK = "_deployment_ports"
 _NO_KEY = "0" * 64  # compared with, where no deployment is: the refusal takes the same time
 CHAT_TIMEOUT_S = 120.0  # the longest a server may stay silent in a dashboard chat
 # What a deployment of a job's weights needs: a finished job whose weights can chat.
 _SERVABLE = (JobStatus.COMPLETED.value, JobStatus.STOPPED.value)
-
-
-def parse_ports(text):
-    """ "18100-18199" -> range(18100, 18200)."""
-    first, _, last = str(text).partition("-")
-    first, last = int(first), int(last or first)
-    if not 1 <= first <= last <= 65535:
-        raise ValueError(f"deploy_ports {text!r} is not a range of ports like 18100-18199")
-    return range(first, last + 1)
-
-
-def port_free(host, port):
-    """Whether nothing listens on host:port. SO_REUSEADDR, as the servers bind: a port whose last
-    connections wait in TIME-WAIT (a server that just closed them) is free, not taken for a minute."""
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 def public_host(settings):
@@ -211,20 +189,7 @@ class Deployments:
         }
 
     def _free_port(self, run_id):
-        """The lowest port of deploy_ports that no live deployment holds and nothing listens on."""
-        taken = set()
-        for state in self.store.active_states(min_age_s=3600):
-            if state.kind == record.KIND and state.job_id != run_id:
-                taken.add(state.port)
-        for port in parse_ports(self.settings.deploy_ports):
-            if port in taken:
-                continue
-            if port_free(self.settings.deploy_host or "127.0.0.1", port):
-                return port
-        raise Conflict(
-            f"every port of deploy_ports ({self.settings.deploy_ports}) is taken; stop a deployment first",
-            field="deploy_ports",
-        )
+        return free_port(self.settings, self.store, run_id)
 
     # -- read ------------------------------------------------------------------------------
 

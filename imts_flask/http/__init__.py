@@ -16,14 +16,14 @@ def get_service():
 
 
 # The API's blueprints, one a resource, each with its schemas beside it (<resource>_schemas.py).
-RESOURCES = ("jobs", "evaluations", "datasets", "models", "deployments", "sharing", "meta")
+RESOURCES = ("jobs", "evaluations", "datasets", "models", "deployments", "servers", "sharing", "meta")
 
 
 def init_app(app, service):
     """Register the service and every part of the HTTP layer on `app`, in the order they run."""
     import importlib
 
-    from . import auth, dashboard, errors, guard, metrics, requests
+    from . import auth, dashboard, errors, guard, metrics, openai, requests
 
     settings = service.settings
     app.extensions["imts"] = service
@@ -39,6 +39,7 @@ def init_app(app, service):
     for name in RESOURCES:
         app.register_blueprint(importlib.import_module(f"{__name__}.{name}").bp)
     app.after_request(requests.conditional)  # ETags on the API's JSON reads
+    app.register_blueprint(openai.bp)  # OpenAI's face (/v1): OpenAI's shapes, not in our document
     app.register_blueprint(dashboard.bp)
     errors.register_error_handlers(app)
 

@@ -21,6 +21,8 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # auth_request, which answers only a request carrying that deployment's own key.
 OPEN_ENDPOINTS = ("meta.health", "deployments.deployment_upstream")
 ADMIN_ENDPOINTS = ("metrics.prometheus_metrics",)
+# POSTs that change nothing: a viewer may call a model.
+READING_POSTS = ("openai.chat_completions", "openai.completions")
 # URL parts that name a resource of a tenant, and what reads its record.
 _OWNED = {"job_id": "job", "deployment_id": "deployment"}
 
@@ -72,7 +74,7 @@ def init_app(app, settings):
         g.imts_principal = principal
         if request.endpoint in ADMIN_ENDPOINTS and not principal.admin:
             raise Forbidden(f"the token {principal.name!r} is not an admin's: /metrics is for admins")
-        if request.method not in SAFE_METHODS:
+        if request.method not in SAFE_METHODS and request.endpoint not in READING_POSTS:
             principals.check_may_change("change things")
         for part, what in _OWNED.items():
             ident = (request.view_args or {}).get(part)

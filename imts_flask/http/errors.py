@@ -32,10 +32,34 @@ def status_of(exc):
 log = logging.getLogger(__name__)
 
 
+OPENAI_PREFIX = "/v1/"  # OpenAI's face: its error shape, so that its SDKs read our errors
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
 def error_body(status, code, message, errors=None, **extra):
+    if request.path.startswith(OPENAI_PREFIX):
+        return openai_error(status, code, message, errors), status
     body = {"status": status, "error": code, "message": message, "errors": errors or [], "path": request.path}
     body.update(extra)
     return body, status
+
+
+def openai_error(status, code, message, errors=None):
+    """OpenAI's error shape: {error: {message, type, param, code}}; param names the first field."""
+    param = (errors or [{}])[0].get("field")
+    if status == 404 and param == "model":
+        code = "model_not_found"
+    kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 DRAIN_CAP = 16 * 1024 * 1024

@@ -25,6 +25,19 @@ LATENCY = Histogram(
     ["method", "endpoint"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+# The completions relayed through /v1 (serving/service.py reports each one as it ends).
+SERVE_REQUESTS = Counter(
+    "imts_serving_requests_total", "Completions relayed through /v1", ["model", "tenant", "stream", "status"]
+)
+SERVE_TOKENS = Counter(
+    "imts_serving_tokens_total", "Tokens of the completions relayed", ["model", "tenant", "kind"]
+)
+SERVE_TTFT = Histogram(
+    "imts_serving_time_to_first_token_seconds",
+    "From a streamed request's arrival to its first token (a cold server's or adapter's start included)",
+    ["model"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
 log = logging.getLogger(__name__)
 GPU_LABELS = ["gpu", "uuid"]
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -203,6 +216,7 @@ class JobsCollector:
                 loss.add_metric([job_id], view["current_loss"])
             progress.add_metric([job_id], view["progress"])
         yield from (memory, tokens, loss, progress)
+        yield from server_families(active)
 
     @staticmethod
     def _durations(durations):
@@ -218,6 +232,46 @@ class JobsCollector:
             ]
             family.add_metric([status.value], buckets, histogram["sum"])
         return family
+
+
+def observe_completion(model, tenant, stream, status, usage, first_token_s):
+    """Count one relayed completion (never failing the request for its metrics)."""
+    tenant = tenant or ""
+    try:
+        SERVE_REQUESTS.labels(model, tenant, "true" if stream else "false", str(status)).inc()
+        for kind in ("prompt", "completion"):
+            if usage and usage.get(f"{kind}_tokens"):
+                SERVE_TOKENS.labels(model, tenant, kind).inc(usage[f"{kind}_tokens"])
+        if first_token_s is not None:
+            SERVE_TTFT.labels(model).observe(first_token_s)
+    except OSError as exc:
+        if not _samples_folder_restored(exc):
+            log.warning("serving metrics not counted: %s", exc)
+
+
+def server_families(active):
+    """The shared servers' figures at scrape time, from their records."""
+    labels = ["server_id", "base_model"]
+    ready = GaugeMetricFamily("imts_server_ready", "1 while a shared server answers", labels=labels)
+    loaded = GaugeMetricFamily(
+        "imts_server_adapters_loaded", "Adapters its running process holds", labels=labels
+    )
+    loads = CounterMetricFamily("imts_server_adapter_loads", "Adapters loaded, every process", labels=labels)
+    served = CounterMetricFamily("imts_server_requests", "Completions its server answered", labels=labels)
+    restarts = CounterMetricFamily(
+        "imts_server_restarts", "Times its server died and was started again", labels=labels
+    )
+    for state in active:
+        if state.kind != "server":
+            continue
+        names = [state.job_id, state.base_model or ""]
+        ready.add_metric(names, 1 if state.status == JobStatus.RUNNING.value and state.ready_at else 0)
+        current = [a for a in (state.adapters or {}).values() if a.get("pid") == state.pid]
+        loaded.add_metric(names, len(current))
+        loads.add_metric(names, state.adapter_loads or 0)
+        served.add_metric(names, state.requests_served or 0)
+        restarts.add_metric(names, state.restarts or 0)
+    return ready, loaded, loads, served, restarts
 
 
 def render(service):

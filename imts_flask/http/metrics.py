@@ -23,8 +23,16 @@ def prometheus_metrics():
     return Response(metrics.render(get_service()), mimetype=metrics.CONTENT_TYPE)
 
 
+def _observe_completion(*figures):
+    from . import figures as metrics
+
+    metrics.observe_completion(*figures)
+
+
 def init_app(app):
-    """Time and count every request (by endpoint rule and status), and serve /metrics."""
+    """Time and count every request (by endpoint rule and status), and each completion relayed
+    through /v1 (its tokens, its time to first token), and serve /metrics."""
+    app.extensions["imts"].serving.observe = _observe_completion
 
     @app.before_request
     def _start_timer():

@@ -64,6 +64,7 @@ _PATH_PARAMS = {
         "example": "eval_a1b2c3d4",
     },
     "deployment_id": {"type": "string", "pattern": "^deploy_[0-9a-z]{8}$", "example": "deploy_a1b2c3d4"},
+    "server_id": {"type": "string", "pattern": "^serve_[0-9a-z]{8}$", "example": "serve_a1b2c3d4"},
     "model": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$", "example": "support-bot"},
     "alias": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$", "example": "production"},
     "version": {"type": "integer", "minimum": 1, "maximum": 10**9, "example": 3},

@@ -52,8 +52,23 @@ class UsageRowSchema(ResponseSchema):
     runs = fields.Integer(metadata={"description": "jobs, evaluations and deployments that used them"})
 
 
+class TokensRowSchema(ResponseSchema):
+    tenant = fields.String(allow_none=True, metadata={"description": "null: admins' requests"})
+    model = fields.String(
+        metadata={"description": "the model's canonical name (train_x, name:3, a base model)"}
+    )
+    prompt_tokens = fields.Integer()
+    completion_tokens = fields.Integer()
+    total_tokens = fields.Integer()
+    requests = fields.Integer(metadata={"description": "completions answered through /v1"})
+
+
 class UsageSchema(ResponseSchema):
     start = fields.String(data_key="from")
     end = fields.String(data_key="to")
     tenants = fields.List(fields.Nested(UsageRowSchema))
     days = fields.List(fields.Nested(UsageRowSchema))
+    tokens = fields.List(
+        fields.Nested(TokensRowSchema),
+        metadata={"description": "tokens of the completions served through /v1, per team and model"},
+    )

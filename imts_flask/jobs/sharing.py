@@ -8,6 +8,7 @@ from ..runs import queue
 from ..runs.record import CHANGED, UNCHANGED
 from ..state import JobStatus, now_utc
 from ..tenancy import principals, quotas
+from ..tenancy.tokens import TokenLedger
 from ..tenancy.usage import Ledger
 
 MAX_DAYS = 366
@@ -73,4 +74,6 @@ class Sharing:
         span = datetime.date.fromisoformat(end) - datetime.date.fromisoformat(start)
         if span.days >= MAX_DAYS:
             raise ValidationFailed(f"at most {MAX_DAYS} days at once", field="to")
-        return Ledger(self.settings).report(start, end, tenant, self.store.active_states())
+        report = Ledger(self.settings).report(start, end, tenant, self.store.active_states())
+        report["tokens"] = TokenLedger(self.settings).report(start, end, tenant)
+        return report

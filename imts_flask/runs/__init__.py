@@ -46,6 +46,7 @@ class Kinds:
         Kind("job", "imts_flask.jobs", "train_"),  # a job's record names no kind: None is "job"
         Kind("evaluation", "imts_flask.evaluations", "eval_"),
         Kind("deployment", "imts_flask.deployments", "deploy_", folder="deployments"),
+        Kind("server", "imts_flask.serving", "serve_", folder="servers"),
     )
 
     def __init__(self):

@@ -1,8 +1,51 @@
 """The OpenAI-compatible servers some kinds of run keep (deployments, shared base-model servers):
-the address to reach one at, and whether it answers."""
+the ports they take, the address to reach one at, and whether it answers."""
 
+import socket
 import urllib.error
 import urllib.request
+
+from ..errors import Conflict
+
+PORTS_LOCK = "_deployment_ports"  # held while a run of any serving kind takes its port
+
+
+def parse_ports(text):
+    """ "18100-18199" -> range(18100, 18200)."""
+    first, _, last = str(text).partition("-")
+    first, last = int(first), int(last or first)
+    if not 1 <= first <= last <= 65535:
+        raise ValueError(f"deploy_ports {text!r} is not a range of ports like 18100-18199")
+    return range(first, last + 1)
+
+
+def port_free(host, port):
+    """Whether nothing listens on host:port. SO_REUSEADDR, as the servers bind: a port whose last
+    connections wait in TIME-WAIT (a server that just closed them) is free, not taken for a minute."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(settings, store, run_id):
+    """The lowest port of deploy_ports that no live run holds (a deployment's, a shared server's) and
+    nothing listens on. The caller holds PORTS_LOCK."""
+    taken = set()
+    for state in store.active_states(min_age_s=3600):
+        port = getattr(state, "port", None)
+        if port and state.job_id != run_id:
+            taken.add(port)
+    for port in parse_ports(settings.deploy_ports):
+        if port not in taken and port_free(settings.deploy_host or "127.0.0.1", port):
+            return port
+    raise Conflict(
+        f"every port of deploy_ports ({settings.deploy_ports}) is taken; stop a deployment first",
+        field="deploy_ports",
+    )
 
 
 def probe_host(host):

@@ -1,7 +1,7 @@
 """The composition root: the service's parts, built once per process in the order they need.
 
     store -> tenants, uploads, catalog -> launcher, lifecycle -> housekeeper -> model versions ->
-    deployments -> registry -> evaluations, sharing -> jobs, datasets
+    deployments, serving -> registry -> evaluations, sharing -> jobs, datasets
 
 Each part is handed the parts it uses; none reaches for another through this object. The HTTP
 layer reaches the parts through get_service(): `service.jobs.create(...)`, `service.registry`.
@@ -29,6 +29,7 @@ from ..observe.gpus import Gpus
 from ..registry.service import Registry
 from ..registry.versions import ModelRegistry
 from ..runs import KINDS
+from ..serving.service import Serving
 from ..tenancy import principals
 from ..tenancy.config import Tenants
 from .housekeeping import Housekeeper
@@ -61,6 +62,7 @@ class TrainingService:
         self.gpus = Gpus(self.launcher.executor.gpu_ids())
         versions = ModelRegistry(settings, self.store)
         self.deployments = Deployments(settings, self.store, self.catalog, self.launcher, versions, soon)
+        self.serving = Serving(settings, self.store, self.catalog, self.launcher, versions, soon)
         self.registry = Registry(self.store, versions, in_use=self.deployments.serving)
         self.evaluations = Evaluations(settings, self.store, self.catalog, self.launcher, soon)
         self.sharing = Sharing(settings, self.store, soon)

@@ -44,7 +44,13 @@ log = logging.getLogger(__name__)
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 DIGEST = re.compile(r"[0-9a-f]{64}")
 # Each a whole number >= 0 (max_gpu_hours: a number); see tenancy/quotas.py.
-QUOTAS = ("max_running_gpus", "max_queued_jobs", "max_gpu_hours", "max_non_preemptible")
+QUOTAS = (
+    "max_running_gpus",
+    "max_queued_jobs",
+    "max_gpu_hours",
+    "max_non_preemptible",
+    "max_tokens_per_minute",
+)
 
 
 def digest(token):

@@ -7,6 +7,8 @@
 - `max_gpu_hours`: GPU-hours its runs may use in a calendar month (UTC); past it a create is a 403
   with the figure (tenancy/usage.py keeps the ledger).
 - `max_non_preemptible`: unfinished jobs it may have with `preemptible: false`.
+- `max_tokens_per_minute`: prompt and completion tokens its requests to /v1 may use in a minute (UTC,
+  counted per calendar minute); past it a request is a 429 with Retry-After (tenancy/tokens.py).
 
 The scheduler runs in the API workers and in monitors alike, so the file is read here too (again when
 it changes), through the same fail-closed reader as the tokens: a file that goes missing, empty or
