@@ -129,7 +129,7 @@ class Settings:
     serve_max_loras: int = 4
     serve_max_cpu_loras: int = 32
     serve_max_model_len: int = 512
-    serve_kvcache_gb: float = 1.0
+    serve_kvcache_gb: int = 1
     serve_idle_stop_minutes: float = 30.0
     serve_start_wait_s: float = 240.0
     serve_extra_args: str = ""

@@ -12,7 +12,9 @@ and an admin. It trains tiny-llama with the real llamafactory-cli, judges with i
 LLaMA Factory's real server. The workload, as either team: creates jobs (fractional and whole epoch
 counts, Idempotency-Keys, uploaded datasets), stops, resumes and deletes them, uploads and deletes
 datasets; evaluates completed jobs; deploys one, chats with it through the service and through its
-own OpenAI endpoint with its key, and stops it; and now and then a low job of team-b that a high
+own OpenAI endpoint with its key, and stops it; calls fine-tunes of tiny-llama-hd64 through the
+service's /v1 (shared serving: one vLLM server, adapters loaded on demand; where `make vllm` has
+made vLLM's venv, else it says so and skips them); and now and then a low job of team-b that a high
 job of team-a preempts. The faults, one every 20-60 s (--fault-every), taken in a seeded order that
 meets each kind early:
 
@@ -30,6 +32,7 @@ meets each kind early:
     full_disk        the home's filesystem filled for 15 s (only on the soak's tmpfs)
     tenants_edit     the tenants file rewritten: renamed over, written in place, briefly renamed away
                      or emptied (every version keeps both teams' tokens)
+    server_kill      kill -9 of the shared vLLM server (with serving)
 
 Invariants, checked continuously: never more processes holding slots (trainers, evaluation phases,
 deployment servers) than the capacity, no run with two of them, every run answered 201/202 listed
@@ -86,6 +89,7 @@ FAULTS = (
     "burst",
     "full_disk",
     "tenants_edit",
+    "server_kill",
 )
 NEEDS_A_RUNNING_JOB = {"monitor_kill", "trainer_kill", "monitor_freeze", "save_death"}
 # Faults after which a job goes on in a new attempt (its monitor is gone).
@@ -97,6 +101,8 @@ RECOVERY_S = 120
 LEFTOVER_AGE_S = 300
 # The teams' and the admin's tokens (the tenants file holds their digests).
 TOKENS = {"a": "soak-team-a", "b": "soak-team-b", "ops": "soak-admin"}
+SERVE_MODEL = "tiny-llama-hd64"  # the demo model vLLM's CPU attention serves
+VLLM_PYTHON = os.path.join(PROJECT, ".venv-vllm", "bin", "python")
 
 
 class Soak:
@@ -121,6 +127,9 @@ class Soak:
         self.evaluations = {}  # evaluation_id -> {job_id, created, final}
         self.deployments = {}  # deployment_id -> {created, key, stopped, final}
         self.chats = collections.Counter()  # outcome -> count
+        self.serving = os.path.exists(VLLM_PYTHON) and not args.no_serving
+        self.served = collections.Counter()  # /v1 outcome -> count
+        self.servers = {}  # server_id -> its last view
         self.preemptions = []  # (low job, high job)
         self.home = None
         self.mounted = False
@@ -144,7 +153,11 @@ class Soak:
             if not self.mounted:
                 self.note(f"full_disk will not run: no tmpfs could be mounted ({result.stderr.strip()})")
         os.makedirs(os.path.join(self.home, "config"), exist_ok=True)
-        registry = {"models": {"tiny-llama": {"path": os.path.join(PROJECT, "models", "tiny-llama")}}}
+        registry = {
+            "models": {
+                name: {"path": os.path.join(PROJECT, "models", name)} for name in ("tiny-llama", SERVE_MODEL)
+            }
+        }
         with open(os.path.join(self.home, "config", "models.yaml"), "w") as handle:
             yaml.safe_dump(registry, handle)
         self.write_tenants(self.tenants_data())
@@ -198,6 +211,9 @@ class Soak:
             "IMTS_ACCESS_LOG": os.path.join(self.home, "access.log"),
             "IMTS_DEPLOY_PORTS": f"{self.args.deploy_port}-{self.args.deploy_port + 19}",
             "IMTS_PREEMPT_GRACE_S": "600",
+            # Shared serving: a request waits a little for a starting server, then is a 503.
+            "IMTS_SERVE_START_WAIT_S": "20",
+            "IMTS_SERVE_MAX_MODEL_LEN": "256",
         }
 
     def start_service(self):
@@ -264,12 +280,19 @@ class Soak:
         return found
 
     def slot_holders(self):
-        """{run: [live processes holding its slot]}: trainers, evaluation phases, deployment servers."""
+        """{run: [live processes holding its slot]}: trainers, evaluation phases, deployment servers,
+        shared vLLM servers (their API process: its engine is its child)."""
         found = self.trainers()
-        for proc in psutil.process_iter(["cmdline", "status"]):
+        for proc in psutil.process_iter(["cmdline", "status", "cwd"]):
             with contextlib.suppress(psutil.Error):
                 cmdline = proc.info["cmdline"] or []
                 if proc.info["status"] in (psutil.STATUS_ZOMBIE, psutil.STATUS_STOPPED) or not cmdline:
+                    continue
+                cwd = proc.info["cwd"] or ""
+                if "vllm.entrypoints.openai.api_server" in cmdline and cwd.startswith(
+                    f"{self.home}/servers/"
+                ):
+                    found[os.path.basename(cwd)].append(proc)
                     continue
                 config = cmdline[-1]
                 if config.startswith(f"{self.home}/deployments/") and config.endswith("server_config.yaml"):
@@ -376,8 +399,9 @@ class Soak:
         rng = self.rng
         own = [name for name, team in self.datasets if team == who]
         dataset = rng.choice(["demo_sft", "demo_sft", *own[-2:]])
+        served = self.serving and rng.random() < 0.3  # a fine-tune /v1 will call
         return {
-            "model_name": "tiny-llama",
+            "model_name": SERVE_MODEL if served else "tiny-llama",
             "dataset": dataset,
             "epochs": rng.choice([1.0, 1.4, 2.0, 2.5]),
             "learning_rate": 1e-3,
@@ -391,11 +415,10 @@ class Soak:
 
     def create(self, body=None, key=None, who="a"):
         headers = {"Idempotency-Key": key} if key else {}
-        status, answer = self.call(
-            "POST", "/jobs", json=body or self.request_body(), headers=headers, who=who
-        )
+        body = body or self.request_body()
+        status, answer = self.call("POST", "/jobs", json=body, headers=headers, who=who)
         if status in (200, 201):
-            self.track(answer["job_id"], key=key, team=who)
+            self.track(answer["job_id"], key=key, team=who, model=(body or {}).get("model_name"))
             return answer["job_id"]
         if status is not None and status not in (409, 503, 507):
             self.violate(f"create answered {status}: {answer}")
@@ -430,8 +453,10 @@ class Soak:
                 self.delete_dataset()
             elif action < 0.83:
                 self.evaluate_one()
-            elif action < 0.9:
+            elif action < 0.87:
                 self.deployment_step()
+            elif action < 0.9:
+                self.serving_step()
             elif action < 0.93 and len(unfinished) < self.args.queue:
                 self.preemption_scenario()
             if not self.preemptions and time.monotonic() - self.started > 30:
@@ -649,6 +674,77 @@ class Soak:
             )
             self.chats[f"its own endpoint: {direct.status_code}"] += 1
 
+    def serving_step(self):
+        """Call a completed fine-tune of the serving model through /v1 as its team (plain or
+        streamed): answered whole, or refused with what a client retries (503 while its server
+        starts, 429); another team's call of it is a 404."""
+        if not self.serving:
+            return
+        with self.lock:
+            ids = sorted(
+                j
+                for j, job in self.jobs.items()
+                if job.get("model") == SERVE_MODEL and job.get("status") == "completed" and not job["deleted"]
+            )
+        if not ids:
+            return
+        job_id = self.rng.choice(ids)
+        team = self.jobs[job_id]["team"]
+        stream = self.rng.random() < 0.3
+        body = {"model": job_id, "messages": [{"role": "user", "content": "Say a colour."}], "max_tokens": 4}
+        root = self.base.split("/api/")[0]
+        started = time.monotonic()
+        try:
+            answer = requests.post(
+                f"{root}/v1/chat/completions",
+                json={**body, "stream": stream},
+                headers={"Authorization": f"Bearer {TOKENS[team]}"},
+                timeout=120,
+            )
+        except requests.RequestException:
+            self.served["no answer"] += 1
+            return  # a fault's window: judged by the records
+        code = answer.status_code
+        self.served[f"{'stream' if stream else 'plain'} {code}"] += 1
+        if code == 200:
+            whole = (
+                answer.text.rstrip().endswith("data: [DONE]") or "event: error" in answer.text
+                if stream
+                else bool(answer.json().get("choices"))
+            )
+            if not whole:
+                self.violate(f"/v1 answered {job_id} with neither a whole answer nor an error event")
+        elif code == 404 and self.jobs[job_id]["deleted"]:
+            pass
+        elif code not in (409, 429, 503) and not self.in_window(started, time.monotonic()):
+            self.violate(f"/v1 chat with {job_id} answered {code}: {answer.text[:200]}")
+        other = "b" if team == "a" else "a"
+        with contextlib.suppress(requests.RequestException):
+            foreign = requests.post(
+                f"{root}/v1/chat/completions",
+                json=body,
+                headers={"Authorization": f"Bearer {TOKENS[other]}"},
+                timeout=30,
+            )
+            if foreign.status_code not in (404, 503) and not self.in_window(started, time.monotonic()):
+                self.violate(f"team {other} called team {team}'s {job_id} through /v1: {foreign.status_code}")
+
+    def server_views(self):
+        status, body = self.call("GET", "/servers?limit=100", who="ops")
+        if status == 200:
+            for server in body["servers"]:
+                self.servers[server["server_id"]] = server
+        return status == 200
+
+    def stop_servers(self):
+        for server_id, view in list(self.servers.items()):
+            if view.get("status") not in ("stopped", "failed"):
+                status, answer = self.call("DELETE", f"/servers/{server_id}", timeout=60, who="ops")
+                if status in (200, 202):
+                    self.servers[server_id] = answer
+                elif status not in (None, 503, 507):
+                    self.violate(f"stop of server {server_id} answered {status}: {answer}")
+
     def stop_deployment(self, deployment_id, facts):
         status, view = self.call("DELETE", f"/deployments/{deployment_id}", timeout=60, who=facts["team"])
         if status in (200, 202):
@@ -693,7 +789,11 @@ class Soak:
     def fault_plan(self):
         """The faults in a seeded order in which each kind comes once before any comes twice."""
         while True:
-            kinds = [k for k in FAULTS if k != "full_disk" or self.mounted]
+            kinds = [
+                k
+                for k in FAULTS
+                if (k != "full_disk" or self.mounted) and (k != "server_kill" or self.serving)
+            ]
             self.chaos_rng.shuffle(kinds)
             yield from kinds
 
@@ -736,6 +836,21 @@ class Soak:
         with self.lock:
             self.track(job_id)["faults"].append(fault)
         return fault
+
+    def fault_server_kill(self, _job_id):
+        servers = [
+            p
+            for p in self.home_processes()
+            if "vllm.entrypoints.openai.api_server" in " ".join(p.cmdline())
+            and p.status() != psutil.STATUS_ZOMBIE
+        ]
+        if not servers:
+            self.note("server_kill: no shared server runs; skipped")
+            return
+        victim = self.chaos_rng.choice(servers)
+        self.note(f"server_kill: kill -9 of the shared server {victim.pid}")
+        with contextlib.suppress(psutil.Error):
+            victim.kill()
 
     def fault_gunicorn_kill(self, _job_id):
         self.note("gunicorn_kill: kill -9 of gunicorn")
@@ -933,6 +1048,8 @@ class Soak:
             for deployment_id, facts in list(self.deployments.items()):
                 if not facts.get("stopped"):
                     self.stop_deployment(deployment_id, facts)
+            if self.serving and self.server_views():
+                self.stop_servers()
             self.refresh()
             if not self.unfinished() and not self.unfinished_others():
                 return
@@ -948,6 +1065,11 @@ class Soak:
                 facts["status"] = view["status"]
             if facts.get("status") not in ("stopped", "failed"):
                 found.append(deployment_id)
+        if self.serving:
+            self.server_views()
+            found += [
+                s for s, view in self.servers.items() if view.get("status") not in ("stopped", "failed")
+            ]
         return found
 
     def final_checks(self):
@@ -1085,13 +1207,12 @@ class Soak:
             evaluations = os.path.join(jobs, job, "evaluations")
             if job.startswith("train_") and os.path.isdir(evaluations):
                 found += [os.path.join(evaluations, e, "state.json") for e in os.listdir(evaluations)]
-        deployments = os.path.join(self.home, "deployments")
-        if os.path.isdir(deployments):
-            found += [
-                os.path.join(deployments, d, "state.json")
-                for d in os.listdir(deployments)
-                if d.startswith("deploy_")
-            ]
+        for folder, prefix in (("deployments", "deploy_"), ("servers", "serve_")):
+            path = os.path.join(self.home, folder)
+            if os.path.isdir(path):
+                found += [
+                    os.path.join(path, d, "state.json") for d in os.listdir(path) if d.startswith(prefix)
+                ]
         return found
 
     # -- the run and its report -------------------------------------------------------------
@@ -1155,6 +1276,8 @@ class Soak:
                 )
             ),
             "chats": dict(self.chats),
+            "serving": dict(self.served) if self.serving else "skipped: no vLLM venv (make vllm)",
+            "servers": dict(collections.Counter(v.get("status", "?") for v in self.servers.values())),
             "preemption_scenarios": len(self.preemptions),
             "jobs_preempted": sum(
                 1
@@ -1173,6 +1296,7 @@ class Soak:
         print("faults by kind:   " + ", ".join(f"{k} {v}" for k, v in sorted(self.faults.items())))
         print(f"evaluations:      {report['evaluations']}")
         print(f"deployments:      {report['deployments']}, chats {report['chats']}")
+        print(f"shared serving:   {report['serving']}, servers {report['servers']}")
         print(
             f"preemption:       {report['jobs_preempted']} of {report['preemption_scenarios']} "
             "low jobs preempted"
@@ -1240,6 +1364,7 @@ def main(argv=None):
     parser.add_argument("--no-tmpfs", action="store_true", help="do not mount a tmpfs (no full_disk)")
     parser.add_argument("--tmpfs-mb", type=int, default=1024)
     parser.add_argument("--keep", action="store_true", help="keep the home for a look afterwards")
+    parser.add_argument("--no-serving", action="store_true", help="no shared serving (no vLLM server)")
     parser.add_argument("--report", help="also write the report as JSON here")
     args = parser.parse_args(argv)
     soak = Soak(args)

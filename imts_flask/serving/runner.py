@@ -53,7 +53,7 @@ def command(settings, state, api_key):
     argv += shlex.split(settings.serve_extra_args)
     env = {
         "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
-        "VLLM_CPU_KVCACHE_SPACE": str(settings.serve_kvcache_gb),
+        "VLLM_CPU_KVCACHE_SPACE": str(int(settings.serve_kvcache_gb)),  # whole GiB
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "VLLM_NO_USAGE_STATS": "1",
