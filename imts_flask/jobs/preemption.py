@@ -59,6 +59,8 @@ def _started(state):
 
 
 def _may_preempt(settings, state, now):
+    if state.kind == "server":
+        return _idle_server(settings, state, now)
     if (
         state.kind
         or state.status != JobStatus.RUNNING.value
@@ -73,6 +75,15 @@ def _may_preempt(settings, state, now):
     if latest_resumable(output_dir) is not None:
         return True
     return now - _started(state) < settings.preempt_grace_s
+
+
+def _idle_server(settings, state, now):
+    """A shared server gives way to training where the operator lets it (serve_preemptible) once no
+    request came for serve_preempt_idle_s: its models start it again on their next request."""
+    if not settings.serve_preemptible or state.status != JobStatus.RUNNING.value or state.stop_requested_at:
+        return False
+    last = parse_time(state.last_request_at or state.ready_at or state.started_at)
+    return last is not None and now - last.timestamp() >= settings.serve_preempt_idle_s
 
 
 def mark(by):

@@ -148,7 +148,9 @@ def keep_serving(sup, state, served, restart_changes=None):
         log.info("server exited: %s", rc)
         watch.tally()  # what it answered since the last beat
         if sup.stop_requested():
-            end(sup, JobStatus.STOPPED, stop_reason="requested")
+            preempting = sup.read().preempting
+            why = f"preempted by {preempting['by']}" if preempting else "requested"
+            end(sup, JobStatus.STOPPED, stop_reason=why, preempting=None)
             return
         if watch.idle:
             end(sup, JobStatus.STOPPED, stop_reason="idle")

@@ -99,6 +99,7 @@ class Serving:
                 max_loras=settings.serve_max_loras,
                 max_cpu_loras=settings.serve_max_cpu_loras,
                 gpus=1 if settings.gpu_ids else 0,
+                priority="low" if settings.serve_preemptible else None,  # gives way to training
                 **queued_now(settings.max_attempts),
                 paths={
                     "log": os.path.join(run_dir, record.LOG),

@@ -12,7 +12,19 @@ import sys
 
 import pytest
 
-from conftest import API, PROJECT, TENANT_TOKENS, As, completed_job, tenants_file, wait_for, write_tenants
+from conftest import (
+    API,
+    PROJECT,
+    TENANT_TOKENS,
+    As,
+    api_create,
+    api_done,
+    api_status,
+    completed_job,
+    tenants_file,
+    wait_for,
+    write_tenants,
+)
 
 FAKE_VLLM = os.path.join(PROJECT, "tests", "fake_vllm.py")
 PORTS = "18560-18569"
@@ -232,3 +244,25 @@ def test_a_team_past_its_tokens_per_minute_gets_a_429_with_retry_after_and_other
     assert error["type"] == "rate_limit_error" and "max_tokens_per_minute is 10" in error["message"]
     assert 1 <= int(refused[0].headers["Retry-After"]) <= 61
     assert b.post("/v1/chat/completions", json={"model": "tiny-llama", **CHAT}).status_code == 200
+
+
+def test_an_idle_server_gives_way_to_a_high_job_and_its_models_wait_for_a_slot_again(serve_app):
+    app = serve_app(max_concurrent_jobs=1, serve_preempt_idle_s=0, serve_start_wait_s=2, housekeeping_s=0.5)
+    client = app.test_client()
+    job_id = completed_job(client)
+    assert chat(client, job_id).status_code == 200
+    (server,) = servers(client)
+    high = api_create(client, priority="high")
+    stopped = wait_for(
+        lambda: (s := servers(client)[0])["status"] == "stopped" and s, timeout=60, interval=0.2
+    )
+    assert stopped["server_id"] == server["server_id"] and stopped["stop_reason"] == f"preempted by {high}"
+    wait_for(lambda: api_status(client, high)["status"] in ("running", "completed"), timeout=60)
+    # While the job holds the one slot, a call waits serve_start_wait_s for a new server, then 503.
+    if api_status(client, high)["status"] == "running":
+        waiting = chat(client, job_id)
+        assert waiting.status_code in (200, 503)
+        if waiting.status_code == 503:
+            assert waiting.headers["Retry-After"] and waiting.get_json()["error"]["type"] == "server_error"
+    assert api_done(client, high)["status"] == "completed"
+    assert wait_for(lambda: chat(client, job_id).status_code == 200, timeout=60, interval=0.5)
