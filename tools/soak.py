@@ -895,10 +895,13 @@ class Soak:
     def monitored(self):
         """The jobs whose monitor is alive now: one just launched is not yet listed as running."""
         found = set()
-        for proc in psutil.process_iter(["cmdline"]):
+        for proc in psutil.process_iter(["cmdline", "cwd"]):
             with contextlib.suppress(psutil.Error):
                 cmdline = proc.info["cmdline"] or []
-                if "imts_flask.monitor" in cmdline and "train" in cmdline:
+                mine = (proc.info["cwd"] or "").startswith(
+                    f"{self.home}/"
+                )  # a monitor runs in its run's folder
+                if mine and "imts_flask.monitor" in cmdline and "train" in cmdline:
                     # A job's id alone: an evaluation's run id is train_<job>/eval_<id>.
                     found.update(part for part in cmdline if JOB_ID.fullmatch(part))
         return found
