@@ -89,6 +89,10 @@ class Handler(BaseHTTPRequestHandler):
             return
         if self.path not in ("/v1/chat/completions", "/v1/completions"):
             return self._error(404, "not found", "NotFoundError")
+        if "chat_template" in body and "trust-request-chat-template" not in options:
+            return self._error(
+                400, "Chat template is passed with request, but --trust-request-chat-template is not set."
+            )
         model = body.get("model")
         with LOCK:
             known = model == BASE or model in ADAPTERS

@@ -45,6 +45,9 @@ def command(settings, state, api_key):
         str(settings.serve_max_model_len),
         "--chat-template",
         DEFAULT_TEMPLATE,
+        # Each adapter's own template comes with its requests; only the service (with the key) sends
+        # one: /v1 refuses a client's chat_template.
+        "--trust-request-chat-template",
         "--uvicorn-log-level",  # its access lines count the requests served
         "info",
     ]
