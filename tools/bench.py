@@ -24,6 +24,8 @@ import psutil
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import bench_serving  # noqa: E402 (beside this file; it takes Server from this module)
+
 from imts_flask.llamafactory.environment import free_port, trainer_env  # noqa: E402
 from imts_flask.procs import start_ticks  # noqa: E402
 from imts_flask.settings import load_settings  # noqa: E402
@@ -958,6 +960,11 @@ def report(results, smoke):
             "",
         ),
     ]
+    serving = results.get("serving")
+    if isinstance(serving, dict):
+        rows += [(f"13. {figure}", value, "", "") for figure, value in bench_serving.report_rows(serving)]
+    elif serving:
+        rows.append(("13. shared serving", serving, "", ""))
     lines = ["| figure | measured | target | |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {t} | {m} |" for a, b, t, m in rows]
     return "\n".join(lines)
@@ -997,6 +1004,17 @@ def main():
         print("sharing ...", flush=True)
         results["scheduler"] = bench_scheduler(root, 500 if smoke else 10_000, 10 if smoke else 50)
         results["tenants"] = bench_tenants_create(root, 5 if smoke else 30)
+        if os.path.exists(os.path.join(PROJECT, ".venv-vllm", "bin", "python")):
+            print("shared serving ...", flush=True)
+            results["serving"] = bench_serving.bench_serving(
+                root,
+                (1, 2) if smoke else (1, 8, 32),
+                4 if smoke else 64,
+                2 if smoke else 8,
+                8 if smoke else 32,
+            )
+        else:
+            results["serving"] = "skipped: no vLLM venv (make vllm)"
     finally:
         shutil.rmtree(root, ignore_errors=True)
     table = report(results, smoke)
