@@ -9,6 +9,7 @@ import os
 import signal
 import stat
 import sys
+import time
 
 import pytest
 
@@ -21,6 +22,7 @@ from conftest import (
     api_done,
     api_status,
     completed_job,
+    stop_processes_under,
     tenants_file,
     wait_for,
     write_tenants,
@@ -51,7 +53,11 @@ def serve_app(make_app, tmp_path, home):
         settings.update(overrides)
         return make_app(**settings)
 
-    return build
+    yield build
+    # A monitor killed by the sweep may have been starting a server that the sweep did not see yet.
+    for _ in range(2):
+        stop_processes_under(str(tmp_path))
+        time.sleep(1)
 
 
 def chat(client, model, **extra):
