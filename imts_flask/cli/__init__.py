@@ -9,13 +9,13 @@ import sys
 import urllib.error
 import urllib.request
 
-from . import jobs, models
+from . import jobs, models, serving
 from .client import ApiError, Client
 
-# Each subcommand is a cmd_<name>(client, args) of jobs.py or models.py.
+# Each subcommand is a cmd_<name>(client, args) of jobs.py, models.py or serving.py.
 COMMANDS = {
     name[len("cmd_") :]: function
-    for module in (jobs, models)
+    for module in (jobs, models, serving)
     for name, function in vars(module).items()
     if name.startswith("cmd_")
 }
@@ -133,6 +133,13 @@ def parser():
     deploy.add_argument("--wait", action="store_true", help="until it is ready (or failed)")
     deploy.add_argument("--json", action="store_true")
     deploy.add_argument("--interval", type=float, default=1.0)
+    chat = sub.add_parser("chat", help="chat with any model name through /v1 (a job, name:3, a base model)")
+    chat.add_argument("model")
+    chat.add_argument("message", nargs="?", help="the message (default: read stdin)")
+    chat.add_argument("--max-tokens", type=int, default=128)
+    chat.add_argument("--usage", action="store_true", help="print the tokens used (to stderr)")
+    servers = sub.add_parser("servers", help="shared base-model servers and their adapters, or --stop one")
+    servers.add_argument("--stop", metavar="SERVER_ID")
     deployments = sub.add_parser("deployments", help="list deployments, or --stop one")
     deployments.add_argument("--stop", metavar="DEPLOYMENT_ID")
     register = sub.add_parser("register", help="register a completed job's weights as a model version")

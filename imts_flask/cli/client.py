@@ -20,9 +20,13 @@ class ApiError(Exception):
 
 class Client:
     def __init__(self, url, token=None, timeout=60):
-        self.base = url.rstrip("/") + API
+        self.root = url.rstrip("/")
+        self.base = self.root + API
         self.token = token
         self.timeout = timeout
+
+    def auth(self):
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def call(self, method, path, body=None, headers=None, data=None):
         """Return (status, JSON body, response headers); 4xx/5xx raise ApiError.

@@ -8,6 +8,8 @@ One service, one server and one set of trained jobs for the module: the tests re
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import openai
@@ -184,6 +186,45 @@ def test_bad_requests_are_openai_errors_naming_the_field(service, models):
         timeout=60,
     )
     assert response.status_code == 400 and "error" in response.json(), response.text
+
+
+def test_the_cli_chats_with_any_model_name_and_lists_the_servers(service, models):
+    jobs, version = models
+    cli = [sys.executable, "-m", "imts_flask.cli", "--url", service.root]
+    chat = subprocess.run(
+        [
+            *cli,
+            "--token",
+            TENANT_TOKENS["a"],
+            "chat",
+            version,
+            "Say a colour.",
+            "--max-tokens",
+            "4",
+            "--usage",
+        ],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert chat.returncode == 0, chat.stderr
+    assert chat.stdout.strip() and "completion tokens" in chat.stderr
+    foreign = subprocess.run(
+        [*cli, "--token", TENANT_TOKENS["b"], "chat", version, "hi"],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+    )
+    assert foreign.returncode == 2 and "HTTP 404" in foreign.stderr
+    listed = subprocess.run(
+        [*cli, "--token", TENANT_TOKENS["ops"], "servers"],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0 and "ready" in listed.stdout and version in listed.stdout, listed.stdout
 
 
 def test_a_server_killed_9_comes_back_and_the_next_request_answers(service, models):
