@@ -48,6 +48,11 @@ def deployments_page():
     return render_template("dashboard/deployments.html")
 
 
+@bp.get("/dashboard/serving")
+def serving_page():
+    return render_template("dashboard/serving.html")
+
+
 @bp.get("/dashboard/new")
 def new_job_page():
     return render_template("dashboard/new.html")  # ?clone=<job_id> is read by its script

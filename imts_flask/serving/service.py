@@ -163,6 +163,7 @@ class Serving:
                 "loaded_at": now_utc(),
                 "load_ms": took_ms,
                 "pid": pid,
+                "tenant": target.tenant,
             }
             current.set(adapters=adapters, adapter_loads=(current.adapter_loads or 0) + 1)
             return CHANGED
@@ -292,10 +293,10 @@ class Serving:
             with contextlib.suppress(NotFound):
                 states.append(self.store.read(server_id))
         states.sort(key=creation_order, reverse=True)
-        return len(states), [record.view(s) for s in states[offset : offset + limit]]
+        return len(states), [_shown(s) for s in states[offset : offset + limit]]
 
     def get(self, server_id):
-        return record.view(self._read(server_id))
+        return _shown(self._read(server_id))
 
     def stop(self, server_id):
         """Stop a server (admins only: it serves every team); (view, finished stopping)."""
@@ -319,6 +320,15 @@ class Serving:
             return self.store.read(server_id)
         except NotFound:
             raise NotFound(f"server {server_id} does not exist", field="server_id") from None
+
+
+def _shown(state):
+    """A server as the caller may see it: a shared server is everyone's, the adapters it holds of
+    another team's models are not (their names would tell the team's jobs and versions)."""
+    view = record.view(state)
+    held = view.get("adapters") or {}
+    view["adapters"] = {name: a for name, a in held.items() if principals.visible(a.get("tenant"))}
+    return view
 
 
 class UpstreamError(Exception):

@@ -5,6 +5,7 @@ test is about the page, not the training). Screenshots of both pages land in doc
 import json
 import os
 import shutil
+import sys
 import time
 
 import pytest
@@ -357,4 +358,47 @@ def test_with_tenants_the_page_shows_the_tokens_team_only_and_hides_a_viewers_bu
         assert browser.find_element("css selector", "#stop").is_displayed()
     finally:
         browser.execute_script("sessionStorage.clear()")
+        svc.stop()
+
+
+def test_the_serving_page_shows_the_servers_adapters_and_chats_with_any_model_name(browser, tmp_path):
+    """The page with a FAKE trainer and a FAKE vLLM (tests/fake_vllm.py): the real vLLM is in
+    tests/e2e/test_e2e_serving.py."""
+    home = make_home(tmp_path / "home")
+    wrapper = os.path.join(str(tmp_path), "fake-vllm-python")
+    with open(wrapper, "w") as handle:
+        handle.write(
+            f'#!/bin/sh\nexec {sys.executable} {os.path.join(PROJECT, "tests", "fake_vllm.py")} "$@"\n'
+        )
+    os.chmod(wrapper, 0o755)
+    svc = Service(
+        home, llamafactory_cli=fake_cli(str(tmp_path)), vllm_python=wrapper, deploy_ports="18650-18659"
+    ).start()
+    try:
+        job_id = svc.create({"model_name": "tiny-llama", "dataset": "demo_sft"})
+        assert svc.wait_done(job_id)["status"] == "completed"
+        browser.get_log("browser")
+        browser.get(f"{svc.root}/dashboard/serving")
+        find_element(browser, "#servers tbody td.muted")  # no server yet
+        wait_for(lambda: browser.find_elements("css selector", f'#model-names option[value="{job_id}"]'))
+        find_element(browser, "#chat-model").send_keys(job_id)
+        find_element(browser, "#chat-input").send_keys("Add three and three.")
+        find_element(browser, "#chat-form button").click()
+        answer = find_element(browser, '.turn[data-role="assistant"][data-streaming="false"]', timeout=60)
+        assert answer.text.startswith("assistant:") and "w0 w1 w2" in answer.text, answer.text
+        row = find_element(browser, '#servers tr[data-status="ready"]', timeout=30)
+        assert "tiny-llama" in row.text and job_id in row.find_element("css selector", "td.adapters").text
+        browser.save_screenshot(os.path.join(SCREENSHOTS, "dashboard-serving.png"))
+        no_console_errors(browser)  # before the refusal below, which the browser logs as an error
+        # A name nobody has: the page says so.
+        model = find_element(browser, "#chat-model")
+        model.clear()
+        model.send_keys("train_00000000")
+        find_element(browser, "#chat-input").send_keys("hi")
+        find_element(browser, "#chat-form button").click()
+        find_element(browser, '.turn[data-failed="true"]')
+        assert "does not exist" in text_of(browser, "#notice")
+    finally:
+        for server in requests.get(f"{svc.base}/servers", timeout=30).json()["servers"]:
+            requests.delete(f"{svc.base}/servers/{server['server_id']}", timeout=60)
         svc.stop()

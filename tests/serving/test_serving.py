@@ -158,6 +158,11 @@ def test_another_teams_model_is_a_404_as_one_that_does_not_exist_in_openais_shap
     assert viewer.post("/v1/chat/completions", json={"model": job_id, **CHAT}).status_code == 200
     (server,) = As(client, TENANT_TOKENS["ops"]).get(f"{API}/servers").get_json()["servers"]
     assert a.delete(f"{API}/servers/{server['server_id']}").status_code == 403
+    # The server is everyone's; the adapters it holds of team a's models are not team b's to see.
+    assert list(server["adapters"]) == [job_id]
+    assert list(a.get(f"{API}/servers").get_json()["servers"][0]["adapters"]) == [job_id]
+    assert b.get(f"{API}/servers").get_json()["servers"][0]["adapters"] == {}
+    assert b.get(f"{API}/servers/{server['server_id']}").get_json()["adapters"] == {}
 
 
 @pytest.mark.parametrize(

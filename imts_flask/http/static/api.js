@@ -10,7 +10,9 @@ const CACHE_BYTES = 65536; // a larger answer (a log page catching up) is not ke
 
 export class ApiError extends Error {
   constructor(status, body) {
-    super(body && body.message ? body.message : `the service answered ${status}`);
+    // The API's shape says {message}; OpenAI's (on /v1) says {error: {message}}.
+    const message = body && (body.message || (body.error && body.error.message));
+    super(message || `the service answered ${status}`);
     this.status = status;
     this.body = body;
   }
@@ -35,11 +37,12 @@ async function parse(response) {
 
 // POSTs `body` and hands each server-sent event's data (parsed JSON) to `onEvent` as it arrives;
 // an event carrying {error} (the answer broke off) is thrown as an ApiError.
-export async function stream(path, body, onEvent) {
+// `base`: the API's (default) or OpenAI's face, "/v1".
+export async function stream(path, body, onEvent, base = BASE) {
   const headers = { "Content-Type": "application/json" };
   const token = sessionStorage.getItem(TOKEN_KEY);
   if (token) headers["Authorization"] = `Bearer ${token}`;
-  const response = await fetch(BASE + path, { method: "POST", headers, body: JSON.stringify(body), cache: "no-store" });
+  const response = await fetch(base + path, { method: "POST", headers, body: JSON.stringify(body), cache: "no-store" });
   if (!response.ok) throw new ApiError(response.status, await parse(response));
   const reader = response.body.getReader();
   const decoder = new TextDecoder();
