@@ -23,7 +23,7 @@ def init_app(app, service):
     """Register the service and every part of the HTTP layer on `app`, in the order they run."""
     import importlib
 
-    from . import auth, dashboard, errors, guard, metrics, openai, requests
+    from . import auth, dashboard, errors, guard, metrics, openai, openai_finetuning, requests
 
     settings = service.settings
     app.extensions["imts"] = service
@@ -40,6 +40,7 @@ def init_app(app, service):
         app.register_blueprint(importlib.import_module(f"{__name__}.{name}").bp)
     app.after_request(requests.conditional)  # ETags on the API's JSON reads
     app.register_blueprint(openai.bp)  # OpenAI's face (/v1): OpenAI's shapes, not in our document
+    app.register_blueprint(openai_finetuning.bp)
     app.register_blueprint(dashboard.bp)
     errors.register_error_handlers(app)
 

@@ -17,6 +17,7 @@ from ..datasets.service import Datasets
 from ..datasets.uploads import Uploads
 from ..deployments.service import Deployments
 from ..evaluations.service import Evaluations
+from ..finetuning.service import FineTuning
 from ..fsio import filesystem_problems
 from ..jobs.files import JobFiles
 from ..jobs.launcher import Launcher
@@ -72,6 +73,9 @@ class TrainingService:
         )  # fmt: skip
         self.job_files = JobFiles(self.store)
         self.datasets = Datasets(settings, self.store, self.uploads, self.catalog)
+        self.finetuning = FineTuning(
+            settings, self.store, self.jobs, self.job_files, self.datasets, self.uploads
+        )
 
     def gpu_figures(self):
         """The GPUs this service hands out, as NVML reads them, each with the jobs handed it."""

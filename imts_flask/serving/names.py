@@ -3,6 +3,7 @@ Target of a base model's server and its adapter; and what a caller may call (GET
 
     train_a1b2c3d4               a job's final weights (a completed or stopped LoRA job)
     train_a1b2c3d4:best          its best checkpoint; train_a1b2c3d4:checkpoint-40, one checkpoint
+    ft:<base>:<team>:<suffix>:train_a1b2c3d4[:ckpt-step-40]   the same, as OpenAI's API names them
     support-bot:3                a registered version; support-bot@production, by alias
     tiny-llama-hd64              a base model, as a job names it
 
@@ -22,6 +23,10 @@ from ..state import JobStatus
 from ..tenancy import principals
 
 JOB_MODEL = re.compile(r"(train_[0-9a-z]{8})(?::(final|best|checkpoint-[0-9]{1,9}))?")
+# OpenAI's names of a fine-tune and its checkpoints (finetuning/mapping.py): the job id decides.
+FT_MODEL = re.compile(
+    r"ft:[^:\s]{1,128}:[^:\s]{0,64}:[^:\s]{0,40}:(train_[0-9a-z]{8})(?::ckpt-step-([0-9]{1,9}))?"
+)
 TEMPLATE_FILE = "chat_template.jinja"
 _SERVABLE = (JobStatus.COMPLETED.value, JobStatus.STOPPED.value)
 _templates = {}  # path -> (mtime_ns, text)
@@ -57,6 +62,10 @@ class Names:
         job = JOB_MODEL.fullmatch(name)
         if job:
             return self._job_target(name, job.group(1), job.group(2))
+        fine_tune = FT_MODEL.fullmatch(name)
+        if fine_tune:
+            step = fine_tune.group(2)
+            return self._job_target(name, fine_tune.group(1), f"checkpoint-{step}" if step else None)
         if REFERENCE.fullmatch(name):
             return self._version_target(name)
         try:

@@ -1,0 +1,160 @@
+"""OpenAI's fine-tuning API with the real `openai` Python client against gunicorn, a FAKE trainer and
+a FAKE vLLM (tests/fake_vllm.py): files, jobs, events, checkpoints, the fine-tuned model answering by
+name, cancel, the metadata filter, delete; the SDK's own errors naming the parameter; the same job
+through /api/v1/training."""
+
+import io
+import json
+import os
+import sys
+
+import openai
+import pytest
+import requests
+
+from conftest import PROJECT, fake_cli, make_home, wait_for
+from harness import Service
+
+FAKE_VLLM = os.path.join(PROJECT, "tests", "fake_vllm.py")
+CHAT_ROWS = [
+    {
+        "messages": [
+            {"role": "user", "content": f"Add {i} and {i}."},
+            {"role": "assistant", "content": str(2 * i)},
+        ]
+    }
+    for i in range(8)
+]
+
+
+def jsonl(rows):
+    return "".join(json.dumps(row) + "\n" for row in rows).encode()
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    root = tmp_path_factory.mktemp("openai-ft")
+    home = make_home(root / "home")
+    wrapper = os.path.join(str(root), "fake-vllm-python")
+    with open(wrapper, "w") as handle:
+        handle.write(f'#!/bin/sh\nexec {sys.executable} {FAKE_VLLM} "$@"\n')
+    os.chmod(wrapper, 0o755)
+    trainer = fake_cli(str(root), "--steps", "12", "--interval", "0.05", "--save-every", "5")
+    svc = Service(
+        home, llamafactory_cli=trainer, vllm_python=wrapper, deploy_ports="18660-18669", max_concurrent_jobs=3
+    ).start()
+    yield svc
+    for server in requests.get(f"{svc.base}/servers", timeout=30).json()["servers"]:
+        requests.delete(f"{svc.base}/servers/{server['server_id']}", timeout=60)
+    svc.stop()
+
+
+@pytest.fixture(scope="module")
+def client(service):
+    return openai.OpenAI(base_url=f"{service.root}/v1", api_key="unused-without-tenants", max_retries=0)
+
+
+def test_the_whole_flow_with_the_openai_client(service, client):
+    training = client.files.create(file=("train.jsonl", io.BytesIO(jsonl(CHAT_ROWS))), purpose="fine-tune")
+    validation = client.files.create(
+        file=("valid.jsonl", io.BytesIO(jsonl(CHAT_ROWS[:4]))), purpose="fine-tune"
+    )
+    assert (
+        training.id.startswith("file-")
+        and training.status == "processed"
+        and training.filename == "train.jsonl"
+    )
+    assert training.id in {f.id for f in client.files.list()}
+    assert client.files.content(training.id).read() == jsonl(CHAT_ROWS)
+    job = client.fine_tuning.jobs.create(
+        model="tiny-llama",
+        training_file=training.id,
+        validation_file=validation.id,
+        suffix="support",
+        metadata={"team": "billing", "run": "1"},
+        hyperparameters={"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 2},
+    )
+    assert job.object == "fine_tuning.job" and job.status in ("queued", "running")
+    assert job.hyperparameters.n_epochs == 2 and job.training_file == training.id
+    assert job.id in [j.id for j in client.fine_tuning.jobs.list(limit=10)]
+    done = wait_for(
+        lambda: (
+            (j := client.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed", "cancelled")
+            and j
+        ),
+        timeout=120,
+        interval=0.5,
+    )
+    assert done.status == "succeeded", done.error
+    assert done.fine_tuned_model == f"ft:tiny-llama:imts:support:{job.id}"
+    events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
+    assert events[0].message.startswith("Job succeeded") and any(e.type == "metrics" for e in events)
+    checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert [c.step_number for c in checkpoints] == [10, 5]  # newest first
+    assert checkpoints[0].fine_tuned_model_checkpoint == f"{done.fine_tuned_model}:ckpt-step-10"
+    # The fine-tuned model and a checkpoint answer by name, with no deployment step.
+    for name in (done.fine_tuned_model, checkpoints[1].fine_tuned_model_checkpoint):
+        answer = client.chat.completions.create(
+            model=name, messages=[{"role": "user", "content": "hi"}], max_tokens=3
+        )
+        assert answer.choices[0].message.content == " w0 w1 w2"
+    # The same job through the service's own API: the same state and loss, the request as mapped.
+    ours = requests.get(f"{service.base}/jobs/{job.id}", timeout=30).json()
+    assert ours["status"] == "completed" and ours["current_loss"] == done.current_loss is not None
+    asked = requests.get(f"{service.base}/jobs/{job.id}/request", timeout=30).json()
+    assert (
+        asked["epochs"] == 2.0 and asked["batch_size"] == 4 and asked["learning_rate"] == pytest.approx(1e-4)
+    )
+    # The metadata filter, and cancel of another job.
+    other = client.fine_tuning.jobs.create(
+        model="tiny-llama",
+        training_file=training.id,
+        metadata={"team": "search"},
+        hyperparameters={"n_epochs": 50},
+    )
+    assert [j.id for j in client.fine_tuning.jobs.list(metadata={"team": "search"})] == [other.id]
+    cancelled = client.fine_tuning.jobs.cancel(other.id)
+    assert cancelled.status == "cancelled"
+    # Delete the model: its job goes.
+    deleted = client.models.delete(done.fine_tuned_model)
+    assert deleted.deleted and deleted.id == done.fine_tuned_model
+    with pytest.raises(openai.NotFoundError):
+        client.fine_tuning.jobs.retrieve(job.id)
+
+
+@pytest.mark.parametrize(
+    "extra, param",
+    [
+        ({"hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs"),
+        (
+            {"hyperparameters": {"learning_rate_multiplier": "fast"}},
+            "hyperparameters.learning_rate_multiplier",
+        ),
+        ({"hyperparameters": {"warmup": 3}}, "hyperparameters.warmup"),
+        ({"method": {"type": "reinforcement"}}, "method.type"),
+        ({"suffix": "Not Valid!"}, "suffix"),
+        ({"model": "no-such-model"}, "model"),
+        ({"training_file": "file-000000000000000000000000"}, "training_file"),
+        ({"training_file": "../etc/passwd"}, "training_file"),
+        ({"seed": -1}, "seed"),
+    ],
+)
+def test_a_bad_request_raises_the_sdks_bad_request_error_naming_the_parameter(service, client, extra, param):
+    training = client.files.create(file=("t.jsonl", io.BytesIO(jsonl(CHAT_ROWS))), purpose="fine-tune")
+    before = requests.get(f"{service.base}/jobs?limit=1000", timeout=30).json()["total"]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.fine_tuning.jobs.create(**{"model": "tiny-llama", "training_file": training.id, **extra})
+    assert caught.value.body["param"] == param, caught.value.body
+    assert (
+        requests.get(f"{service.base}/jobs?limit=1000", timeout=30).json()["total"] == before
+    )  # nothing made
+
+
+def test_a_bad_file_raises_bad_request_naming_the_file_and_its_line(client):
+    rows = jsonl(CHAT_ROWS[:2]) + b'{"messages": [{"role": "user"}]}\n'
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.files.create(file=("bad.jsonl", io.BytesIO(rows)), purpose="fine-tune")
+    assert caught.value.body["param"] == "file" and "3" in caught.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.files.create(file=("t.jsonl", io.BytesIO(jsonl(CHAT_ROWS))), purpose="assistants")
+    assert caught.value.body["param"] == "purpose"
