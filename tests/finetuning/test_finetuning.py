@@ -12,7 +12,7 @@ import openai
 import pytest
 import requests
 
-from conftest import PROJECT, fake_cli, make_home, wait_for
+from conftest import PROJECT, TENANT_TOKENS, fake_cli, make_home, tenants_file, wait_for, write_tenants
 from harness import Service
 
 FAKE_VLLM = os.path.join(PROJECT, "tests", "fake_vllm.py")
@@ -158,3 +158,37 @@ def test_a_bad_file_raises_bad_request_naming_the_file_and_its_line(client):
     with pytest.raises(openai.BadRequestError) as caught:
         client.files.create(file=("t.jsonl", io.BytesIO(jsonl(CHAT_ROWS))), purpose="assistants")
     assert caught.value.body["param"] == "purpose"
+
+
+def test_another_teams_files_and_jobs_read_as_ones_that_do_not_exist(tmp_path):
+    home = make_home(tmp_path / "home")
+    write_tenants(home, tenants_file())
+    svc = Service(home, llamafactory_cli=fake_cli(str(tmp_path), "--steps", "3")).start()
+    try:
+        a, b = (
+            openai.OpenAI(base_url=f"{svc.root}/v1", api_key=TENANT_TOKENS[who], max_retries=0)
+            for who in "ab"
+        )
+        training = a.files.create(file=("t.jsonl", io.BytesIO(jsonl(CHAT_ROWS))), purpose="fine-tune")
+        job = a.fine_tuning.jobs.create(model="tiny-llama", training_file=training.id)
+        assert training.id not in {f.id for f in b.files.list()}
+        assert job.id not in {j.id for j in b.fine_tuning.jobs.list()}
+        for call in (
+            lambda: b.files.retrieve(training.id),
+            lambda: b.files.content(training.id),
+            lambda: b.files.delete(training.id),
+            lambda: b.fine_tuning.jobs.retrieve(job.id),
+            lambda: b.fine_tuning.jobs.cancel(job.id),
+            lambda: b.fine_tuning.jobs.list_events(job.id),
+            lambda: b.fine_tuning.jobs.checkpoints.list(job.id),
+        ):
+            with pytest.raises(openai.NotFoundError):
+                call()
+        with pytest.raises(openai.BadRequestError) as caught:  # team b cannot train on team a's file
+            b.fine_tuning.jobs.create(model="tiny-llama", training_file=training.id)
+        assert caught.value.body["param"] == "training_file"
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"{svc.root}/v1", api_key="nobody", max_retries=0).files.list()
+        assert a.fine_tuning.jobs.retrieve(job.id).id == job.id
+    finally:
+        svc.stop()
