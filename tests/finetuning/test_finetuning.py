@@ -6,14 +6,25 @@ through /api/v1/training."""
 import io
 import json
 import os
+import shutil
+import subprocess
 import sys
 
 import openai
 import pytest
 import requests
 
-from conftest import PROJECT, TENANT_TOKENS, fake_cli, make_home, tenants_file, wait_for, write_tenants
-from harness import Service
+from conftest import (
+    PROJECT,
+    TENANT_TOKENS,
+    fake_cli,
+    make_home,
+    require,
+    tenants_file,
+    wait_for,
+    write_tenants,
+)
+from harness import Service, java_flow_available, run_java_flow
 
 FAKE_VLLM = os.path.join(PROJECT, "tests", "fake_vllm.py")
 CHAT_ROWS = [
@@ -192,3 +203,36 @@ def test_another_teams_files_and_jobs_read_as_ones_that_do_not_exist(tmp_path):
         assert a.fine_tuning.jobs.retrieve(job.id).id == job.id
     finally:
         svc.stop()
+
+
+NODE_FLOW = os.path.join(PROJECT, "tests", "node", "finetune_flow.mjs")
+
+
+def test_the_whole_flow_with_the_openai_package_for_node(service, tmp_path):
+    require(
+        shutil.which("node")
+        and os.path.isdir(os.path.join(PROJECT, "tests", "node", "node_modules", "openai")),
+        "node and the openai package (cd tests/node && npm ci)",
+    )
+    train, valid = tmp_path / "train.jsonl", tmp_path / "valid.jsonl"
+    train.write_bytes(jsonl(CHAT_ROWS))
+    valid.write_bytes(jsonl(CHAT_ROWS[:4]))
+    run = subprocess.run(
+        ["node", NODE_FLOW, f"{service.root}/v1", "unused", "tiny-llama", str(train), str(valid)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    assert seen["created"] in ("queued", "running") and seen["checkpoints"] == [10, 5]
+    assert seen["cancelled"] == "cancelled" and seen["deleted"] is True
+    assert seen["bad_param"] == "hyperparameters.batch_size"
+    assert seen["fine_tuned_model"].startswith("ft:tiny-llama:imts:node:train_")
+
+
+def test_a_spring_resttemplate_flow_creates_watches_and_cancels(service, tmp_path):
+    require(java_flow_available(), "javac with Spring and Jackson")
+    result = run_java_flow(service.root, tmp_path, flow="SpringFineTuningFlow", args=("tiny-llama",))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "FINE-TUNING FLOW OK" in result.stdout
