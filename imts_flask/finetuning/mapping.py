@@ -10,6 +10,7 @@
     hyperparameters.learning_rate_multiplier      learning_rate = BASE_LEARNING_RATE x multiplier
       (auto: 1, so the service's default 5e-5)
     seed                                          custom_config.seed
+    (a checkpoint per epoch, as OpenAI keeps)     custom_config.save_strategy: epoch
     suffix, metadata                              kept in openai.json beside the record
 
     status: pending -> queued, running -> running, completed -> succeeded, failed -> failed,
@@ -115,7 +116,8 @@ def job_request(body):
         "epochs": float(hyper["n_epochs"]),
         "batch_size": hyper["batch_size"],
         "learning_rate": BASE_LEARNING_RATE * hyper["learning_rate_multiplier"],
-        "custom_config": {"seed": seed} if seed is not None else {},
+        # A checkpoint at each epoch's end, as OpenAI's jobs keep them (each answers by its name).
+        "custom_config": {"save_strategy": "epoch", **({"seed": seed} if seed is not None else {})},
     }
     if body.get("validation_file"):
         request["validation"] = {"dataset": body["validation_file"]}

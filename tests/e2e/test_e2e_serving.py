@@ -188,6 +188,43 @@ def test_bad_requests_are_openai_errors_naming_the_field(service, models):
     assert response.status_code == 400 and "error" in response.json(), response.text
 
 
+def test_a_job_made_through_openais_fine_tuning_api_answers_by_its_fine_tuned_model_name(service, models):
+    """The real LLaMA Factory trains what the openai client asks; the real vLLM answers its name."""
+    a = client(service, "a")
+    rows = "".join(
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": f"Add {i} and {i}."},
+                    {"role": "assistant", "content": str(2 * i)},
+                ]
+            }
+        )
+        + "\n"
+        for i in range(16)
+    )
+    training = a.files.create(file=("train.jsonl", rows.encode()), purpose="fine-tune")
+    job = a.fine_tuning.jobs.create(
+        model="tiny-llama-hd64", training_file=training.id, suffix="e2e", hyperparameters={"n_epochs": 2}
+    )
+    done = wait_for(
+        lambda: (
+            (j := a.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed", "cancelled") and j
+        ),
+        timeout=600,
+        interval=1,
+    )
+    assert done.status == "succeeded", done.error
+    assert status(service, job.id)["status"] == "completed"  # the same job through the service's API
+    checkpoints = a.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert len(checkpoints) == 2, checkpoints  # one an epoch
+    for name in (done.fine_tuned_model, checkpoints[-1].fine_tuned_model_checkpoint):
+        answer = a.chat.completions.create(
+            model=name, messages=[{"role": "user", "content": "Add 2 and 2."}], max_tokens=4
+        )
+        assert answer.choices[0].message.content is not None and answer.usage.completion_tokens > 0
+
+
 def test_the_cli_chats_with_any_model_name_and_lists_the_servers(service, models):
     jobs, version = models
     cli = [sys.executable, "-m", "imts_flask.cli", "--url", service.root]
