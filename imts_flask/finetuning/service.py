@@ -7,8 +7,9 @@ is; a fine-tuning job is a job whose id is the job's, with openai.json beside it
 import contextlib
 import secrets
 
-from ..errors import NotFound, ValidationFailed
+from ..errors import Conflict, NotFound, ValidationFailed
 from ..jobs.store import JobStore
+from ..state import JobStatus
 from ..tenancy import principals
 from . import mapping
 
@@ -133,12 +134,29 @@ class FineTuning:
             kept = self.store.read_file(job_id, OPENAI)
         return state, kept
 
+    def chain(self, job_id):
+        """[(record, openai.json)] of a fine-tuning job and the jobs that continue it after each
+        resume, first to last: OpenAI's job keeps its id across a pause and a resume, where a resume
+        here is a new job (a stopped job never changes)."""
+        found = [self._job(job_id)]
+        while found[-1][1].get("resumed_as") and len(found) < 100:
+            try:
+                found.append(self._job(found[-1][1]["resumed_as"]))
+            except NotFound:
+                break
+        return found
+
     def job(self, job_id):
-        state, kept = self._job(job_id)
+        chain = self.chain(job_id)
+        (head, kept), (current, _) = chain[0], chain[-1]
         request = {}
         with contextlib.suppress(NotFound):
             request = self.jobs.request(job_id)
-        return mapping.job_view(state, kept, self.jobs.view(state, detail=False), request)
+        view = mapping.job_view(current, kept, self.jobs.view(current, detail=False), request)
+        view.update(id=head.job_id, created_at=mapping.seconds(head.created_at) or 0)
+        if kept.get("paused") and current.status == JobStatus.STOPPED.value:
+            view["status"] = "paused"
+        return view
 
     def list_jobs(self, after=None, limit=20, metadata=None):
         """Newest first from the jobs' index (`after`: a job id of the previous page)."""
@@ -149,11 +167,14 @@ class FineTuning:
             if not started:
                 started = line["job_id"] == after
                 continue
-            if metadata:
-                with contextlib.suppress(NotFound):
-                    kept = self._job(line["job_id"])[1]
-                    if any((kept.get("metadata") or {}).get(k) != v for k, v in metadata.items()):
-                        continue
+            try:
+                kept = self._job(line["job_id"])[1]
+            except NotFound:
+                continue
+            if kept.get("continues"):
+                continue  # a resumed run is listed under the id it continues
+            if metadata and any((kept.get("metadata") or {}).get(k) != v for k, v in metadata.items()):
+                continue
             with contextlib.suppress(NotFound):
                 page.append(self.job(line["job_id"]))
             if len(page) > limit:
@@ -161,17 +182,68 @@ class FineTuning:
         return {"object": "list", "data": page[:limit], "has_more": len(page) > limit}
 
     def cancel(self, job_id):
-        self._job(job_id)
-        self.jobs.stop(job_id)
+        chain = self.chain(job_id)
+        current = chain[-1][0]
+        if not JobStatus(current.status).is_terminal():
+            self.jobs.stop(current.job_id)
+        self._keep(chain[0][0].job_id, paused=None)  # a paused job cancelled stays cancelled
         return self.job(job_id)
 
+    def pause(self, job_id):
+        """Stop the job's current run with a checkpoint, to be resumed under the same id."""
+        chain = self.chain(job_id)
+        current = chain[-1][0]
+        if current.status not in (JobStatus.PENDING.value, JobStatus.RUNNING.value):
+            raise Conflict(
+                f"job {job_id} is {self.job(job_id)['status']}: only a queued or running job pauses",
+                field="fine_tuning_job_id",
+            )
+        self._keep(chain[0][0].job_id, paused=True)
+        self.jobs.stop(current.job_id)
+        return self.job(job_id)
+
+    def resume(self, job_id):
+        """Continue a paused job from its last checkpoint: a new run, listed under the same id."""
+        chain = self.chain(job_id)
+        (head, kept), (current, current_kept) = chain[0], chain[-1]
+        if not kept.get("paused") or current.status != JobStatus.STOPPED.value:
+            raise Conflict(
+                f"job {job_id} is {self.job(job_id)['status']}, not paused", field="fine_tuning_job_id"
+            )
+        state, _ = self.jobs.resume(current.job_id)
+        follower = {k: v for k, v in kept.items() if k not in ("paused", "resumed_as")}
+        self.store.write_file(state.job_id, OPENAI, {**follower, "continues": head.job_id})
+        self.store.write_file(current.job_id, OPENAI, {**current_kept, "resumed_as": state.job_id})
+        self._keep(head.job_id, paused=None)
+        return self.job(job_id)
+
+    def _keep(self, job_id, **values):
+        kept = self._job(job_id)[1]
+        kept.update(values)
+        self.store.write_file(job_id, OPENAI, {k: v for k, v in kept.items() if v is not None})
+
     def events(self, job_id, after=None, limit=20):
-        """The job's own events (its state changes) and its progress (a metrics event per logged
-        step), newest first."""
-        state, _ = self._job(job_id)
+        """The job's own events (its state changes, those of its resumed runs) and its progress (a
+        metrics event per logged step), newest first."""
+        found = []
+        for state, kept in self.chain(job_id):
+            found += self._events_of(
+                state, "paused" if kept.get("resumed_as") or kept.get("paused") else None
+            )
+        found.sort(key=lambda e: (e["created_at"], e["type"] == "metrics"), reverse=True)
+        start = 0
+        if after:
+            start = next((i + 1 for i, e in enumerate(found) if e["id"] == after), len(found))
+        page = found[start : start + limit]
+        return {"object": "list", "data": page, "has_more": start + limit < len(found)}
+
+    def _events_of(self, state, stopped=None):
+        """`stopped`: what its stop was to OpenAI's job (paused), if not a cancel."""
+        job_id = state.job_id
         found = []
         for n, entry in enumerate(state.history or []):
-            message = f"Job {mapping.STATUS.get(entry['status'], entry['status'])}"
+            word = mapping.STATUS.get(entry["status"], entry["status"])
+            message = f"Job {stopped if stopped and entry['status'] == JobStatus.STOPPED.value else word}"
             if entry.get("reason"):
                 message += f": {entry['reason']}"
             level = "error" if entry["status"] == "failed" else "info"
@@ -188,15 +260,12 @@ class FineTuning:
             }
             message = f"Step {point['step']}: training loss={point.get('loss')}"
             found.append(_event(job_id, f"m{point['step']}", running_at, "info", message, "metrics", data))
-        found.sort(key=lambda e: (e["created_at"], e["id"].startswith(f"ftevent-{job_id}-m")), reverse=True)
-        start = 0
-        if after:
-            start = next((i + 1 for i, e in enumerate(found) if e["id"] == after), len(found))
-        page = found[start : start + limit]
-        return {"object": "list", "data": page, "has_more": start + limit < len(found)}
+        return found
 
     def checkpoints(self, job_id, after=None, limit=10):
-        state, kept = self._job(job_id)
+        kept = self._job(job_id)[1]
+        state = self.chain(job_id)[-1][0]  # after a resume, the run that goes on
+        job_id = state.job_id
         losses = {p["step"]: p.get("loss") for p in self.job_files.metrics(job_id, 0, 100_000)["points"]}
         found = []
         for checkpoint in reversed(self.job_files.checkpoints(job_id)["checkpoints"]):
@@ -229,8 +298,8 @@ class FineTuning:
 
     def delete_model(self, name, job_id):
         """Delete a fine-tuned model: its job, by the rules DELETE of a job has."""
-        self._job(job_id)
-        self.jobs.delete(job_id)
+        for state, _ in reversed(self.chain(job_id)):
+            self.jobs.delete(state.job_id)
         return {"id": name, "object": "model", "deleted": True}
 
 

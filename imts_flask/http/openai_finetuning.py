@@ -104,6 +104,16 @@ def cancel_job(job_id):
     return _service().finetuning.cancel(job_id)
 
 
+@bp.post("/fine_tuning/jobs/<job_id>/pause")
+def pause_job(job_id):
+    return _service().finetuning.pause(job_id)
+
+
+@bp.post("/fine_tuning/jobs/<job_id>/resume")
+def resume_job(job_id):
+    return _service().finetuning.resume(job_id)
+
+
 @bp.get("/fine_tuning/jobs/<job_id>/events")
 def job_events(job_id):
     return _service().finetuning.events(job_id, request.args.get("after"), _limit(20))

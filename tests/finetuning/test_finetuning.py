@@ -50,7 +50,7 @@ def service(tmp_path_factory):
     with open(wrapper, "w") as handle:
         handle.write(f'#!/bin/sh\nexec {sys.executable} {FAKE_VLLM} "$@"\n')
     os.chmod(wrapper, 0o755)
-    trainer = fake_cli(str(root), "--steps", "12", "--interval", "0.05", "--save-every", "5")
+    trainer = fake_cli(str(root), "--steps", "12", "--interval", "0.3", "--save-every", "5")
     svc = Service(
         home, llamafactory_cli=trainer, vllm_python=wrapper, deploy_ports="18660-18669", max_concurrent_jobs=3
     ).start()
@@ -227,6 +227,7 @@ def test_the_whole_flow_with_the_openai_package_for_node(service, tmp_path):
     seen = json.loads(run.stdout.strip().splitlines()[-1])
     assert seen["created"] in ("queued", "running") and seen["checkpoints"] == [10, 5]
     assert seen["cancelled"] == "cancelled" and seen["deleted"] is True
+    assert seen["paused"] == "paused" and seen["resumed"] in ("queued", "running")
     assert seen["bad_param"] == "hyperparameters.batch_size"
     assert seen["fine_tuned_model"].startswith("ft:tiny-llama:imts:node:train_")
 
@@ -236,3 +237,41 @@ def test_a_spring_resttemplate_flow_creates_watches_and_cancels(service, tmp_pat
     result = run_java_flow(service.root, tmp_path, flow="SpringFineTuningFlow", args=("tiny-llama",))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "FINE-TUNING FLOW OK" in result.stdout
+
+
+def test_a_paused_job_resumes_under_its_id_from_its_checkpoint(tmp_path):
+    home = make_home(tmp_path / "home")
+    trainer = fake_cli(str(tmp_path), "--steps", "200", "--interval", "0.05", "--save-every", "20")
+    svc = Service(home, llamafactory_cli=trainer).start()
+    try:
+        client = openai.OpenAI(base_url=f"{svc.root}/v1", api_key="unused", max_retries=0)
+        training = client.files.create(file=("t.jsonl", io.BytesIO(jsonl(CHAT_ROWS))), purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(model="tiny-llama", training_file=training.id, suffix="p")
+        wait_for(lambda: (svc.status(job.id)["current_step"] or 0) >= 50, timeout=60, interval=0.2)
+        paused = client.fine_tuning.jobs.pause(job.id)
+        assert paused.status == "paused" and client.fine_tuning.jobs.retrieve(job.id).status == "paused"
+        with pytest.raises(openai.ConflictError):
+            client.fine_tuning.jobs.pause(job.id)
+        resumed = client.fine_tuning.jobs.resume(job.id)
+        assert resumed.id == job.id and resumed.status in ("queued", "running")
+        done = wait_for(
+            lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed") and j,
+            timeout=120,
+            interval=0.5,
+        )
+        assert done.status == "succeeded" and done.id == job.id
+        (follower,) = [
+            j for j in requests.get(f"{svc.base}/jobs", timeout=30).json()["jobs"] if j["job_id"] != job.id
+        ]
+        assert follower["resumed_from"]["job_id"] == job.id and follower["status"] == "completed"
+        assert done.fine_tuned_model == f"ft:tiny-llama:imts:p:{follower['job_id']}"
+        assert [j.id for j in client.fine_tuning.jobs.list()] == [job.id]  # one job to OpenAI's eyes
+        messages = [
+            e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "message"
+        ]
+        assert messages[0] == "Job succeeded" and "Job paused" in messages
+        assert requests.get(f"{svc.base}/jobs/{job.id}", timeout=30).json()["status"] == "stopped"
+        with pytest.raises(openai.ConflictError):
+            client.fine_tuning.jobs.resume(job.id)
+    finally:
+        svc.stop()

@@ -64,6 +64,23 @@ let streamed = "";
 for await (const chunk of stream) streamed += chunk.choices[0]?.delta?.content || "";
 check(streamed.length > 0, "a streamed answer");
 
+// Pause one job once it has a checkpoint, and resume it: the same id goes on to succeeded.
+const paused = await client.fineTuning.jobs.create({ model, training_file: training.id, suffix: "pause" });
+for (let i = 0; i < 600; i++) {
+  const points = (await client.fineTuning.jobs.checkpoints.list(paused.id)).data;
+  if (points.length) break;
+  await sleep(200);
+}
+seen.paused = (await client.fineTuning.jobs.pause(paused.id)).status;
+seen.resumed = (await client.fineTuning.jobs.resume(paused.id)).status;
+let after;
+for (let i = 0; i < 600; i++) {
+  after = await client.fineTuning.jobs.retrieve(paused.id);
+  if (["succeeded", "failed", "cancelled"].includes(after.status)) break;
+  await sleep(500);
+}
+check(after.status === "succeeded" && after.id === paused.id, `the resumed job succeeded under its id, not ${after.status}`);
+
 const other = await client.fineTuning.jobs.create({
   model,
   training_file: training.id,
