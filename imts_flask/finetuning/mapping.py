@@ -36,6 +36,58 @@ STATUS = {
     JobStatus.FAILED.value: "failed",
     JobStatus.STOPPED.value: "cancelled",
 }
+# Each parameter of OpenAI's fine-tuning job request and what the service makes of it (the OpenAPI
+# document's x-openai, the README's table).
+PARAMETERS = {
+    "model": "model_name: a base model or a registered version",
+    "training_file": "dataset: the uploaded dataset of that file id",
+    "validation_file": "validation.dataset",
+    "method": "stage: supervised -> sft, dpo -> dpo; reinforcement is refused (LLaMA Factory has no grader)",
+    "hyperparameters": "n_epochs -> epochs (auto 3), batch_size -> batch_size (auto 2), "
+    f"learning_rate_multiplier -> learning_rate = {BASE_LEARNING_RATE} x it (auto 1)",
+    "seed": "custom_config.seed",
+    "suffix": "kept in openai.json; part of fine_tuned_model",
+    "metadata": "kept in openai.json; the list filters by metadata[k]=v",
+    "integrations": "accepted and ignored (none is supported)",
+}
+NOT_SUPPORTED = (
+    "result_files (always empty), trained_tokens (null)",
+    "OpenAI's preference-format files (input, preferred_output, non_preferred_output): upload a "
+    "pairwise dataset through /api/v1/training/datasets and name it as training_file",
+    "integrations (Weights & Biases): the service tracks with MLflow",
+    "method reinforcement",
+)
+ROUTES = (
+    "POST /v1/files", "GET /v1/files", "GET /v1/files/{id}", "GET /v1/files/{id}/content",
+    "DELETE /v1/files/{id}", "POST /v1/fine_tuning/jobs", "GET /v1/fine_tuning/jobs",
+    "GET /v1/fine_tuning/jobs/{id}", "POST /v1/fine_tuning/jobs/{id}/cancel",
+    "POST /v1/fine_tuning/jobs/{id}/pause", "POST /v1/fine_tuning/jobs/{id}/resume",
+    "GET /v1/fine_tuning/jobs/{id}/events", "GET /v1/fine_tuning/jobs/{id}/checkpoints",
+    "GET /v1/models", "GET /v1/models/{model}", "DELETE /v1/models/{model}",
+    "POST /v1/chat/completions", "POST /v1/completions",
+)  # fmt: skip
+
+
+def openapi_extension():
+    """What the OpenAPI document says of OpenAI's face (x-openai): its routes, the mapping of each
+    request parameter and status, its error shape, and what it does not support."""
+    return {
+        "base_path": "/v1",
+        "routes": list(ROUTES),
+        "error_shape": {
+            "error": {"message": "string", "type": "string", "param": "string", "code": "string"}
+        },
+        "fine_tuning_job_parameters": dict(PARAMETERS),
+        "statuses": dict(STATUS),
+        "model_names": {
+            "fine_tuned_model": "ft:<base>:<team>:<suffix>:<job id>",
+            "checkpoint": "ft:<base>:<team>:<suffix>:<job id>:ckpt-step-<N>",
+            "also": "train_x, train_x:best, train_x:checkpoint-N, name:3, name@alias, a base model",
+        },
+        "not_supported": list(NOT_SUPPORTED),
+    }
+
+
 FILE_ID = re.compile(r"file-[0-9a-f]{24}")
 SUFFIX = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")  # OpenAI: up to 64 characters; ours stay short
 MAX_METADATA = 16
@@ -61,10 +113,7 @@ def job_request(body):
     a 400 naming OpenAI's parameter for what it cannot take."""
     if not isinstance(body, dict):
         raise ValidationFailed("the body must be a JSON object", field="body")
-    unknown = set(body) - {
-        "model", "training_file", "validation_file", "suffix", "seed", "metadata", "method",
-        "hyperparameters", "integrations",
-    }  # fmt: skip
+    unknown = set(body) - set(PARAMETERS)
     if unknown:
         name = sorted(unknown)[0]
         raise ValidationFailed(f"{name} is not a parameter of a fine-tuning job", field=name)

@@ -24,6 +24,7 @@ from marshmallow import class_registry, validate
 from ..datasets.rows import FORMATS as DATASET_FORMATS
 from ..datasets.uploads import NAME as DATASET_NAME
 from ..deployments.service import backends
+from ..finetuning.mapping import openapi_extension
 from ..llamafactory.allowlist import CUSTOM_KEYS
 from ..llamafactory.templates import installed_templates
 from ..runs.ids import EVALUATION_ID_PATTERN, JOB_ID_PATTERN
@@ -337,6 +338,7 @@ def build_spec(app):
             if meta is not None:
                 spec.path(path=path, operations={method.lower(): _operation(rule, method, meta, auth)})
         document = spec.to_dict()
+        document["x-openai"] = openapi_extension()  # OpenAI's face (/v1), mapped to this API
         schemas = document["components"]["schemas"]
         for name, rules in _component_rules().items():
             if name in schemas:

@@ -275,3 +275,25 @@ def test_a_paused_job_resumes_under_its_id_from_its_checkpoint(tmp_path):
             client.fine_tuning.jobs.resume(job.id)
     finally:
         svc.stop()
+
+
+def test_the_openapi_document_maps_openais_face_route_by_route(make_app):
+    """x-openai lists exactly the /v1 routes the service answers, and every parameter a fine-tuning
+    job request may hold."""
+    app = make_app()
+    document = app.test_client().get("/api/v1/training/openapi.json").get_json()
+    face = document["x-openai"]
+    served = set()
+    for rule in app.url_map.iter_rules():
+        if rule.rule.startswith("/v1/"):
+            path = rule.rule
+            for name in rule.arguments:
+                path = path.replace(f"<{name}>", "{id}").replace(f"<path:{name}>", "{model}")
+            path = path.replace("/v1/models/{id}", "/v1/models/{model}")
+            served |= {f"{method} {path}" for method in rule.methods - {"HEAD", "OPTIONS"}}
+    assert set(face["routes"]) == served
+    assert set(face["fine_tuning_job_parameters"]) == {
+        "model", "training_file", "validation_file", "method", "hyperparameters", "seed", "suffix",
+        "metadata", "integrations",
+    }  # fmt: skip
+    assert face["statuses"]["completed"] == "succeeded" and face["error_shape"]["error"]
