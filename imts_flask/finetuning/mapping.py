@@ -28,7 +28,7 @@ from ..errors import ValidationFailed
 from ..state import JobStatus, parse_time
 
 BASE_LEARNING_RATE = 5e-5
-AUTO = {"n_epochs": 3, "batch_size": 2, "learning_rate_multiplier": 1.0}
+AUTO = {"n_epochs": 3, "batch_size": 2, "learning_rate_multiplier": 1.0, "beta": 0.1}
 STATUS = {
     JobStatus.PENDING.value: "queued",
     JobStatus.RUNNING.value: "running",
@@ -44,7 +44,8 @@ PARAMETERS = {
     "validation_file": "validation.dataset",
     "method": "stage: supervised -> sft, dpo -> dpo; reinforcement is refused (LLaMA Factory has no grader)",
     "hyperparameters": "n_epochs -> epochs (auto 3), batch_size -> batch_size (auto 2), "
-    f"learning_rate_multiplier -> learning_rate = {BASE_LEARNING_RATE} x it (auto 1)",
+    f"learning_rate_multiplier -> learning_rate = {BASE_LEARNING_RATE} x it (auto 1); "
+    "dpo's beta -> custom_config.pref_beta (auto: LLaMA Factory's 0.1)",
     "seed": "custom_config.seed",
     "suffix": "kept in openai.json; part of fine_tuned_model",
     "metadata": "kept in openai.json; the list filters by metadata[k]=v",
@@ -52,8 +53,6 @@ PARAMETERS = {
 }
 NOT_SUPPORTED = (
     "result_files (always empty), trained_tokens (null)",
-    "OpenAI's preference-format files (input, preferred_output, non_preferred_output): upload a "
-    "pairwise dataset through /api/v1/training/datasets and name it as training_file",
     "integrations (Weights & Biases): the service tracks with MLflow",
     "method reinforcement",
 )
@@ -158,6 +157,11 @@ def job_request(body):
         isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**31 - 1
     ):
         raise ValidationFailed("seed must be an integer from 0 to 2147483647", field="seed")
+    beta = given.get("beta")
+    if beta is not None and beta != "auto":
+        if method["type"] != "dpo":
+            raise ValidationFailed("hyperparameters.beta is for method dpo", field="hyperparameters.beta")
+        hyper["beta"] = _number(beta, "beta", float, 0.0001, 1000)
     request = {
         "model_name": body["model"],
         "dataset": body["training_file"],
@@ -166,7 +170,11 @@ def job_request(body):
         "batch_size": hyper["batch_size"],
         "learning_rate": BASE_LEARNING_RATE * hyper["learning_rate_multiplier"],
         # A checkpoint at each epoch's end, as OpenAI's jobs keep them (each answers by its name).
-        "custom_config": {"save_strategy": "epoch", **({"seed": seed} if seed is not None else {})},
+        "custom_config": {
+            "save_strategy": "epoch",
+            **({"seed": seed} if seed is not None else {}),
+            **({"pref_beta": hyper["beta"]} if "beta" in hyper else {}),
+        },
     }
     if body.get("validation_file"):
         request["validation"] = {"dataset": body["validation_file"]}

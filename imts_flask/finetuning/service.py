@@ -5,13 +5,14 @@ is; a fine-tuning job is a job whose id is the job's, with openai.json beside it
 """
 
 import contextlib
+import os
 import secrets
 
 from ..errors import Conflict, NotFound, ValidationFailed
 from ..jobs.store import JobStore
 from ..state import JobStatus
 from ..tenancy import principals
-from . import mapping
+from . import mapping, preference
 
 OPENAI = "openai.json"  # what OpenAI's request had that the service's does not
 PURPOSES = ("fine-tune",)
@@ -25,6 +26,7 @@ PARAMS = {
     "batch_size": "hyperparameters.batch_size",
     "learning_rate": "hyperparameters.learning_rate_multiplier",
     "custom_config.seed": "seed",
+    "custom_config.pref_beta": "hyperparameters.beta",
     "name": "file",
 }
 
@@ -51,6 +53,10 @@ class FineTuning:
         if purpose not in PURPOSES:
             raise ValidationFailed(f"purpose must be one of {', '.join(PURPOSES)}", field="purpose")
         file_id = "file-" + secrets.token_hex(12)
+        if filename.lower().endswith(".jsonl") and preference.is_preference(uploaded):
+            converted = uploaded + ".pairwise"
+            preference.convert(uploaded, converted)
+            os.replace(converted, uploaded)  # what is stored is what trains; its name stays the client's
         try:
             self.datasets.add(file_id, uploaded, filename)
         except ValidationFailed as exc:

@@ -148,6 +148,7 @@ def test_the_whole_flow_with_the_openai_client(service, client):
         ({"training_file": "file-000000000000000000000000"}, "training_file"),
         ({"training_file": "../etc/passwd"}, "training_file"),
         ({"seed": -1}, "seed"),
+        ({"hyperparameters": {"beta": 0.2}}, "hyperparameters.beta"),  # beta is dpo's
     ],
 )
 def test_a_bad_request_raises_the_sdks_bad_request_error_naming_the_parameter(service, client, extra, param):
@@ -297,3 +298,34 @@ def test_the_openapi_document_maps_openais_face_route_by_route(make_app):
         "metadata", "integrations",
     }  # fmt: skip
     assert face["statuses"]["completed"] == "succeeded" and face["error_shape"]["error"]
+
+
+def test_a_preference_file_trains_a_dpo_job(service, client):
+    rows = [
+        {
+            "input": {"messages": [{"role": "user", "content": f"Add {i} and {i}."}]},
+            "preferred_output": [{"role": "assistant", "content": str(2 * i)}],
+            "non_preferred_output": [{"role": "assistant", "content": str(2 * i + 1)}],
+        }
+        for i in range(6)
+    ]
+    uploaded = client.files.create(file=("prefs.jsonl", io.BytesIO(jsonl(rows))), purpose="fine-tune")
+    assert uploaded.model_extra["format"] == "pairwise" and uploaded.model_extra["rows"] == 6
+    job = client.fine_tuning.jobs.create(
+        model="tiny-llama",
+        training_file=uploaded.id,
+        method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1}}},
+    )
+    done = wait_for(
+        lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed") and j,
+        timeout=120,
+        interval=0.5,
+    )
+    assert done.status == "succeeded" and done.method.type == "dpo"
+    assert requests.get(f"{service.base}/jobs/{job.id}", timeout=30).json()["stage"] == "dpo"
+    asked = requests.get(f"{service.base}/jobs/{job.id}/request", timeout=30).json()
+    assert asked["custom_config"]["pref_beta"] == 0.1
+    broken = jsonl(rows[:2]) + jsonl([{**rows[0], "preferred_output": []}])
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.files.create(file=("prefs.jsonl", io.BytesIO(broken)), purpose="fine-tune")
+    assert caught.value.body["param"] == "file" and "line 3" in caught.value.body["message"]
