@@ -132,6 +132,7 @@ class Settings:
     serve_kvcache_gb: int = 1
     serve_idle_stop_minutes: float = 30.0
     serve_start_wait_s: float = 240.0
+    serve_retry_failed_s: float = 300.0  # after a server failed, no other is started this long
     # Whether a server gives way to training as a low job does (queued behind normal jobs, stopped for
     # a high one that cannot start) once no request came for serve_preempt_idle_s.
     serve_preemptible: bool = True

@@ -4,7 +4,8 @@
 with usage) for the base model and the adapters loaded, checks VLLM_API_KEY, logs access lines as
 uvicorn does, and records what it was sent in fake_vllm_requests.jsonl beside its log (its cwd).
 
-FAKE_VLLM_READY_AFTER (seconds) delays its first answer to /v1/models.
+FAKE_VLLM_READY_AFTER (seconds) delays its first answer to /v1/models; --fake-exit N (through
+serve_extra_args) makes it die as it starts.
 """
 
 import json
@@ -34,6 +35,9 @@ READY_AT = time.time() + float(os.environ.get("FAKE_VLLM_READY_AFTER", "0"))
 ADAPTERS = {}  # lora_name -> path
 LOCK = threading.Lock()
 print(f"fake vllm: {BASE} on {PORT}, options {sorted(options)}", flush=True)
+if "fake-exit" in options:  # a model vLLM refuses: the server dies as it starts
+    print("RuntimeError: Unsupported CPU attention configuration (FAKE)", flush=True)
+    sys.exit(int(options["fake-exit"]))
 
 
 def words(n):

@@ -11,9 +11,13 @@ address (127.0.0.1 unless the operator says otherwise).
 import json
 import os
 import shlex
+import time
 
+from ..fsio import atomic_write_json
 from ..monitor.servers import Served, keep_serving
+from ..state import JobStatus
 from . import record
+from .service import failure_path
 
 # LLaMA Factory's `default` template as it writes it beside an adapter (chat_template.jinja): what a
 # base model without a template of its own answers with.
@@ -90,3 +94,7 @@ def run(sup, state):
     )
     # A process started again has loaded nothing: its adapters load again on their next request.
     keep_serving(sup, state, served, restart_changes={"adapters": {}})
+    ended = sup.read()
+    if ended.status == JobStatus.FAILED.value:  # the next request waits serve_retry_failed_s
+        note = {"at": time.time(), "server_id": ended.job_id, "error": ended.error}
+        atomic_write_json(failure_path(sup.store, ended.base_model_path), note)

@@ -68,21 +68,39 @@ class Serving:
         return None
 
     def server_for(self, target):
-        """The live server of the target's base model: one is queued if there is none."""
+        """The live server of the target's base model: one is queued if there is none, unless the
+        last one failed lately (a model vLLM cannot serve would take a slot for each request)."""
         state = self._live_server(target.base_model_path)
         if state is not None:
             return state
-        key = "_server_" + hashlib.sha256(target.base_model_path.encode()).hexdigest()[:16]
+        key = "_server_" + base_key(target.base_model_path)
         with self.store.lock(key):  # two requests never start two servers of one base model
             state = self._live_server(target.base_model_path)
             if state is not None:
                 return state
+            self._refuse_if_failed_lately(target)
             with self.store.lock(PORTS_LOCK):
                 server_id = self.store.create_run(record.KIND, self._server_files(target))
         os.chmod(self.store.path(server_id, record.API_KEY_FILE), 0o600)
         log.info("server %s of %s queued", server_id, target.base_model)
         self.started()
         return self.store.read(server_id)
+
+    def _refuse_if_failed_lately(self, target):
+        path = failure_path(self.store, target.base_model_path)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                failed = json.load(handle)
+        except (OSError, ValueError):
+            return
+        wait = int(failed.get("at", 0) + self.settings.serve_retry_failed_s - time.time())
+        if wait > 0:
+            raise Unavailable(
+                f"the server of {target.base_model} failed ({failed.get('error')}); "
+                f"another is tried in {wait} s",
+                headers={"Retry-After": str(wait)},
+                extra={"server_id": failed.get("server_id")},
+            )
 
     def _server_files(self, target):
         settings = self.settings
@@ -123,7 +141,7 @@ class Serving:
                 with open(state.paths["api_key"], encoding="utf-8") as handle:
                     return state, handle.read().strip()
             if JobStatus(state.status).is_terminal():
-                state = self.server_for(target)  # it ended (idle, failed): a new one
+                state = self.server_for(target)  # it ended (idle, preempted): a new one
                 if JobStatus(state.status).is_terminal():
                     raise Unavailable(f"the server of {target.base_model} ended: {state.error}")
                 continue
@@ -329,6 +347,15 @@ def _shown(state):
     held = view.get("adapters") or {}
     view["adapters"] = {name: a for name, a in held.items() if principals.visible(a.get("tenant"))}
     return view
+
+
+def base_key(base_model_path):
+    return hashlib.sha256(base_model_path.encode()).hexdigest()[:16]
+
+
+def failure_path(store, base_model_path):
+    """Where the last failure of a base model's server is written (its runner writes it)."""
+    return os.path.join(store.folder(record.KIND), f"_failed_{base_key(base_model_path)}.json")
 
 
 class UpstreamError(Exception):

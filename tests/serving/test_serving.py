@@ -277,3 +277,20 @@ def test_an_idle_server_gives_way_to_a_high_job_and_its_models_wait_for_a_slot_a
             assert waiting.headers["Retry-After"] and waiting.get_json()["error"]["type"] == "server_error"
     assert api_done(client, high)["status"] == "completed"
     assert wait_for(lambda: chat(client, job_id).status_code == 200, timeout=60, interval=0.5)
+
+
+def test_a_server_that_keeps_failing_is_not_started_again_for_each_request(serve_app):
+    client = serve_app(
+        serve_extra_args="--fake-exit 3", max_attempts=2, serve_retry_failed_s=300
+    ).test_client()
+    job_id = completed_job(client)
+    first = chat(client, job_id)
+    assert first.status_code == 503, first.get_json()
+    error = first.get_json()["error"]
+    assert "failed" in error["message"] and error["type"] == "server_error"
+    assert 0 < int(first.headers["Retry-After"]) <= 300
+    (server,) = servers(client)
+    assert server["status"] == "failed" and "died 2 times" in server["error"]
+    again = chat(client, job_id)
+    assert again.status_code == 503 and "is tried in" in again.get_json()["error"]["message"]
+    assert len(servers(client)) == 1  # no second server for a model that cannot be served
