@@ -31,7 +31,8 @@ import urllib.parse
 import psutil
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from bench_server import PROJECT, Server, _http  # noqa: E402
+
 SERVE_MODEL = os.path.join(PROJECT, "models", "tiny-llama-hd64")
 JOB = {
     "model_name": "tiny-llama-hd64",
@@ -118,8 +119,6 @@ def server_pid(home):
 
 
 def bench_serving(root, counts=(1, 8, 32), requests=64, concurrency=8, max_tokens=32, gpus=False):
-    from bench import Server, _http  # bench.py imports this module: its helpers are taken here
-
     home = os.path.join(root, "serve")
     slots = 2
     settings = {
