@@ -9,9 +9,11 @@ failed with the reason and the log's tail. A stop (DELETE, SIGTERM) ends the ser
 period; the slot is then free and the scheduler runs.
 """
 
+import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import time
 
 from ..errors import InsufficientStorage, Unavailable
@@ -146,6 +148,10 @@ def keep_serving(sup, state, served, restart_changes=None):
         sup.ending_early = False
         rc = sup.wait(proc, ticks, on_beat=watch.beat, on_tick=watch.tick)
         log.info("server exited: %s", rc)
+        # What it left of its process group: vLLM's engine and its workers outlive a killed API
+        # process (2 GB each on a CPU host), and no pid of the group is reused while one lives.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
         watch.tally()  # what it answered since the last beat
         if sup.stop_requested():
             preempting = sup.read().preempting

@@ -267,7 +267,10 @@ def test_the_cli_chats_with_any_model_name_and_lists_the_servers(service, models
 def test_a_server_killed_9_comes_back_and_the_next_request_answers(service, models):
     jobs, _ = models
     before = servers(service)[0]
-    os.kill(_server_pid(service, before), signal.SIGKILL)
+    killed = _server_pid(service, before)
+    group = [p for p in psutil.process_iter() if _pgid(p.pid) == killed]  # its engine and workers
+    assert len(group) >= 2
+    os.kill(killed, signal.SIGKILL)
     back = wait_for(
         lambda: (
             (s := servers(service)[0])["restarts"] == before["restarts"] + 1 and s["status"] == "ready" and s
@@ -276,6 +279,7 @@ def test_a_server_killed_9_comes_back_and_the_next_request_answers(service, mode
         interval=1,
     )
     assert back["server_id"] == before["server_id"] and back["adapters"] in ({}, None)
+    assert not [p for p in group if p.is_running()], "the killed server's engine outlived it"
     answer = client(service, "a").chat.completions.create(
         model=jobs[2], messages=[{"role": "user", "content": "Again."}], max_tokens=8
     )
@@ -291,6 +295,13 @@ def test_tokens_show_in_usage_per_team_and_model(service, models):
     assert rows[jobs[0]]["tenant"] == "team-a" and rows[jobs[0]]["completion_tokens"] > 0
     assert rows[jobs[1]]["requests"] >= 2  # plain and streamed
     assert requests.get(f"{service.base}/usage", headers=headers("b"), timeout=30).json()["tokens"] == []
+
+
+def _pgid(pid):
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
 
 
 def _server_pid(service, server):
