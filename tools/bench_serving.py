@@ -11,6 +11,7 @@ first request), then measures
 - tokens/s and p50/p99 time to first token of streamed requests spread over 1, 8 and 32 adapters,
   `--concurrency` at a time, on the one server;
 - the server's memory (its API process and engine together) as adapters are added: per adapter;
+- the same streamed requests straight to the server, bypassing /v1: what the relay costs;
 - the same streamed requests over dedicated deployments, one per adapter, as many as the slots let
   run at once (the others would wait: today's design serves `slots` models, not N).
 With --gpus it asks each server and deployment for a GPU (a lent GPU machine: vLLM's `vllm`
@@ -158,6 +159,12 @@ def bench_serving(root, counts=(1, 8, 32), requests=64, concurrency=8, max_token
             rss[count] = tree_rss(pid)
             stream_once(*v1, names[0], max_tokens)  # warm
             figures[count] = spread([(*v1, n) for n in names[:count]], requests, concurrency, max_tokens)
+        # The same requests straight to the server (its key from its folder): what the relay costs.
+        with open(os.path.join(home, "servers", server_id, "api_key")) as handle:
+            key = handle.read().strip()
+        with open(os.path.join(home, "servers", server_id, "state.json")) as handle:
+            port = json.load(handle)["port"]
+        direct = spread([(f"http://127.0.0.1:{port}/v1", key, names[0])], requests, concurrency, max_tokens)
         per_adapter = (rss[max(counts)] - base_rss) / max(counts)
         _http("DELETE", f"{server.base}/servers/{server_id}")
         # Today's design: a deployment per adapter, as many as the slots let run at once.
@@ -188,6 +195,7 @@ def bench_serving(root, counts=(1, 8, 32), requests=64, concurrency=8, max_token
         "rss_base_mb": base_rss / 2**20,
         "rss_per_adapter_mb": per_adapter / 2**20,
         "shared": figures,
+        "direct": direct,
         "dedicated": {"deployments": slots, **dedicated},
     }
 
@@ -204,6 +212,16 @@ def report_rows(result):
                 f"{figures['ttft_p99_s'] * 1000:.0f} ms",
             )
         )
+    direct = result["direct"]
+    relayed = result["shared"][min(result["shared"], key=int)]["tokens_per_s"] / direct["tokens_per_s"]
+    rows.append(
+        (
+            "the same server called directly, 1 adapter (no /v1 relay)",
+            f"{direct['tokens_per_s']:.0f} tokens/s, {direct['ttft_p50_s'] * 1000:.0f} / "
+            f"{direct['ttft_p99_s'] * 1000:.0f} ms; through /v1 "
+            f"{relayed:.2f}x",
+        )
+    )
     dedicated = result["dedicated"]
     rows.append(
         (
