@@ -55,15 +55,23 @@ class Serving:
         self.resolve, self.models = self.names.resolve, self.names.models
         # Told of each completion as it ends: (model, tenant, stream, status, usage, first token s).
         self.observe = lambda *figures: None
-
-    # -- names ------------------------------------------------------------------------------
+        self._known = {}  # base model path -> the server id found for it last
 
     # -- servers ----------------------------------------------------------------------------
 
     def _live_server(self, base_model_path):
+        """The live server of a base model: the one this process found last, read again (a request
+        reads one record), else the first among the runs not finished."""
+        known = self._known.get(base_model_path)
+        if known:
+            with contextlib.suppress(NotFound):
+                state = self.store.read(known)
+                if not JobStatus(state.status).is_terminal() and not state.stop_requested_at:
+                    return state
         for state in self.store.active_states(min_age_s=3600):
             if state.kind == record.KIND and state.base_model_path == base_model_path:
                 if not JobStatus(state.status).is_terminal() and not state.stop_requested_at:
+                    self._known[base_model_path] = state.job_id
                     return state
         return None
 
