@@ -89,7 +89,8 @@ def test_no_two_rooms_import_each_other_by_any_road():
 
 
 TESTS = os.path.join(PROJECT, "tests")
-NOT_MIRRORS = {"e2e", "java", "prometheus", "records", "__pycache__"}  # across the package, or data
+# Folders across the package, of other languages' clients, or of data.
+NOT_MIRRORS = {"e2e", "java", "node", "prometheus", "records", "__pycache__"}
 
 
 def test_the_tests_mirror_the_package():
