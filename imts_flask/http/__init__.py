@@ -39,7 +39,7 @@ def init_app(app, service):
     for name in RESOURCES:
         app.register_blueprint(importlib.import_module(f"{__name__}.{name}").bp)
     app.after_request(requests.conditional)  # ETags on the API's JSON reads
-    app.register_blueprint(openai.bp)  # OpenAI's face (/v1): OpenAI's shapes, not in our document
+    app.register_blueprint(openai.bp)  # OpenAI's face (/v1): its shapes; the document's x-openai maps it
     app.register_blueprint(openai_finetuning.bp)
     app.register_blueprint(dashboard.bp)
     errors.register_error_handlers(app)

@@ -127,7 +127,7 @@ def job_checkpoints(job_id):
 @bp.delete("/models/<path:model>")
 def delete_model(model):
     match = FT_MODEL.fullmatch(model) or JOB_MODEL.fullmatch(model)
-    if not match or (match.re is JOB_MODEL and match.group(2)) or (match.re is FT_MODEL and match.group(2)):
+    if not match or match.group(2):  # a checkpoint is deleted with its job, not alone
         raise ValidationFailed(
             "only a fine-tuned model (ft:...:train_x, or its job id) is deleted", field="model"
         )

@@ -126,7 +126,10 @@ def test_the_whole_flow_with_the_openai_client(service, client):
     assert [j.id for j in client.fine_tuning.jobs.list(metadata={"team": "search"})] == [other.id]
     cancelled = client.fine_tuning.jobs.cancel(other.id)
     assert cancelled.status == "cancelled"
-    # Delete the model: its job goes.
+    # A checkpoint is not deleted alone; the model is, and its job goes.
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.models.delete(checkpoints[0].fine_tuned_model_checkpoint)
+    assert caught.value.body["param"] == "model"
     deleted = client.models.delete(done.fine_tuned_model)
     assert deleted.deleted and deleted.id == done.fine_tuned_model
     with pytest.raises(openai.NotFoundError):
