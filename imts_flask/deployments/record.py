@@ -6,6 +6,7 @@ deployment as a run. What a client reads as `status` adds the server's own progr
 deployment is `starting` until its /v1/models answers, then `ready`.
 """
 
+from ..runs.endpoints import READY, STARTING, server_view, shown_status  # noqa: F401 (READY, STARTING, shown_status: its readers)
 from ..runs.record import Field, record_class, run_fields
 from ..state import JobStatus
 
@@ -14,8 +15,6 @@ SCHEMA_VERSION = 1
 API_KEY_FILE = "api_key"  # mode 0600: the key the server checks; the record keeps its digest
 CONFIG = "server_config.yaml"
 LOG = "deployment.log"
-
-STARTING, READY = "starting", "ready"
 
 FIELDS = (
     Field("deployment_id", "string", shown=True),
@@ -77,23 +76,8 @@ def new_record(**values):
     return RECORD.new(**values)
 
 
-def shown_status(state):
-    """What a client reads: running becomes starting or ready."""
-    status = state.status
-    if status == JobStatus.RUNNING.value:
-        return READY if state.ready_at else STARTING
-    if status == JobStatus.COMPLETED.value:  # a server never completes; a record settled so stopped
-        return JobStatus.STOPPED.value
-    return status
-
-
 def view(state):
-    shown = {name: getattr(state, name) for name in SHOWN}
-    shown["status"] = shown_status(state)
-    if state.log_tail:
-        shown["log_tail"] = state.log_tail
-    shown["gpu_ids"] = list((state.launch or {}).get("gpus") or [])
-    return shown
+    return server_view(state, SHOWN)
 
 
 def next_attempt(state):

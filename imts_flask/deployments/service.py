@@ -18,7 +18,13 @@ from ..errors import Conflict, NotFound, Unauthorized, ValidationFailed
 from ..jobs.checkpoints import choose_weights
 from ..jobs.store import JobStore
 from ..jobs.views import waiting_view
-from ..runs.endpoints import PORTS_LOCK, free_port, port_free, probe_host  # noqa: F401 (port_free: its tests)
+from ..runs.endpoints import (  # noqa: F401 (port_free: its tests)
+    PORTS_LOCK,
+    error_event,
+    free_port,
+    port_free,
+    probe_host,
+)
 from ..runs.ids import DEPLOYMENT_ID_PATTERN
 from ..runs.record import queued_now
 from ..state import JobStatus, creation_order
@@ -312,15 +318,10 @@ def _relayed(response, deployment_id):
                 yield line
     except (OSError, ValueError, http.client.HTTPException) as exc:
         log.warning("deployment %s: its stream broke off: %s", deployment_id, exc)
-        yield _error_event(f"the model server's answer broke off: {exc}")
+        yield error_event(f"the model server's answer broke off: {exc}")
         return
     if not done:
         log.warning("deployment %s: its stream ended without [DONE] after %d events", deployment_id, sent)
-        yield _error_event(
+        yield error_event(
             "the model server ended its answer without finishing it (its deployment.log says why)"
         )
-
-
-def _error_event(message):
-    body = {"error": {"message": message, "type": "server_error", "code": "stream_failed"}}
-    return b"event: error\ndata: " + json.dumps(body).encode() + b"\n\n"

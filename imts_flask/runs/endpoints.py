@@ -1,11 +1,14 @@
 """The OpenAI-compatible servers some kinds of run keep (deployments, shared base-model servers):
-the ports they take, the address to reach one at, and whether it answers."""
+the ports they take, the address to reach one at, whether it answers, what a client reads of one,
+and the event that ends a stream that broke off."""
 
+import json
 import socket
 import urllib.error
 import urllib.request
 
 from ..errors import Conflict
+from ..state import JobStatus
 
 PORTS_LOCK = "_deployment_ports"  # held while a run of any serving kind takes its port
 
@@ -63,3 +66,31 @@ def answers(host, port, api_key, timeout=2.0):
             return response.status == 200
     except (OSError, urllib.error.URLError, ValueError):
         return False
+
+
+STARTING, READY = "starting", "ready"
+
+
+def shown_status(state):
+    """What a client reads of a server's run: running becomes starting or ready."""
+    if state.status == JobStatus.RUNNING.value:
+        return READY if state.ready_at else STARTING
+    if state.status == JobStatus.COMPLETED.value:  # a server never completes; a record settled so stopped
+        return JobStatus.STOPPED.value
+    return state.status
+
+
+def server_view(state, shown):
+    """A server's run as its API shows it: the fields `shown`, its status, its GPUs."""
+    view = {name: getattr(state, name) for name in shown}
+    view["status"] = shown_status(state)
+    if state.log_tail:
+        view["log_tail"] = state.log_tail
+    view["gpu_ids"] = list((state.launch or {}).get("gpus") or [])
+    return view
+
+
+def error_event(message):
+    """The last event of a stream that broke off once it had started, as OpenAI's streams carry one."""
+    body = {"error": {"message": message, "type": "server_error", "code": "stream_failed"}}
+    return b"event: error\ndata: " + json.dumps(body).encode() + b"\n\n"

@@ -5,6 +5,7 @@ for the vLLM process, attempt, history), so the scheduler, liveness and the moni
 as a run. A running server is `starting` until its /v1/models answers, then `ready`.
 """
 
+from ..runs.endpoints import READY, STARTING, server_view, shown_status  # noqa: F401 (READY, STARTING, shown_status: its readers)
 from ..runs.record import Field, record_class, run_fields
 from ..state import JobStatus
 
@@ -13,8 +14,6 @@ SCHEMA_VERSION = 1
 API_KEY_FILE = "api_key"  # mode 0600: the key vLLM checks; only the service holds it
 LOG = "server.log"
 COMMAND = "server_command.json"  # the vLLM command line and environment, for an operator to read
-
-STARTING, READY = "starting", "ready"
 
 FIELDS = (
     Field("server_id", "string", shown=True),
@@ -74,22 +73,8 @@ def new_record(**values):
     return RECORD.new(**values)
 
 
-def shown_status(state):
-    """What a client reads: running becomes starting or ready."""
-    if state.status == JobStatus.RUNNING.value:
-        return READY if state.ready_at else STARTING
-    if state.status == JobStatus.COMPLETED.value:  # a server never completes
-        return JobStatus.STOPPED.value
-    return state.status
-
-
 def view(state):
-    shown = {name: getattr(state, name) for name in SHOWN}
-    shown["status"] = shown_status(state)
-    if state.log_tail:
-        shown["log_tail"] = state.log_tail
-    shown["gpu_ids"] = list((state.launch or {}).get("gpus") or [])
-    return shown
+    return server_view(state, SHOWN)
 
 
 def next_attempt(state):

@@ -26,7 +26,7 @@ import urllib.request
 
 from ..errors import Conflict, Forbidden, NotFound, TooManyRequests, Unavailable, ValidationFailed
 from ..jobs.store import JobStore
-from ..runs.endpoints import PORTS_LOCK, free_port, probe_host
+from ..runs.endpoints import PORTS_LOCK, error_event, free_port, probe_host
 from ..runs.ids import id_pattern
 from ..runs.record import CHANGED, UNCHANGED, queued_now
 from ..state import JobStatus, creation_order, now_utc
@@ -271,12 +271,12 @@ class Serving:
         except (OSError, ValueError, http.client.HTTPException) as exc:
             log.warning("server %s: a stream of %s broke off: %s", server.job_id, target.name, exc)
             status = 502
-            yield _error_event(f"the model server's answer broke off: {exc}")
+            yield error_event(f"the model server's answer broke off: {exc}")
             return
         finally:
             self._count(tenant, target, usage, True, status if done or status != 200 else 502, first_token_s)
         if not done:
-            yield _error_event(
+            yield error_event(
                 "the model server ended its answer without finishing it (its server.log says why)"
             )
 
@@ -404,8 +404,3 @@ def _call(server, key, path, body, timeout=60.0):
         return exc.code, exc.read(64 * 1024)
     except OSError as exc:
         raise Unavailable(f"the server {server.job_id} cannot be reached: {exc}") from None
-
-
-def _error_event(message):
-    body = {"error": {"message": message, "type": "server_error", "code": "stream_failed"}}
-    return b"event: error\ndata: " + json.dumps(body).encode() + b"\n\n"
